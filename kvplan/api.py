@@ -1,0 +1,133 @@
+"""The Python API: `kvplan.estimate(...)`, one row (a dict) or many (a pandas DataFrame).
+
+Also `plan(...)`, which resolves names, files and overrides into Estimators; the CLI, budget,
+recommend and profile all go through it, so every entry point reads inputs the same way.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from typing import Iterable, Sequence
+
+from .dtypes import storage_format
+from .estimate import Deployment, Estimator
+from .hardware import GPU, get_gpu, gpu_from_file, with_overrides
+from .model import Model
+from .presets import load_model
+from .recast import recast
+from .units import InputError, parse_bytes, parse_tokens
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return [None]
+    if isinstance(value, (str, int, Model, GPU)):
+        return [value]
+    return list(value)
+
+
+def _sizes(values, what: str) -> list[int]:
+    out = []
+    for value in _as_list(values):
+        if isinstance(value, str) and "," in value:
+            out += [parse_tokens(v, what) for v in value.split(",") if v.strip()]
+        else:
+            out.append(parse_tokens(value, what))
+    return out
+
+
+def resolve_gpu(gpu: str | GPU = "h100-sxm", hardware_profile: str | None = None, **overrides) -> GPU:
+    """A GPU preset (or a GPU), then a hardware file or calibration profile, then single-field overrides."""
+    base = gpu if isinstance(gpu, GPU) else get_gpu(gpu) if gpu and gpu != "auto" else None
+    if gpu == "auto":
+        from .gpu_detect import detect_gpu  # pynvml; only when asked
+
+        base = detect_gpu()
+    if hardware_profile:
+        base = gpu_from_file(hardware_profile, base)
+    if base is None:
+        raise InputError("no GPU given: use --gpu NAME or --hardware-profile FILE")
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return with_overrides(base, clean) if clean else base
+
+
+def resolve_model(model: str | Model, attention: str | None = None) -> Model:
+    resolved = model if isinstance(model, Model) else load_model(model)
+    return recast(resolved, attention) if attention else resolved
+
+
+def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, kv_dtype: str = "bf16",
+                   weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0,
+                   flash: bool = True) -> Deployment:
+    """`gpus` alone means tensor parallelism over all of them; tp x pp must equal gpus when both are given."""
+    for name, value in (("gpus", gpus), ("pp", pp)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive whole number, not {value!r}")
+    if tp is None:
+        if gpus % pp:
+            raise InputError(f"gpus ({gpus}) must be a multiple of pp ({pp})")
+        tp = gpus // pp
+    elif tp < 1 or tp * pp != gpus and gpus != 1:
+        raise InputError(f"tp ({tp}) x pp ({pp}) must equal gpus ({gpus})")
+    if block_size < 0:
+        raise InputError(f"block size must be positive, not {block_size}")
+    reserve_bytes = parse_bytes(reserve, "reserve") if reserve not in (0, "0", None) else 0
+    return Deployment(gpu=gpu, tp=tp, pp=pp, kv_format=storage_format(kv_dtype),
+                      weight_format=storage_format(weight_dtype, "weight dtype"), block_size=block_size,
+                      reserve_bytes=reserve_bytes, flash=flash)
+
+
+def check_depth(model: Model, deployment: Deployment) -> None:
+    if deployment.pp > model.n_layers:
+        raise InputError(f"pp ({deployment.pp}) exceeds the model's {model.n_layers} layers")
+
+
+def context_warnings(model: Model, contexts: Iterable[int]) -> list[str]:
+    longest = max(contexts)
+    if model.max_positions and longest > model.max_positions:
+        return [f"{model.name}: context {longest} exceeds the model's max_position_embeddings "
+                f"({model.max_positions}); estimated anyway"]
+    return []
+
+
+def plan(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
+         kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
+         weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0, flash: bool = True,
+         hardware_profile: str | None = None, **gpu_overrides) -> list[Estimator]:
+    """One Estimator per (attention re-cast, kv dtype)."""
+    base = model if isinstance(model, Model) else load_model(model)
+    device = resolve_gpu(gpu, hardware_profile, **gpu_overrides)
+    estimators = []
+    for spec, kv in itertools.product(_as_list(attention), _as_list(kv_dtype)):
+        resolved = recast(base, spec) if spec else base
+        dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash)
+        check_depth(resolved, dep)
+        estimators.append(Estimator(resolved, dep))
+    return estimators
+
+
+def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str | Sequence = 4096,
+             batch: int | str | Sequence = 1, attention: str | Sequence[str] | None = None,
+             kv_dtype: str | Sequence[str] = "bf16", prompt: int | str | None = None, **options):
+    """Estimate one or many configurations.
+
+    `model`, `attention`, `kv_dtype`, `context` and `batch` may each be a list: every combination gives a row.
+    Returns a dict for a single row, else a pandas DataFrame with one row per combination.
+    Other keyword options: gpus, tp, pp, weight_dtype, block_size, reserve, flash, hardware_profile, and GPU
+    field overrides (e.g. usd_per_hour=2.0).
+    """
+    contexts, batches = _sizes(context, "context"), _sizes(batch, "batch")
+    prompt_tokens = parse_tokens(prompt, "prompt") if prompt is not None else None
+    rows = []
+    for name in _as_list(model):
+        for estimator in plan(name, gpu, attention, kv_dtype, **options):
+            for message in context_warnings(estimator.model, contexts):
+                warnings.warn(message, stacklevel=2)
+            row = estimator.row
+            rows += [row(b, c, prompt_tokens) for c in contexts for b in batches]
+    if len(rows) == 1:
+        return rows[0]
+    import pandas as pd  # only the many-row API pays for pandas
+
+    return pd.DataFrame.from_records(rows)

@@ -1,0 +1,156 @@
+"""The `kvplan` command line. Each command turns options into API calls and prints rows; no formulas here."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+from typing import List, Optional
+
+import typer
+
+from .units import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="What a context length costs in memory, compute and money, for every kind of attention.")
+
+
+def err(message: str) -> None:
+    typer.echo(f"kvplan: {message}", err=True)
+
+
+# Options shared by estimate, budget, recommend and cost: one definition, one help text.
+ModelOpt = typer.Option(..., "--model", "-m", help="Preset name (see `kvplan models`) or a local config.json file or folder.")
+GpuOpt = typer.Option("h100-sxm", "--gpu", "-g", help="GPU preset (see `kvplan gpus`), or 'auto' to detect it through NVML.")
+AttentionOpt = typer.Option(None, "--attention", "-a", help="Re-cast attention: KIND[:k=v,...] with KIND in native, mha, mqa, "
+                            "gqa, mla, tpa, dsa, window (e.g. tpa:k_rank=2,v_rank=2  gqa:kv_heads=4  window:4096). "
+                            "Repeat or comma-separate for one row each.")
+KvDtypeOpt = typer.Option("bf16", "--kv-dtype", help="KV cache format: bf16, fp16, fp8, int8, int4, fp32; comma-separate for several.")
+GpusOpt = typer.Option(1, "--gpus", help="GPUs in all; tensor parallelism over gpus/pp each.", min=1)
+PpOpt = typer.Option(1, "--pp", help="Pipeline-parallel stages.", min=1)
+WeightDtypeOpt = typer.Option("bf16", "--weight-dtype", help="Weight format: bf16, fp16, fp8, int8, int4.")
+BlockOpt = typer.Option(0, "--block-size", help="Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", min=0)
+ReserveOpt = typer.Option("0", "--reserve", help="Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB.")
+NaiveOpt = typer.Option(False, "--naive-attention", help="Attention materialises the score matrix (memory quadratic in context).")
+ProfileOpt = typer.Option(None, "--hardware-profile", help="JSON from `kvplan calibrate` (or GPU fields) replacing datasheet figures.")
+PriceOpt = typer.Option(None, "--usd-per-hour", help="Price of one GPU-hour in $ (default: the preset's).")
+ComputeEffOpt = typer.Option(None, "--compute-efficiency", help="Fraction of dense bf16 FLOP/s reached (default 0.7).")
+BandwidthEffOpt = typer.Option(None, "--bandwidth-efficiency", help="Fraction of memory bandwidth reached (default 0.85).")
+JsonOpt = typer.Option(False, "--json", help="Print a JSON list of flat objects, one per row.")
+CsvOpt = typer.Option(False, "--csv", help="Print CSV with the same columns as --json.")
+
+
+def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve, naive,
+                 hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency) -> dict:
+    """CLI options -> keyword arguments of kvplan.api.plan."""
+    from .recast import split_specs
+
+    return dict(model=model, gpu=gpu, attention=split_specs(attention) or None,
+                kv_dtype=[k for k in kv_dtype.split(",") if k.strip()] or ["bf16"], gpus=gpus, pp=pp,
+                weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, flash=not naive,
+                hardware_profile=hardware_profile, usd_per_hour=usd_per_hour,
+                compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
+
+
+@app.command()
+def estimate(
+    model: str = ModelOpt,
+    gpu: str = GpuOpt,
+    context: str = typer.Option("4k", "--context", "-c", help="Tokens per sequence: 4096, 4k, 128k, 1M (k = 1024); comma-separate for several."),
+    batch: str = typer.Option("1", "--batch", "-b", help="Sequences served together; comma-separate for several."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prefill tokens per sequence (default: the whole context)."),
+    attention: Optional[List[str]] = AttentionOpt,
+    kv_dtype: str = KvDtypeOpt,
+    gpus: int = GpusOpt,
+    pp: int = PpOpt,
+    weight_dtype: str = WeightDtypeOpt,
+    block_size: int = BlockOpt,
+    reserve: str = ReserveOpt,
+    naive_attention: bool = NaiveOpt,
+    hardware_profile: Optional[str] = ProfileOpt,
+    usd_per_hour: Optional[float] = PriceOpt,
+    compute_efficiency: Optional[float] = ComputeEffOpt,
+    bandwidth_efficiency: Optional[float] = BandwidthEffOpt,
+    as_json: bool = JsonOpt,
+    as_csv: bool = CsvOpt,
+) -> None:
+    """KV cache, weights, activations (GiB), FLOPs, roofline latency (s) and $ per million tokens."""
+    from .api import context_warnings, plan
+    from .output import ESTIMATE_COLUMNS, emit
+    from .units import parse_token_list, parse_tokens
+
+    contexts = parse_token_list(context, "--context")
+    batches = parse_token_list(batch, "--batch")
+    prompt_tokens = parse_tokens(prompt, "--prompt") if prompt else None
+    estimators = plan(**plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve,
+                                     naive_attention, hardware_profile, usd_per_hour, compute_efficiency,
+                                     bandwidth_efficiency))
+    rows = []
+    for estimator in estimators:
+        for message in context_warnings(estimator.model, contexts):
+            err(f"warning: {message}")
+        rows += [estimator.row(b, c, prompt_tokens) for c in contexts for b in batches]
+    first = estimators[0].deployment
+    caption = (f"{first.gpu.name} x{first.gpus} (tp {first.tp}, pp {first.pp}); GiB = 2^30 bytes; roofline at "
+               f"{first.gpu.compute_efficiency:.0%} of {first.gpu.bf16_flops / 1e12:,.0f} TFLOP/s and "
+               f"{first.gpu.bandwidth_efficiency:.0%} of {first.gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s; "
+               f"${first.gpu.usd_per_hour:.2f}/GPU-hour")
+    emit(rows, as_json, as_csv, ESTIMATE_COLUMNS, title="kvplan estimate", caption=caption)
+
+
+@app.command()
+def models(as_json: bool = JsonOpt) -> None:
+    """List the bundled model presets and where their numbers come from."""
+    from .api import Estimator, deployment_for
+    from .hardware import GPUS
+    from .output import emit
+    from .presets import PRESETS, get_preset
+
+    rows = []
+    for name in PRESETS:
+        m = get_preset(name)
+        est = Estimator(m, deployment_for(GPUS["h100-sxm"]))
+        rows.append({"name": name, "architecture": m.architecture, "attention": m.kind_label, "layers": m.n_layers,
+                     "d_model": m.d_model, "params": m.total_params(), "kv_bytes_per_token_bf16": est.kv_bytes_per_token,
+                     "max_positions": m.max_positions, "source": m.source})
+    columns = [("name", lambda r: r["name"]), ("attention", lambda r: r["attention"]),
+               ("layers", lambda r: str(r["layers"])), ("params (B)", lambda r: f"{r['params'] / 1e9:,.2f}"),
+               ("KV KiB/token bf16", lambda r: f"{r['kv_bytes_per_token_bf16'] / 1024:,.1f}"),
+               ("source", lambda r: r["source"])]
+    emit(rows, as_json, False, columns, title="kvplan models")
+
+
+@app.command()
+def gpus(as_json: bool = JsonOpt) -> None:
+    """List the bundled GPU presets (memory, bandwidth, dense FLOP/s, price) and their sources."""
+    from dataclasses import asdict
+
+    from .hardware import GPUS
+    from .output import emit
+
+    rows = [asdict(g) for g in GPUS.values()]
+    columns = [("gpu", lambda r: r["name"]), ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
+               ("TB/s", lambda r: f"{r['bandwidth_bytes_per_s'] / 1e12:,.2f}"),
+               ("bf16 TFLOP/s", lambda r: f"{r['bf16_flops'] / 1e12:,.0f}"),
+               ("fp8 TFLOP/s", lambda r: f"{r['fp8_flops'] / 1e12:,.0f}" if r["fp8_flops"] else "-"),
+               ("link GB/s", lambda r: f"{r['link_bytes_per_s'] / 1e9:,.0f}"),
+               ("$/hour", lambda r: f"{r['usd_per_hour']:.2f}"), ("source", lambda r: r["source"])]
+    emit(rows, as_json, False, columns, title="kvplan gpus")
+
+
+def main() -> None:
+    """Entry point: bad input ends in one line on stderr and exit status 2, never a traceback."""
+    warnings.simplefilter("default")
+    try:
+        app()
+    except InputError as error:
+        err(f"error: {error}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err("interrupted")
+        sys.exit(130)
+    except Exception as error:  # noqa: BLE001 - the contract is one line, not a traceback
+        if os.environ.get("KVPLAN_DEBUG"):
+            raise
+        err(f"internal error: {type(error).__name__}: {error} (set KVPLAN_DEBUG=1 for the traceback)")
+        sys.exit(1)

@@ -1,0 +1,276 @@
+"""The estimate: memory, FLOPs, roofline latency and cost of one model on one deployment.
+
+Every figure kvplan prints comes from `Estimator`; budget, recommend, cost and profile reuse it.
+
+Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs):
+- `context` L: tokens each sequence holds in its cache. Prefill processes a prompt of `prompt` tokens
+  (default L); the decode step is the one that writes the L-th token (0-based position L-1), attending
+  min(L, cap) keys, over a cache holding L tokens once it is written.
+- Memory on one GPU = weights/(tp*pp) + its share of the cache + its prefill activation peak + reserve.
+  Whole-deployment columns sum over GPUs, counting copies that tensor parallelism replicates.
+- Linear FLOPs count every weight a token multiplies through (2 per weight); the LM head runs on the last
+  prompt token in prefill (serving engines only need that logit) and on every decoded token.
+- Roofline: time = max(FLOPs / (tp * effective FLOP/s), bytes / (tp * effective bandwidth)) + collectives.
+  Tensor parallelism all-reduces the hidden state twice per layer (ring: 2 (tp-1)/tp of the bytes each over
+  the GPU link, plus LINK_LATENCY_SECONDS). Pipeline stages run one after another for a batch (no
+  micro-batching), so pp adds memory, not speed.
+- Decode reads all dense weights, the MoE experts that the batch's tokens select (uniform routing: of E
+  experts each token picking k, E (1 - (1 - k/E)^tokens) are touched), and every cached byte.
+- Cost: $/GPU-hour x GPUs x time / tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .attention import DSA, keys_attended_sum
+from .dtypes import FORMATS, StorageFormat
+from .hardware import GPU
+from .model import Model
+
+LINK_LATENCY_SECONDS = 5e-6  # per collective on NVLink-class links; an assumption, not a measurement
+LOGIT_BYTES = 4  # logits are computed in fp32
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Where and how a model is served."""
+
+    gpu: GPU
+    tp: int = 1  # tensor-parallel GPUs
+    pp: int = 1  # pipeline stages
+    kv_format: StorageFormat = FORMATS["bf16"]
+    weight_format: StorageFormat = FORMATS["bf16"]
+    activation_format: StorageFormat = FORMATS["bf16"]
+    block_size: int = 0  # paged KV cache block in tokens; 0 = contiguous
+    reserve_bytes: int = 0  # per GPU, for the CUDA context and workspaces
+    flash: bool = True  # False: attention materialises the score matrix (quadratic in context)
+
+    @property
+    def gpus(self) -> int:
+        return self.tp * self.pp
+
+
+@dataclass
+class Estimator:
+    """Precomputes what does not depend on batch and context, so each row costs a few dozen operations."""
+
+    model: Model
+    deployment: Deployment
+    _groups: tuple = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        model, dep = self.model, self.deployment
+        attention, kv = model.attention, dep.kv_format
+        indexer = attention.indexer_cache_bytes() if isinstance(attention, DSA) else 0
+
+        def layer_bytes(tp: int) -> int:
+            return sum(count * kv.vector_bytes(length) for count, length in attention.cache_vectors(tp)) + indexer
+
+        self.kv_bytes_per_token_layer = layer_bytes(1)
+        self.kv_bytes_per_token_layer_per_gpu = layer_bytes(dep.tp)
+        self.kv_bytes_per_token = model.n_layers * self.kv_bytes_per_token_layer
+        topk = attention.sparse_topk
+        # (window, layers, attention cap) per distinct window; the cap folds DSA's top-k into the window.
+        self._groups = tuple((w, n, min(c for c in (w, topk) if c) if (w or topk) else None)
+                             for w, n in model.window_groups)
+        stage_size = _ceil_div(model.n_layers, dep.pp)
+        stages = [model.layer_windows[i:i + stage_size] for i in range(0, model.n_layers, stage_size)]
+        self._stage_groups = [tuple((w, stage.count(w)) for w in set(stage)) for stage in stages]
+
+        self.total_params = model.total_params()
+        self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
+        self.weights_bytes_per_gpu = _ceil_div(self.weights_bytes, dep.gpus)
+        self.linear_flops_per_token = 2 * model.active_linear_params_per_token()
+        self.lm_head_flops = 2 * model.lm_head_params()
+        self.pair_flops = {p: attention.pair_flops(p) for p in ("prefill", "decode")}
+        self.token_flops = {p: attention.token_flops(p) for p in ("prefill", "decode")}
+        self.indexer_pair_flops = attention.indexer_pair_flops()
+        ffn, d = model.ffn, model.d_model
+        w = dep.weight_format.bytes_per_element
+        moe_layers = model.n_layers - ffn.dense_layer_count(model.n_layers)
+        self._moe_layers = moe_layers
+        self._expert_bytes = ffn.expert_params(d) * w if ffn.is_moe else 0
+        self._always_read_bytes = self.weights_bytes - moe_layers * ffn.n_experts * self._expert_bytes
+        self._act_bytes = dep.activation_format.bytes_per_element
+        tp = dep.tp
+        self._act_per_token = self._act_bytes * (2 * d + max(_ceil_div(attention.activation_elements(), tp),
+                                                             _ceil_div(ffn.activation_elements(d), tp)))
+        self._heads_per_gpu = _ceil_div(attention.n_heads, tp)
+
+    # --- memory -------------------------------------------------------------------------------------
+    def cached_tokens(self, context: int, window: int | None) -> int:
+        """Token slots one sequence holds in a layer: min(context, window), rounded up to whole pages."""
+        tokens = context if window is None else min(context, window)
+        block = self.deployment.block_size
+        if not block:
+            return tokens
+        blocks = _ceil_div(tokens, block)
+        if window is not None and context > window:
+            # A window straddles page boundaries: one more page than it spans, never more than the context.
+            blocks = min(_ceil_div(window, block) + 1, _ceil_div(context, block))
+        return blocks * block
+
+    def kv_cache_bytes(self, batch: int, context: int) -> int:
+        """Whole cache across all GPUs (replicas included when tp replicates)."""
+        per_layer = self.kv_bytes_per_token_layer_per_gpu * self.deployment.tp
+        return batch * per_layer * sum(n * self.cached_tokens(context, w) for w, n, _ in self._groups)
+
+    def kv_cache_bytes_per_gpu(self, batch: int, context: int) -> int:
+        """Cache on the most loaded GPU (the largest pipeline stage's share, one tensor-parallel slice)."""
+        return batch * self.kv_bytes_per_token_layer_per_gpu * max(
+            sum(n * self.cached_tokens(context, w) for w, n in stage) for stage in self._stage_groups)
+
+    def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None) -> int:
+        """Peak transient bytes of prefill on one GPU (the cache excluded).
+
+        Residual stream and normed input (2 d per token) plus the larger of the attention block's and the
+        feed-forward's intermediates, the last token's fp32 logits, and with naive attention the score and
+        probability matrices of one layer (2 x heads x prompt^2 elements).
+        """
+        flash = self.deployment.flash if flash is None else flash
+        total = batch * prompt * self._act_per_token
+        total += batch * _ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
+        attention = self.model.attention
+        if isinstance(attention, DSA):
+            total += attention.prefill_chunk_bytes(batch, prompt, self._act_bytes, self.deployment.tp)
+        elif not flash:
+            total += batch * self._heads_per_gpu * prompt * prompt * 2 * self._act_bytes
+        return int(total)
+
+    # --- FLOPs --------------------------------------------------------------------------------------
+    def prefill_attention_flops(self, batch: int, prompt: int, start: int = 0) -> int:
+        """Attention FLOPs (pairs, TPA factor products, DSA indexer) for prompt tokens after `start` cached."""
+        total = 0
+        for window, layers, cap in self._groups:
+            pairs = keys_attended_sum(prompt, cap, start)
+            per_layer = self.pair_flops["prefill"] * pairs + self.token_flops["prefill"] * prompt
+            if self.indexer_pair_flops:
+                per_layer += self.indexer_pair_flops * keys_attended_sum(prompt, window, start)
+            total += layers * per_layer
+        return batch * total
+
+    def prefill_linear_flops(self, batch: int, prompt: int) -> int:
+        return batch * (prompt * self.linear_flops_per_token + self.lm_head_flops)
+
+    def decode_attention_flops(self, position: int) -> int:
+        """Attention FLOPs of one token at 0-based `position` (it attends min(position + 1, cap) keys)."""
+        total = 0
+        for window, layers, cap in self._groups:
+            keys = position + 1 if cap is None else min(position + 1, cap)
+            per_layer = self.pair_flops["decode"] * keys + self.token_flops["decode"]
+            if self.indexer_pair_flops:
+                per_layer += self.indexer_pair_flops * (position + 1 if window is None else min(position + 1, window))
+            total += layers * per_layer
+        return total
+
+    def decode_flops_per_token(self, position: int) -> int:
+        return self.linear_flops_per_token + self.lm_head_flops + self.decode_attention_flops(position)
+
+    # --- time and cost ------------------------------------------------------------------------------
+    def _collective_seconds(self, batch_tokens: int) -> float:
+        dep = self.deployment
+        seconds = 0.0
+        message = batch_tokens * self.model.d_model * self._act_bytes
+        if dep.tp > 1:
+            ring = 2 * (dep.tp - 1) / dep.tp * message / dep.gpu.link_bytes_per_s + LINK_LATENCY_SECONDS
+            seconds += 2 * self.model.n_layers * ring
+        if dep.pp > 1:
+            seconds += (dep.pp - 1) * (message / dep.gpu.link_bytes_per_s + LINK_LATENCY_SECONDS)
+        return seconds
+
+    def weights_read_bytes(self, tokens: int) -> float:
+        """Weight bytes one forward over `tokens` tokens reads (MoE: only the experts they select)."""
+        if not self._moe_layers:
+            return self.weights_bytes
+        ffn = self.model.ffn
+        touched = ffn.n_experts * (1 - (1 - ffn.n_active_experts / ffn.n_experts) ** tokens)
+        return self._always_read_bytes + self._moe_layers * touched * self._expert_bytes
+
+    def _roofline(self, flops: float, bytes_moved: float, batch_tokens: int) -> float:
+        dep = self.deployment
+        compute = flops / (dep.tp * dep.gpu.effective_flops)
+        memory = bytes_moved / (dep.tp * dep.gpu.effective_bandwidth)
+        return max(compute, memory) + self._collective_seconds(batch_tokens)
+
+    def usd_per_second(self) -> float:
+        return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600
+
+    def decode_step(self, batch: int, context: int) -> tuple[int, float]:
+        """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
+        flops = batch * self.decode_flops_per_token(context - 1)
+        bytes_moved = (self.weights_read_bytes(batch) + self.kv_cache_bytes(batch, context))
+        return flops, self._roofline(flops, bytes_moved, batch)
+
+    # --- one row --------------------------------------------------------------------------------------
+    def row(self, batch: int, context: int, prompt: int | None = None) -> dict:
+        """Every figure for one (batch, context); see COLUMNS for names and units."""
+        model, dep = self.model, self.deployment
+        prompt = context if prompt is None else prompt
+        kv_bytes = self.kv_cache_bytes(batch, context)
+        kv_per_gpu = self.kv_cache_bytes_per_gpu(batch, context)
+        act_per_gpu = self.activation_bytes_per_gpu(batch, prompt)
+        total_per_gpu = self.weights_bytes_per_gpu + kv_per_gpu + act_per_gpu + dep.reserve_bytes
+        attn_flops = self.prefill_attention_flops(batch, prompt)
+        prefill_flops = self.prefill_linear_flops(batch, prompt) + attn_flops
+        prefill_bytes = self.weights_read_bytes(batch * prompt) + self.kv_cache_bytes(batch, prompt)
+        prefill_seconds = self._roofline(prefill_flops, prefill_bytes, batch * prompt)
+        decode_flops, decode_seconds = self.decode_step(batch, context)
+        usd_per_s = self.usd_per_second()
+        return {
+            "model": model.name,
+            "attention": model.kind_label,
+            "gpu": dep.gpu.name,
+            "gpus": dep.gpus,
+            "tp": dep.tp,
+            "pp": dep.pp,
+            "batch": batch,
+            "context": context,
+            "prompt": prompt,
+            "kv_dtype": dep.kv_format.name,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_cache_bytes": kv_bytes,
+            "kv_cache_bytes_per_gpu": kv_per_gpu,
+            "weights_bytes": self.weights_bytes,
+            "weights_bytes_per_gpu": self.weights_bytes_per_gpu,
+            "activation_bytes": act_per_gpu * dep.gpus,
+            "activation_bytes_per_gpu": act_per_gpu,
+            "total_bytes": self.weights_bytes + kv_bytes + (act_per_gpu + dep.reserve_bytes) * dep.gpus,
+            "total_bytes_per_gpu": total_per_gpu,
+            "gpu_memory_bytes": dep.gpu.memory_bytes,
+            "fits": total_per_gpu <= dep.gpu.memory_bytes,
+            "prefill_flops": prefill_flops,
+            "prefill_attention_flops": attn_flops,
+            "decode_flops_per_token": self.decode_flops_per_token(context - 1),
+            "prefill_seconds": prefill_seconds,
+            "decode_seconds_per_token": decode_seconds,
+            "prefill_tokens_per_second": batch * prompt / prefill_seconds,
+            "decode_tokens_per_second": batch / decode_seconds,
+            "prefill_usd_per_mtok": usd_per_s * prefill_seconds / (batch * prompt) * 1e6,
+            "decode_usd_per_mtok": usd_per_s * decode_seconds / batch * 1e6,
+        }
+
+
+COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV header
+    "model": "model name ([spec] marks a re-cast)",
+    "attention": "attention kind as served",
+    "gpu": "GPU preset", "gpus": "GPUs in all (tp x pp)", "tp": "tensor-parallel degree", "pp": "pipeline stages",
+    "batch": "sequences", "context": "tokens per sequence", "prompt": "prefill tokens per sequence",
+    "kv_dtype": "cache storage format",
+    "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",
+    "kv_cache_bytes": "bytes of cache, whole deployment", "kv_cache_bytes_per_gpu": "bytes of cache on the most loaded GPU",
+    "weights_bytes": "bytes of weights", "weights_bytes_per_gpu": "bytes of weights per GPU",
+    "activation_bytes": "bytes of prefill activation peak, all GPUs",
+    "activation_bytes_per_gpu": "bytes of prefill activation peak per GPU",
+    "total_bytes": "bytes in all", "total_bytes_per_gpu": "bytes on the most loaded GPU",
+    "gpu_memory_bytes": "bytes of memory per GPU", "fits": "total_bytes_per_gpu <= gpu_memory_bytes",
+    "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",
+    "decode_flops_per_token": "FLOPs of one decode step, one sequence",
+    "prefill_seconds": "roofline seconds of prefill", "decode_seconds_per_token": "roofline seconds of one decode step",
+    "prefill_tokens_per_second": "tokens/s", "decode_tokens_per_second": "tokens/s, whole batch",
+    "prefill_usd_per_mtok": "$ per million prefill tokens", "decode_usd_per_mtok": "$ per million decoded tokens",
+}

@@ -1,0 +1,145 @@
+"""GPU descriptions: memory, bandwidth, dense matrix FLOP/s, interconnect, price, and achieved efficiencies.
+
+Datasheet figures are dense (no 2:4 sparsity). The default efficiencies are what a good kernel reaches on
+an H100 in this workplace's measurements (bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device copy
+3.0 of 3.35 TB/s = 0.90), rounded down for whole models; `kvplan calibrate` measures them per GPU.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from .units import InputError
+
+DEFAULT_COMPUTE_EFFICIENCY = 0.7
+DEFAULT_BANDWIDTH_EFFICIENCY = 0.85
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_bytes: int
+    bandwidth_bytes_per_s: float  # HBM/GDDR, datasheet
+    bf16_flops: float  # dense matrix FLOP/s
+    fp8_flops: float  # dense matrix FLOP/s; 0 where the GPU has no fp8 units
+    link_bytes_per_s: float  # GPU-to-GPU, one direction (NVLink/Infinity Fabric, else PCIe)
+    usd_per_hour: float  # default price of one GPU-hour
+    compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
+    bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
+    source: str = ""
+
+    @property
+    def effective_flops(self) -> float:
+        return self.bf16_flops * self.compute_efficiency
+
+    @property
+    def effective_bandwidth(self) -> float:
+        return self.bandwidth_bytes_per_s * self.bandwidth_efficiency
+
+
+MiB, GB, TB, T = 2**20, 10**9, 10**12, 10**12
+_PRICE_NOTE = "price: typical 2025 on-demand cloud rate, an assumption (override with --usd-per-hour)"
+
+GPUS: dict[str, GPU] = {g.name: g for g in (
+    GPU("h100-sxm", 81559 * MiB, 3.35 * TB, 989.4 * T, 1978.9 * T, 450 * GB, 2.99,
+        source="NVIDIA H100 datasheet (SXM5: 3.35 TB/s, 989 TFLOPS bf16 dense, NVLink 900 GB/s bidirectional); "
+               "memory as nvidia-smi reports it on the lent H100 (81559 MiB); " + _PRICE_NOTE),
+    GPU("h100-pcie", 81559 * MiB, 2.0 * TB, 756 * T, 1513 * T, 64 * GB, 2.49,
+        source="NVIDIA H100 datasheet (PCIe: 2.0 TB/s, 756 TFLOPS bf16 dense, PCIe Gen5 64 GB/s); " + _PRICE_NOTE),
+    GPU("h200", 143771 * MiB, 4.8 * TB, 989.4 * T, 1978.9 * T, 450 * GB, 3.79,
+        source="NVIDIA H200 datasheet (4.8 TB/s, 141 GB, 989 TFLOPS bf16 dense); memory as nvidia-smi reports it "
+               "on the lent H200 (143771 MiB); " + _PRICE_NOTE),
+    GPU("h800", 81559 * MiB, 3.35 * TB, 989.4 * T, 1978.9 * T, 200 * GB, 2.0,
+        source="H800 SXM: H100 SXM compute and memory with NVLink cut to 400 GB/s bidirectional; $2/GPU-hour is "
+               "the rental price DeepSeek-V3's report assumes"),
+    GPU("a100-40gb", 40960 * MiB, 1.555 * TB, 312 * T, 0.0, 300 * GB, 1.29,
+        source="NVIDIA A100 datasheet (SXM 40GB: 1.555 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); " + _PRICE_NOTE),
+    GPU("a100-80gb", 81920 * MiB, 2.039 * TB, 312 * T, 0.0, 300 * GB, 1.79,
+        source="NVIDIA A100 datasheet (SXM 80GB: 2.039 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); " + _PRICE_NOTE),
+    GPU("l40s", 48 * GB, 0.864 * TB, 362.05 * T, 733 * T, 32 * GB, 0.99,
+        source="NVIDIA L40S datasheet (48 GB GDDR6, 864 GB/s, 362 TFLOPS bf16 dense, 733 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
+    GPU("b200", 180 * GB, 8.0 * TB, 2250 * T, 4500 * T, 900 * GB, 5.99,
+        source="NVIDIA HGX B200 datasheet (180 GB HBM3e, 8 TB/s, 2.25 PFLOPS bf16 dense, 4.5 fp8 dense, NVLink5 1.8 TB/s "
+               "bidirectional); " + _PRICE_NOTE),
+    GPU("mi300x", 192 * GB, 5.3 * TB, 1307.4 * T, 2614.9 * T, 448 * GB, 2.49,
+        source="AMD Instinct MI300X datasheet (192 GB HBM3, 5.3 TB/s, 1307 TFLOPS bf16 dense, 2615 fp8 dense, "
+               "Infinity Fabric 896 GB/s bidirectional); " + _PRICE_NOTE),
+    GPU("rtx-4090", 24564 * MiB, 1.008 * TB, 165.2 * T, 330.3 * T, 32 * GB, 0.39,
+        source="NVIDIA Ada whitepaper (RTX 4090: 24 GB GDDR6X, 1008 GB/s, 165 TFLOPS bf16 dense with fp32 accumulate, "
+               "330 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
+)}
+
+_ALIASES = {"h100": "h100-sxm", "a100": "a100-80gb", "4090": "rtx-4090", "mi300": "mi300x"}
+
+
+def get_gpu(name: str) -> GPU:
+    key = str(name).strip().lower().replace("_", "-").replace(" ", "-")
+    key = _ALIASES.get(key, key)
+    if key in GPUS:
+        return GPUS[key]
+    near = difflib.get_close_matches(key, list(GPUS) + list(_ALIASES), n=3, cutoff=0.4)
+    hint = f"; did you mean {', '.join(near)}?" if near else f"; known GPUs: {', '.join(GPUS)}"
+    raise InputError(f"unknown GPU {name!r}{hint}")
+
+
+_FIELD_NAMES = {f.name for f in fields(GPU)}
+
+
+def with_overrides(gpu: GPU, overrides: dict) -> GPU:
+    """Replace fields (as in GPU) from a dict, e.g. a hardware profile written by `kvplan calibrate`."""
+    unknown = set(overrides) - _FIELD_NAMES
+    if unknown:
+        raise InputError(f"unknown hardware field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELD_NAMES))}")
+    clean = {}
+    for key, value in overrides.items():
+        if key in ("name", "source"):
+            clean[key] = str(value)
+            continue
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise InputError(f"hardware field {key} must be a number, not {value!r}") from None
+        if number < 0 or (number == 0 and key != "fp8_flops"):
+            raise InputError(f"hardware field {key} must be positive, not {value!r}")
+        if key.endswith("efficiency") and number > 1:
+            raise InputError(f"hardware field {key} is a fraction in (0, 1], not {value!r}")
+        clean[key] = int(number) if key == "memory_bytes" else number
+    return replace(gpu, **clean)
+
+
+def load_hardware_file(path: str | Path) -> dict:
+    """Read a hardware JSON file: either GPU fields, or a calibration profile with a "gpu" object in it."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"hardware file {path} does not exist") from None
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"hardware file {path} is not valid JSON: {error}") from None
+    if isinstance(data, dict) and isinstance(data.get("gpu"), dict):
+        data = data["gpu"]
+    if not isinstance(data, dict):
+        raise InputError(f"hardware file {path} must hold a JSON object of GPU fields")
+    return data
+
+
+def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
+    data = load_hardware_file(path)
+    if base is None:
+        if "name" not in data:
+            raise InputError(f"hardware file {path} names no GPU ('name') and no --gpu was given")
+        try:
+            base = get_gpu(data["name"])
+        except InputError:
+            missing = _FIELD_NAMES - set(data) - {"compute_efficiency", "bandwidth_efficiency", "source"}
+            if missing:
+                raise InputError(f"hardware file {path} describes a new GPU but lacks {', '.join(sorted(missing))}") from None
+            base = GPU(**{k: data[k] for k in ("name", "memory_bytes", "bandwidth_bytes_per_s", "bf16_flops",
+                                               "fp8_flops", "link_bytes_per_s", "usd_per_hour")})
+    return with_overrides(base, data)
+
+
+def gpu_as_dict(gpu: GPU) -> dict:
+    return asdict(gpu)

@@ -1,0 +1,110 @@
+"""Bundled model presets: the published config.json values (the fields kvplan reads), with their source.
+
+Each preset is the subset of the model's config.json that kvplan.hf_config reads, so presets and local
+config files go through one parser. The T6 presets use the TPA paper's released training configs
+(tensorgi/TPA, config/train_*_medium_adam_80g8.py): GPT-2-medium depth and width, SwiGLU hidden
+floor(8/3 * 1024) = 2730, vocab 50304, tied embeddings, trained at 1024 tokens; the head counts of the
+comparison models differ because the paper matches parameter counts, not heads.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+from .hf_config import model_from_config
+from .model import Model
+from .units import InputError
+
+_T6_MEDIUM = {"num_hidden_layers": 24, "hidden_size": 1024, "head_dim": 64, "intermediate_size": 2730,
+              "vocab_size": 50304, "max_position_embeddings": 1024, "tie_word_embeddings": True}
+_T6_SOURCE = "TPA paper (arXiv 2501.06425) code, tensorgi/TPA config/{}"
+
+PRESETS: dict[str, tuple[dict, str]] = {
+    "llama-3.1-8b": ({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+                      "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+                      "max_position_embeddings": 131072, "tie_word_embeddings": False},
+                     "meta-llama/Llama-3.1-8B config.json"),
+    "llama-3.1-70b": ({"model_type": "llama", "num_hidden_layers": 80, "hidden_size": 8192, "num_attention_heads": 64,
+                       "num_key_value_heads": 8, "intermediate_size": 28672, "vocab_size": 128256,
+                       "max_position_embeddings": 131072, "tie_word_embeddings": False},
+                      "meta-llama/Llama-3.1-70B config.json"),
+    "llama-3.1-405b": ({"model_type": "llama", "num_hidden_layers": 126, "hidden_size": 16384, "num_attention_heads": 128,
+                        "num_key_value_heads": 8, "intermediate_size": 53248, "vocab_size": 128256,
+                        "max_position_embeddings": 131072, "tie_word_embeddings": False},
+                       "meta-llama/Llama-3.1-405B config.json"),
+    "mistral-7b-v0.1": ({"model_type": "mistral", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+                         "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 32000,
+                         "max_position_embeddings": 32768, "sliding_window": 4096, "tie_word_embeddings": False},
+                        "mistralai/Mistral-7B-v0.1 config.json"),
+    "qwen2.5-7b": ({"model_type": "qwen2", "num_hidden_layers": 28, "hidden_size": 3584, "num_attention_heads": 28,
+                    "num_key_value_heads": 4, "intermediate_size": 18944, "vocab_size": 152064,
+                    "max_position_embeddings": 131072, "use_sliding_window": False, "tie_word_embeddings": False},
+                   "Qwen/Qwen2.5-7B config.json"),
+    "gemma-3-27b": ({"model_type": "gemma3_text", "num_hidden_layers": 62, "hidden_size": 5376, "num_attention_heads": 32,
+                     "num_key_value_heads": 16, "head_dim": 128, "intermediate_size": 21504, "vocab_size": 262208,
+                     "max_position_embeddings": 131072, "sliding_window": 1024, "sliding_window_pattern": 6,
+                     "tie_word_embeddings": True},
+                    "google/gemma-3-27b-pt config.json (text_config)"),
+    "deepseek-v3": ({"model_type": "deepseek_v3", "num_hidden_layers": 61, "hidden_size": 7168, "num_attention_heads": 128,
+                     "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                     "v_head_dim": 128, "intermediate_size": 18432, "moe_intermediate_size": 2048,
+                     "n_routed_experts": 256, "num_experts_per_tok": 8, "n_shared_experts": 1,
+                     "first_k_dense_replace": 3, "vocab_size": 129280, "max_position_embeddings": 163840,
+                     "tie_word_embeddings": False},
+                    "deepseek-ai/DeepSeek-V3 config.json (the multi-token-prediction layer is left out)"),
+    "deepseek-v3.2-exp": ({"model_type": "deepseek_v32", "num_hidden_layers": 61, "hidden_size": 7168,
+                           "num_attention_heads": 128, "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
+                           "qk_nope_head_dim": 128, "v_head_dim": 128, "intermediate_size": 18432,
+                           "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 8,
+                           "n_shared_experts": 1, "first_k_dense_replace": 3, "vocab_size": 129280,
+                           "max_position_embeddings": 163840, "index_n_heads": 64, "index_head_dim": 128,
+                           "index_topk": 2048, "tie_word_embeddings": False},
+                          "deepseek-ai/DeepSeek-V3.2-Exp config.json (the multi-token-prediction layer is left out)"),
+    "modernbert-base": ({"model_type": "modernbert", "num_hidden_layers": 22, "hidden_size": 768, "num_attention_heads": 12,
+                         "intermediate_size": 1152, "vocab_size": 50368, "max_position_embeddings": 8192,
+                         "global_attn_every_n_layers": 3, "local_attention": 128},
+                        "answerdotai/ModernBERT-base config.json (an encoder: its 'cache' is the K/V one forward holds)"),
+    "modernbert-large": ({"model_type": "modernbert", "num_hidden_layers": 28, "hidden_size": 1024, "num_attention_heads": 16,
+                          "intermediate_size": 2624, "vocab_size": 50368, "max_position_embeddings": 8192,
+                          "global_attn_every_n_layers": 3, "local_attention": 128},
+                         "answerdotai/ModernBERT-large config.json (an encoder: its 'cache' is the K/V one forward holds)"),
+    "t6-medium": ({"model_type": "t6", **_T6_MEDIUM, "num_attention_heads": 47, "q_rank": 6, "k_rank": 2, "v_rank": 2},
+                  _T6_SOURCE.format("train_T6_medium_adam_80g8.py")),
+    "t6-medium-mha": ({"model_type": "llama", **_T6_MEDIUM, "num_attention_heads": 16, "num_key_value_heads": 16},
+                      _T6_SOURCE.format("train_llama_medium_adam_80g8.py")),
+    "t6-medium-mqa": ({"model_type": "llama", **_T6_MEDIUM, "num_attention_heads": 31, "num_key_value_heads": 1},
+                      _T6_SOURCE.format("train_llama_mqa_medium_adam_80g8.py (31 heads in one group)")),
+    "t6-medium-gqa": ({"model_type": "llama", **_T6_MEDIUM, "num_attention_heads": 30, "num_key_value_heads": 2},
+                      _T6_SOURCE.format("train_llama_gqa_medium_adam_80g8.py (30 heads in groups of 15)")),
+    "t6-medium-mla": ({"model_type": "deepseek_v3", **_T6_MEDIUM, "num_attention_heads": 23, "q_lora_rank": 1024,
+                       "kv_lora_rank": 512, "qk_rope_head_dim": 32, "qk_nope_head_dim": 64, "v_head_dim": 64},
+                      _T6_SOURCE.format("train_llama_mla_medium_adam_80g8.py")),
+}
+
+_CACHE: dict[str, Model] = {}
+
+
+def get_preset(name: str) -> Model:
+    key = name.strip().lower()
+    if key not in PRESETS:
+        near = difflib.get_close_matches(key, PRESETS, n=3, cutoff=0.4)
+        hint = f"; did you mean {', '.join(near)}?" if near else f"; known models: {', '.join(PRESETS)}"
+        raise InputError(f"unknown model {name!r} (not a preset, not a config.json path){hint}")
+    if key not in _CACHE:
+        config, source = PRESETS[key]
+        _CACHE[key] = model_from_config(config, name=key, source=source)
+    return _CACHE[key]
+
+
+def load_model(name_or_path: str) -> Model:
+    """A preset by name, or a local config.json (file or folder)."""
+    from pathlib import Path
+
+    if name_or_path.strip().lower() in PRESETS:
+        return get_preset(name_or_path)
+    path = Path(name_or_path)
+    if path.exists() or "/" in name_or_path or name_or_path.endswith(".json"):
+        from .hf_config import model_from_file
+
+        return model_from_file(path)
+    return get_preset(name_or_path)
