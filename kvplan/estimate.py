@@ -15,7 +15,8 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
   the GPU link, plus LINK_LATENCY_SECONDS). Pipeline stages run one after another for a batch (no
   micro-batching), so pp adds memory, not speed.
 - Decode reads all dense weights, the MoE experts that the batch's tokens select (uniform routing: of E
-  experts each token picking k, E (1 - (1 - k/E)^tokens) are touched), and every cached byte.
+  experts each token picking k, E (1 - (1 - k/E)^tokens) are touched), and every cached byte (DSA: every
+  indexer key, but only the top-k latents).
 - Cost: $/GPU-hour x GPUs x time / tokens.
 """
 
@@ -200,11 +201,30 @@ class Estimator:
     def usd_per_second(self) -> float:
         return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600
 
+    def decode_cache_read_bytes(self, batch: int, context: int) -> int:
+        """Cache bytes one decode step reads, whole deployment: all of it, except that DSA reads every indexer
+        key but only the index_topk latents its indexer selects (the rest of its cache is held, not read)."""
+        attention = self.model.attention
+        if not isinstance(attention, DSA):
+            return self.kv_cache_bytes(batch, context)
+        indexer = attention.indexer_cache_bytes()
+        latent = self.kv_bytes_per_token_layer_per_gpu - indexer
+        per_sequence = sum(n * (indexer * self.cached_tokens(context, w) + latent * min(context, cap))
+                           for w, n, cap in self._groups)
+        return batch * self.deployment.tp * per_sequence
+
     def decode_step(self, batch: int, context: int) -> tuple[int, float]:
         """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
         flops = batch * self.decode_flops_per_token(context - 1)
-        bytes_moved = (self.weights_read_bytes(batch) + self.kv_cache_bytes(batch, context))
+        bytes_moved = self.weights_read_bytes(batch) + self.decode_cache_read_bytes(batch, context)
         return flops, self._roofline(flops, bytes_moved, batch)
+
+    def prefill_chunk(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
+        """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
+        chunked prefill does; start=0 is the whole prefill of a `tokens`-token prompt."""
+        flops = self.prefill_linear_flops(batch, tokens) + self.prefill_attention_flops(batch, tokens, start)
+        bytes_moved = self.weights_read_bytes(batch * tokens) + self.kv_cache_bytes(batch, start + tokens)
+        return flops, self._roofline(flops, bytes_moved, batch * tokens)
 
     # --- one row --------------------------------------------------------------------------------------
     def row(self, batch: int, context: int, prompt: int | None = None) -> dict:
@@ -216,9 +236,7 @@ class Estimator:
         act_per_gpu = self.activation_bytes_per_gpu(batch, prompt)
         total_per_gpu = self.weights_bytes_per_gpu + kv_per_gpu + act_per_gpu + dep.reserve_bytes
         attn_flops = self.prefill_attention_flops(batch, prompt)
-        prefill_flops = self.prefill_linear_flops(batch, prompt) + attn_flops
-        prefill_bytes = self.weights_read_bytes(batch * prompt) + self.kv_cache_bytes(batch, prompt)
-        prefill_seconds = self._roofline(prefill_flops, prefill_bytes, batch * prompt)
+        prefill_flops, prefill_seconds = self.prefill_chunk(batch, prompt)
         decode_flops, decode_seconds = self.decode_step(batch, context)
         usd_per_s = self.usd_per_second()
         return {
