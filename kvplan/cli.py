@@ -32,7 +32,12 @@ WeightDtypeOpt = typer.Option("bf16", "--weight-dtype", help="Weight format: bf1
 BlockOpt = typer.Option(0, "--block-size", help="Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", min=0)
 ReserveOpt = typer.Option("0", "--reserve", help="Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB.")
 NaiveOpt = typer.Option(False, "--naive-attention", help="Attention materialises the score matrix (memory quadratic in context).")
-ProfileOpt = typer.Option(None, "--hardware-profile", help="JSON from `kvplan calibrate` (or GPU fields) replacing datasheet figures.")
+ProfileOpt = typer.Option(None, "--hardware-profile", help="JSON file replacing datasheet figures: a `kvplan calibrate` profile, "
+                          "or an object of GPU fields (memory_bytes, bandwidth_bytes_per_s, bf16_flops and fp8_flops in "
+                          "FLOP/s, link_bytes_per_s, usd_per_hour, compute_efficiency, bandwidth_efficiency); a new GPU "
+                          "needs a name and every figure.")
+GpuSetOpt = typer.Option(None, "--gpu-set", help="Override one GPU field, FIELD=VALUE (repeatable), e.g. memory_bytes=80GiB, "
+                         "bandwidth_bytes_per_s=3.0e12 (bytes/s), bf16_flops=800e12 (FLOP/s), usd_per_hour=2.5 ($).")
 PriceOpt = typer.Option(None, "--usd-per-hour", help="Price of one GPU-hour in $ (default: the preset's).")
 ComputeEffOpt = typer.Option(None, "--compute-efficiency", help="Fraction of dense bf16 FLOP/s reached (default 0.7).")
 BandwidthEffOpt = typer.Option(None, "--bandwidth-efficiency", help="Fraction of memory bandwidth reached (default 0.85).")
@@ -41,15 +46,18 @@ CsvOpt = typer.Option(False, "--csv", help="Print CSV with the same columns as -
 
 
 def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve, naive,
-                 hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency) -> dict:
-    """CLI options -> keyword arguments of kvplan.api.plan."""
+                 hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency, gpu_set=None) -> dict:
+    """CLI options -> keyword arguments of kvplan.api.plan. Named options win over --gpu-set."""
+    from .hardware import parse_assignments
     from .recast import split_specs
 
+    named = dict(usd_per_hour=usd_per_hour, compute_efficiency=compute_efficiency,
+                 bandwidth_efficiency=bandwidth_efficiency)
+    overrides = {**parse_assignments(gpu_set or []), **{k: v for k, v in named.items() if v is not None}}
     return dict(model=model, gpu=gpu, attention=split_specs(attention) or None,
                 kv_dtype=[k for k in kv_dtype.split(",") if k.strip()] or ["bf16"], gpus=gpus, pp=pp,
                 weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, flash=not naive,
-                hardware_profile=hardware_profile, usd_per_hour=usd_per_hour,
-                compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
+                hardware_profile=hardware_profile, **overrides)
 
 
 @app.command()
@@ -71,6 +79,7 @@ def estimate(
     usd_per_hour: Optional[float] = PriceOpt,
     compute_efficiency: Optional[float] = ComputeEffOpt,
     bandwidth_efficiency: Optional[float] = BandwidthEffOpt,
+    gpu_set: Optional[List[str]] = GpuSetOpt,
     as_json: bool = JsonOpt,
     as_csv: bool = CsvOpt,
 ) -> None:
@@ -84,7 +93,7 @@ def estimate(
     prompt_tokens = parse_tokens(prompt, "--prompt") if prompt else None
     estimators = plan(**plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve,
                                      naive_attention, hardware_profile, usd_per_hour, compute_efficiency,
-                                     bandwidth_efficiency))
+                                     bandwidth_efficiency, gpu_set))
     rows = []
     for estimator in estimators:
         for message in context_warnings(estimator.model, contexts):
@@ -138,19 +147,40 @@ def gpus(as_json: bool = JsonOpt) -> None:
     emit(rows, as_json, False, columns, title="kvplan gpus")
 
 
-def main() -> None:
+def _click_errors() -> tuple[type, ...]:
+    """Click's usage-error classes: typer >= 0.20 vendors click as typer._click, older typer uses click."""
+    classes = []
+    for module in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            classes.append(__import__(module, fromlist=["ClickException"]).ClickException)
+        except ImportError:
+            pass
+    return tuple(classes)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
     """Entry point: bad input ends in one line on stderr and exit status 2, never a traceback."""
     warnings.simplefilter("default")
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app()
+        # standalone_mode=False hands click's usage errors to us, so they too print as one line.
+        code = app(args=args or ["--help"], prog_name="kvplan", standalone_mode=False)
     except InputError as error:
         err(f"error: {error}")
         sys.exit(2)
+    except _click_errors() as error:
+        err(f"error: {error.format_message()}")
+        sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err("interrupted")
         sys.exit(130)
     except Exception as error:  # noqa: BLE001 - the contract is one line, not a traceback
         if os.environ.get("KVPLAN_DEBUG"):
             raise
+        if type(error).__name__ == "Abort":  # click's Ctrl-C
+            err("interrupted")
+            sys.exit(130)
         err(f"internal error: {type(error).__name__}: {error} (set KVPLAN_DEBUG=1 for the traceback)")
         sys.exit(1)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from .units import InputError
+from .units import InputError, parse_bytes
 
 DEFAULT_COMPUTE_EFFICIENCY = 0.7
 DEFAULT_BANDWIDTH_EFFICIENCY = 0.85
@@ -88,6 +88,17 @@ def get_gpu(name: str) -> GPU:
 _FIELD_NAMES = {f.name for f in fields(GPU)}
 
 
+def parse_assignments(pairs: list[str]) -> dict[str, str]:
+    """['memory_bytes=80GiB', 'usd_per_hour=2'] -> {'memory_bytes': '80GiB', 'usd_per_hour': '2'} (values checked later)."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = (part.strip() for part in str(pair).partition("="))
+        if not sep or not key or not value:
+            raise InputError(f"--gpu-set expects FIELD=VALUE, not {pair!r}; fields: {', '.join(sorted(_FIELD_NAMES))}")
+        out[key] = value
+    return out
+
+
 def with_overrides(gpu: GPU, overrides: dict) -> GPU:
     """Replace fields (as in GPU) from a dict, e.g. a hardware profile written by `kvplan calibrate`."""
     unknown = set(overrides) - _FIELD_NAMES
@@ -98,6 +109,8 @@ def with_overrides(gpu: GPU, overrides: dict) -> GPU:
         if key in ("name", "source"):
             clean[key] = str(value)
             continue
+        if key == "memory_bytes" and isinstance(value, str):
+            value = parse_bytes(value, "hardware field memory_bytes")  # accepts 80GiB, 141GB
         try:
             number = float(value)
         except (TypeError, ValueError):

@@ -66,6 +66,9 @@ ESTIMATE_COLUMNS: list[Column] = [
 ]
 
 
+_TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source")
+
+
 def print_table(rows: Sequence[dict], columns: Sequence[Column], title: str | None = None,
                 caption: str | None = None) -> None:
     from rich.console import Console
@@ -73,7 +76,7 @@ def print_table(rows: Sequence[dict], columns: Sequence[Column], title: str | No
 
     table = Table(title=title, caption=caption, caption_justify="left")
     for header, _ in columns:
-        table.add_column(header, justify="left" if header in ("model", "attention", "kv", "gpu", "kind") else "right")
+        table.add_column(header, justify="left" if header in _TEXT_HEADERS else "right")
     for row in rows:
         table.add_row(*(fn(row) for _, fn in columns))
     # Piped output has no terminal width; keep every column readable rather than folding to 80.

@@ -33,7 +33,7 @@ def parse_tokens(text: str | int, what: str = "size") -> int:
         number, suffix = match.groups()
         value = float(number) * _TOKEN_SUFFIX[suffix.lower()]
         if value != int(value):
-            raise InputError(f"{what} must be a whole number of tokens, not {text!r}")
+            raise InputError(f"{what} must be a whole number, not {text!r}")
         value = int(value)
     if value <= 0:
         raise InputError(f"{what} must be positive, not {text!r}")
