@@ -185,16 +185,22 @@ class Estimator:
         return seconds
 
     def weights_read_bytes(self, tokens: int) -> float:
-        """Weight bytes one forward over `tokens` tokens reads (MoE: only the experts they select)."""
+        """Weight bytes one forward over `tokens` tokens reads (MoE: only the experts they select; an untied
+        input embedding: only the rows the tokens look up, at most the whole table)."""
+        model = self.model
+        skipped_rows = 0 if model.tie_embeddings else max(model.vocab_size - tokens, 0)
+        read = self.weights_bytes - skipped_rows * model.d_model * self.deployment.weight_format.bytes_per_element
         if not self._moe_layers:
-            return self.weights_bytes
+            return read
         ffn = self.model.ffn
         touched = ffn.n_experts * (1 - (1 - ffn.n_active_experts / ffn.n_experts) ** tokens)
-        return self._always_read_bytes + self._moe_layers * touched * self._expert_bytes
+        return read - self.weights_bytes + self._always_read_bytes + self._moe_layers * touched * self._expert_bytes
 
-    def _roofline(self, flops: float, bytes_moved: float, batch_tokens: int) -> float:
+    def _roofline(self, flops: float, bytes_moved: float, batch_tokens: int, attention_flops: float = 0) -> float:
+        """Seconds: the slower of compute and memory; attention FLOPs run at the GPU's attention efficiency."""
         dep = self.deployment
-        compute = flops / (dep.tp * dep.gpu.effective_flops)
+        compute = ((flops - attention_flops) / dep.gpu.effective_flops
+                   + attention_flops / dep.gpu.effective_attention_flops) / dep.tp
         memory = bytes_moved / (dep.tp * dep.gpu.effective_bandwidth)
         return max(compute, memory) + self._collective_seconds(batch_tokens)
 
@@ -217,14 +223,15 @@ class Estimator:
         """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
         flops = batch * self.decode_flops_per_token(context - 1)
         bytes_moved = self.weights_read_bytes(batch) + self.decode_cache_read_bytes(batch, context)
-        return flops, self._roofline(flops, bytes_moved, batch)
+        return flops, self._roofline(flops, bytes_moved, batch, batch * self.decode_attention_flops(context - 1))
 
     def prefill_chunk(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
         """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
         chunked prefill does; start=0 is the whole prefill of a `tokens`-token prompt."""
-        flops = self.prefill_linear_flops(batch, tokens) + self.prefill_attention_flops(batch, tokens, start)
+        attention_flops = self.prefill_attention_flops(batch, tokens, start)
+        flops = self.prefill_linear_flops(batch, tokens) + attention_flops
         bytes_moved = self.weights_read_bytes(batch * tokens) + self.kv_cache_bytes(batch, start + tokens)
-        return flops, self._roofline(flops, bytes_moved, batch * tokens)
+        return flops, self._roofline(flops, bytes_moved, batch * tokens, attention_flops)
 
     # --- one row --------------------------------------------------------------------------------------
     def row(self, batch: int, context: int, prompt: int | None = None) -> dict:

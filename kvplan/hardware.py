@@ -30,10 +30,17 @@ class GPU:
     compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
     bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
     source: str = ""
+    # Fraction of bf16_flops that prefill attention kernels (flash attention) reach; None: compute_efficiency.
+    # Flash attention runs well below a dense matmul's rate, so a calibrated profile sets it apart.
+    attention_efficiency: float | None = None
 
     @property
     def effective_flops(self) -> float:
         return self.bf16_flops * self.compute_efficiency
+
+    @property
+    def effective_attention_flops(self) -> float:
+        return self.bf16_flops * (self.attention_efficiency or self.compute_efficiency)
 
     @property
     def effective_bandwidth(self) -> float:
