@@ -1,0 +1,358 @@
+"""Every attention kind's cache and FLOP formulas against numbers worked out by hand here.
+
+Each expected value is written as the arithmetic that produces it, from the published config values
+(see kvplan/presets.py for their sources), so a reader can check it without running kvplan.
+"""
+
+import pytest
+
+from kvplan.api import plan
+from kvplan.attention import keys_attended_sum
+from kvplan.presets import get_preset
+
+K = 1024
+BF16, FP8 = 2, 1  # bytes per element
+
+
+def est(model, **options):
+    """The one Estimator for a preset (or a re-cast of it) on an H100 unless told otherwise."""
+    (estimator,) = plan(model, **options)
+    return estimator
+
+
+def causal_pairs(n):
+    """Sum over queries 0..n-1 of (i + 1) keys."""
+    return n * (n + 1) // 2
+
+
+def windowed_pairs(n, w):
+    """Sum over queries 0..n-1 of min(i + 1, w) keys: a triangle up to w, then w keys per query."""
+    return causal_pairs(n) if n <= w else w * (w + 1) // 2 + (n - w) * w
+
+
+# --- cache per token ------------------------------------------------------------------------------------
+
+def test_gqa_llama_8b_cache_per_token():
+    # 32 layers x 2 (K and V) x 8 KV heads x 128 head_dim x 2 bytes
+    assert est("llama-3.1-8b").kv_bytes_per_token == 32 * 2 * 8 * 128 * BF16 == 131072
+
+
+def test_mha_and_mqa_recasts_of_llama_8b():
+    # MHA keeps K and V for all 32 heads; MQA for one head shared by all.
+    assert est("llama-3.1-8b", attention="mha").kv_bytes_per_token == 32 * 2 * 32 * 128 * BF16
+    assert est("llama-3.1-8b", attention="mqa").kv_bytes_per_token == 32 * 2 * 1 * 128 * BF16
+    assert est("llama-3.1-8b", attention="gqa:kv_heads=4").kv_bytes_per_token == 32 * 2 * 4 * 128 * BF16
+
+
+def test_mla_deepseek_v3_cache_per_token():
+    # 61 layers x (kv_lora_rank 512 + qk_rope_head_dim 64) x 2 bytes = 70,272 bytes: the latent plus one RoPE key.
+    assert est("deepseek-v3").kv_bytes_per_token == 61 * (512 + 64) * BF16 == 70272
+
+
+def test_tpa_t6_medium_cache_per_token():
+    # TPA caches A_K, A_V (rank x heads) and B_K, B_V (rank x head_dim): (R_K + R_V)(h + d_h) elements.
+    # t6-medium: 24 layers, h = 47, d_h = 64, R_K = R_V = 2.
+    assert est("t6-medium").kv_bytes_per_token == 24 * (2 + 2) * (47 + 64) * BF16 == 21312
+
+
+def test_tpa_recast_uses_the_models_heads_and_head_dim():
+    # llama-3.1-8b as TPA with k_rank = v_rank = 1: 32 layers x (1 + 1)(32 + 128) x 2 bytes.
+    assert est("llama-3.1-8b", attention="tpa:k_rank=1,v_rank=1").kv_bytes_per_token == 32 * 2 * (32 + 128) * BF16
+
+
+def test_dsa_deepseek_v32_cache_per_token():
+    # MLA's 576 elements in bf16, plus the indexer key: 128 fp8 bytes and one 4-byte fp32 scale per 128.
+    per_layer = (512 + 64) * BF16 + 128 * FP8 + 4
+    assert est("deepseek-v3.2-exp").kv_bytes_per_token == 61 * per_layer == 61 * 1284
+
+
+def test_dsa_indexer_key_stays_fp8_whatever_the_kv_dtype():
+    # With an fp8 cache the latent halves but the indexer key (already fp8 + scale) does not.
+    assert est("deepseek-v3.2-exp", kv_dtype="fp8").kv_bytes_per_token == 61 * ((512 + 64) * FP8 + 128 + 4)
+
+
+# --- quantized caches: scale overhead -------------------------------------------------------------------
+
+def test_int8_scale_overhead():
+    # int8: one byte per element plus a 2-byte fp16 scale per 64 elements. A 128-element head vector takes
+    # 128 + (128 / 64) x 2 = 132 bytes; llama-3.1-8b caches 2 x 8 such vectors per layer.
+    assert est("llama-3.1-8b", kv_dtype="int8").kv_bytes_per_token == 32 * 2 * 8 * (128 + 2 * 2)
+    # MLA: latent 512 -> 512 + 8 x 2 = 528 bytes; RoPE key 64 -> 64 + 1 x 2 = 66 bytes.
+    assert est("deepseek-v3", kv_dtype="int8").kv_bytes_per_token == 61 * ((512 + 8 * 2) + (64 + 1 * 2))
+
+
+def test_int4_scale_overhead():
+    # int4: half a byte per element plus a 2-byte scale and a 2-byte zero point per 32 elements:
+    # 128 elements -> 64 + (128 / 32) x 4 = 80 bytes.
+    assert est("llama-3.1-8b", kv_dtype="int4").kv_bytes_per_token == 32 * 2 * 8 * (128 // 2 + 4 * 4)
+    # A group that is not full still carries its scale: TPA A factors have 47 elements -> 24 bytes
+    # (23.5 rounded up) + 2 groups x 4 = 32; B factors 64 elements -> 32 + 2 x 4 = 40.
+    assert est("t6-medium", kv_dtype="int4").kv_bytes_per_token == 24 * 4 * ((24 + 2 * 4) + (32 + 2 * 4))
+
+
+# --- windows and local/global mixes ---------------------------------------------------------------------
+
+def test_mistral_sliding_window_caps_the_cache():
+    per_token_layer = 2 * 8 * 128 * BF16  # 4096 bytes
+    e = est("mistral-7b-v0.1")
+    assert e.kv_cache_bytes(1, 2 * K) == 32 * per_token_layer * 2 * K  # below the window: every token
+    assert e.kv_cache_bytes(1, 32 * K) == 32 * per_token_layer * 4096  # above: the 4096 most recent
+    assert e.kv_cache_bytes(3, 32 * K) == 3 * 32 * per_token_layer * 4096
+
+
+def test_gemma3_five_local_to_one_global():
+    # 62 layers; every 6th is global (layers 6, 12, ..., 60 counting from 1): 10 global, 52 local with w = 1024.
+    m = get_preset("gemma-3-27b")
+    assert m.layer_windows.count(None) == 10 and m.layer_windows.count(1024) == 52
+    per_token_layer = 2 * 16 * 128 * BF16  # 8192 bytes
+    assert est("gemma-3-27b").kv_cache_bytes(1, 128 * K) == per_token_layer * (10 * 128 * K + 52 * 1024)
+
+
+def test_modernbert_global_every_third_layer():
+    # 22 layers, global at 0, 3, ..., 21 -> 8 global; 14 local with a 128-token window; 12 heads of 64.
+    m = get_preset("modernbert-base")
+    assert [i for i, w in enumerate(m.layer_windows) if w is None] == [0, 3, 6, 9, 12, 15, 18, 21]
+    per_token_layer = 2 * 12 * 64 * BF16  # 3072 bytes
+    assert est("modernbert-base").kv_cache_bytes(1, 8 * K) == per_token_layer * (8 * 8 * K + 14 * 128)
+
+
+def test_window_recast_with_global_layers():
+    # window:size=4096,global_every=4 on 32 layers: layers 4, 8, ..., 32 (from 1) global -> 8 global, 24 local.
+    e = est("llama-3.1-8b", attention="window:size=4096,global_every=4")
+    assert e.kv_cache_bytes(1, 64 * K) == 2 * 8 * 128 * BF16 * (8 * 64 * K + 24 * 4096)
+
+
+# --- paged allocation -----------------------------------------------------------------------------------
+
+def test_paged_blocks_round_up_to_whole_pages():
+    # 1000 tokens in 16-token pages: ceil(1000 / 16) = 63 pages = 1008 token slots.
+    e = est("llama-3.1-8b", block_size=16)
+    assert e.kv_cache_bytes(1, 1000) == 131072 * 1008
+
+
+def test_paged_window_holds_one_extra_page():
+    # A 4096-token window sliding over 16-token pages spans 4096/16 + 1 = 257 pages once the context passes it,
+    # but never more pages than the context itself needs.
+    e = est("mistral-7b-v0.1", block_size=16)
+    per_token = 32 * 2 * 8 * 128 * BF16
+    assert e.kv_cache_bytes(1, 10000) == per_token * 257 * 16
+    assert e.kv_cache_bytes(1, 4100) == per_token * min(257, -(-4100 // 16)) * 16
+    assert e.kv_cache_bytes(1, 4000) == per_token * 4000  # 250 full pages, below the window
+
+
+# --- tensor and pipeline parallelism --------------------------------------------------------------------
+
+def test_tp_splits_kv_heads():
+    # 8 KV heads over 8 GPUs: one K and one V head each (512 bytes per token per layer); nothing replicated.
+    e = est("llama-3.1-8b", gpus=8)
+    assert e.kv_cache_bytes_per_gpu(1, 4 * K) == 32 * 2 * 1 * 128 * BF16 * 4 * K
+    assert e.kv_cache_bytes(1, 4 * K) == 8 * e.kv_cache_bytes_per_gpu(1, 4 * K) == 32 * 2 * 8 * 128 * BF16 * 4 * K
+
+
+def test_tp_beyond_kv_heads_replicates():
+    # 16 GPUs for 8 KV heads: each GPU still holds a whole head, so the deployment holds every head twice.
+    e = est("llama-3.1-8b", gpus=16)
+    assert e.kv_cache_bytes_per_gpu(1, 4 * K) == 32 * 2 * 1 * 128 * BF16 * 4 * K
+    assert e.kv_cache_bytes(1, 4 * K) == 16 * 32 * 2 * 1 * 128 * BF16 * 4 * K
+
+
+def test_tp_replicates_mqa_and_mla():
+    mqa = est("llama-3.1-8b", attention="mqa", gpus=4)
+    assert mqa.kv_cache_bytes_per_gpu(1, K) == 32 * 2 * 128 * BF16 * K  # the one K/V head on every GPU
+    assert mqa.kv_cache_bytes(1, K) == 4 * 32 * 2 * 128 * BF16 * K
+    mla = est("deepseek-v3", gpus=8)
+    assert mla.kv_cache_bytes_per_gpu(1, K) == 61 * (512 + 64) * BF16 * K  # the latent is shared by all heads
+    assert mla.kv_cache_bytes(1, K) == 8 * 61 * (512 + 64) * BF16 * K
+    dsa = est("deepseek-v3.2-exp", gpus=8)
+    assert dsa.kv_cache_bytes_per_gpu(1, K) == 61 * ((512 + 64) * BF16 + 128 + 4) * K
+
+
+def test_tp_splits_tpa_a_factors_and_replicates_b():
+    # t6-medium over 2 GPUs: A factors for ceil(47 / 2) = 24 heads each, B factors (64 wide) whole on both.
+    e = est("t6-medium", gpus=2)
+    per_gpu_layer = (2 + 2) * (24 + 64) * BF16
+    assert e.kv_cache_bytes_per_gpu(1, K) == 24 * per_gpu_layer * K
+    assert e.kv_cache_bytes(1, K) == 2 * 24 * per_gpu_layer * K
+
+
+def test_pipeline_stages_hold_their_layers_share():
+    # 32 layers in 3 stages of ceil(32 / 3) = 11, 11, 10: the busiest GPU holds 11 layers of cache.
+    e = est("llama-3.1-8b", gpus=3, pp=3)
+    assert e.kv_cache_bytes_per_gpu(2, 8 * K) == 2 * 11 * 2 * 8 * 128 * BF16 * 8 * K
+    assert e.kv_cache_bytes(2, 8 * K) == 2 * 32 * 2 * 8 * 128 * BF16 * 8 * K
+    assert e.weights_bytes_per_gpu == -(-e.weights_bytes // 3)
+
+
+def test_pipeline_stage_of_gemma3_with_most_global_layers():
+    # 62 layers in 4 stages of 16: globals (0-based 5, 11 | 17, 23, 29 | 35, 41, 47 | 53, 59).
+    # The busiest stage at long context holds 3 global and 13 local layers.
+    e = est("gemma-3-27b", gpus=4, pp=4)
+    assert e.kv_cache_bytes_per_gpu(1, 128 * K) == 2 * 16 * 128 * BF16 * (3 * 128 * K + 13 * 1024)
+
+
+# --- prefill attention FLOPs ----------------------------------------------------------------------------
+
+def test_keys_attended_sum_closed_forms():
+    assert keys_attended_sum(4096, None) == causal_pairs(4096) == 4096 * 4097 // 2
+    assert keys_attended_sum(10_000, 4096) == windowed_pairs(10_000, 4096) == 4096 * 4097 // 2 + (10_000 - 4096) * 4096
+    assert keys_attended_sum(100, 30, start=50) == sum(min(i + 1, 30) for i in range(50, 150))
+
+
+def test_prefill_attention_causal_dense():
+    # QK^T and PV: 2 x 2 FLOPs per head dim per (query, key) pair, 32 heads of 128, 32 layers, causal pairs.
+    e = est("llama-3.1-8b")
+    assert e.prefill_attention_flops(2, 4096) == 2 * 32 * (4 * 32 * 128) * causal_pairs(4096)
+
+
+def test_prefill_attention_sliding_window():
+    e = est("mistral-7b-v0.1")
+    assert e.prefill_attention_flops(1, 8192) == 32 * (4 * 32 * 128) * windowed_pairs(8192, 4096)
+
+
+def test_prefill_attention_gemma3_local_global():
+    e = est("gemma-3-27b")
+    pair = 4 * 32 * 128
+    assert e.prefill_attention_flops(1, 32 * K) == pair * (10 * causal_pairs(32 * K) + 52 * windowed_pairs(32 * K, 1024))
+
+
+def test_prefill_attention_mla_decompressed():
+    # Prefill decompresses: QK^T over qk_head_dim 128 + 64 = 192, PV over v_head_dim 128, 128 heads.
+    e = est("deepseek-v3")
+    pair = 2 * 128 * 192 + 2 * 128 * 128
+    assert e.prefill_attention_flops(1, 4096) == 61 * pair * causal_pairs(4096)
+
+
+def test_prefill_attention_tpa_includes_factor_products():
+    # Pairs as MHA over rebuilt Q, K, V (4 h d_h each), plus rebuilding Q, K, V from R = 6 + 2 + 2 factor pairs:
+    # 2 R h d_h per token per layer.
+    e = est("t6-medium")
+    h, d_h = 47, 64
+    assert e.prefill_attention_flops(1, 1024) == 24 * (4 * h * d_h * causal_pairs(1024) + 2 * 10 * h * d_h * 1024)
+
+
+def test_prefill_attention_dsa_topk_and_indexer():
+    # Each query attends min(i + 1, 2048) latents in MLA's absorbed form:
+    #   scores over [latent 512, rope 64] and values over the latent: 2 h 576 + 2 h 512 FLOPs per pair, h = 128.
+    # The indexer scores every previous key: 64 heads x 128 dims (2 FLOPs each) plus a weighted sum over heads.
+    e = est("deepseek-v3.2-exp")
+    n = 8192
+    attention = (2 * 128 * 576 + 2 * 128 * 512) * windowed_pairs(n, 2048)
+    indexer = (2 * 64 * 128 + 2 * 64) * causal_pairs(n)
+    assert e.prefill_attention_flops(1, n) == 61 * (attention + indexer)
+
+
+def test_chunked_prefill_adds_up():
+    # Prefill of 6000 tokens = prefill of 4000 + 2000 more onto 4000 cached (same pairs, split in two).
+    e = est("gemma-3-27b")
+    assert e.prefill_attention_flops(1, 6000) == e.prefill_attention_flops(1, 4000) + e.prefill_attention_flops(1, 2000, 4000)
+
+
+def test_prefill_linear_flops_and_lm_head():
+    # Every weight a token passes through, 2 FLOPs each; the LM head only for the last prompt token.
+    per_layer = 4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336  # q, k, v, o + gate, up, down
+    lm_head = 128256 * 4096
+    e = est("llama-3.1-8b")
+    assert e.prefill_linear_flops(2, 1000) == 2 * (1000 * 2 * 32 * per_layer + 2 * lm_head)
+
+
+# --- decode FLOPs at a position -------------------------------------------------------------------------
+
+LLAMA_8B_LINEAR = 32 * (4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336)
+LLAMA_8B_LM_HEAD = 128256 * 4096
+
+
+def test_decode_flops_dense():
+    # The token at 0-based position p attends p + 1 keys.
+    e = est("llama-3.1-8b")
+    p = 128 * K - 1
+    assert e.decode_flops_per_token(p) == 2 * LLAMA_8B_LINEAR + 2 * LLAMA_8B_LM_HEAD + 32 * 4 * 32 * 128 * (p + 1)
+
+
+def test_decode_flops_window_stops_growing():
+    e = est("mistral-7b-v0.1")
+    assert e.decode_attention_flops(100_000) == e.decode_attention_flops(4095) == 32 * 4 * 32 * 128 * 4096
+
+
+def test_decode_flops_mla_absorbed():
+    # Absorbed MLA: scores against 576-wide cached rows, values as the 512-wide latent, 128 heads.
+    e = est("deepseek-v3")
+    assert e.decode_attention_flops(9999) == 61 * (2 * 128 * 576 + 2 * 128 * 512) * 10_000
+
+
+def test_decode_flops_tpa_factorized():
+    # Per key: q . B_K per K rank then a weighted sum over A_K (2 h R_K (d_h + 1)); P contracted with B_V per
+    # V rank (2 h R_V d_h). Per token: rebuilding q from 6 factor pairs, 2 x 6 h d_h.
+    e = est("t6-medium")
+    h, d_h = 47, 64
+    per_key = 2 * h * 2 * (d_h + 1) + 2 * h * 2 * d_h
+    assert e.decode_attention_flops(999) == 24 * (per_key * 1000 + 2 * 6 * h * d_h)
+
+
+def test_decode_flops_dsa_topk_and_indexer():
+    e = est("deepseek-v3.2-exp")
+    p = 100_000
+    per_layer = (2 * 128 * 576 + 2 * 128 * 512) * 2048 + (2 * 64 * 128 + 2 * 64) * (p + 1)
+    assert e.decode_attention_flops(p) == 61 * per_layer
+
+
+# --- parameters: dense and MoE --------------------------------------------------------------------------
+
+def test_llama_8b_parameter_count_matches_the_published_8_030_261_248():
+    # Embedding and untied LM head, 32 x (attention + SwiGLU + 2 norms), final norm.
+    by_hand = 2 * 128256 * 4096 + LLAMA_8B_LINEAR + 32 * 2 * 4096 + 4096
+    assert get_preset("llama-3.1-8b").total_params() == by_hand == 8_030_261_248
+
+
+def test_deepseek_v3_total_and_active_parameters():
+    d, h = 7168, 128
+    attention = (d * 1536 + 1536 * h * (128 + 64)  # q down, q up (nope + rope)
+                 + d * (512 + 64)  # kv down: latent and shared RoPE key
+                 + 512 * h * (128 + 128)  # kv up: nope keys and values
+                 + h * 128 * d  # output
+                 + 512 + 1536)  # latent norms
+    expert = 3 * d * 2048
+    moe_layer = (256 + 1) * expert + d * 256  # routed and shared experts, router
+    dense_layer = 3 * d * 18432
+    norms = (2 * 61 + 1) * d
+    total = 2 * 129280 * d + 61 * attention + 3 * dense_layer + 58 * moe_layer + norms
+    m = get_preset("deepseek-v3")
+    assert m.total_params() == total
+    assert total == pytest.approx(671e9, rel=0.001)  # the report's 671B (MTP module excluded)
+    # Active: 8 routed + 1 shared expert and the router per MoE layer.
+    active_moe = (8 + 1) * expert + d * 256
+    linear_attention = attention - 512 - 1536
+    assert m.active_linear_params_per_token() == 61 * linear_attention + 3 * dense_layer + 58 * active_moe
+
+
+# --- latency and cost -----------------------------------------------------------------------------------
+
+def test_decode_roofline_and_cost_by_hand():
+    # One sequence, 32k context on an H100 SXM at the default efficiencies: decode is memory bound.
+    e = est("llama-3.1-8b")
+    row = e.row(1, 32 * K)
+    # Decode reads every weight except the untied input embedding's rows other than the one token looked up.
+    weights = 8_030_261_248 * BF16 - (128256 - 1) * 4096 * BF16
+    cache = 131072 * 32 * K
+    memory_s = (weights + cache) / (3.35e12 * 0.85)
+    compute_s = (2 * LLAMA_8B_LINEAR + 2 * LLAMA_8B_LM_HEAD + 32 * 4 * 32 * 128 * 32 * K) / (989.4e12 * 0.7)
+    assert memory_s > compute_s
+    assert row["decode_seconds_per_token"] == pytest.approx(memory_s, rel=1e-12)
+    assert row["decode_usd_per_mtok"] == pytest.approx(2.99 / 3600 * memory_s * 1e6, rel=1e-12)
+
+
+def test_prefill_roofline_is_compute_bound_and_priced_per_token():
+    e = est("llama-3.1-8b")
+    row = e.row(1, 32 * K)
+    flops = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD) + 32 * 4 * 32 * 128 * causal_pairs(32 * K)
+    assert row["prefill_flops"] == flops
+    seconds = flops / (989.4e12 * 0.7)
+    assert row["prefill_seconds"] == pytest.approx(seconds, rel=1e-12)
+    assert row["prefill_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds / (32 * K) * 1e6, rel=1e-12)
+
+
+def test_naive_attention_score_matrix_is_quadratic():
+    # Naive attention adds one layer's scores and probabilities: 2 x heads x L^2 elements of 2 bytes.
+    flash, naive = est("llama-3.1-8b"), est("llama-3.1-8b", flash=False)
+    for length in (4 * K, 32 * K):
+        extra = naive.activation_bytes_per_gpu(1, length) - flash.activation_bytes_per_gpu(1, length)
+        assert extra == 2 * 32 * length * length * BF16
