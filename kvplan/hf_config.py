@@ -13,6 +13,15 @@ from .attention import DSA, MLA, TPA, DenseAttention
 from .model import FeedForward, Model
 from .units import InputError
 
+# Values transformers' config classes fill in when config.json leaves a field out (google/gemma-3-27b-pt's
+# text_config, for one, omits vocab_size and max_position_embeddings).
+_CLASS_DEFAULTS = {
+    "gemma2": {"head_dim": 256, "vocab_size": 256000, "max_position_embeddings": 8192, "sliding_window": 4096},
+    "gemma3_text": {"head_dim": 256, "vocab_size": 262208, "max_position_embeddings": 131072, "sliding_window": 4096,
+                    "sliding_window_pattern": 6},
+}
+_CLASS_DEFAULTS["gemma3"] = _CLASS_DEFAULTS["gemma3_text"]
+
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gemma3_text", "deepseek_v3",
              "deepseek_v32", "modernbert", "t6")
 
@@ -55,6 +64,9 @@ def model_from_config(config: dict, name: str = "config.json", source: str = "")
         raise InputError(f"{name}: config lacks required field 'model_type'")
     if model_type not in SUPPORTED:
         raise InputError(f"{name}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
+    defaults = _CLASS_DEFAULTS.get(model_type)
+    if defaults:
+        config = {**defaults, **{k: v for k, v in config.items() if v is not None}}
     f = _Fields(config, name)
     n_layers, d_model = f.need("num_hidden_layers"), f.need("hidden_size")
     n_heads = f.need("num_attention_heads")
