@@ -1,0 +1,187 @@
+"""The `kvplan estimate` command: its --json/--csv contract, bad input, and what it imports."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvplan.cli import main
+
+CONFIGS = Path(__file__).parent / "configs"
+
+CONTRACT = ["model", "attention", "gpu", "gpus", "batch", "context", "kv_dtype", "kv_cache_bytes", "kv_bytes_per_token",
+            "weights_bytes", "activation_bytes", "total_bytes", "fits", "prefill_flops", "prefill_attention_flops",
+            "decode_flops_per_token", "prefill_seconds", "decode_seconds_per_token", "prefill_usd_per_mtok",
+            "decode_usd_per_mtok"]
+INTEGERS = ["gpus", "batch", "context"] + [c for c in CONTRACT if c.endswith("_bytes") or c == "kv_bytes_per_token"]
+NUMBERS = ["prefill_flops", "prefill_attention_flops", "decode_flops_per_token", "prefill_seconds",
+           "decode_seconds_per_token", "prefill_usd_per_mtok", "decode_usd_per_mtok"]
+
+
+def run(capsys, *args):
+    """Run the CLI in this process: (exit status, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as stop:
+        code = stop.code or 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def estimate_json(capsys, *args):
+    code, out, err = run(capsys, "estimate", *args, "--json")
+    assert code == 0, err
+    return json.loads(out), err
+
+
+def test_json_is_a_list_of_flat_objects_with_the_contract_columns(capsys):
+    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--context", "128k", "--batch", "8", "--kv-dtype", "fp8")
+    assert isinstance(rows, list) and len(rows) == 1
+    row = rows[0]
+    assert set(CONTRACT) <= set(row)
+    assert all(not isinstance(v, (dict, list)) for v in row.values())
+    for column in INTEGERS:
+        assert type(row[column]) is int, column
+    for column in NUMBERS:
+        assert isinstance(row[column], (int, float)) and not isinstance(row[column], bool), column
+    assert type(row["fits"]) is bool
+    assert (row["model"], row["gpu"], row["gpus"], row["batch"], row["context"], row["kv_dtype"]) == \
+        ("llama-3.1-8b", "h100-sxm", 1, 8, 131072, "fp8")
+    # fp8: 32 layers x 2 x 8 KV heads x 128 x 1 byte per token; 8 sequences of 131072 tokens.
+    assert row["kv_cache_bytes"] == 8 * 131072 * 32 * 2 * 8 * 128
+
+
+def test_one_row_per_context_attention_dtype_and_batch(capsys):
+    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "-c", "4k,32k,128k", "-b", "1,8",
+                            "-a", "mha", "-a", "tpa:k_rank=2,v_rank=2,window:4096", "--kv-dtype", "bf16,int8")
+    assert len(rows) == 3 * 2 * 3 * 2  # contexts x batches x attention specs x kv dtypes
+    assert {r["context"] for r in rows} == {4096, 32768, 131072}
+    assert {r["model"] for r in rows} == {"llama-3.1-8b [mha]", "llama-3.1-8b [tpa:k_rank=2,v_rank=2]",
+                                         "llama-3.1-8b [window:4096]"}
+
+
+def test_csv_has_the_same_columns_and_values_as_json(capsys):
+    args = ("-m", "deepseek-v3.2-exp", "-c", "8k,64k", "--gpus", "8")
+    rows, _ = estimate_json(capsys, *args)
+    code, out, err = run(capsys, "estimate", *args, "--csv")
+    assert code == 0, err
+    table = list(csv.DictReader(io.StringIO(out)))
+    assert list(table[0]) == list(rows[0])
+    for json_row, csv_row in zip(rows, table):
+        assert {k: str(v) for k, v in json_row.items()} == csv_row
+
+
+def test_default_output_is_a_table_with_units(capsys):
+    code, out, _ = run(capsys, "estimate", "-m", "gemma-3-27b", "-c", "32k")
+    assert code == 0
+    for unit in ("GiB", "ms", "$/Mtok"):
+        assert unit in out
+
+
+def test_config_json_path_as_model(capsys):
+    rows, _ = estimate_json(capsys, "-m", str(CONFIGS / "qwen3-8b"), "-c", "8k")
+    assert rows[0]["kv_bytes_per_token"] == 36 * 2 * 8 * 128 * 2
+
+
+def test_context_beyond_max_positions_warns_and_estimates(capsys):
+    rows, err = estimate_json(capsys, "-m", "llama-3.1-8b", "-c", "1M")
+    assert "warning" in err and "131072" in err
+    assert rows[0]["context"] == 1024 * 1024
+
+
+def test_hardware_overrides_on_the_command_line_and_from_a_file(capsys, tmp_path):
+    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--gpu-set", "memory_bytes=24GiB", "--usd-per-hour", "1.5")
+    assert rows[0]["gpu_memory_bytes"] == 24 * 2**30
+    profile = tmp_path / "gpu.json"
+    profile.write_text(json.dumps({"name": "my-gpu", "memory_bytes": 48 * 10**9, "bandwidth_bytes_per_s": 1e12,
+                                   "bf16_flops": 200e12, "fp8_flops": 0, "link_bytes_per_s": 32e9, "usd_per_hour": 1.0}))
+    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--hardware-profile", str(profile))
+    assert (rows[0]["gpu"], rows[0]["gpu_memory_bytes"]) == ("my-gpu", 48 * 10**9)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["-m", "llama-3.1-8x"], "did you mean llama-3.1-8b"),
+    (["-m", "llama-3.1-8b", "--gpu", "h10"], "did you mean h100"),
+    (["-m", "llama-3.1-8b", "--gpu", "tpu-v5"], "unknown GPU"),
+    (["-m", str(CONFIGS / "broken")], "not valid JSON"),
+    (["-m", str(CONFIGS / "nothing-here")], "no such file"),
+    (["-m", "llama-3.1-8b", "-c", "0"], "--context must be positive"),
+    (["-m", "llama-3.1-8b", "-c", "-4k"], "--context must be a positive number"),
+    (["-m", "llama-3.1-8b", "-c", "lots"], "--context must be a positive number"),
+    (["-m", "llama-3.1-8b", "-b", "0"], "--batch must be positive"),
+    (["-m", "llama-3.1-8b", "-b", "2.5"], "--batch must be a whole number"),
+    (["-m", "llama-3.1-8b", "--prompt", "x"], "--prompt must be a positive number"),
+    (["-m", "llama-3.1-8b", "--gpus", "0"], "--gpus"),
+    (["-m", "llama-3.1-8b", "--gpus", "two"], "--gpus"),
+    (["-m", "llama-3.1-8b", "--reserve", "-1GiB"], "reserve must be"),
+    (["-m", "llama-3.1-8b", "--kv-dtype", "fp9"], "unknown kv dtype 'fp9' (did you mean fp8?)"),
+    (["-m", "llama-3.1-8b", "-a", "banana"], "unknown attention kind 'banana'"),
+    (["-m", "llama-3.1-8b", "-a", "gqa:kv_heads=5"], "must divide the model's 32 heads"),
+    (["-m", "llama-3.1-8b", "-a", "tpa:k_rank=two"], "k_rank must be a whole number"),
+    (["-m", "llama-3.1-8b", "-a", "tpa:rank=2"], "unknown option(s) rank"),
+    (["-m", "llama-3.1-8b", "-a", "window:0"], "window must be positive"),
+    (["-m", "llama-3.1-8b", "--usd-per-hour", "-2"], "usd_per_hour must be positive"),
+    (["-m", "llama-3.1-8b", "--compute-efficiency", "1.5"], "compute_efficiency is a fraction"),
+    (["-m", "llama-3.1-8b", "--gpu-set", "colour=red"], "unknown hardware field(s) colour"),
+    (["-m", "llama-3.1-8b", "--pp", "64", "--gpus", "64"], "exceeds the model's 32 layers"),
+    (["-m", "llama-3.1-8b", "--no-such-option"], "No such option"),
+    ([], "Missing option '--model'"),
+])
+def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, args, needle):
+    code, out, err = run(capsys, "estimate", *args)
+    assert code != 0
+    assert err.count("\n") == 1 and err.startswith("kvplan: error:"), err
+    assert needle in err
+    assert "Traceback" not in err and out == ""
+
+
+def test_missing_config_field_is_named(capsys, tmp_path):
+    config = json.loads((CONFIGS / "deepseek-v3" / "config.json").read_text())
+    del config["qk_rope_head_dim"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code, _, err = run(capsys, "estimate", "-m", str(tmp_path))
+    assert code == 2 and "lacks required field 'qk_rope_head_dim'" in err and err.count("\n") == 1
+
+
+def test_models_and_gpus_list_presets(capsys):
+    code, out, _ = run(capsys, "models", "--json")
+    names = [r["name"] for r in json.loads(out)]
+    assert code == 0 and "deepseek-v3.2-exp" in names and "t6-medium" in names
+    code, out, _ = run(capsys, "gpus", "--json")
+    gpus = {r["name"] for r in json.loads(out)}
+    assert code == 0 and {"h100-sxm", "h100-pcie", "h200", "h800", "a100-40gb", "a100-80gb", "l40s", "b200", "mi300x",
+                          "rtx-4090"} <= gpus
+
+
+def test_help_states_units(capsys):
+    code, out, _ = run(capsys, "estimate", "--help")
+    assert code == 0
+    flat = " ".join(word for word in out.split() if word.strip("│╭╮╰╯─"))  # rich's box drawn around wrapped help
+    for phrase in ("Tokens per sequence", "Sequences", "GPU-hour in $", "Fraction of", "tokens (vLLM uses 16)"):
+        assert phrase in flat, phrase
+
+
+def _python(*args, timeout=60):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_python_dash_m_kvplan_works():
+    done = _python("-m", "kvplan", "estimate", "-m", "mistral-7b-v0.1", "-c", "32k", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)[0]["model"] == "mistral-7b-v0.1"
+    bad = _python("-m", "kvplan", "estimate", "-m", "nope")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_estimate_imports_neither_torch_nor_pandas():
+    code = ("import sys; from kvplan.cli import main; "
+            "main(['estimate', '-m', 'llama-3.1-8b', '--context', '128k', '--json']); "
+            "print(sorted(m for m in ('torch', 'pandas', 'numpy', 'matplotlib') if m in sys.modules), file=sys.stderr)")
+    done = _python("-c", code)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
