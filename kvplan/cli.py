@@ -184,3 +184,4 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(1)
     if isinstance(code, int) and code:
         sys.exit(code)
+from . import cli_plan  # noqa: E402,F401  (budget, recommend, cost)
