@@ -1,0 +1,158 @@
+"""Pieces every attention kind shares: RMSNorm, RoPE, static cache buffers, the prefill attention call.
+
+Conventions (kvplan/attention.py's docstring): a query at 0-based position i attends keys
+max(0, i - window + 1)..i. Caches are preallocated per layer with `slots` token slots, slots =
+min(window, max_context) for a windowed layer, else max_context; position p lives in slot p % slots (a ring
+for windowed layers, the identity otherwise). After a token at position p is written, slot s holds a key the
+query may attend exactly when s <= p, for full and ring caches alike, so decode masks with one comparison.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kvplan.dtypes import FORMATS, StorageFormat
+from kvplan.units import InputError
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
+
+
+def cache_storage(kv_dtype: str | None, dtype: torch.dtype) -> tuple[torch.dtype, StorageFormat | None]:
+    """(torch dtype of cache tensors, kvplan StorageFormat) for a kv dtype name; None: the model's own dtype."""
+    if kv_dtype is None:
+        name = next((n for n, t in TORCH_DTYPES.items() if t == dtype), None)
+        return dtype, FORMATS.get(name) if name else None
+    if kv_dtype not in TORCH_DTYPES:
+        raise InputError(f"kv dtype {kv_dtype!r} is not implemented by kvplan.models; choose one of "
+                         f"{', '.join(TORCH_DTYPES)}")
+    # fp8 uses one scale per tensor (1.0 with random weights), as kvplan.dtypes describes: no per-token bytes.
+    return TORCH_DTYPES[kv_dtype], FORMATS[kv_dtype]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-6, **factory):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, **factory))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # The norm is accumulated in fp32 without an fp32 copy of x: one output tensor, no other temporaries.
+        acc = torch.promote_types(x.dtype, torch.float32)
+        rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc) / math.sqrt(x.size(-1))
+        out = x * torch.reciprocal(rms + self.eps).to(x.dtype)
+        return out.mul_(self.weight)
+
+
+class Rope(nn.Module):
+    """Rotary embedding tables (half-split convention) for positions 0..max_context-1, one per rotary width."""
+
+    def __init__(self, dim: int, max_context: int, base: float = 10000.0, device=None):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
+        angles = torch.outer(torch.arange(max_context, device=device, dtype=torch.float64), inv_freq)
+        self.register_buffer("cos", angles.cos().float(), persistent=False)
+        self.register_buffer("sin", angles.sin().float(), persistent=False)
+
+    def at(self, positions: torch.Tensor | int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) [T, dim/2] for a tensor of positions, or for 0..positions-1 given an int."""
+        if isinstance(positions, int):
+            return self.cos[:positions], self.sin[:positions]
+        return self.cos.index_select(0, positions), self.sin.index_select(0, positions)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, N, d] by per-position angles (cos, sin: [T, d/2]); one output tensor, no temporaries."""
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    out = torch.empty_like(x)
+    o1, o2 = out.chunk(2, dim=-1)
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-1)
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin)
+    return out
+
+
+def band_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> torch.Tensor:
+    """Bool [Tq, Tk]: True where the query at q_pos may attend the key at k_pos (causal, within the window)."""
+    diff = q_pos[:, None] - k_pos[None, :]
+    allowed = diff >= 0
+    if window is not None:
+        allowed &= diff < window
+    return allowed
+
+
+def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None,
+                   chunk: int | None = None) -> torch.Tensor:
+    """Causal (optionally windowed) attention over materialised q [B,H,T,dq], k [B,Hkv,T,dq], v [B,Hkv,T,dv].
+
+    Full causal attention is one scaled_dot_product_attention call (flash or memory-efficient on the GPU).
+    A window shorter than the prompt runs query chunks of `chunk` (default: the window) against only the
+    keys they can see, under a band mask, so no T x T mask or score matrix is ever built.
+    """
+    T = q.size(2)
+    if window is None or window >= T:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    chunk = chunk or window
+    group = q.size(1) // k.size(1)
+    out = q.new_empty(q.shape[:-1] + (v.size(-1),))
+    positions = torch.arange(T, device=q.device)
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        first = max(0, start - window + 1)
+        mask = band_mask(positions[start:end], positions[first:end], window)
+        k_seen, v_seen = k[:, :, first:end], v[:, :, first:end]
+        if group > 1:  # masked kernels take no enable_gqa: expand only this chunk's keys
+            k_seen, v_seen = k_seen.repeat_interleave(group, 1), v_seen.repeat_interleave(group, 1)
+        out[:, :, start:end] = F.scaled_dot_product_attention(q[:, :, start:end], k_seen, v_seen, attn_mask=mask,
+                                                              scale=scale)
+    return out
+
+
+def decode_mask(slots: int, input_pos: torch.Tensor) -> torch.Tensor:
+    """Bool [slots]: True for slots holding a key the token at input_pos attends (see the module docstring)."""
+    return torch.arange(slots, device=input_pos.device) <= input_pos
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """fp8 tensors as raw bytes: index_copy_ has no fp8 kernels."""
+    return t.view(torch.uint8) if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else t
+
+
+class CacheMixin:
+    """Static cache buffers of one attention layer: token slots on dimension `token_dim` of each buffer."""
+
+    slots: int
+    token_dims: dict[str, int]
+
+    def cache_buffers(self) -> list[torch.Tensor]:
+        return [getattr(self, name) for name in self.token_dims]
+
+    def cache_bytes_live(self, context: int) -> int:
+        """Bytes of this layer's cache (all batch rows) that hold tokens of a `context`-token sequence."""
+        live = min(context, self.slots)
+        return sum(buf.nbytes // self.slots * live for buf in self.cache_buffers())
+
+    def reset_cache(self) -> None:
+        for buf in self.cache_buffers():
+            buf.zero_()
+
+    def fill(self, name: str, values: torch.Tensor) -> None:
+        """Prefill: write `values` for positions 0..T-1 (rows 0..B-1); a ring keeps the last `slots` of them."""
+        buf, dim = getattr(self, name), self.token_dims[name]
+        T = values.size(dim)
+        keep = min(T, self.slots)
+        slots = torch.arange(T - keep, T, device=buf.device) % self.slots
+        _bits(buf[:values.size(0)]).index_copy_(dim, slots, _bits(values.narrow(dim, T - keep, keep).to(buf.dtype)))
+
+    def write(self, name: str, values: torch.Tensor, input_pos: torch.Tensor) -> None:
+        """Decode: write one token's `values` (token dim of size 1) at slot input_pos % slots, on the device."""
+        buf, dim = getattr(self, name), self.token_dims[name]
+        _bits(buf[:values.size(0)]).index_copy_(dim, input_pos % self.slots, _bits(values.to(buf.dtype)))
+
+    def read(self, name: str, batch: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows 0..batch-1 of a cache buffer, in the compute dtype (a copy only for fp8 storage)."""
+        buf = getattr(self, name)[:batch]
+        return buf if buf.dtype == dtype else buf.to(dtype)

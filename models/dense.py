@@ -1,0 +1,61 @@
+"""MHA / GQA / MQA: per-head K and V cached, [B, kv_heads, slots, head_dim] each."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kvplan.attention import DenseAttention
+
+from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask
+
+
+class DenseAttentionLayer(nn.Module, CacheMixin):
+    def __init__(self, spec: DenseAttention, d_model: int, window: int | None, max_batch: int, max_context: int,
+                 rope: Rope, cache_dtype: torch.dtype, **factory):
+        super().__init__()
+        self.spec, self.window, self.rope = spec, window, rope
+        h, kv, d_h = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        self.wqkv = nn.Linear(d_model, (h + 2 * kv) * d_h, bias=spec.qkv_bias, **factory)
+        self.wo = nn.Linear(h * d_h, d_model, bias=False, **factory)
+        self.scale = 1.0 / math.sqrt(d_h)
+        self.slots = min(window, max_context) if window else max_context
+        shape = (max_batch, kv, self.slots, d_h)
+        self.register_buffer("k_cache", torch.zeros(shape, dtype=cache_dtype, device=factory.get("device")),
+                             persistent=False)
+        self.register_buffer("v_cache", torch.zeros_like(self.k_cache), persistent=False)
+        self.token_dims = {"k_cache": 2, "v_cache": 2}
+
+    def _project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """q [B,T,h,d], k [B,T,kv,d] (both rotated) and v [B,T,kv,d] (a view of the projection)."""
+        B, T, _ = x.shape
+        h, kv, d_h = self.spec.n_heads, self.spec.n_kv_heads, self.spec.head_dim
+        q, k, v = self.wqkv(x).view(B, T, h + 2 * kv, d_h).split((h, kv, kv), dim=2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def prefill(self, x: torch.Tensor, write_cache: bool = True) -> torch.Tensor:
+        B, T, _ = x.shape
+        q, k, v = self._project(x, *self.rope.at(T))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, d_h] views
+        if write_cache:
+            self.fill("k_cache", k)
+            self.fill("v_cache", v)
+        out = attend_prefill(q, k, v, self.scale, self.window)
+        del q, k, v  # free the projections before the output projection
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        B = x.size(0)
+        h, kv, d_h = self.spec.n_heads, self.spec.n_kv_heads, self.spec.head_dim
+        q, k, v = self._project(x, *self.rope.at(input_pos))
+        self.write("k_cache", k.transpose(1, 2), input_pos)
+        self.write("v_cache", v.transpose(1, 2), input_pos)
+        keys, values = self.read("k_cache", B, x.dtype), self.read("v_cache", B, x.dtype)
+        # Each KV head serves its group of query heads as the rows of one matrix product over the cache.
+        q = (q.view(B, kv, h // kv, d_h) * self.scale)
+        scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, kv, group, slots]
+        scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
+        out = torch.matmul(torch.softmax(scores, dim=-1), values)  # [B, kv, group, d_h]
+        return self.wo(out.reshape(B, 1, h * d_h))

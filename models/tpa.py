@@ -1,0 +1,83 @@
+"""Tensor Product Attention (T6, arXiv 2501.06425): Q, K, V per token as (1/R) sum_r a_r (heads) x b_r (head_dim).
+
+One projection gives every factor: A_Q, A_K, A_V (rank x heads) and B_Q, B_K, B_V (rank x head_dim); RoPE
+rotates the B factors of Q and K. The cache holds A_K, B_K, A_V, B_V as produced ([B, slots, R, h] and
+[B, slots, R, d_h]); the 1/R scaling is applied where the factors are contracted. Prefill rebuilds Q, K, V
+and calls scaled_dot_product_attention; decode contracts the query with the cached factors directly:
+  score[h, s] = (1/R_K) sum_r A_K[s, r, h] (q[h] . B_K[s, r]),  out[h] = (1/R_V) sum_{s, r} p[h, s] A_V[s, r, h] B_V[s, r].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kvplan.attention import TPA
+
+from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask
+
+
+def rebuild(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(1/R) sum_r a_r x b_r: a [..., R, h], b [..., R, d_h] -> [..., h, d_h]."""
+    return torch.matmul(a.transpose(-1, -2), b).mul_(1.0 / a.size(-2))
+
+
+class TPALayer(nn.Module, CacheMixin):
+    def __init__(self, spec: TPA, d_model: int, window: int | None, max_batch: int, max_context: int,
+                 rope: Rope, cache_dtype: torch.dtype, **factory):
+        super().__init__()
+        self.spec, self.window, self.rope = spec, window, rope
+        h, d_h = spec.n_heads, spec.head_dim
+        ranks = (spec.q_rank, spec.k_rank, spec.v_rank)
+        # Output columns: A_Q, A_K, A_V (rank x h each), then B_Q, B_K, B_V (rank x d_h each).
+        self.w_factors = nn.Linear(d_model, sum(ranks) * (h + d_h), bias=False, **factory)
+        self.wo = nn.Linear(h * d_h, d_model, bias=False, **factory)
+        self.scale = 1.0 / math.sqrt(d_h)
+        self.slots = min(window, max_context) if window else max_context
+        device = factory.get("device")
+        for name, rank, width in (("a_k", spec.k_rank, h), ("b_k", spec.k_rank, d_h),
+                                  ("a_v", spec.v_rank, h), ("b_v", spec.v_rank, d_h)):
+            self.register_buffer(name, torch.zeros(max_batch, self.slots, rank, width, dtype=cache_dtype, device=device),
+                                 persistent=False)
+        self.token_dims = {"a_k": 1, "b_k": 1, "a_v": 1, "b_v": 1}
+
+    def _factors(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict[str, torch.Tensor]:
+        """a_q, a_k, a_v [B, T, R, h] (views of the projection) and b_q, b_k (rotated), b_v [B, T, R, d_h]."""
+        s = self.spec
+        B, T, _ = x.shape
+        ranks = (s.q_rank, s.k_rank, s.v_rank)
+        a_all, b_all = self.w_factors(x).split((sum(ranks) * s.n_heads, sum(ranks) * s.head_dim), dim=-1)
+        a_q, a_k, a_v = a_all.view(B, T, sum(ranks), s.n_heads).split(ranks, dim=2)
+        b_q, b_k, b_v = b_all.view(B, T, sum(ranks), s.head_dim).split(ranks, dim=2)
+        return dict(a_q=a_q, a_k=a_k, a_v=a_v, b_q=apply_rope(b_q, cos, sin), b_k=apply_rope(b_k, cos, sin), b_v=b_v)
+
+    def prefill(self, x: torch.Tensor, write_cache: bool = True) -> torch.Tensor:
+        B, T, _ = x.shape
+        f = self._factors(x, *self.rope.at(T))
+        if write_cache:
+            for name in ("a_k", "b_k", "a_v", "b_v"):
+                self.fill(name, f[name])
+        q, k, v = (rebuild(f["a_" + n], f["b_" + n]).transpose(1, 2) for n in "qkv")  # [B, h, T, d_h]
+        del f
+        out = attend_prefill(q, k, v, self.scale, self.window)
+        del q, k, v
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+
+    def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        B, h, d_h = x.size(0), s.n_heads, s.head_dim
+        f = self._factors(x, *self.rope.at(input_pos))
+        for name in ("a_k", "b_k", "a_v", "b_v"):
+            self.write(name, f[name], input_pos)
+        a_k, b_k, a_v, b_v = (self.read(n, B, x.dtype) for n in ("a_k", "b_k", "a_v", "b_v"))
+        q = rebuild(f["a_q"], f["b_q"])[:, 0] * (self.scale / s.k_rank)  # [B, h, d_h]
+        # q . B_K for every (slot, rank): [B, h, d_h] @ [B, d_h, slots * R_K].
+        qb = torch.matmul(q, b_k.view(B, self.slots * s.k_rank, d_h).transpose(1, 2)).view(B, h, self.slots, s.k_rank)
+        scores = (qb * a_k.permute(0, 3, 1, 2)).sum(-1)  # weight by A_K and sum the ranks: [B, h, slots]
+        scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
+        p = torch.softmax(scores, dim=-1)
+        pa = p.unsqueeze(-1) * a_v.permute(0, 3, 1, 2)  # [B, h, slots, R_V]
+        out = torch.matmul(pa.view(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))
+        return self.wo(out.mul_(1.0 / s.v_rank).view(B, 1, h * d_h))

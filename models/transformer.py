@@ -1,0 +1,161 @@
+"""The decoder: embedding, layers of (RMSNorm, attention, RMSNorm, SwiGLU or MoE feed-forward), LM head.
+
+Built from a kvplan.model.Model, layer by layer (attention kind, per-layer window, dense or MoE
+feed-forward), with random weights. Every method runs without autograd.
+
+Activation memory (kvplan.estimate.Estimator.activation_bytes_per_gpu): the residual stream is updated in
+place, each block holds its normed input while its attention or feed-forward runs, and attention layers
+free their projections before the output projection, so the live set per token is residual + normed input
++ the block's intermediates.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kvplan.attention import DSA, MLA, TPA, DenseAttention
+from kvplan.model import FeedForward, Model
+
+from .common import RMSNorm, Rope
+from .dense import DenseAttentionLayer
+from .dsa import DSALayer
+from .mla import MLALayer
+from .tpa import TPALayer
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, hidden: int, **factory):
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, hidden, bias=False, **factory)
+        self.w_up = nn.Linear(d_model, hidden, bias=False, **factory)
+        self.w_down = nn.Linear(hidden, d_model, bias=False, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Live at the peak: silu(gate), up and their product (FeedForward.activation_elements' 3 x hidden).
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class MoE(nn.Module):
+    """Softmax router picking n_active_experts of n_experts per token (weights renormalised), plus shared
+    experts as one always-on SwiGLU of n_shared x moe_intermediate. A plain per-expert loop: it reads which
+    tokens chose each expert on the host, so an MoE layer cannot be captured in a CUDA graph."""
+
+    def __init__(self, d_model: int, ffn: FeedForward, **factory):
+        super().__init__()
+        self.k = ffn.n_active_experts
+        self.router = nn.Linear(d_model, ffn.n_experts, bias=False, **factory)
+        self.experts = nn.ModuleList(SwiGLU(d_model, ffn.moe_intermediate, **factory) for _ in range(ffn.n_experts))
+        self.shared = SwiGLU(d_model, ffn.n_shared_experts * ffn.moe_intermediate, **factory) \
+            if ffn.n_shared_experts else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.view(-1, x.size(-1))
+        weights, chosen = torch.softmax(self.router(flat), dim=-1).topk(self.k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = self.shared(flat) if self.shared is not None else torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.where(chosen == e)
+            if rows.numel():
+                out.index_add_(0, rows, expert(flat[rows]) * weights[rows, slot, None])
+        return out.view_as(x)
+
+
+ATTENTION_LAYERS = {DenseAttention: DenseAttentionLayer, MLA: MLALayer, TPA: TPALayer, DSA: DSALayer}
+
+
+def rope_dim(attention) -> int:
+    if isinstance(attention, DSA):
+        attention = attention.mla
+    return attention.qk_rope_head_dim if isinstance(attention, MLA) else attention.head_dim
+
+
+class Block(nn.Module):
+    def __init__(self, desc: Model, index: int, max_batch: int, max_context: int, rope: Rope,
+                 cache_dtype: torch.dtype, **factory):
+        super().__init__()
+        d = desc.d_model
+        layer_class = ATTENTION_LAYERS[type(desc.attention)]
+        self.attention_norm = RMSNorm(d, **factory)
+        self.attention = layer_class(desc.attention, d, desc.layer_windows[index], max_batch, max_context, rope,
+                                     cache_dtype, **factory)
+        self.ffn_norm = RMSNorm(d, **factory)
+        moe = desc.ffn.is_moe and index >= desc.ffn.dense_layer_count(desc.n_layers)
+        self.ffn = MoE(d, desc.ffn, **factory) if moe else SwiGLU(d, desc.ffn.intermediate, **factory)
+
+    def prefill(self, x: torch.Tensor, write_cache: bool) -> torch.Tensor:
+        x.add_(self.attention.prefill(self.attention_norm(x), write_cache))
+        return x.add_(self.ffn(self.ffn_norm(x)))
+
+    def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        x.add_(self.attention.decode(self.attention_norm(x), input_pos))
+        return x.add_(self.ffn(self.ffn_norm(x)))
+
+
+class Transformer(nn.Module):
+    def __init__(self, desc: Model, max_batch: int, max_context: int, cache_dtype: torch.dtype, **factory):
+        super().__init__()
+        self.desc, self.max_batch, self.max_context = desc, max_batch, max_context
+        self.tok_embeddings = nn.Embedding(desc.vocab_size, desc.d_model, **factory)
+        self.rope = Rope(rope_dim(desc.attention), max_context, device=factory.get("device"))
+        self.layers = nn.ModuleList(Block(desc, i, max_batch, max_context, self.rope, cache_dtype, **factory)
+                                    for i in range(desc.n_layers))
+        self.norm = RMSNorm(desc.d_model, **factory)
+        self.lm_head = None if desc.tie_embeddings else nn.Linear(desc.d_model, desc.vocab_size, bias=False, **factory)
+
+    @property
+    def graph_safe(self) -> bool:
+        """Whether decode can be captured in a CUDA graph (MoE layers read routing on the host)."""
+        return not any(isinstance(block.ffn, MoE) for block in self.layers)
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.tok_embeddings.weight if self.lm_head is None else self.lm_head.weight
+        logits = F.linear(self.norm(x), weight)
+        return logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp32, or the model's fp64
+
+    def _check(self, tokens: torch.Tensor, length: int) -> None:
+        if tokens.dim() != 2 or tokens.size(0) > self.max_batch or length > self.max_context:
+            raise ValueError(f"tokens {tuple(tokens.shape)}: need [batch <= {self.max_batch}, "
+                             f"length <= {self.max_context}]")
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Reference: one pass over LongTensor[B, T] with no cache -> logits [B, T, V] (fp32)."""
+        self._check(tokens, tokens.size(1))
+        x = self.tok_embeddings(tokens)
+        for block in self.layers:
+            x = block.prefill(x, write_cache=False)
+        return self._logits(x)
+
+    @torch.no_grad()
+    def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Fill cache positions 0..T-1 of rows 0..B-1 from LongTensor[B, T]; logits [B, V] of the last position."""
+        self._check(tokens, tokens.size(1))
+        x = self.tok_embeddings(tokens)
+        for block in self.layers:
+            x = block.prefill(x, write_cache=True)
+        return self._logits(x[:, -1])
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """One token per sequence, tokens [B, 1] at position input_pos (LongTensor[1], on the device) ->
+        logits [B, V]. Static shapes and no host reads (unless MoE): capturable in a CUDA graph."""
+        x = self.tok_embeddings(tokens)
+        for block in self.layers:
+            x = block.decode(x, input_pos)
+        return self._logits(x[:, -1])
+
+    def cache_tensors(self) -> list[torch.Tensor]:
+        return [buf for block in self.layers for buf in block.attention.cache_buffers()]
+
+    def cache_bytes_allocated(self) -> int:
+        return sum(buf.nbytes for buf in self.cache_tensors())
+
+    def cache_bytes_live(self, context: int) -> int:
+        """Bytes holding the tokens of `context`-token sequences in all max_batch rows."""
+        return sum(block.attention.cache_bytes_live(context) for block in self.layers)
+
+    def reset_cache(self) -> None:
+        for block in self.layers:
+            block.attention.reset_cache()
