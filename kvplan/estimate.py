@@ -102,6 +102,9 @@ class Estimator:
         self._act_per_token = self._act_bytes * (2 * d + max(_ceil_div(attention.activation_elements(), tp),
                                                              _ceil_div(ffn.activation_elements(d), tp)))
         self._heads_per_gpu = _ceil_div(attention.n_heads, tp)
+        self._sparse = isinstance(attention, DSA)  # decode reads part of the cache, not all of it
+        self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
+        self._kv_bytes_per_token_layer_all_gpus = self.kv_bytes_per_token_layer_per_gpu * tp
 
     # --- memory -------------------------------------------------------------------------------------
     def cached_tokens(self, context: int, window: int | None) -> int:
@@ -118,8 +121,11 @@ class Estimator:
 
     def kv_cache_bytes(self, batch: int, context: int) -> int:
         """Whole cache across all GPUs (replicas included when tp replicates)."""
-        per_layer = self.kv_bytes_per_token_layer_per_gpu * self.deployment.tp
-        return batch * per_layer * sum(n * self.cached_tokens(context, w) for w, n, _ in self._groups)
+        if self.deployment.block_size:
+            tokens = sum(n * self.cached_tokens(context, w) for w, n, _ in self._groups)
+        else:  # contiguous: the same sum without a call per group (the 100k-row API path)
+            tokens = sum(n * (context if w is None or context < w else w) for w, n, _ in self._groups)
+        return batch * self._kv_bytes_per_token_layer_all_gpus * tokens
 
     def kv_cache_bytes_per_gpu(self, batch: int, context: int) -> int:
         """Cache on the most loaded GPU (the largest pipeline stage's share, one tensor-parallel slice)."""
@@ -221,16 +227,23 @@ class Estimator:
 
     def decode_step(self, batch: int, context: int) -> tuple[int, float]:
         """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
-        flops = batch * self.decode_flops_per_token(context - 1)
-        bytes_moved = self.weights_read_bytes(batch) + self.decode_cache_read_bytes(batch, context)
-        return flops, self._roofline(flops, bytes_moved, batch, batch * self.decode_attention_flops(context - 1))
+        return self._decode_step(batch, self.decode_attention_flops(context - 1),
+                                 self.decode_cache_read_bytes(batch, context))
+
+    def _decode_step(self, batch: int, attention_flops_per_token: int, cache_read_bytes: int) -> tuple[int, float]:
+        flops = batch * (self.linear_flops_per_token + self.lm_head_flops + attention_flops_per_token)
+        bytes_moved = self.weights_read_bytes(batch) + cache_read_bytes
+        return flops, self._roofline(flops, bytes_moved, batch, batch * attention_flops_per_token)
 
     def prefill_chunk(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
         """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
         chunked prefill does; start=0 is the whole prefill of a `tokens`-token prompt."""
-        attention_flops = self.prefill_attention_flops(batch, tokens, start)
+        return self._prefill(batch, tokens, self.prefill_attention_flops(batch, tokens, start),
+                             self.kv_cache_bytes(batch, start + tokens))
+
+    def _prefill(self, batch: int, tokens: int, attention_flops: int, cache_bytes: int) -> tuple[int, float]:
         flops = self.prefill_linear_flops(batch, tokens) + attention_flops
-        bytes_moved = self.weights_read_bytes(batch * tokens) + self.kv_cache_bytes(batch, start + tokens)
+        bytes_moved = self.weights_read_bytes(batch * tokens) + cache_bytes
         return flops, self._roofline(flops, bytes_moved, batch * tokens, attention_flops)
 
     # --- one row --------------------------------------------------------------------------------------
@@ -242,13 +255,17 @@ class Estimator:
         kv_per_gpu = self.kv_cache_bytes_per_gpu(batch, context)
         act_per_gpu = self.activation_bytes_per_gpu(batch, prompt)
         total_per_gpu = self.weights_bytes_per_gpu + kv_per_gpu + act_per_gpu + dep.reserve_bytes
+        # As prefill_chunk(batch, prompt) and decode_step(batch, context), reusing what this row already has.
         attn_flops = self.prefill_attention_flops(batch, prompt)
-        prefill_flops, prefill_seconds = self.prefill_chunk(batch, prompt)
-        decode_flops, decode_seconds = self.decode_step(batch, context)
+        prefill_cache = kv_bytes if prompt == context else self.kv_cache_bytes(batch, prompt)
+        prefill_flops, prefill_seconds = self._prefill(batch, prompt, attn_flops, prefill_cache)
+        decode_attention = self.decode_attention_flops(context - 1)
+        decode_cache = self.decode_cache_read_bytes(batch, context) if self._sparse else kv_bytes
+        decode_flops, decode_seconds = self._decode_step(batch, decode_attention, decode_cache)
         usd_per_s = self.usd_per_second()
         return {
             "model": model.name,
-            "attention": model.kind_label,
+            "attention": self._kind_label,
             "gpu": dep.gpu.name,
             "gpus": dep.gpus,
             "tp": dep.tp,
@@ -270,7 +287,7 @@ class Estimator:
             "fits": total_per_gpu <= dep.gpu.memory_bytes,
             "prefill_flops": prefill_flops,
             "prefill_attention_flops": attn_flops,
-            "decode_flops_per_token": self.decode_flops_per_token(context - 1),
+            "decode_flops_per_token": self.linear_flops_per_token + self.lm_head_flops + decode_attention,
             "prefill_seconds": prefill_seconds,
             "decode_seconds_per_token": decode_seconds,
             "prefill_tokens_per_second": batch * prompt / prefill_seconds,
