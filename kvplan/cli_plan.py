@@ -65,7 +65,8 @@ def _warn_context(estimators, contexts) -> None:
 
 def _caption(estimator) -> str:
     dep, gpu = estimator.deployment, estimator.deployment.gpu
-    return (f"{gpu.name} x{dep.gpus} (tp {dep.tp}, pp {dep.pp}), {format_gib(gpu.memory_bytes)} GiB per GPU; "
+    return (f"{gpu.name} x{dep.gpus} (tp {dep.tp}, pp {dep.pp}), {format_gib(gpu.memory_bytes)} GiB per GPU, "
+            f"{dep.weight_format.name} weights; "
             f"GiB = 2^30 bytes; roofline at {gpu.compute_efficiency:.0%} of {gpu.bf16_flops / 1e12:,.0f} TFLOP/s and "
             f"{gpu.bandwidth_efficiency:.0%} of {gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s; ${gpu.usd_per_hour:.2f}/GPU-hour")
 
@@ -78,8 +79,7 @@ def _count(value: int) -> str:
     return f"{value:,}" if value else "[red]none[/]"
 
 
-BUDGET_COLUMNS = [
-    ("model", lambda r: r["model"]),
+BUDGET_COLUMNS = [  # the model is in the title: one model per table
     ("attention", lambda r: r["attention"]),
     ("kv", lambda r: r["kv_dtype"]),
     ("KiB/token", lambda r: f"{r['kv_bytes_per_token'] / 1024:,.1f}"),
@@ -141,7 +141,7 @@ def budget(
     rows = [budget_row(e, sequences, tokens) for e in estimators]
     if plot:
         err(f"wrote {plot_budget(estimators, rows, sequences, plot)}")
-    emit(rows, as_json, False, BUDGET_COLUMNS, title=f"kvplan budget: longest context at batch {sequences}, "
+    emit(rows, as_json, False, BUDGET_COLUMNS, title=f"kvplan budget, {estimators[0].model.name}: longest context at batch {sequences}, "
          f"largest batch at context {format_tokens(tokens)}", caption=_caption(estimators[0]))
     if not as_json:
         for row in rows:
@@ -318,10 +318,10 @@ def cost(
         emit([row for curve in curves for row in curve], True, False, [])
         return
     rows = [r for e in estimators for r in cost_curve(e, tokens, sequences, chunk_tokens, COST_POSITIONS)]
-    columns = [("model", lambda r: r["model"]), ("attention", lambda r: r["attention"]), ("kv", lambda r: r["kv_dtype"]),
+    columns = [("attention", lambda r: r["attention"]), ("kv", lambda r: r["kv_dtype"]),
                ("position", lambda r: f"{r['position']:,}"),
                ("$/Mtok prefill", lambda r: f"{r['prefill_usd_per_mtok']:,.3f}"),
                ("$/Mtok decode", lambda r: f"{r['decode_usd_per_mtok']:,.3f}"),
                ("decode ms/step", lambda r: f"{r['decode_seconds_per_token'] * 1e3:,.2f}")]
     emit(rows, False, False, columns, caption=_caption(estimators[0]) + f"; prefill in {chunk_tokens:,}-token chunks",
-         title=f"kvplan cost by token position: batch {sequences}")
+         title=f"kvplan cost by token position, {estimators[0].model.name}: batch {sequences}")

@@ -45,7 +45,7 @@ def cost_curve(estimator: Estimator, context: int, batch: int = 1, chunk: int = 
     """One flat row per position, labelled with the model, kind and deployment."""
     model, dep = estimator.model, estimator.deployment
     label = {"model": model.name, "attention": model.kind_label, "gpu": dep.gpu.name, "gpus": dep.gpus,
-             "kv_dtype": dep.kv_format.name, "batch": batch, "chunk": chunk}
+             "usd_per_hour": dep.gpu.usd_per_hour, "kv_dtype": dep.kv_format.name, "weight_dtype": dep.weight_format.name, "batch": batch, "chunk": chunk}
     return [{**label, **cost_at(estimator, p, batch, chunk)} for p in positions(context, points)]
 
 
@@ -67,6 +67,7 @@ def plot_cost(curves: list[list[dict]], path: str) -> str:
         ax.set_ylim(bottom=0)
         ax.set_title(f"{phase}, {detail}", fontsize=10)
         ax.legend(fontsize=8)
-    figure.suptitle(f"{first['model'].split(' [')[0]} on {first['gpu']} x{first['gpus']}: cost by token position",
+    figure.suptitle(f"{first['model'].split(' [')[0]} ({first['weight_dtype']} weights) on {first['gpu']} x{first['gpus']} "
+                    f"at ${first['usd_per_hour']:.2f}/GPU-hour: cost by token position",
                     fontsize=11)
     return save_figure(figure, path)
