@@ -112,7 +112,7 @@ def models(as_json: bool = JsonOpt) -> None:
     """List the bundled model presets and where their numbers come from."""
     from .api import Estimator, deployment_for
     from .hardware import GPUS
-    from .output import emit
+    from .output import emit, text
     from .presets import PRESETS, get_preset
 
     rows = []
@@ -122,10 +122,10 @@ def models(as_json: bool = JsonOpt) -> None:
         rows.append({"name": name, "architecture": m.architecture, "attention": m.kind_label, "layers": m.n_layers,
                      "d_model": m.d_model, "params": m.total_params(), "kv_bytes_per_token_bf16": est.kv_bytes_per_token,
                      "max_positions": m.max_positions, "source": m.source})
-    columns = [("name", lambda r: r["name"]), ("attention", lambda r: r["attention"]),
+    columns = [("name", text("name")), ("attention", text("attention")),
                ("layers", lambda r: str(r["layers"])), ("params (B)", lambda r: f"{r['params'] / 1e9:,.2f}"),
                ("KV KiB/token bf16", lambda r: f"{r['kv_bytes_per_token_bf16'] / 1024:,.1f}"),
-               ("source", lambda r: r["source"])]
+               ("source", text("source"))]
     emit(rows, as_json, False, columns, title="kvplan models")
 
 
@@ -135,15 +135,15 @@ def gpus(as_json: bool = JsonOpt) -> None:
     from dataclasses import asdict
 
     from .hardware import GPUS
-    from .output import emit
+    from .output import emit, text
 
     rows = [asdict(g) for g in GPUS.values()]
-    columns = [("gpu", lambda r: r["name"]), ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
+    columns = [("gpu", text("name")), ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
                ("TB/s", lambda r: f"{r['bandwidth_bytes_per_s'] / 1e12:,.2f}"),
                ("bf16 TFLOP/s", lambda r: f"{r['bf16_flops'] / 1e12:,.0f}"),
                ("fp8 TFLOP/s", lambda r: f"{r['fp8_flops'] / 1e12:,.0f}" if r["fp8_flops"] else "-"),
                ("link GB/s", lambda r: f"{r['link_bytes_per_s'] / 1e9:,.0f}"),
-               ("$/hour", lambda r: f"{r['usd_per_hour']:.2f}"), ("source", lambda r: r["source"])]
+               ("$/hour", lambda r: f"{r['usd_per_hour']:.2f}"), ("source", text("source"))]
     emit(rows, as_json, False, columns, title="kvplan gpus")
 
 

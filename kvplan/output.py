@@ -39,6 +39,13 @@ def print_csv(rows: Sequence[dict]) -> None:
 Column = tuple[str, Callable[[dict], str]]
 
 
+def text(key: str) -> Callable[[dict], str]:
+    """A column showing a row's value as plain text: brackets (as in 'llama-3.1-8b [mha]') are not rich markup."""
+    from rich.markup import escape
+
+    return lambda row: escape(str(row[key]))
+
+
 def _gib(key: str) -> Callable[[dict], str]:
     return lambda row: format_gib(row[key])
 
@@ -48,9 +55,9 @@ def _yes_no(value: bool) -> str:
 
 
 ESTIMATE_COLUMNS: list[Column] = [
-    ("model", lambda r: r["model"]),
-    ("attention", lambda r: r["attention"]),
-    ("kv", lambda r: r["kv_dtype"]),
+    ("model", text("model")),
+    ("attention", text("attention")),
+    ("kv", text("kv_dtype")),
     ("batch", lambda r: str(r["batch"])),
     ("context", lambda r: format_tokens(r["context"])),
     ("KV cache GiB", _gib("kv_cache_bytes")),
