@@ -5,6 +5,10 @@ config files go through one parser. The T6 presets use the TPA paper's released 
 (tensorgi/TPA, config/train_*_medium_adam_80g8.py): GPT-2-medium depth and width, SwiGLU hidden
 floor(8/3 * 1024) = 2730, vocab 50304, tied embeddings, trained at 1024 tokens; the head counts of the
 comparison models differ because the paper matches parameter counts, not heads.
+
+Checked against the published files: tests/configs/ holds each config.json in its published form, and
+tests/test_config.py requires it to parse to exactly the preset; parameter counts match the published ones
+(e.g. Llama-3.1-8B 8,030,261,248, Qwen2.5-7B 7.62B, DeepSeek-V3 671B without its MTP layer).
 """
 
 from __future__ import annotations
