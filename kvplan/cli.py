@@ -185,3 +185,4 @@ def main(argv: Optional[List[str]] = None) -> None:
     if isinstance(code, int) and code:
         sys.exit(code)
 from . import cli_plan  # noqa: E402,F401  (budget, recommend, cost)
+from . import cli_profile  # noqa: E402,F401  (profile, calibrate)

@@ -1,0 +1,74 @@
+"""Timing and memory on the device the profiler runs on: CUDA events on a GPU, perf_counter on the CPU.
+
+Every time reported is the median of `repeats` samples after warm-up. A sample of a short call (a decode
+step) runs the call several times back to back and divides, so event resolution and launch gaps between
+samples do not dominate it.
+"""
+
+from __future__ import annotations
+
+import gc
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+from kvplan.units import InputError
+
+SAMPLE_SECONDS = 0.005  # aim each timed sample at >= 5 ms of work
+
+
+def pick_device(requested: str) -> torch.device:
+    """'cuda' needs a visible GPU; otherwise one line says so (the CLI exits non-zero)."""
+    if requested not in ("cuda", "cpu"):
+        raise InputError(f"--device must be cuda or cpu, not {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise InputError("no CUDA GPU found (torch.cuda.is_available() is False); use --device cpu for a small CPU run")
+    return torch.device(requested)
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 on a GPU (as served); float32 on the CPU, where bf16 matmuls are slow and emulated."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def free_memory(device: torch.device) -> None:
+    """Return freed blocks to the driver, so the next row starts from a clean allocator."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def allocated_bytes(device: torch.device) -> int | None:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
+
+
+def _one_sample(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(inner):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3 / inner
+    begin = time.perf_counter()
+    for _ in range(inner):
+        fn()
+    return (time.perf_counter() - begin) / inner
+
+
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
+    """(median seconds per call, all samples). Warm-up calls also size the inner loop of short calls."""
+    first = None
+    for _ in range(max(warmup, 1)):
+        first = _one_sample(fn, device, 1)
+    inner = max(1, min(1000, int(SAMPLE_SECONDS / max(first, 1e-7))))
+    samples = [_one_sample(fn, device, inner) for _ in range(max(repeats, 1))]
+    return statistics.median(samples), samples
