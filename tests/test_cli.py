@@ -185,3 +185,26 @@ def test_estimate_imports_neither_torch_nor_pandas():
     done = _python("-c", code)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_python_api_returns_the_same_rows(capsys):
+    import kvplan
+
+    rows, _ = estimate_json(capsys, "-m", "gemma-3-27b", "-c", "8k,128k", "-b", "2", "-a", "native,mqa")
+    frame = kvplan.estimate("gemma-3-27b", context=["8k", "128k"], batch=2, attention=["native", "mqa"])
+    assert frame.to_dict("records") == rows
+    assert kvplan.estimate("gemma-3-27b", context="8k", batch=2) == rows[0]  # one row: a dict
+
+
+def test_python_api_rejects_bad_sizes_and_warns_past_max_positions():
+    import warnings
+
+    import kvplan
+
+    for bad in (dict(context=0), dict(batch=-1), dict(context="1.5k3"), dict(kv_dtype="int3")):
+        with pytest.raises(kvplan.InputError):
+            kvplan.estimate("llama-3.1-8b", **bad)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        row = kvplan.estimate("mistral-7b-v0.1", context="64k")
+    assert row["context"] == 65536 and "max_position_embeddings" in str(caught[0].message)
