@@ -327,3 +327,12 @@ def test_decode_in_a_cuda_graph_equals_eager(kind):
         graph.replay()
         torch.testing.assert_close(static_out, eager.decode(toks[:, pos:pos + 1], torch.tensor([pos], device="cuda")),
                                    rtol=1e-4, atol=1e-4)
+
+
+def test_bench_decode_smoke_on_cpu(tmp_path):
+    from kvplan.profilers import bench_decode
+
+    rows = bench_decode.main(["--device", "cpu", "--smoke", "--kinds", "tpa,dsa", "--repeats", "1", "--out", str(tmp_path)])
+    assert {r["kind"] for r in rows} == {"tpa", "dsa"} and all(r["step_ms"] > 0 for r in rows)
+    lines = (tmp_path / "bench_decode.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(rows) and lines[0].startswith("kind,model,layers")

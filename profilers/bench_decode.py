@@ -1,0 +1,206 @@
+"""Decode-step speed of every attention kind, as a fraction of the GPU's measured memory bandwidth.
+
+    python3 -m kvplan.profilers.bench_decode --out DIR            # on a GPU (about 5 minutes on an H100)
+    python3 -m kvplan.profilers.bench_decode --device cpu --smoke --out DIR   # tiny models, checks the script
+
+For each kind at batch 1 and 16 and contexts 8k, 32k, 128k (rows that would not fit are skipped): the
+decode step of a layer slice, replayed from a CUDA graph (median of repeats, CUDA events), over a cache
+filled with random values for exactly batch x context tokens (decode writes position context-1). The bytes
+a step must read are the estimate's (Estimator.weights_read_bytes + decode_cache_read_bytes: every weight,
+every cached byte, DSA only its top-k latents); achieved bandwidth = bytes / step time, set against a large
+device copy measured here (bytes read + written). TPA and MHA share d_model and heads (t6-medium), so the
+ratio of their step times can be set against the ratio of their cache bytes.
+Writes DIR/bench_decode.csv and prints a table last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from kvplan.attention import MLA, TPA, DenseAttention
+from kvplan.estimate import Deployment, Estimator
+from kvplan.hardware import get_gpu
+from kvplan.model import FeedForward, Model
+from kvplan.presets import get_preset
+from kvplan.models import build, sliced
+from kvplan.recast import recast
+
+from .calibrate import copy_bandwidth
+from .measure import Settings, _decode_callable
+from .timing import free_memory, median_seconds
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    model: Model  # already sliced
+
+
+def gpu_cases() -> list[Case]:
+    llama, t6 = get_preset("llama-3.1-8b"), get_preset("t6-medium")
+    return [
+        Case("gqa", sliced(llama, 4)),
+        Case("mqa", sliced(recast(llama, "mqa"), 4)),
+        Case("mha", sliced(recast(t6, "mha"), 2)),  # t6-medium's 47 heads of 64, as TPA below
+        Case("tpa", sliced(t6, 2)),
+        Case("mla", sliced(get_preset("deepseek-v3"), 3)),  # its 3 dense layers
+        Case("dsa", sliced(get_preset("deepseek-v3.2-exp"), 3)),
+        Case("window", sliced(get_preset("mistral-7b-v0.1"), 4)),  # 4096-token ring
+    ]
+
+
+def smoke_cases() -> list[Case]:
+    mla = MLA(n_heads=4, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, q_lora_rank=24)
+    base = Model(name="smoke", n_layers=2, d_model=64, vocab_size=256, attention=DenseAttention(4, 4, 16),
+                 ffn=FeedForward(128))
+    return [Case("gqa", recast(base, "gqa:kv_heads=2")), Case("mqa", recast(base, "mqa")), Case("mha", base),
+            Case("tpa", recast(base, "tpa")), Case("mla", replace(base, attention=mla)),
+            Case("dsa", recast(base, "dsa:index_topk=32,index_n_heads=4,index_head_dim=16")),
+            Case("window", recast(base, "window:48"))]
+
+
+def fill_cache_randomly(net, seed: int) -> None:
+    """Random keys so attention weights, DSA's indexer and its top-k behave as on real data."""
+    generator = torch.Generator(device=net.cache_tensors()[0].device).manual_seed(seed)
+    for buf in net.cache_tensors():
+        if buf.dtype == torch.float8_e4m3fn:
+            buf.view(torch.uint8).random_(0, 0x7F, generator=generator)  # finite e4m3 values, no NaN (0x7F)
+        elif buf.dtype == torch.float32 and buf.dim() == 3 and buf.size(-1) <= 4:
+            buf.fill_(1.0 / 448)  # DSA indexer scales
+        else:
+            buf.normal_(generator=generator)
+
+
+def transient_bytes(model: Model, batch: int, context: int) -> int:
+    """A generous bound on decode temporaries: a few score-sized tensors of every query head over the cache."""
+    attention = model.attention
+    heads = attention.n_heads
+    ranks = attention.k_rank + attention.v_rank if isinstance(attention, TPA) else 1
+    return 8 * batch * heads * context * 2 * ranks + GiB
+
+
+def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype: torch.dtype, copy_bps: float,
+              repeats: int) -> dict:
+    est = Estimator(case.model, Deployment(get_gpu("h100-sxm")))  # the GPU preset does not enter bytes
+    weights_read = est.weights_read_bytes(batch)
+    cache_read = est.decode_cache_read_bytes(batch, context)
+    row = {"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers, "batch": batch,
+           "context": context, "weights_read_bytes": int(weights_read), "cache_read_bytes": int(cache_read),
+           "bytes_read": int(weights_read + cache_read), "cache_bytes": est.kv_cache_bytes(batch, context)}
+    net = build(case.model, max_batch=batch, max_context=context, dtype=dtype, device=str(device), kv_dtype="bf16")
+    try:
+        assert net.cache_bytes_allocated() == row["cache_bytes"]
+        fill_cache_randomly(net, seed=context + batch)
+        tokens = torch.randint(0, case.model.vocab_size, (batch, 1), device=device)
+        position = torch.tensor([context - 1], device=device)
+        with torch.inference_mode():
+            call, how = _decode_callable(net, tokens, position, Settings(device=device, dtype=dtype))
+            seconds, _ = median_seconds(call, device, repeats, warmup=3)
+            del call
+        row.update(mode=how, step_ms=seconds * 1e3, achieved_GBps=row["bytes_read"] / seconds / 1e9,
+                   copy_GBps=copy_bps / 1e9, fraction_of_copy=row["bytes_read"] / seconds / copy_bps)
+    finally:
+        del net
+        free_memory(device)
+    return row
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """TPA against MHA at the same d_model and heads: step-time ratio beside the cache-byte ratio."""
+    lines = []
+    timed = {(r["kind"], r["batch"], r["context"]): r for r in rows if "step_ms" in r}
+    for (kind, batch, context), tpa in sorted(timed.items()):
+        mha = timed.get(("mha", batch, context))
+        if kind != "tpa" or mha is None:
+            continue
+        lines.append(f"batch {batch:>2}, context {context:>6}: MHA/TPA step time {mha['step_ms'] / tpa['step_ms']:5.2f}x;"
+                     f" cache bytes {mha['cache_bytes'] / tpa['cache_bytes']:5.2f}x;"
+                     f" bytes read {mha['bytes_read'] / tpa['bytes_read']:5.2f}x")
+    return lines
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="decode step: bytes read (weights + cache, from the estimate) / step time vs device copy")
+    for name in ("kind", "layers", "batch", "context", "GiB read", "step ms", "GB/s", "of copy", "mode"):
+        table.add_column(name, justify="left" if name in ("kind", "mode") else "right")
+    for r in rows:
+        if "step_ms" not in r:
+            table.add_row(r["kind"], str(r["layers"]), str(r["batch"]), str(r["context"]),
+                          f"{r['bytes_read'] / GiB:.2f}", "-", "-", "-", r.get("mode", "skipped"))
+            continue
+        table.add_row(r["kind"], str(r["layers"]), str(r["batch"]), str(r["context"]), f"{r['bytes_read'] / GiB:.2f}",
+                      f"{r['step_ms']:.3f}", f"{r['achieved_GBps']:.0f}", f"{100 * r['fraction_of_copy']:.0f}%", r["mode"])
+    console = Console()
+    console.print(table)
+    for line in summary_lines(rows):
+        console.print(line)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, help="folder for bench_decode.csv")
+    parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
+    parser.add_argument("--smoke", action="store_true", help="tiny models and contexts (for the CPU)")
+    parser.add_argument("--kinds", default="", help="comma-separated subset of kinds, e.g. tpa,mha")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory-gib", type=float, default=72.0, help="skip rows needing more than this")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA GPU visible; use --device cpu --smoke")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cases = smoke_cases() if args.smoke else gpu_cases()
+    if args.kinds:
+        wanted = set(args.kinds.split(","))
+        cases = [c for c in cases if c.kind in wanted]
+    batches = (1, 2) if args.smoke else (1, 16)
+    contexts = (64, 256) if args.smoke else (8192, 32768, 131072)
+    copy_bps = copy_bandwidth(device, (64 * 2**20) if args.smoke else 2 * GiB, repeats=args.repeats)
+    print(f"device copy: {copy_bps / 1e9:.0f} GB/s (read + written)", flush=True)
+
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows, began = [], time.perf_counter()
+    for case in cases:
+        for batch in batches:
+            for context in contexts:
+                est = Estimator(case.model, Deployment(get_gpu("h100-sxm")))
+                need = est.weights_bytes + est.kv_cache_bytes(batch, context) + transient_bytes(case.model, batch, context)
+                if not args.smoke and need > args.memory_gib * GiB:
+                    rows.append({"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers,
+                                 "batch": batch, "context": context, "bytes_read": 0,
+                                 "mode": f"skipped: needs ~{need / GiB:.0f} GiB"})
+                    continue
+                try:
+                    row = bench_row(case, batch, context, device, dtype, copy_bps, args.repeats)
+                except torch.cuda.OutOfMemoryError:
+                    free_memory(device)
+                    row = {"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers, "batch": batch,
+                           "context": context, "bytes_read": 0, "mode": "out of memory"}
+                rows.append(row)
+                print(f"[{time.perf_counter() - began:6.1f} s] {case.kind} batch {batch} context {context}: "
+                      f"{row.get('step_ms', float('nan')):.3f} ms, {row.get('mode')}", flush=True)
+
+    fields = ["kind", "model", "layers", "batch", "context", "mode", "step_ms", "bytes_read", "weights_read_bytes",
+              "cache_read_bytes", "cache_bytes", "achieved_GBps", "copy_GBps", "fraction_of_copy"]
+    with open(out_dir / "bench_decode.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    print_table(rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
