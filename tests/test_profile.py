@@ -1,0 +1,214 @@
+"""`kvplan profile` on the CPU with tiny models: figures against the estimate, resume, OOM rows, kills."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from kvplan.cli import main
+from kvplan.profilers import store, sweep
+from kvplan.profilers.measure import Settings
+
+TINY = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "intermediate_size": 128, "vocab_size": 256,
+        "max_position_embeddings": 4096, "tie_word_embeddings": False}
+KINDS = ["mha", "mqa", "gqa:kv_heads=2", "mla", "tpa", "dsa:index_n_heads=2,index_head_dim=16,index_topk=8",
+         "window:8", "window:size=8,global_every=2"]
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    path = tmp_path / "tiny.json"
+    path.write_text(json.dumps(TINY))
+    return str(path)
+
+
+def run_cli(args, capsys):
+    """Run `kvplan ARGS`; returns (exit code, stdout, stderr)."""
+    try:
+        main(args)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def profile_json(tiny, capsys, *extra):
+    code, out, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--json", *extra], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_every_kind_cache_and_flops_match_the_estimate(tiny, capsys):
+    args = [arg for kind in KINDS for arg in ("-a", kind)]
+    rows = profile_json(tiny, capsys, *args, "-c", "16,40", "-b", "1,2")
+    assert len(rows) == len(KINDS) * 2 * 2
+    for row in rows:
+        assert row["status"] == "ok"
+        # Cache bytes: the allocated tensors equal the estimate exactly, for every kind.
+        assert row["cache_bytes_measured"] == row["cache_bytes_estimate"], row["attention"]
+        assert row["weights_bytes_measured"] == row["weights_bytes_estimate"], row["attention"]
+        # FlopCounterMode sees the whole rectangles the kernels are handed: the counted figure is exact.
+        assert row["prefill_flops_counted_measured"] == row["prefill_flops_counted_estimate"], row["attention"]
+        assert row["prefill_seconds_measured"] > 0 and row["decode_seconds_measured"] > 0
+        if not row["attention"].startswith("tpa"):
+            assert row["decode_flops_measured"] == row["decode_flops_estimate"], row["attention"]
+        else:
+            # TPA weights each rank's q.B_K score by A_K (a multiply and a sum per head, rank and key): 2 h R_K
+            # FLOPs per key that the estimate counts and FlopCounterMode, which sees only matrix products, does
+            # not. Here h = 4, R_K = 2, 2 layers, keys = context.
+            missed = 2 * 4 * 2 * 2 * row["context"] * row["batch"]
+            assert row["decode_flops_measured"] + missed == row["decode_flops_estimate"]
+
+
+def test_cache_bytes_by_hand(tiny, capsys):
+    # GQA with 2 KV heads of 16: 2 layers x (K, V) x 2 heads x 16 x 2 bytes (bf16) x batch 2 x context 40.
+    (row,) = profile_json(tiny, capsys, "-c", "40", "-b", "2")
+    assert row["cache_bytes_measured"] == 2 * 2 * 2 * 16 * 2 * 2 * 40
+    # Window 8 on both layers: each keeps min(40, 8) token slots.
+    (row,) = profile_json(tiny, capsys, "-a", "window:8", "-c", "40", "-b", "2")
+    assert row["cache_bytes_measured"] == 2 * 2 * 2 * 16 * 2 * 2 * 8
+
+
+def test_layers_slice_scales_to_full_depth(tiny, capsys):
+    (row,) = profile_json(tiny, capsys, "--layers", "1", "-c", "32", "-b", "1")
+    assert (row["layers"], row["full_layers"]) == (1, 2)
+    # One layer's cache is measured; the full 2-layer depth doubles it (2 x (K, V) x 2 heads x 16 x 2 bytes x 32).
+    assert row["cache_bytes_measured"] == 2 * 2 * 16 * 2 * 32
+    assert row["cache_bytes_full_depth"] == 2 * row["cache_bytes_measured"]
+
+
+def _settings():
+    return Settings(device=torch.device("cpu"), dtype=torch.float32, repeats=1)
+
+
+def _sweep(tiny, **changes):
+    from kvplan.api import resolve_gpu
+
+    base = dict(model=tiny, attentions=["gqa:kv_heads=2"], contexts=[16, 24], batches=[1, 2],
+                estimate_gpu=resolve_gpu("h100-sxm"), settings=_settings())
+    return sweep.Sweep(**{**base, **changes})
+
+
+def test_resume_skips_rows_already_done(tiny, tmp_path, monkeypatch):
+    out = tmp_path / "results.csv"
+    first = sweep.run(_sweep(tiny, contexts=[16]), str(out), progress=False)
+    assert len(first) == 2
+    measured = []
+    real = sweep.measure_row
+    monkeypatch.setattr(sweep, "measure_row", lambda desc, b, c, *a: (measured.append((b, c)), real(desc, b, c, *a)))
+    rows = sweep.run(_sweep(tiny), str(out), resume=True, progress=False)
+    assert measured == [(1, 24), (2, 24)]  # only the rows not in the file
+    assert len(rows) == 4 and len(store.read_rows(out)) == 4
+    assert [line.startswith("model,") for line in out.read_text().splitlines()].count(True) == 1  # header once
+
+
+def test_existing_file_needs_resume(tiny, tmp_path):
+    out = tmp_path / "results.csv"
+    sweep.run(_sweep(tiny, contexts=[16], batches=[1]), str(out), progress=False)
+    from kvplan.units import InputError
+
+    with pytest.raises(InputError, match="--resume"):
+        sweep.run(_sweep(tiny, contexts=[16], batches=[1]), str(out), progress=False)
+
+
+def test_out_of_memory_is_recorded_and_the_sweep_goes_on(tiny, tmp_path, monkeypatch):
+    real = sweep.measure_row
+
+    def measure(desc, batch, context, kv, settings, out):
+        if (batch, context) == (2, 16):
+            out["phase"] = "prefill"
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB")
+        return real(desc, batch, context, kv, settings, out)
+
+    monkeypatch.setattr(sweep, "measure_row", measure)
+    freed = []
+    monkeypatch.setattr(sweep, "free_memory", lambda device: freed.append(device))
+    out = tmp_path / "results.csv"
+    rows = sweep.run(_sweep(tiny), str(out), progress=False)
+    assert [r["status"] for r in rows] == ["ok", "does not fit (measured) in prefill", "ok", "ok"]
+    assert len(freed) == 4  # memory handed back after every row, the failed one included
+    failed = rows[1]
+    assert failed.get("prefill_seconds_measured") is None and failed["prefill_seconds_estimate"] > 0
+    assert failed["fits_estimate"] is True  # the estimate's own verdict sits beside the measured one
+    assert [r["status"] for r in store.read_rows(out)] == [r["status"] for r in rows]
+
+
+def test_file_stays_valid_when_the_sweep_dies(tiny, tmp_path, monkeypatch):
+    real = sweep.measure_row
+    calls = []
+
+    def measure(desc, batch, context, *rest):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed while measuring the third row
+        return real(desc, batch, context, *rest)
+
+    monkeypatch.setattr(sweep, "measure_row", measure)
+    out = tmp_path / "results.csv"
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run(_sweep(tiny), str(out), progress=False)
+    assert len(store.read_rows(out)) == 2
+    # A kill in the middle of a write leaves a torn line: resume cuts it off and measures that row again.
+    with out.open("a") as handle:
+        handle.write("half a row,gqa")
+    monkeypatch.setattr(sweep, "measure_row", real)
+    rows = sweep.run(_sweep(tiny), str(out), resume=True, progress=False)
+    assert len(rows) == 4
+    with out.open(newline="") as handle:
+        lines = list(csv.reader(handle))
+    assert len(lines) == 5 and all(len(line) == len(sweep.COLUMNS) for line in lines)
+
+
+def test_killed_process_loses_no_finished_row(tiny, tmp_path):
+    out = tmp_path / "results.csv"
+    args = [sys.executable, "-m", "kvplan", "profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--no-flops",
+            "-c", "16,24,32,40,48,56,64,72", "-b", "1,2,3", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and len(store.read_rows(out)) < 2:
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    done = store.read_rows(out)
+    assert 2 <= len(done) < 24
+    assert all(row["status"] == "ok" for row in done)
+    resumed = sweep.run(_sweep(tiny, attentions=["native"], contexts=[16, 24, 32, 40, 48, 56, 64, 72],
+                               batches=[1, 2, 3], settings=Settings(torch.device("cpu"), torch.float32, 1,
+                                                                   count_flops=False)),
+                        str(out), resume=True, progress=False)
+    assert len(resumed) == 24 and len(store.read_rows(out)) == 24
+    assert len({store.row_key(r) for r in store.read_rows(out)}) == 24
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
+def test_without_a_gpu_profile_says_so_and_fails(tiny, capsys):
+    code, out, err = run_cli(["profile", "-m", tiny], capsys)
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and "no CUDA GPU" in err and "--device cpu" in err
+
+
+def test_csv_and_json_give_the_same_rows(tiny, capsys):
+    rows = profile_json(tiny, capsys, "-c", "16", "-b", "1", "--no-flops")
+    code, out, _ = run_cli(["profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--csv", "-c", "16",
+                            "-b", "1", "--no-flops"], capsys)
+    assert code == 0
+    (parsed,) = list(csv.DictReader(out.splitlines()))
+    assert set(parsed) == set(rows[0])
+    assert int(parsed["cache_bytes_measured"]) == rows[0]["cache_bytes_measured"]
+
+
+def test_table_names_the_slice(tiny, capsys):
+    code, out, _ = run_cli(["profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--no-flops", "--layers", "1",
+                            "-c", "16"], capsys)
+    assert code == 0
+    assert "first 1 of 2 layers" in out and "kvplan profile" in out
