@@ -59,7 +59,7 @@ def resolve_model(model: str | Model, attention: str | None = None) -> Model:
 
 def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, kv_dtype: str = "bf16",
                    weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0,
-                   flash: bool = True) -> Deployment:
+                   flash: bool = True, prefill_chunk: int = 0) -> Deployment:
     """`gpus` alone means tensor parallelism over all of them; tp x pp must equal gpus when both are given."""
     for name, value in (("gpus", gpus), ("pp", pp)):
         if not isinstance(value, int) or value < 1:
@@ -70,12 +70,15 @@ def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, 
         tp = gpus // pp
     elif tp < 1 or tp * pp != gpus and gpus != 1:
         raise InputError(f"tp ({tp}) x pp ({pp}) must equal gpus ({gpus})")
+    if prefill_chunk < 0:
+        raise InputError(f"prefill chunk must be positive, not {prefill_chunk}")
     if block_size < 0:
         raise InputError(f"block size must be positive, not {block_size}")
     reserve_bytes = parse_bytes(reserve, "reserve") if reserve not in (0, "0", None) else 0
     return Deployment(gpu=gpu, tp=tp, pp=pp, kv_format=storage_format(kv_dtype),
                       weight_format=storage_format(weight_dtype, "weight dtype"), block_size=block_size,
-                      reserve_bytes=reserve_bytes, flash=flash)
+                      reserve_bytes=reserve_bytes, flash=flash,
+                      prefill_chunk=prefill_chunk)
 
 
 def check_depth(model: Model, deployment: Deployment) -> None:
@@ -94,14 +97,15 @@ def context_warnings(model: Model, contexts: Iterable[int]) -> list[str]:
 def plan(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
          kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
          weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0, flash: bool = True,
-         hardware_profile: str | None = None, **gpu_overrides) -> list[Estimator]:
+         hardware_profile: str | None = None, prefill_chunk: int = 0, **gpu_overrides) -> list[Estimator]:
     """One Estimator per (attention re-cast, kv dtype)."""
     base = model if isinstance(model, Model) else load_model(model)
     device = resolve_gpu(gpu, hardware_profile, **gpu_overrides)
     estimators = []
     for spec, kv in itertools.product(_as_list(attention), _as_list(kv_dtype)):
         resolved = recast(base, spec) if spec else base
-        dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash)
+        dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash,
+                             prefill_chunk)
         check_depth(resolved, dep)
         estimators.append(Estimator(resolved, dep))
     return estimators
@@ -114,7 +118,7 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
 
     `model`, `attention`, `kv_dtype`, `context` and `batch` may each be a list: every combination gives a row.
     Returns a dict for a single row, else a pandas DataFrame with one row per combination.
-    Other keyword options: gpus, tp, pp, weight_dtype, block_size, reserve, flash, hardware_profile, and GPU
+    Other keyword options: gpus, tp, pp, weight_dtype, block_size, reserve, flash, prefill_chunk, hardware_profile, and GPU
     field overrides (e.g. usd_per_hour=2.0).
     """
     contexts, batches = _sizes(context, "context"), _sizes(batch, "batch")

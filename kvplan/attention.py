@@ -257,16 +257,14 @@ class DSA:
     def token_flops(self, phase: str) -> int:
         return self.mla.token_flops("decode")
 
-    def prefill_chunk_bytes(self, batch: int, tokens: int, act_bytes: int, tp: int = 1) -> int:
-        """Transient bytes of one query chunk of sparse prefill (chunks of DSA_QUERY_CHUNK queries): indexer
-        scores (fp32) over all keys, top-k indices (int64), the gathered latents, and the scores and
-        probabilities over the selected keys."""
-        chunk = min(tokens, DSA_QUERY_CHUNK)
+    def prefill_query_bytes(self, tokens: int, act_bytes: float, tp: int = 1) -> int:
+        """Transient bytes per query row of sparse prefill (run in chunks of DSA_QUERY_CHUNK queries): its
+        indexer scores (fp32) over all keys, its top-k indices (int64), the gathered latents, and the scores
+        and probabilities over the selected keys."""
         keys = min(tokens, self.index_topk)
         heads = _ceil_div(self.n_heads, tp)
         latent = self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
-        per_query = tokens * 4 + keys * 8 + keys * latent * act_bytes + 2 * heads * keys * act_bytes
-        return batch * chunk * per_query
+        return int(tokens * 4 + keys * 8 + keys * latent * act_bytes + 2 * heads * keys * act_bytes)
 
     def indexer_pair_flops(self) -> int:
         """Per (query, key) scored by the indexer: a dot product per head, then a weighted sum over heads."""

@@ -31,6 +31,8 @@ PpOpt = typer.Option(1, "--pp", help="Pipeline-parallel stages.", min=1)
 WeightDtypeOpt = typer.Option("bf16", "--weight-dtype", help="Weight format: bf16, fp16, fp8, int8, int4.")
 BlockOpt = typer.Option(0, "--block-size", help="Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", min=0)
 ReserveOpt = typer.Option("0", "--reserve", help="Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB.")
+ChunkOpt = typer.Option("0", "--prefill-chunk", help="Chunked prefill: tokens per prefill forward across the batch (e.g. 8k, "
+                        "as vLLM's max_num_batched_tokens); bounds activation memory. 0 = whole prompts at once.")
 NaiveOpt = typer.Option(False, "--naive-attention", help="Attention materialises the score matrix (memory quadratic in context).")
 ProfileOpt = typer.Option(None, "--hardware-profile", help="JSON file replacing datasheet figures: a `kvplan calibrate` profile, "
                           "or an object of GPU fields (memory_bytes, bandwidth_bytes_per_s, bf16_flops and fp8_flops in "
@@ -46,10 +48,12 @@ CsvOpt = typer.Option(False, "--csv", help="Print CSV with the same columns as -
 
 
 def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve, naive,
-                 hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency, gpu_set=None) -> dict:
+                 hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency, gpu_set=None,
+                 prefill_chunk="0") -> dict:
     """CLI options -> keyword arguments of kvplan.api.plan. Named options win over --gpu-set."""
     from .hardware import parse_assignments
     from .recast import split_specs
+    from .units import parse_tokens
 
     named = dict(usd_per_hour=usd_per_hour, compute_efficiency=compute_efficiency,
                  bandwidth_efficiency=bandwidth_efficiency)
@@ -57,7 +61,9 @@ def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_
     return dict(model=model, gpu=gpu, attention=split_specs(attention) or None,
                 kv_dtype=[k for k in kv_dtype.split(",") if k.strip()] or ["bf16"], gpus=gpus, pp=pp,
                 weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, flash=not naive,
-                hardware_profile=hardware_profile, **overrides)
+                hardware_profile=hardware_profile,
+                prefill_chunk=parse_tokens(prefill_chunk, "--prefill-chunk") if str(prefill_chunk) != "0" else 0,
+                **overrides)
 
 
 @app.command()
@@ -75,6 +81,7 @@ def estimate(
     block_size: int = BlockOpt,
     reserve: str = ReserveOpt,
     naive_attention: bool = NaiveOpt,
+    prefill_chunk: str = ChunkOpt,
     hardware_profile: Optional[str] = ProfileOpt,
     usd_per_hour: Optional[float] = PriceOpt,
     compute_efficiency: Optional[float] = ComputeEffOpt,
@@ -93,7 +100,7 @@ def estimate(
     prompt_tokens = parse_tokens(prompt, "--prompt") if prompt else None
     estimators = plan(**plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve,
                                      naive_attention, hardware_profile, usd_per_hour, compute_efficiency,
-                                     bandwidth_efficiency, gpu_set))
+                                     bandwidth_efficiency, gpu_set, prefill_chunk))
     rows = []
     for estimator in estimators:
         for message in context_warnings(estimator.model, contexts):

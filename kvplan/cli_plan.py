@@ -12,7 +12,7 @@ from typing import List, Optional
 import typer
 
 from .cli import (AttentionOpt, BandwidthEffOpt, BlockOpt, ComputeEffOpt, GpuOpt, GpuSetOpt, GpusOpt, JsonOpt, KvDtypeOpt,
-                  ModelOpt, NaiveOpt, PpOpt, PriceOpt, ProfileOpt, ReserveOpt, WeightDtypeOpt, app, err,
+                  ModelOpt, NaiveOpt, ChunkOpt, PpOpt, PriceOpt, ProfileOpt, ReserveOpt, WeightDtypeOpt, app, err,
                   plan_options)
 from .units import InputError, format_gib, format_tokens
 
@@ -110,6 +110,7 @@ def budget(
     block_size: int = BlockOpt,
     reserve: str = ReserveOpt,
     naive_attention: bool = NaiveOpt,
+    prefill_chunk: str = ChunkOpt,
     hardware_profile: Optional[str] = ProfileOpt,
     gpu_set: Optional[List[str]] = GpuSetOpt,
     usd_per_hour: Optional[float] = PriceOpt,
@@ -130,7 +131,7 @@ def budget(
     from .units import parse_tokens
 
     kwargs = _plan_kwargs(memory, model=model, gpu=gpu, attention=attention, kv_dtype=kv_dtype, gpus=gpus, pp=pp,
-                          weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, naive=naive_attention,
+                          weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk,
                           hardware_profile=hardware_profile, usd_per_hour=usd_per_hour, gpu_set=gpu_set,
                           compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
     kwargs["attention"] = _with_native(kwargs["attention"])
@@ -191,6 +192,7 @@ def recommend(
     block_size: int = BlockOpt,
     reserve: str = ReserveOpt,
     naive_attention: bool = NaiveOpt,
+    prefill_chunk: str = ChunkOpt,
     hardware_profile: Optional[str] = ProfileOpt,
     gpu_set: Optional[List[str]] = GpuSetOpt,
     usd_per_hour: Optional[float] = PriceOpt,
@@ -216,7 +218,7 @@ def recommend(
         raise InputError(f"--max-usd-per-mtok must be positive, not {max_usd_per_mtok}")
     (base_estimator,) = plan(**_plan_kwargs(
         memory, model=model, gpu=gpu, attention=None, kv_dtype=kv_dtype, gpus=gpus, pp=pp, weight_dtype=weight_dtype,
-        block_size=block_size, reserve=reserve, naive=naive_attention, hardware_profile=hardware_profile,
+        block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk, hardware_profile=hardware_profile,
         usd_per_hour=usd_per_hour, gpu_set=gpu_set, compute_efficiency=compute_efficiency,
         bandwidth_efficiency=bandwidth_efficiency))
     device = base_estimator.deployment.gpu
@@ -278,6 +280,7 @@ def cost(
     reserve: str = ReserveOpt,
     memory: Optional[str] = MemoryOpt,
     naive_attention: bool = NaiveOpt,
+    prefill_chunk: str = ChunkOpt,
     hardware_profile: Optional[str] = ProfileOpt,
     gpu_set: Optional[List[str]] = GpuSetOpt,
     usd_per_hour: Optional[float] = PriceOpt,
@@ -297,7 +300,7 @@ def cost(
     from .units import parse_tokens
 
     kwargs = _plan_kwargs(memory, model=model, gpu=gpu, attention=attention, kv_dtype=kv_dtype, gpus=gpus, pp=pp,
-                          weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, naive=naive_attention,
+                          weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk,
                           hardware_profile=hardware_profile, usd_per_hour=usd_per_hour, gpu_set=gpu_set,
                           compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
     kwargs["attention"] = _with_native(kwargs["attention"])

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .attention import DSA, keys_attended_sum
+from .attention import DSA, DSA_QUERY_CHUNK, keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model
@@ -50,6 +50,7 @@ class Deployment:
     block_size: int = 0  # paged KV cache block in tokens; 0 = contiguous
     reserve_bytes: int = 0  # per GPU, for the CUDA context and workspaces
     flash: bool = True  # False: attention materialises the score matrix (quadratic in context)
+    prefill_chunk: int = 0  # tokens per prefill forward across the batch (chunked prefill); 0 = whole prompts
 
     @property
     def gpus(self) -> int:
@@ -135,18 +136,23 @@ class Estimator:
     def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None) -> int:
         """Peak transient bytes of prefill on one GPU (the cache excluded).
 
-        Residual stream and normed input (2 d per token) plus the larger of the attention block's and the
-        feed-forward's intermediates, the last token's fp32 logits, and with naive attention the score and
-        probability matrices of one layer (2 x heads x prompt^2 elements).
+        Per token in flight: residual stream and normed input (2 d) plus the larger of the attention block's
+        and the feed-forward's intermediates; the last tokens' fp32 logits; with naive attention the score and
+        probability matrices of one layer (2 x heads x queries in flight x prompt elements); DSA's query-chunk
+        scratch. Tokens in flight: the whole batch's prompts, or at most `prefill_chunk` with chunked prefill.
         """
         flash = self.deployment.flash if flash is None else flash
-        total = batch * prompt * self._act_per_token
+        in_flight = batch * prompt
+        if self.deployment.prefill_chunk:
+            in_flight = min(in_flight, self.deployment.prefill_chunk)
+        total = in_flight * self._act_per_token
         total += batch * _ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
         attention = self.model.attention
         if isinstance(attention, DSA):
-            total += attention.prefill_chunk_bytes(batch, prompt, self._act_bytes, self.deployment.tp)
+            queries = min(batch * min(prompt, DSA_QUERY_CHUNK), in_flight)
+            total += attention.prefill_query_bytes(prompt, self._act_bytes, self.deployment.tp) * queries
         elif not flash:
-            total += batch * self._heads_per_gpu * prompt * prompt * 2 * self._act_bytes
+            total += self._heads_per_gpu * in_flight * prompt * 2 * self._act_bytes
         return int(total)
 
     # --- FLOPs --------------------------------------------------------------------------------------
