@@ -7,8 +7,6 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
 
 from kvplan.attention import DSA, MLA, TPA, DenseAttention, keys_attended_sum
 from kvplan.dtypes import FORMATS
@@ -18,6 +16,8 @@ from kvplan.model import FeedForward, Model
 from kvplan.models import build, sliced
 from kvplan.models import dsa as dsa_module
 from kvplan.models.common import apply_rope, attend_prefill, band_mask
+from kvplan.profilers import flops as profiler_flops
+from kvplan.profilers.flops import count_flops, counted_prefill_flops
 from kvplan.recast import recast
 
 D, VOCAB = 48, 61
@@ -70,8 +70,10 @@ def decode_logits(net, toks, prompt):
 
 @pytest.fixture(autouse=True)
 def small_dsa_chunks(monkeypatch):
-    # Chunks of 4 queries so DSA prefill runs several chunks even at 16 tokens.
+    # Chunks of 4 queries so DSA prefill runs several chunks even at 16 tokens (the model and the counted
+    # figure must both see the change).
     monkeypatch.setattr(dsa_module, "DSA_QUERY_CHUNK", 4)
+    monkeypatch.setattr(profiler_flops, "DSA_QUERY_CHUNK", 4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -231,35 +233,9 @@ FLOP_KINDS = ("gqa", "mqa", "local-global", "mla", "tpa", "dsa", "moe")
 
 
 def counted(fn, *args) -> int:
-    # The math backend decomposes scaled_dot_product_attention into matrix products FlopCounterMode sees
-    # (the CPU flash kernel is not counted at all); it computes, and counts, the full T x T rectangle.
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn(*args)
-    return counter.get_total_flops()
-
-
-def computed_pairs(desc, T):
-    """Per layer: ((query, key) pairs the attention kernel computes, pairs the DSA indexer scores) in prefill.
-
-    Dense, MLA and TPA: one causal SDPA call computes the whole T x T rectangle; a window w < T runs
-    chunks of w queries against the keys from (chunk start - w + 1) to the chunk end. DSA: each chunk of
-    DSA_QUERY_CHUNK queries is scored against every key up to the chunk end (and from its window start),
-    and attends min(topk, those keys) of them.
-    """
-    out = []
-    for window in desc.layer_windows:
-        pairs = index_pairs = 0
-        chunk = dsa_module.DSA_QUERY_CHUNK if isinstance(desc.attention, DSA) else (window or T)
-        for start in range(0, T, chunk):
-            end = min(start + chunk, T)
-            seen = end - (max(0, start - window + 1) if window else 0)
-            if isinstance(desc.attention, DSA):
-                pairs += (end - start) * min(desc.attention.index_topk, seen)
-                index_pairs += (end - start) * seen
-            else:
-                pairs += (end - start) * (seen if window and window < T else T)
-        out.append((pairs, index_pairs))
-    return out
+    # kvplan.profilers.flops counts scaled_dot_product_attention as FlopCounterMode's GPU formulas do, as the
+    # whole q x k rectangle it is handed (causal or not), also for the CPU kernel, which torch leaves uncounted.
+    return count_flops(lambda: fn(*args))
 
 
 @pytest.mark.parametrize("kind", FLOP_KINDS)
@@ -277,10 +253,12 @@ def test_prefill_flops_equal_the_estimate(kind):
     causal = [(keys_attended_sum(T, min(c for c in (w, desc.attention.sparse_topk, T) if c)),
                keys_attended_sum(T, w) if isinstance(desc.attention, DSA) else 0) for w in desc.layer_windows]
     assert est.prefill_attention_flops(B, T) == attention_flops(causal)
-    # What FlopCounterMode sees: the linear layers as estimated (LM head on the last token only) plus the
-    # pairs the kernels compute; matrix products only on both sides, so the match is exact.
-    expected = est.prefill_linear_flops(B, T) + attention_flops(computed_pairs(desc, T))
-    assert counted(net.prefill, tokens(B, T)) == expected
+    # What FlopCounterMode sees: the linear layers as estimated (LM head on the last token only) plus the same
+    # per-pair terms over the rectangles the kernels are handed: one T x T causal SDPA call; a window w < T
+    # in chunks of w queries against keys (chunk start - w + 1)..chunk end; DSA in chunks of DSA_QUERY_CHUNK
+    # queries, its indexer scoring every visible key and attention taking min(visible, top-k) per query.
+    # Matrix products only on both sides, so the match is exact.
+    assert counted(net.prefill, tokens(B, T)) == counted_prefill_flops(est, B, T)
 
 
 @pytest.mark.parametrize("kind", FLOP_KINDS)
