@@ -16,6 +16,7 @@ from torch import nn
 
 from kvplan.attention import TPA
 
+from . import triton_decode
 from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask
 
 
@@ -71,13 +72,23 @@ class TPALayer(nn.Module, CacheMixin):
         f = self._factors(x, *self.rope.at(input_pos))
         for name in ("a_k", "b_k", "a_v", "b_v"):
             self.write(name, f[name], input_pos)
-        a_k, b_k, a_v, b_v = (self.read(n, B, x.dtype) for n in ("a_k", "b_k", "a_v", "b_v"))
         q = rebuild(f["a_q"], f["b_q"])[:, 0] * (self.scale / s.k_rank)  # [B, h, d_h]
+        if triton_decode.enabled(x) and self.a_k.dtype == x.dtype:
+            out = triton_decode.tpa_decode(q, self.a_k[:B], self.b_k[:B], self.a_v[:B], self.b_v[:B], input_pos)
+        else:
+            out = self._attend_factors(q, input_pos)
+        return self.wo(out.mul_(1.0 / s.v_rank).view(B, 1, h * d_h))
+
+    def _attend_factors(self, q: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """The factorized attention in PyTorch: q [B, h, d_h] (scaled by softmax scale / R_K) -> [B, h, d_h]
+        (before the 1/R_V scaling)."""
+        s = self.spec
+        B, h, d_h = q.shape
+        a_k, b_k, a_v, b_v = (self.read(n, B, q.dtype) for n in ("a_k", "b_k", "a_v", "b_v"))
         # q . B_K for every (slot, rank): [B, h, d_h] @ [B, d_h, slots * R_K].
         qb = torch.matmul(q, b_k.view(B, self.slots * s.k_rank, d_h).transpose(1, 2)).view(B, h, self.slots, s.k_rank)
         scores = (qb * a_k.permute(0, 3, 1, 2)).sum(-1)  # weight by A_K and sum the ranks: [B, h, slots]
         scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
         p = torch.softmax(scores, dim=-1)
         pa = p.unsqueeze(-1) * a_v.permute(0, 3, 1, 2)  # [B, h, slots, R_V]
-        out = torch.matmul(pa.view(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))
-        return self.wo(out.mul_(1.0 / s.v_rank).view(B, 1, h * d_h))
+        return torch.matmul(pa.view(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))

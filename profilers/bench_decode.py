@@ -28,7 +28,7 @@ from kvplan.estimate import Deployment, Estimator
 from kvplan.hardware import get_gpu
 from kvplan.model import FeedForward, Model
 from kvplan.presets import get_preset
-from kvplan.models import build, sliced
+from kvplan.models import build, sliced, triton_decode
 from kvplan.recast import recast
 
 from .calibrate import copy_bandwidth
@@ -42,6 +42,7 @@ GiB = 2**30
 class Case:
     kind: str
     model: Model  # already sliced
+    triton: bool = True  # False: TPA decode through its PyTorch path even where the Triton kernel could run
 
 
 def gpu_cases() -> list[Case]:
@@ -50,7 +51,8 @@ def gpu_cases() -> list[Case]:
         Case("gqa", sliced(llama, 4)),
         Case("mqa", sliced(recast(llama, "mqa"), 4)),
         Case("mha", sliced(recast(t6, "mha"), 2)),  # t6-medium's 47 heads of 64, as TPA below
-        Case("tpa", sliced(t6, 2)),
+        Case("tpa", sliced(t6, 2)),  # the Triton kernel where Triton is installed
+        Case("tpa-torch", sliced(t6, 2), triton=False),
         Case("mla", sliced(get_preset("deepseek-v3"), 3)),  # its 3 dense layers
         Case("dsa", sliced(get_preset("deepseek-v3.2-exp"), 3)),
         Case("window", sliced(get_preset("mistral-7b-v0.1"), 4)),  # 4096-token ring
@@ -62,7 +64,7 @@ def smoke_cases() -> list[Case]:
     base = Model(name="smoke", n_layers=2, d_model=64, vocab_size=256, attention=DenseAttention(4, 4, 16),
                  ffn=FeedForward(128))
     return [Case("gqa", recast(base, "gqa:kv_heads=2")), Case("mqa", recast(base, "mqa")), Case("mha", base),
-            Case("tpa", recast(base, "tpa")), Case("mla", replace(base, attention=mla)),
+            Case("tpa", recast(base, "tpa")), Case("tpa-torch", recast(base, "tpa"), triton=False), Case("mla", replace(base, attention=mla)),
             Case("dsa", recast(base, "dsa:index_topk=32,index_n_heads=4,index_head_dim=16")),
             Case("window", recast(base, "window:48"))]
 
@@ -95,6 +97,7 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
     row = {"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers, "batch": batch,
            "context": context, "weights_read_bytes": int(weights_read), "cache_read_bytes": int(cache_read),
            "bytes_read": int(weights_read + cache_read), "cache_bytes": est.kv_cache_bytes(batch, context)}
+    triton_decode.ENABLED = case.triton
     net = build(case.model, max_batch=batch, max_context=context, dtype=dtype, device=str(device), kv_dtype="bf16")
     try:
         assert net.cache_bytes_allocated() == row["cache_bytes"]
@@ -105,9 +108,12 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
             call, how = _decode_callable(net, tokens, position, Settings(device=device, dtype=dtype))
             seconds, _ = median_seconds(call, device, repeats, warmup=3)
             del call
+        if case.kind.startswith("tpa") and device.type == "cuda":
+            how += " + triton" if case.triton and triton_decode.HAVE_TRITON else " (pytorch path)"
         row.update(mode=how, step_ms=seconds * 1e3, achieved_GBps=row["bytes_read"] / seconds / 1e9,
                    copy_GBps=copy_bps / 1e9, fraction_of_copy=row["bytes_read"] / seconds / copy_bps)
     finally:
+        triton_decode.ENABLED = True
         del net
         free_memory(device)
     return row
@@ -119,9 +125,9 @@ def summary_lines(rows: list[dict]) -> list[str]:
     timed = {(r["kind"], r["batch"], r["context"]): r for r in rows if "step_ms" in r}
     for (kind, batch, context), tpa in sorted(timed.items()):
         mha = timed.get(("mha", batch, context))
-        if kind != "tpa" or mha is None:
+        if not kind.startswith("tpa") or mha is None:
             continue
-        lines.append(f"batch {batch:>2}, context {context:>6}: MHA/TPA step time {mha['step_ms'] / tpa['step_ms']:5.2f}x;"
+        lines.append(f"batch {batch:>2}, context {context:>6}: MHA/{kind} step time {mha['step_ms'] / tpa['step_ms']:5.2f}x;"
                      f" cache bytes {mha['cache_bytes'] / tpa['cache_bytes']:5.2f}x;"
                      f" bytes read {mha['bytes_read'] / tpa['bytes_read']:5.2f}x")
     return lines
@@ -144,7 +150,7 @@ def print_table(rows: list[dict]) -> None:
     console = Console()
     console.print(table)
     for line in summary_lines(rows):
-        console.print(line)
+        print(line)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

@@ -314,3 +314,40 @@ def test_bench_decode_smoke_on_cpu(tmp_path):
     assert {r["kind"] for r in rows} == {"tpa", "dsa"} and all(r["step_ms"] > 0 for r in rows)
     lines = (tmp_path / "bench_decode.csv").read_text().splitlines()
     assert len(lines) == 1 + len(rows) and lines[0].startswith("kind,model,layers")
+
+
+def _kernel_device():
+    """Where the Triton kernels can be checked: a GPU, or the CPU under TRITON_INTERPRET=1 (set before import)."""
+    import os
+
+    from kvplan.models import triton_decode
+
+    if not triton_decode.HAVE_TRITON:
+        pytest.skip("Triton is not installed")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1")
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 3, 2, 1, None), (47, 64, 6, 2, 2, None), (5, 24, 2, 1, 3, 7)])
+def test_tpa_triton_kernel_equals_pytorch_path(shape):
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    h, d, r_q, r_k, r_v, window = shape
+    desc = tiny(TPA(n_heads=h, head_dim=d, q_rank=r_q, k_rank=r_k, v_rank=r_v), windows=(window, None) if window else ())
+    for dtype, tol in ((torch.float32, 2e-2 if device == "cuda" else 1e-4), (torch.bfloat16, 5e-2)):
+        if device == "cpu" and dtype == torch.bfloat16:
+            continue  # the interpreter computes bf16 products through numpy, which has no bf16
+        for slots, pos in ((70, 69), (70, 30), (9, 8)):
+            net = build(desc, max_batch=3, max_context=slots, dtype=dtype, kv_dtype=None, device=device)
+            for layer in (block.attention for block in net.layers):
+                for name in ("a_k", "b_k", "a_v", "b_v"):
+                    getattr(layer, name).normal_()
+                q = torch.randn(3, h, d, device=device, dtype=dtype)
+                position = torch.tensor([pos], device=device)
+                expected = layer._attend_factors(q, position).float()
+                got = triton_decode.tpa_decode(q, layer.a_k, layer.b_k, layer.a_v, layer.b_v, position).float()
+                torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
