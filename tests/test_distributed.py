@@ -87,8 +87,12 @@ def test_weights_per_rank_show_what_tp_replicates(rows):
     full_layer = 8 * 12 * D + 8 * 12 + 4 * 12 * D
     gqa = rows["gqa"][0]
     assert gqa["weights_bytes"] == 2 * (full_layer // 2) * F64
+    # MLA (d 48, 4 heads, latent 24, rope 8, nope 12, v 10, q_lora 20), per layer on one rank:
+    # whole: wq_a 48 x 20 + q_norm 20 + wkv_a 48 x (24 + 8) + kv_norm 24 = 960 + 20 + 1536 + 24 = 2540;
+    # halved: wq_b 20 x 4 x (12 + 8) / 2 = 800, wkv_b 24 x 4 x (12 + 10) / 2 = 1056, wo 4 x 10 x 48 / 2 = 960.
     mla = rows["mla"][0]
-    assert mla["weights_bytes"] > mla["weights_bytes_estimate"]
+    assert mla["weights_bytes"] == 2 * (2540 + 800 + 1056 + 960) * F64
+    assert mla["weights_bytes"] > mla["weights_bytes_estimate"]  # the estimate splits the latent path too
 
 
 def _prefill_sum(desc, ranks):
@@ -158,3 +162,15 @@ def test_bad_input_is_one_line_before_any_process_group(tmp_path, capsys, argv, 
     code = tp_mod.main(["--model", _tiny_config(tmp_path), "--device", "cpu", *argv])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
+def test_nccl_two_gpus(tmp_path):
+    """The same run on 2 GPUs through NCCL: exact cache bytes, outputs within bf16 rounding, a measured peak
+    at least the resident weights and cache."""
+    found = tp_mod.launch(2, ["--model", _tiny_config(tmp_path), "--attention", "gqa:kv_heads=2,mqa,mla,tpa,dsa",
+                              "--context", "64", "--batch", "2", "--device", "cuda"], timeout=300)
+    assert len(found) == 5 * 2
+    for row in found:
+        assert row["backend"] == "nccl" and row["cache_matches"] and row["output_matches"]
+        assert row["peak_bytes"] >= row["weights_bytes"] + row["cache_bytes"]
