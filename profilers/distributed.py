@@ -11,7 +11,7 @@ Per rank it reports the bytes of its real cache tensors beside Estimator.kv_cach
 same model slice, batch, context and tp; the bytes of its weights beside Estimator.weights_bytes_per_gpu
 (which splits every weight evenly, so the replicated parts show up as its error); and on a GPU the peak
 allocated memory (torch.cuda) of prefill and decode beside the Estimator's memory per GPU (weights + cache +
-activations), and the part above what was resident before prefill beside activation_bytes_per_gpu. The
+activations), and the part above the resident weights, cache and RoPE tables beside activation_bytes_per_gpu. The
 Estimator describes the attention layers alone (the model with no feed-forward and no vocabulary), as they
 run here. On the CPU peak memory is None.
 
@@ -242,11 +242,13 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
         torch.cuda.empty_cache()
     layers = build_layers(desc, spec, states, job.batch, job.context, cache_dtype, job.dtype, device)
     del states
+    if cuda:  # weights, cache and RoPE tables; the input hidden states count as activations, as the estimate's do
+        torch.cuda.synchronize(device)
+        resident = torch.cuda.memory_allocated(device)
     prompt, steps = inputs(desc, job.batch, job.context, job.decode_steps, job.dtype, device, job.seed)
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        resident = torch.cuda.memory_allocated(device)
     output = run_layers(layers, prompt, steps, dist.all_reduce)
     peak = None
     if cuda:
@@ -299,9 +301,9 @@ def profile_job(job: Job, device: torch.device) -> list[dict]:
     except torch.cuda.OutOfMemoryError:  # the unsharded layers need tp times the split parts: may not fit
         error = None
     del output
-    cache_dtype, fmt = cache_format(job.kv_dtype, job.dtype)
+    _, fmt = cache_format(job.kv_dtype, job.dtype)
     common = {
-        "model": job.desc.name, "attention": job.desc.attention.label, "tp": tp, "batch": job.batch,
+        "model": job.desc.name, "attention": job.desc.kind_label, "tp": tp, "batch": job.batch,
         "context": job.context, "layers": job.desc.n_layers, "full_layers": job.full_layers or job.desc.n_layers,
         "dtype": str(job.dtype).removeprefix("torch."), "kv_dtype": fmt.name, "device": device.type,
         "backend": dist.get_backend(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
