@@ -66,7 +66,7 @@ def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> float:
     """Bytes/s of dst.copy_(src): nbytes read plus nbytes written per copy."""
     src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    seconds, _ = median_seconds(lambda: dst.copy_(src), device, repeats)
+    seconds, _ = median_seconds(lambda: dst.copy_(src), device, repeats, warmup=3)
     return 2 * src.nbytes / seconds
 
 
@@ -74,7 +74,7 @@ def matmul_flops(device: torch.device, n: int, dtype: torch.dtype, repeats: int)
     """FLOP/s of an n x n x n matrix product on random data (2 n^3 FLOPs)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    seconds, _ = median_seconds(lambda: torch.mm(a, b, out=out), device, repeats)
+    seconds, _ = median_seconds(lambda: torch.mm(a, b, out=out), device, repeats, warmup=3)
     return 2 * n**3 / seconds
 
 

@@ -44,6 +44,8 @@ def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings
 
     if settings.device.type != "cuda" or not settings.cuda_graph:
         return step, "eager"
+    if not getattr(net, "graph_safe", True):
+        return step, "eager (MoE routing is read on the host)"
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import time
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -107,8 +108,10 @@ def _measure(identity: dict, est: Estimator, settings: Settings) -> dict:
     return row
 
 
-def run(sweep: Sweep, out_path: str | None = None, resume: bool = False, progress: bool = True) -> list[dict]:
-    """Run the sweep; returns every row (those skipped on --resume are read back from the file)."""
+def run(sweep: Sweep, out_path: str | None = None, resume: bool = False, progress: bool = True,
+        deadline: float | None = None) -> list[dict]:
+    """Run the sweep; returns every row (those skipped on --resume are read back from the file).
+    No row starts after `deadline` (a time.monotonic() value)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -132,6 +135,8 @@ def run(sweep: Sweep, out_path: str | None = None, resume: bool = False, progres
                 rows.append(previous[key])
                 bar.advance(task)
                 continue
+            if deadline is not None and time.monotonic() > deadline:
+                break
             bar.update(task, description=f"{identity['attention']} batch {identity['batch']} context {identity['context']}")
             row = _measure(identity, est, sweep.settings)
             compare(row, est, est_full)

@@ -65,10 +65,12 @@ def _one_sample(fn: Callable[[], object], device: torch.device, inner: int) -> f
 
 
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    """(median seconds per call, all samples). Warm-up calls also size the inner loop of short calls."""
-    first = None
-    for _ in range(max(warmup, 1)):
+    """(median seconds per call, all samples). The first call sizes the inner loop of short calls; it is a
+    warm-up (not kept) unless warmup=0, for calls already warmed by the caller."""
+    first = _one_sample(fn, device, 1)
+    for _ in range(warmup - 1):
         first = _one_sample(fn, device, 1)
     inner = max(1, min(1000, int(SAMPLE_SECONDS / max(first, 1e-7))))
-    samples = [_one_sample(fn, device, inner) for _ in range(max(repeats, 1))]
+    kept = [first] if warmup == 0 and inner == 1 else []
+    samples = kept + [_one_sample(fn, device, inner) for _ in range(max(repeats, 1) - len(kept))]
     return statistics.median(samples), samples

@@ -66,7 +66,7 @@ def print_profile(profile: dict, path: str | None) -> None:
         {"figure": "copy bandwidth", "value": f"{measured['copy_bandwidth_bytes_per_s'] / 1e12:,.3f} TB/s",
          "of peak": f"{measured['copy_efficiency']:.1%}"},
         {"figure": f"matmul {measured['matmul_n']}^3 {measured['matmul_dtype']}",
-         "value": f"{measured['matmul_flops'] / 1e12:,.2f} TFLOP/s", "of peak": f"{measured['matmul_efficiency']:.1%}"},
+         "value": f"{measured['matmul_flops'] / 1e12:,.4g} TFLOP/s", "of peak": f"{measured['matmul_efficiency']:.1%}"},
     ]
     for point in measured["decode_points"]:
         rows.append({"figure": f"decode step, batch {point['batch']}, context {format_tokens(point['context'])}",
@@ -78,7 +78,7 @@ def print_profile(profile: dict, path: str | None) -> None:
                      "value": f"{point['seconds'] * 1e3:,.2f} ms ({flops / point['seconds'] / 1e12:,.1f} TFLOP/s)",
                      "of peak": f"{flops / point['seconds'] / gpu['bf16_flops']:.1%}", "profile predicts": _predicted(point)})
     columns = [(key, (lambda k: lambda r: r.get(k, ""))(key)) for key in ("figure", "value", "of peak", "profile predicts")]
-    caption = (f"{gpu['name']}: peaks {gpu['bandwidth_bytes_per_s'] / 1e12:,.2f} TB/s and {gpu['bf16_flops'] / 1e12:,.0f} "
+    caption = (f"{gpu['name']}: peaks {gpu['bandwidth_bytes_per_s'] / 1e12:,.4g} TB/s and {gpu['bf16_flops'] / 1e12:,.4g} "
                f"TFLOP/s; efficiencies: bandwidth {gpu['bandwidth_efficiency']:.1%}, compute {gpu['compute_efficiency']:.1%}, "
                f"attention {gpu['attention_efficiency']:.1%} ({measured['prefill_fit']}); reference: "
                f"{measured['reference_model']}" + (f"; written to {path}" if path else "; not saved (use --out)"))
