@@ -18,6 +18,7 @@ from torch import nn
 
 from kvplan.attention import DSA, DSA_QUERY_CHUNK
 
+from . import triton_decode
 from .common import Rope, apply_rope, band_mask, decode_mask
 from .mla import MLALayer, latent_attention
 
@@ -127,9 +128,13 @@ class DSALayer(MLALayer):
         index_q, index_w, k_fp8, k_scale = self._index_inputs(x, q_latent, cos, sin)
         self.write("index_k", k_fp8, input_pos)
         self.write("index_scale", k_scale, input_pos)
-        index_keys = self._dequantize(self.index_k[:B], self.index_scale[:B], x.dtype)
+        if triton_decode.enabled(x):
+            scores = triton_decode.dsa_index_scores(index_q[:, 0], index_w[:, 0], self.index_k[:B],
+                                                    self.index_scale[:B], self.group)
+        else:
+            index_keys = self._dequantize(self.index_k[:B], self.index_scale[:B], x.dtype)
+            scores = self._index_scores(index_q, index_w, index_keys)[:, 0]  # [B, slots]
         allowed = decode_mask(self.slots, input_pos)
-        scores = self._index_scores(index_q, index_w, index_keys)[:, 0]  # [B, slots]
         scores.masked_fill_(~allowed, float("-inf"))
         top = scores.topk(min(self.dsa.index_topk, self.slots), dim=-1).indices  # [B, k], static k
         keys = self.read("kv_cache", B, x.dtype)

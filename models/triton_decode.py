@@ -1,11 +1,16 @@
-"""Optional Triton kernel for TPA's factorized decode (used on CUDA tensors when Triton is installed).
+"""Optional Triton kernels for decode (used on CUDA tensors when Triton is installed): TPA's factorized
+attention, and DSA's lightning indexer over its FP8 keys.
 
+TPA:
 Plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
 cached token (q . B_K per rank, its product with A_K, the probabilities times A_V), each written to and
 read back from memory: more bytes than the factor cache itself. This kernel streams A_K, B_K, A_V, B_V
 once, in split-KV flash-decoding style: each program takes one sequence and one slice of the cache, keeps
 every head's running max, sum and output in registers, and a few small PyTorch ops merge the slices.
-Checked against TPALayer's PyTorch path in tests/test_models.py (GPU, or Triton's CPU interpreter).
+DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
+scores (index_n_heads values per cached token) before weighting them; the kernel reads each FP8 key and
+its scales once and writes one fp32 score per token.
+Both are checked against the layers' PyTorch paths in tests/test_models.py (GPU, or Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ except ImportError:  # the CPU CI has no Triton; TPALayer then uses its PyTorch 
     triton = None
 
 HAVE_TRITON = triton is not None
-BLOCK_S = 32  # cached tokens per inner step
+BLOCK_S = 32  # cached tokens per inner step of the TPA kernel
+INDEX_BLOCK = 64  # cached tokens per program of the DSA indexer kernel
 
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
@@ -80,6 +86,47 @@ if HAVE_TRITON:
         tl.store(acc_ptr + (out + heads[:, None]) * D_PAD + dims[None, :], acc)
         tl.store(m_ptr + out + heads, m)
         tl.store(l_ptr + out + heads, l)
+
+
+    @triton.jit
+    def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, out_ptr, slots,
+                          N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
+                          GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        b = tl.program_id(0)
+        s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        heads = tl.arange(0, N_PAD)
+        head_ok = heads < N
+        key_ok = s < slots
+        acc = tl.zeros([N_PAD, BLOCK], tl.float32)
+        for g in tl.static_range(GROUPS):
+            dims = g * GROUP + tl.arange(0, GROUP_PAD)
+            dim_ok = (dims < D) & (dims < (g + 1) * GROUP)
+            q = tl.load(q_ptr + (b * N + heads[:, None]) * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
+                        other=0.0)
+            k = tl.load(k_ptr + (b * slots + s[None, :]) * D + dims[:, None], mask=key_ok[None, :] & dim_ok[:, None],
+                        other=0.0).to(q.dtype)
+            scale = tl.load(scale_ptr + (b * slots + s) * GROUPS + g, mask=key_ok, other=0.0)
+            acc += tl.dot(q, k) * scale[None, :]
+        w = tl.load(w_ptr + b * N + heads, mask=head_ok, other=0.0).to(tl.float32)
+        score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
+        tl.store(out_ptr + b * slots + s, score, mask=key_ok)
+
+
+def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor, scale: torch.Tensor,
+                     group: int) -> torch.Tensor:
+    """sum_j weights[b, j] relu(q[b, j] . dequant(k[b, s])) -> fp32 [B, slots], for every slot (the caller masks).
+
+    q [B, n, d_i], weights [B, n], k_fp8 [B, slots, d_i] (float8_e4m3fn), scale [B, slots, groups] fp32 with
+    one scale per `group` elements; all contiguous.
+    """
+    B, N, D = q.shape
+    slots, groups = k_fp8.size(1), scale.size(-1)
+    out = torch.empty(B, slots, device=q.device, dtype=torch.float32)
+    group_pad = max(16, triton.next_power_of_2(min(group, D)))
+    _dsa_index_kernel[(B, triton.cdiv(slots, INDEX_BLOCK))](
+        q.contiguous(), weights.contiguous(), k_fp8, scale, out, slots, N=N, D=D, GROUPS=groups, GROUP=group,
+        GROUP_PAD=group_pad, N_PAD=max(16, triton.next_power_of_2(N)), BLOCK=INDEX_BLOCK)
+    return out
 
 
 def _splits(batch: int, slots: int, device: torch.device) -> int:

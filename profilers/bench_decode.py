@@ -42,7 +42,7 @@ GiB = 2**30
 class Case:
     kind: str
     model: Model  # already sliced
-    triton: bool = True  # False: TPA decode through its PyTorch path even where the Triton kernel could run
+    triton: bool = True  # False: TPA/DSA decode through the PyTorch path even where a Triton kernel could run
 
 
 def gpu_cases() -> list[Case]:
@@ -54,7 +54,8 @@ def gpu_cases() -> list[Case]:
         Case("tpa", sliced(t6, 2)),  # the Triton kernel where Triton is installed
         Case("tpa-torch", sliced(t6, 2), triton=False),
         Case("mla", sliced(get_preset("deepseek-v3"), 3)),  # its 3 dense layers
-        Case("dsa", sliced(get_preset("deepseek-v3.2-exp"), 3)),
+        Case("dsa", sliced(get_preset("deepseek-v3.2-exp"), 3)),  # Triton indexer where Triton is installed
+        Case("dsa-torch", sliced(get_preset("deepseek-v3.2-exp"), 3), triton=False),
         Case("window", sliced(get_preset("mistral-7b-v0.1"), 4)),  # 4096-token ring
     ]
 
@@ -108,7 +109,7 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
             call, how = _decode_callable(net, tokens, position, Settings(device=device, dtype=dtype))
             seconds, _ = median_seconds(call, device, repeats, warmup=3)
             del call
-        if case.kind.startswith("tpa") and device.type == "cuda":
+        if case.kind.startswith(("tpa", "dsa")) and device.type == "cuda":
             how += " + triton" if case.triton and triton_decode.HAVE_TRITON else " (pytorch path)"
         row.update(mode=how, step_ms=seconds * 1e3, achieved_GBps=row["bytes_read"] / seconds / 1e9,
                    copy_GBps=copy_bps / 1e9, fraction_of_copy=row["bytes_read"] / seconds / copy_bps)

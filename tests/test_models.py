@@ -351,3 +351,26 @@ def test_tpa_triton_kernel_equals_pytorch_path(shape):
                 expected = layer._attend_factors(q, position).float()
                 got = triton_decode.tpa_decode(q, layer.a_k, layer.b_k, layer.a_v, layer.b_v, position).float()
                 torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("index_head_dim", [16, 128, 200])
+def test_dsa_triton_indexer_equals_pytorch_path(index_head_dim):
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    n_heads, slots = 16, 150
+    desc = tiny(replace(_DSA, index_n_heads=n_heads, index_head_dim=index_head_dim))
+    for dtype in (torch.float32, torch.bfloat16):
+        if device == "cpu" and dtype == torch.bfloat16:
+            continue  # the interpreter computes bf16 products through numpy, which has no bf16
+        net = build(desc, max_batch=2, max_context=slots, dtype=dtype, device=device)
+        layer = net.layers[0].attention
+        keys = torch.randn(2, slots, index_head_dim, device=device, dtype=dtype)
+        k_fp8, k_scale = layer._quantize(keys)
+        q = torch.randn(2, n_heads, index_head_dim, device=device, dtype=dtype)
+        weights = torch.randn(2, n_heads, device=device, dtype=dtype)
+        expected = layer._index_scores(q.unsqueeze(1), weights.unsqueeze(1),
+                                       layer._dequantize(k_fp8, k_scale, dtype))[:, 0]
+        got = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group)
+        tol = 1e-4 if dtype == torch.float32 and device == "cpu" else 3e-2
+        torch.testing.assert_close(got, expected, rtol=tol, atol=tol * expected.abs().max().item())
