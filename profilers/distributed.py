@@ -11,9 +11,9 @@ Per rank it reports the bytes of its real cache tensors beside Estimator.kv_cach
 same model slice, batch, context and tp; the bytes of its weights beside Estimator.weights_bytes_per_gpu
 (which splits every weight evenly, so the replicated parts show up as its error); and on a GPU the peak
 allocated memory (torch.cuda) of prefill and decode beside the Estimator's memory per GPU (weights + cache +
-activations), and the part above the resident weights, cache and RoPE tables beside activation_bytes_per_gpu. The
-Estimator describes the attention layers alone (the model with no feed-forward and no vocabulary), as they
-run here. On the CPU peak memory is None.
+activations), and the part above the resident weights, cache and RoPE tables beside
+activation_bytes_per_gpu. The Estimator describes the attention layers alone (the model with no
+feed-forward and no vocabulary), as they run here. On the CPU peak memory is None.
 
 Launch (nccl on cuda, gloo on cpu):
     torchrun --standalone --nproc_per_node 2 -m kvplan.profilers.distributed --model llama-3.1-8b \\
