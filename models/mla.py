@@ -102,12 +102,13 @@ class MLALayer(nn.Module, CacheMixin):
         _, q = self._query(x)
         q_nope, q_rope = q.split((s.qk_nope_head_dim, s.qk_rope_head_dim), dim=-1)
         q = torch.cat([q_nope, apply_rope(q_rope, cos, sin)], dim=-1)
+        del q_nope, q_rope  # the unrotated projection
         # Decompress: per-head K = [k_nope, shared k_rope], V.
         kv = self.wkv_b(latent[..., :s.kv_lora_rank]).view(B, T, s.n_heads, -1)
         k_nope, v = kv.split((s.qk_nope_head_dim, s.v_head_dim), dim=-1)
         k_rope = latent[..., s.kv_lora_rank:].unsqueeze(2).expand(B, T, s.n_heads, s.qk_rope_head_dim)
         k = torch.cat([k_nope, k_rope], dim=-1)
-        del kv, k_nope, latent
+        del kv, k_nope, k_rope, latent
         out = attend_prefill(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.window)
         del q, k, v
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))

@@ -6,7 +6,11 @@ feed-forward), with random weights. Every method runs without autograd.
 Activation memory (kvplan.estimate.Estimator.activation_bytes_per_gpu): the residual stream is updated in
 place, each block holds its normed input while its attention or feed-forward runs, and attention layers
 free their projections before the output projection, so the live set per token is residual + normed input
-+ the block's intermediates.
++ the block's intermediates. Where the measured peak can differ from that model: the last token's logits
+exist in the compute dtype before their fp32 copy; a window shorter than the prompt adds a fixed
+per-chunk band mask and expanded K/V chunk (attend_prefill); DSA's indexer holds 2 more bytes per (query,
+key) pair than its fp32 scores while scoring; MoE runs its experts one at a time (below the model); MLA,
+TPA and DSA prefill hold fewer intermediates than their activation_elements count.
 """
 
 from __future__ import annotations
