@@ -19,15 +19,16 @@ DeviceOpt = typer.Option("cuda", "--device", help="cuda (the GPU) or cpu (small 
 
 def _estimate_gpu(device, gpu: str, hardware_profile: Optional[str]):
     """The GPU description estimates use: the detected preset (or --gpu), then --hardware-profile."""
+    from kvplan.profilers.timing import local_gpu
+
     from .api import resolve_gpu
-    from .gpu_detect import detect_gpu
     from .hardware import gpu_from_file
 
     if gpu != "auto":
         return resolve_gpu(gpu, hardware_profile)
     if device.type == "cuda":
         try:
-            base = detect_gpu(device.index or 0)
+            base = local_gpu(device)
         except InputError:
             if not hardware_profile:
                 raise

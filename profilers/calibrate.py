@@ -37,7 +37,7 @@ from kvplan.hardware import GPU, get_gpu
 from kvplan.units import InputError
 
 from .measure import Settings, measure_row
-from .timing import default_dtype, free_memory, median_seconds
+from .timing import default_dtype, free_memory, local_gpu, median_seconds
 
 PROFILE_FORMAT = 1
 
@@ -117,9 +117,7 @@ def _base_gpu(device: torch.device, gpu: str, usd_per_hour: float | None, copy_b
         return GPU("cpu", _cpu_memory_bytes(), copy_bw, mm_flops, 0.0, copy_bw, usd_per_hour,
                    source="measured on this CPU by kvplan calibrate (float32 matmul rate in bf16_flops)")
     if gpu == "auto":
-        from kvplan.gpu_detect import detect_gpu
-
-        base = detect_gpu(device.index or 0)
+        base = local_gpu(device)
     else:
         base = replace(get_gpu(gpu), memory_bytes=env.get("gpu_memory_bytes") or get_gpu(gpu).memory_bytes)
     return replace(base, usd_per_hour=usd_per_hour) if usd_per_hour else base

@@ -15,7 +15,7 @@ import torch
 from kvplan.model import Model
 
 from .flops import count_flops
-from .timing import allocated_bytes, median_seconds, synchronize
+from .timing import allocated_bytes, free_memory, median_seconds, synchronize
 
 
 @dataclass
@@ -64,9 +64,30 @@ def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings
         return step, f"eager (graph capture failed: {type(error).__name__})"
 
 
+def _prefill(net, tokens: torch.Tensor, settings: Settings, out: dict) -> None:
+    """Peak memory above weights + cache (CUDA) and median seconds of the whole prompt's prefill."""
+    device = settings.device
+    warm = net.prefill(tokens)  # warm-up: kernels load, cuBLAS workspaces settle before the peak is read
+    del warm
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        logits = net.prefill(tokens)
+        synchronize(device)
+        out["prefill_peak_bytes_measured"] = torch.cuda.max_memory_allocated(device) - base
+        del logits
+    out["prefill_seconds_measured"], _ = median_seconds(lambda: net.prefill(tokens), device, settings.repeats, 0)
+
+
 def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: Settings, out: dict) -> None:
     """Fill `out` with measured figures as they come, and `out["phase"]` with the step under way, so an
-    out-of-memory error leaves the figures measured before it and says where it struck."""
+    out-of-memory error leaves the figures measured before it and says where it struck.
+
+    A prefill that runs out of memory sets out["prefill_oom"] and the decode step is still measured: its
+    cost does not depend on what the cache holds (every slot is read, and DSA's indexer scores every key), so
+    a cache left unfilled times the same as a filled one.
+    """
     device = settings.device
     gen = torch.Generator(device="cpu").manual_seed(settings.seed)
     out["phase"] = "build"
@@ -82,17 +103,12 @@ def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: 
 
     with torch.inference_mode():
         out["phase"] = "prefill"
-        warm = net.prefill(tokens)  # warm-up: kernels load, cuBLAS workspaces settle before the peak is read
-        del warm
-        synchronize(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-            base = torch.cuda.memory_allocated(device)
-            logits = net.prefill(tokens)
-            synchronize(device)
-            out["prefill_peak_bytes_measured"] = torch.cuda.max_memory_allocated(device) - base
-            del logits
-        out["prefill_seconds_measured"], _ = median_seconds(lambda: net.prefill(tokens), device, settings.repeats, 0)
+        try:
+            _prefill(net, tokens, settings, out)
+        except (torch.cuda.OutOfMemoryError, MemoryError) as error:
+            out["prefill_oom"] = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "prefill_oom" in out:  # outside the except block: the failed prefill's tensors are released now
+            free_memory(device)
 
         out["phase"] = "decode"
         step_tokens = torch.randint(0, desc.vocab_size, (batch, 1), generator=gen).to(device)
@@ -104,6 +120,7 @@ def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: 
 
     if settings.count_flops:
         out["phase"] = "flops"
-        out["prefill_flops_counted_measured"] = count_flops(lambda: net.prefill(tokens))
+        if "prefill_oom" not in out:
+            out["prefill_flops_counted_measured"] = count_flops(lambda: net.prefill(tokens))
         out["decode_flops_measured"] = count_flops(lambda: net.decode(step_tokens, position))
     out["phase"] = "done"

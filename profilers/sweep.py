@@ -98,13 +98,16 @@ def _measure(identity: dict, est: Estimator, settings: Settings) -> dict:
     oom = None
     try:
         measure_row(est.model, identity["batch"], identity["context"], identity["kv_dtype"], settings, row)
-        row["status"] = "ok"
     except (torch.cuda.OutOfMemoryError, MemoryError) as error:
         oom = str(error).splitlines()[0] if str(error) else type(error).__name__
     # Outside the except block the traceback (and the tensors its frames hold) is gone: now memory can go back.
     free_memory(settings.device)
     if oom is not None:
         row["status"] = f"{DOES_NOT_FIT} in {row.get('phase', 'build')}"
+    elif row.pop("prefill_oom", None):
+        row["status"] = f"{DOES_NOT_FIT} in prefill (decode step measured)"
+    else:
+        row["status"] = "ok"
     return row
 
 

@@ -28,6 +28,25 @@ def pick_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def local_gpu(device: torch.device):
+    """The preset of the CUDA device, found through NVML, else through the name torch reports."""
+    from dataclasses import replace
+
+    from kvplan.gpu_detect import detect_gpu, preset_for_name
+    from kvplan.hardware import GPUS
+
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        return detect_gpu(index)
+    except InputError as nvml_error:
+        props = torch.cuda.get_device_properties(index)
+        preset = preset_for_name(props.name)
+        if preset is None:
+            raise InputError(f"GPU {props.name!r} matches no preset ({nvml_error}); pass --gpu NAME or "
+                             f"--hardware-profile FILE") from None
+        return replace(GPUS[preset], memory_bytes=props.total_memory)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """bf16 on a GPU (as served); float32 on the CPU, where bf16 matmuls are slow and emulated."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -212,3 +212,21 @@ def test_table_names_the_slice(tiny, capsys):
                             "-c", "16"], capsys)
     assert code == 0
     assert "first 1 of 2 layers" in out and "kvplan profile" in out
+
+
+def test_prefill_too_large_still_times_decode(tiny, tmp_path, monkeypatch):
+    from kvplan.profilers import measure
+
+    real = measure._prefill
+
+    def prefill(net, tokens, settings, out):
+        if tokens.shape == (2, 24):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real(net, tokens, settings, out)
+
+    monkeypatch.setattr(measure, "_prefill", prefill)
+    rows = sweep.run(_sweep(tiny), str(tmp_path / "results.csv"), progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 3 + ["does not fit (measured) in prefill (decode step measured)"]
+    last = rows[-1]
+    assert last.get("prefill_seconds_measured") is None and last.get("prefill_flops_counted_measured") is None
+    assert last["decode_seconds_measured"] > 0 and last["decode_flops_measured"] == last["decode_flops_estimate"]
