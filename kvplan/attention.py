@@ -50,8 +50,10 @@ class DenseAttention:
         kv_heads_per_gpu = _ceil_div(self.n_kv_heads, tp)  # tp > n_kv_heads replicates heads
         return ((2 * kv_heads_per_gpu, self.head_dim),)
 
-    def params(self, d_model: int) -> int:
-        q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+    def params(self, d_model: int, tp: int = 1) -> int:
+        """Weights one GPU holds under `tp`-way tensor parallelism (tp=1: the layer's whole count)."""
+        q_out = _ceil_div(self.n_heads, tp) * self.head_dim
+        kv_out = _ceil_div(self.n_kv_heads, tp) * self.head_dim
         bias = (q_out + 2 * kv_out) if self.qkv_bias else 0
         return d_model * (q_out + 2 * kv_out) + q_out * d_model + bias
 
@@ -116,9 +118,16 @@ class MLA:
         out = h * self.v_head_dim * d_model
         return q + kv_down + kv_up + out
 
-    def params(self, d_model: int) -> int:
-        norms = self.kv_lora_rank + (self.q_lora_rank if self.q_lora_rank else 0)
-        return self.linear_params(d_model) + norms
+    def params(self, d_model: int, tp: int = 1) -> int:
+        """Weights one GPU holds under `tp`-way tensor parallelism: the per-head up- and output projections
+        split, the down-projections to the latents (and their norms) replicated."""
+        heads = _ceil_div(self.n_heads, tp)
+        norms = self.kv_lora_rank + self.q_lora_rank
+        q_down = d_model * self.q_lora_rank
+        q_up = (self.q_lora_rank or d_model) * heads * self.qk_head_dim
+        kv_down = d_model * (self.kv_lora_rank + self.qk_rope_head_dim)
+        kv_up = self.kv_lora_rank * heads * (self.qk_nope_head_dim + self.v_head_dim)
+        return q_down + q_up + kv_down + kv_up + heads * self.v_head_dim * d_model + norms
 
     def pair_flops(self, phase: str) -> int:
         h = self.n_heads
@@ -177,8 +186,12 @@ class TPA:
         factors = d_model * (self.q_rank + self.k_rank + self.v_rank) * (h + d_h)
         return factors + h * d_h * d_model
 
-    def params(self, d_model: int) -> int:
-        return self.linear_params(d_model)
+    def params(self, d_model: int, tp: int = 1) -> int:
+        """Weights one GPU holds under `tp`-way tensor parallelism: A projections and the output split by
+        head, B projections (shared by all heads) replicated."""
+        heads = _ceil_div(self.n_heads, tp)
+        ranks = self.q_rank + self.k_rank + self.v_rank
+        return d_model * ranks * (heads + self.head_dim) + heads * self.head_dim * d_model
 
     def pair_flops(self, phase: str) -> int:
         h, d_h = self.n_heads, self.head_dim
@@ -247,8 +260,9 @@ class DSA:
     def linear_params(self, d_model: int) -> int:
         return self.mla.linear_params(d_model) + self.indexer_params(d_model)
 
-    def params(self, d_model: int) -> int:
-        return self.mla.params(d_model) + self.indexer_params(d_model) + 2 * self.index_head_dim  # key LayerNorm
+    def params(self, d_model: int, tp: int = 1) -> int:
+        """The MLA part as MLA splits it; the indexer (and its key LayerNorm) replicated on every GPU."""
+        return self.mla.params(d_model, tp) + self.indexer_params(d_model) + 2 * self.index_head_dim
 
     def pair_flops(self, phase: str) -> int:
         # DSA runs MLA in its absorbed (MQA) form in prefill too: each selected latent serves every head.

@@ -86,7 +86,9 @@ class Estimator:
 
         self.total_params = model.total_params()
         self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
-        self.weights_bytes_per_gpu = _ceil_div(self.weights_bytes, dep.gpus)
+        stage_bounds = [(i, min(i + stage_size, model.n_layers)) for i in range(0, model.n_layers, stage_size)]
+        self.weights_bytes_per_gpu = int(dep.weight_format.bytes_per_element * max(
+            model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1) for first, last in stage_bounds))
         self.linear_flops_per_token = 2 * model.active_linear_params_per_token()
         self.lm_head_flops = 2 * model.lm_head_params()
         self.pair_flops = {p: attention.pair_flops(p) for p in ("prefill", "decode")}

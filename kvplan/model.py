@@ -120,3 +120,26 @@ class Model:
 
     def lm_head_params(self) -> int:
         return self.vocab_size * self.d_model
+
+    def stage_params(self, first: int, last: int, tp: int = 1, pipeline: bool = False) -> int:
+        """Weights one GPU holds for layers first..last-1 under `tp`-way tensor parallelism.
+
+        Attention splits as its kind says (attention.params); feed-forwards, embeddings and the LM head
+        split evenly (vocabulary-parallel); norms replicate. The stage holding layer 0 holds the input
+        embedding, the one holding the last layer the final norm and the LM head (with `pipeline`, a tied
+        LM head is a second copy there).
+        """
+        d, ffn = self.d_model, self.ffn
+        dense_layers = ffn.dense_layer_count(self.n_layers)
+        dense_here = max(0, min(last, dense_layers) - first)
+        moe_here = (last - first) - dense_here
+        total = (last - first) * (self.attention.params(d, tp) + 2 * d)
+        total += dense_here * -(-ffn.dense_params(d) // tp)
+        if moe_here:
+            total += moe_here * -(-ffn.moe_layer_params(d) // tp)
+        embedding = -(-self.vocab_size * d // tp)
+        if first == 0:
+            total += embedding
+        if last == self.n_layers:
+            total += d + (embedding if not self.tie_embeddings or pipeline else 0)
+        return total

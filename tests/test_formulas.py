@@ -180,7 +180,13 @@ def test_pipeline_stages_hold_their_layers_share():
     e = est("llama-3.1-8b", gpus=3, pp=3)
     assert e.kv_cache_bytes_per_gpu(2, 8 * K) == 2 * 11 * 2 * 8 * 128 * BF16 * 8 * K
     assert e.kv_cache_bytes(2, 8 * K) == 2 * 32 * 2 * 8 * 128 * BF16 * 8 * K
-    assert e.weights_bytes_per_gpu == -(-e.weights_bytes // 3)
+    # Weights per layer: attention 4096 x (4096 + 2 x 1024) + 4096 x 4096, SwiGLU 3 x 4096 x 14336, two norms
+    # 2 x 4096. The first stage also holds the embedding (128256 x 4096), the last the final norm and LM head:
+    # the first (11 layers + embedding) is the busiest.
+    layer = 4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096
+    embedding = 128256 * 4096
+    assert e.weights_bytes_per_gpu == (11 * layer + embedding) * BF16
+    assert (11 * layer + embedding) > (10 * layer + 4096 + embedding)
 
 
 def test_pipeline_stage_of_gemma3_with_most_global_layers():
