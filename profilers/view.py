@@ -41,7 +41,8 @@ COLUMNS = [("attention", lambda r: str(r["attention_kind"])),
            ("batch", lambda r: str(r["batch"])),
            ("context", lambda r: format_tokens(int(r["context"]))),
            ("measured", _status)]
-COLUMNS += [(f"{header} {unit}", figure_cell(name)) for name, (header, _, unit) in FIGURES.items()]
+COLUMNS += [(f"{header} {unit}", figure_cell(name)) for name, (header, _, unit) in FIGURES.items()
+            if name != "weights_bytes"]  # weights are in --json/--csv; the table keeps what varies by row
 COLUMNS += [("prefill TFLOP causal", lambda r: f"{r['prefill_flops_causal_estimate'] / 1e12:,.3g}"),
             ("decode", lambda r: str(r.get("decode_mode") or "-"))]
 

@@ -24,21 +24,22 @@ def tiny(tmp_path, monkeypatch):
 def test_validate_writes_csv_report_and_profile(tiny, tmp_path):
     out = tmp_path / "val"
     args = ["--out", str(out), "--device", "cpu", "--model", tiny, "--layers", "2", "--contexts", "16,24",
-            "--batches", "1,2", "--kinds", "mha;window:size=8,global_every=2;dsa:index_n_heads=2,index_head_dim=16,"
+            "--batches", "1,2", "--name", "run", "--kinds", "mha;window:size=8,global_every=2;dsa:index_n_heads=2,index_head_dim=16,"
             "index_topk=8", "--repeats", "1", "--usd-per-hour", "0.1"]
     assert validate.main(args) == 0
-    rows = store.read_rows(out / "validation.csv")
+    rows = store.read_rows(out / "run.csv")
     assert len(rows) == 3 * 2 * 2 and all(r["status"] == "ok" for r in rows)
     assert all(r["cache_bytes_error"] == 0 for r in rows)
-    text = (out / "validation.md").read_text()
+    text = (out / "run.md").read_text()
+    assert "## Misses of the targets" in text
     assert "python3 -m kvplan.profilers.validate --out" in text
     # One line per kind in the error table, named as served.
     for kind in ("| mha |", "| gqa(kv_heads=2) local(8)/global |", "| dsa(topk=8) |"):
         assert kind in text
-    assert json.loads((out / "profile.json").read_text())["gpu"]["name"] == "cpu"
+    assert json.loads((out / "run-profile.json").read_text())["gpu"]["name"] == "cpu"
     # A rerun resumes: nothing is measured twice, the report is rewritten from the same rows.
     assert validate.main(args) == 0
-    assert len(store.read_rows(out / "validation.csv")) == 12
+    assert len(store.read_rows(out / "run.csv")) == 12
 
 
 def test_time_budget_leaves_rows_out_and_says_so(tiny, tmp_path):
