@@ -62,8 +62,8 @@ def device_environment(device: torch.device) -> dict:
         from kvplan.gpu_detect import nvml_info
 
         info = nvml_info(index)
-        env.update({k: v for k, v in info.items() if k != "name"}, gpu_name=info["name"])
-        env["gpu_memory_bytes"] = info["memory_bytes"]
+        env.update({k: v for k, v in info.items() if k not in ("name", "memory_bytes")}, gpu_name=info["name"],
+                   gpu_memory_bytes=info["memory_bytes"])
     except Exception:  # noqa: BLE001 - NVML missing or refusing: torch's answer stands
         pass
     return env
