@@ -77,7 +77,7 @@ class TPALayer(nn.Module, CacheMixin):
             out = triton_decode.tpa_decode(q, self.a_k[:B], self.b_k[:B], self.a_v[:B], self.b_v[:B], input_pos)
         else:
             out = self._attend_factors(q, input_pos)
-        return self.wo(out.mul_(1.0 / s.v_rank).view(B, 1, h * d_h))
+        return self.wo(out.mul_(1.0 / s.v_rank).reshape(B, 1, h * d_h))
 
     def _attend_factors(self, q: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         """The factorized attention in PyTorch: q [B, h, d_h] (scaled by softmax scale / R_K) -> [B, h, d_h]
