@@ -3,7 +3,9 @@
 One cache tensor [B, slots, kv_lora_rank + qk_rope_head_dim] holds both, so the absorbed form scores a
 query against a cached token with one dot product. Prefill decompresses the latent into per-head K and V
 and calls scaled_dot_product_attention (kvplan.attention's "prefill" convention); decode folds W_UK into
-the query and W_UV into the output (the absorbed form), so K and V are never rebuilt per step.
+the query and W_UV into the output (the absorbed form), so K and V are never rebuilt per step. On a GPU with
+Triton the absorbed attention is one split-KV kernel (kvplan.models.triton_decode.mla_decode) that reads
+each cached row once for a block of heads; latent_attention below is the reference and the fallback.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from kvplan.attention import MLA
 
+from . import triton_decode
 from .common import CacheMixin, RMSNorm, Rope, apply_rope, attend_prefill, decode_mask
 
 
@@ -119,6 +122,9 @@ class MLALayer(nn.Module, CacheMixin):
         self.write("kv_cache", self._latent(x, cos, sin), input_pos)
         _, q = self._query(x)
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
-        keys = self.read("kv_cache", B, x.dtype)  # [B, slots, L + R]
-        o_latent = latent_attention(q_cat, keys, self.spec.kv_lora_rank, decode_mask(self.slots, input_pos))
+        if triton_decode.enabled(x) and self.kv_cache.dtype == x.dtype:
+            o_latent = triton_decode.mla_decode(q_cat, self.kv_cache[:B], input_pos, self.spec.kv_lora_rank)
+        else:
+            keys = self.read("kv_cache", B, x.dtype)  # [B, slots, L + R]
+            o_latent = latent_attention(q_cat, keys, self.spec.kv_lora_rank, decode_mask(self.slots, input_pos))
         return self._absorbed_output(o_latent.unsqueeze(1))

@@ -1,8 +1,11 @@
 """Tensor Product Attention (T6, arXiv 2501.06425): Q, K, V per token as (1/R) sum_r a_r (heads) x b_r (head_dim).
 
 One projection gives every factor: A_Q, A_K, A_V (rank x heads) and B_Q, B_K, B_V (rank x head_dim); RoPE
-rotates the B factors of Q and K. The cache holds A_K, B_K, A_V, B_V as produced ([B, slots, R, h] and
-[B, slots, R, d_h]); the 1/R scaling is applied where the factors are contracted. Prefill rebuilds Q, K, V
+rotates the B factors of Q and K. The cache holds A_K, A_V token-last ([B, R, h, slots]) and B_K, B_V as
+produced ([B, slots, R, d_h]); the 1/R scaling is applied where the factors are contracted. A is stored
+token-last because h is often odd (47 in T6-medium): a token's R x h row is then not 16-byte aligned and a
+decode kernel reading it per token falls back to 2-byte loads, while each (rank, head) row over a block of
+tokens is one contiguous, aligned run. Prefill rebuilds Q, K, V
 and calls scaled_dot_product_attention; decode contracts the query with the cached factors directly:
   score[h, s] = (1/R_K) sum_r A_K[s, r, h] (q[h] . B_K[s, r]),  out[h] = (1/R_V) sum_{s, r} p[h, s] A_V[s, r, h] B_V[s, r].
 """
@@ -38,11 +41,19 @@ class TPALayer(nn.Module, CacheMixin):
         self.scale = 1.0 / math.sqrt(d_h)
         self.slots = min(window, max_context) if window else max_context
         device = factory.get("device")
-        for name, rank, width in (("a_k", spec.k_rank, h), ("b_k", spec.k_rank, d_h),
-                                  ("a_v", spec.v_rank, h), ("b_v", spec.v_rank, d_h)):
-            self.register_buffer(name, torch.zeros(max_batch, self.slots, rank, width, dtype=cache_dtype, device=device),
-                                 persistent=False)
-        self.token_dims = {"a_k": 1, "b_k": 1, "a_v": 1, "b_v": 1}
+        for name, shape in (("a_k", (spec.k_rank, h, self.slots)), ("b_k", (self.slots, spec.k_rank, d_h)),
+                            ("a_v", (spec.v_rank, h, self.slots)), ("b_v", (self.slots, spec.v_rank, d_h))):
+            self.register_buffer(name, torch.zeros(max_batch, *shape, dtype=cache_dtype, device=device), persistent=False)
+        self.token_dims = {"a_k": 3, "b_k": 1, "a_v": 3, "b_v": 1}
+
+    def _store(self, f: dict[str, torch.Tensor], input_pos: torch.Tensor | None = None) -> None:
+        """Write the K and V factors of f (tokens on dim 1) into the cache: all of them (prefill) or one at input_pos."""
+        for name in ("a_k", "b_k", "a_v", "b_v"):
+            values = f[name].permute(0, 2, 3, 1) if name.startswith("a") else f[name]  # A token-last
+            if input_pos is None:
+                self.fill(name, values)
+            else:
+                self.write(name, values, input_pos)
 
     def _factors(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> dict[str, torch.Tensor]:
         """a_q, a_k, a_v [B, T, R, h] (views of the projection) and b_q, b_k (rotated), b_v [B, T, R, d_h]."""
@@ -58,8 +69,7 @@ class TPALayer(nn.Module, CacheMixin):
         B, T, _ = x.shape
         f = self._factors(x, *self.rope.at(T))
         if write_cache:
-            for name in ("a_k", "b_k", "a_v", "b_v"):
-                self.fill(name, f[name])
+            self._store(f)
         q, k, v = (rebuild(f["a_" + n], f["b_" + n]).transpose(1, 2) for n in "qkv")  # [B, h, T, d_h]
         del f
         out = attend_prefill(q, k, v, self.scale, self.window)
@@ -70,8 +80,7 @@ class TPALayer(nn.Module, CacheMixin):
         s = self.spec
         B, h, d_h = x.size(0), s.n_heads, s.head_dim
         f = self._factors(x, *self.rope.at(input_pos))
-        for name in ("a_k", "b_k", "a_v", "b_v"):
-            self.write(name, f[name], input_pos)
+        self._store(f, input_pos)
         q = rebuild(f["a_q"], f["b_q"])[:, 0] * (self.scale / s.k_rank)  # [B, h, d_h]
         if triton_decode.enabled(x) and self.a_k.dtype == x.dtype:
             out = triton_decode.tpa_decode(q, self.a_k[:B], self.b_k[:B], self.a_v[:B], self.b_v[:B], input_pos)
@@ -87,8 +96,8 @@ class TPALayer(nn.Module, CacheMixin):
         a_k, b_k, a_v, b_v = (self.read(n, B, q.dtype) for n in ("a_k", "b_k", "a_v", "b_v"))
         # q . B_K for every (slot, rank): [B, h, d_h] @ [B, d_h, slots * R_K].
         qb = torch.matmul(q, b_k.view(B, self.slots * s.k_rank, d_h).transpose(1, 2)).view(B, h, self.slots, s.k_rank)
-        scores = (qb * a_k.permute(0, 3, 1, 2)).sum(-1)  # weight by A_K and sum the ranks: [B, h, slots]
+        scores = (qb * a_k.permute(0, 2, 3, 1)).sum(-1)  # weight by A_K and sum the ranks: [B, h, slots]
         scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
         p = torch.softmax(scores, dim=-1)
-        pa = p.unsqueeze(-1) * a_v.permute(0, 3, 1, 2)  # [B, h, slots, R_V]
-        return torch.matmul(pa.view(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))
+        pa = p.unsqueeze(-1) * a_v.permute(0, 2, 3, 1)  # [B, h, slots, R_V]
+        return torch.matmul(pa.reshape(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))

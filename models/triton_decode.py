@@ -1,16 +1,21 @@
-"""Optional Triton kernels for decode (used on CUDA tensors when Triton is installed): TPA's factorized
-attention, and DSA's lightning indexer over its FP8 keys.
+"""Optional Triton kernels for decode (used on CUDA tensors when Triton is installed): MLA's absorbed
+attention, TPA's factorized attention, and DSA's lightning indexer over its FP8 keys.
 
-TPA:
-Plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
-cached token (q . B_K per rank, its product with A_K, the probabilities times A_V), each written to and
-read back from memory: more bytes than the factor cache itself. This kernel streams A_K, B_K, A_V, B_V
-once, in split-KV flash-decoding style: each program takes one sequence and one slice of the cache, keeps
-every head's running max, sum and output in registers, and a few small PyTorch ops merge the slices.
+MLA and TPA are split-KV (flash-decoding) kernels: each program takes one sequence, one block of heads and
+one slice of the cache, streams that slice once, keeps every head's running max, sum and output in
+registers (online softmax) and writes them; `_merge_kernel` then combines the slices (log-sum-exp merge).
+Keys past input_pos are masked (and whole blocks past it skipped) on the device, so a step captures in a
+CUDA graph.
+MLA: scores are one [heads, L + R] x [L + R, keys] tensor-core product against the cached [latent | rope
+key] rows, and the same latent tile (already on chip) is the value: P x latent accumulates [heads, L].
+In PyTorch the scores and probabilities of all 128 heads go through memory between three kernels.
+TPA: plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
+cached token, each written to and read back from memory: more bytes than the factor cache itself.
 DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
 scores (index_n_heads values per cached token) before weighting them; the kernel reads each FP8 key and
 its scales once and writes one fp32 score per token.
-Both are checked against the layers' PyTorch paths in tests/test_models.py (GPU, or Triton's interpreter).
+All are checked against the layers' PyTorch paths in tests/test_triton_decode.py (GPU, or Triton's
+interpreter).
 """
 
 from __future__ import annotations
@@ -20,15 +25,23 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # the CPU CI has no Triton; TPALayer then uses its PyTorch path
+except ImportError:  # the CPU CI has no Triton; the layers then use their PyTorch paths
     triton = None
 
 HAVE_TRITON = triton is not None
-BLOCK_S = 32  # cached tokens per inner step of the TPA kernel
 INDEX_BLOCK = 64  # cached tokens per program of the DSA indexer kernel
+PROGRAMS_PER_SM = 8  # split-KV grids aim at this many programs per SM, so the last wave's tail is short
+MIN_KEYS_PER_SPLIT = 256  # ... but no slice shorter than this (the merge then stays small)
+MERGE_SPLITS = 8  # slices combined per step of the merge kernel
 
+# Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
+# entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
+# MLA: (heads per program, keys per inner step, warps, pipeline stages); TPA: (keys per step, warps, stages).
+MLA_CONFIGS = [(32, 32, 8, 2), (64, 32, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (64, 16, 8, 2)]
+TPA_CONFIGS = [(64, 4, 3), (32, 4, 3), (128, 8, 3), (64, 8, 2)]
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
+_chosen: dict[tuple, tuple] = {}  # shape key -> fastest config measured
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -41,33 +54,85 @@ def enabled(x: torch.Tensor) -> bool:
 
 if HAVE_TRITON:
     @triton.jit
+    def _mla_decode_kernel(q_ptr, kv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, slots, keys_per_split, splits,
+                           H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                           R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
+        # Head blocks vary fastest, so the programs sharing a cache slice run together and share it in L2.
+        hb = tl.program_id(0)
+        b = tl.program_id(1)
+        split = tl.program_id(2)
+        W: tl.constexpr = L + R
+        heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        lat = tl.arange(0, L_PAD)
+        rope = tl.arange(0, R_PAD)
+        head_ok = heads < H
+        lat_ok = lat < L
+        rope_ok = rope < R
+        kv_ptr += b.to(tl.int64) * slots * W  # this sequence's rows (int64: B x slots x W can pass 2^31)
+        q_row = q_ptr + (b * H + heads[:, None]) * W
+        q_lat = tl.load(q_row + lat[None, :], mask=head_ok[:, None] & lat_ok[None, :], other=0.0)  # scaled
+        q_rope = tl.load(q_row + L + rope[None, :], mask=head_ok[:, None] & rope_ok[None, :], other=0.0)
+        m = tl.full([BLOCK_H], -1e30, tl.float32)
+        l = tl.zeros([BLOCK_H], tl.float32)
+        acc = tl.zeros([BLOCK_H, L_PAD], tl.float32)
+        pos = tl.load(pos_ptr).to(tl.int32)
+        first = split * keys_per_split
+        end = tl.minimum(tl.minimum(first + keys_per_split, pos + 1), slots)  # keys past pos: not read at all
+        for start in range(first, end, BLOCK):
+            s = start + tl.arange(0, BLOCK)
+            live = s < end
+            row = kv_ptr + s[None, :] * W
+            k_lat = tl.load(row + lat[:, None], mask=live[None, :] & lat_ok[:, None], other=0.0)  # [L_PAD, BLOCK]
+            k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & rope_ok[:, None], other=0.0)
+            scores = tl.dot(q_lat, k_lat) + tl.dot(q_rope, k_rope)  # [BLOCK_H, BLOCK]
+            scores = tl.where(live[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            p = tl.exp(scores - m_new[:, None])
+            correction = tl.exp(m - m_new)
+            l = l * correction + tl.sum(p, axis=1)
+            acc = acc * correction[:, None] + tl.dot(p.to(k_lat.dtype), tl.trans(k_lat))  # values: the latent
+            m = m_new
+        out = (b * splits + split) * H + heads
+        tl.store(acc_ptr + out[:, None] * L + lat[None, :], acc, mask=head_ok[:, None] & lat_ok[None, :])
+        tl.store(m_ptr + out, m, mask=head_ok)
+        tl.store(l_ptr + out, l, mask=head_ok)
+
+
+    @triton.jit
     def _tpa_decode_kernel(q_ptr, ak_ptr, bk_ptr, av_ptr, bv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr,
                            slots, keys_per_split, splits,
                            H: tl.constexpr, D: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr,
                            H_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        # A factors are token-last [B, R, h, slots]: each (rank, head) row of a block is one contiguous run.
+        # B factors are [B, slots, R, d]: each token's rank-r row is d contiguous elements.
         b = tl.program_id(0)
         split = tl.program_id(1)
         heads = tl.arange(0, H_PAD)
         dims = tl.arange(0, D_PAD)
         head_ok = heads < H
         dim_ok = dims < D
-        pos = tl.load(pos_ptr)
+        pos = tl.load(pos_ptr).to(tl.int32)
+        base = b.to(tl.int64) * slots  # this sequence's first slot (int64: B x slots x R x h|d can pass 2^31)
+        ak_ptr += base * RK * H
+        bk_ptr += base * RK * D
+        av_ptr += base * RV * H
+        bv_ptr += base * RV * D
         q = tl.load(q_ptr + b * H * D + heads[:, None] * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
                     other=0.0)  # [H_PAD, D_PAD], already scaled by softmax scale / R_K
         m = tl.full([H_PAD], -1e30, tl.float32)
         l = tl.zeros([H_PAD], tl.float32)
         acc = tl.zeros([H_PAD, D_PAD], tl.float32)
         first = split * keys_per_split
-        for start in range(first, first + keys_per_split, BLOCK):
+        end = tl.minimum(tl.minimum(first + keys_per_split, pos + 1), slots)
+        for start in range(first, end, BLOCK):
             s = start + tl.arange(0, BLOCK)
-            live = (s < slots) & (s <= pos)
+            live = s < end
             scores = tl.zeros([H_PAD, BLOCK], tl.float32)
             for r in tl.static_range(RK):
-                # B_K[s, r, :] as [D_PAD, BLOCK]; A_K[s, r, :] as [H_PAD, BLOCK].
-                b_k = tl.load(bk_ptr + ((b * slots + s[None, :]) * RK + r) * D + dims[:, None],
-                              mask=live[None, :] & dim_ok[:, None], other=0.0)
-                a_k = tl.load(ak_ptr + ((b * slots + s[None, :]) * RK + r) * H + heads[:, None],
-                              mask=live[None, :] & head_ok[:, None], other=0.0)
+                b_k = tl.load(bk_ptr + (s[None, :] * RK + r) * D + dims[:, None],
+                              mask=live[None, :] & dim_ok[:, None], other=0.0)  # [D_PAD, BLOCK]
+                a_k = tl.load(ak_ptr + (r * H + heads[:, None]) * slots + s[None, :],
+                              mask=live[None, :] & head_ok[:, None], other=0.0)  # [H_PAD, BLOCK]
                 scores += a_k.to(tl.float32) * tl.dot(q, b_k)
             scores = tl.where(live[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
@@ -77,15 +142,42 @@ if HAVE_TRITON:
             acc = acc * correction[:, None]
             m = m_new
             for r in tl.static_range(RV):
-                a_v = tl.load(av_ptr + ((b * slots + s[None, :]) * RV + r) * H + heads[:, None],
+                a_v = tl.load(av_ptr + (r * H + heads[:, None]) * slots + s[None, :],
                               mask=live[None, :] & head_ok[:, None], other=0.0)
-                b_v = tl.load(bv_ptr + ((b * slots + s[:, None]) * RV + r) * D + dims[None, :],
-                              mask=live[:, None] & dim_ok[None, :], other=0.0)
+                b_v = tl.load(bv_ptr + (s[:, None] * RV + r) * D + dims[None, :],
+                              mask=live[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK, D_PAD]
                 acc += tl.dot((p * a_v.to(tl.float32)).to(b_v.dtype), b_v)
-        out = (b * splits + split) * H_PAD
-        tl.store(acc_ptr + (out + heads[:, None]) * D_PAD + dims[None, :], acc)
-        tl.store(m_ptr + out + heads, m)
-        tl.store(l_ptr + out + heads, l)
+        out = (b * splits + split) * H + heads
+        tl.store(acc_ptr + out[:, None] * D + dims[None, :], acc, mask=head_ok[:, None] & dim_ok[None, :])
+        tl.store(m_ptr + out, m, mask=head_ok)
+        tl.store(l_ptr + out, l, mask=head_ok)
+
+
+    @triton.jit
+    def _merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, splits, H: tl.constexpr, D: tl.constexpr,
+                      D_PAD: tl.constexpr, STEP: tl.constexpr):
+        """out[b, h] = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) l_i over the slices i (M: running max)."""
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        dims = tl.arange(0, D_PAD)
+        dim_ok = dims < D
+        big = tl.full([1], -1e30, tl.float32)
+        total = tl.zeros([D_PAD], tl.float32)
+        norm = tl.zeros([1], tl.float32)
+        for first in range(0, splits, STEP):
+            i = first + tl.arange(0, STEP)
+            ok = i < splits
+            row = (b * splits + i) * H + h
+            m = tl.load(m_ptr + row, mask=ok, other=-1e30)
+            l = tl.load(l_ptr + row, mask=ok, other=0.0)
+            acc = tl.load(acc_ptr + row[:, None] * D + dims[None, :], mask=ok[:, None] & dim_ok[None, :], other=0.0)
+            big_new = tl.maximum(big, tl.max(m, axis=0))
+            keep = tl.exp(big - big_new)
+            weight = tl.exp(m - big_new)  # [STEP]
+            total = total * keep + tl.sum(acc * weight[:, None], axis=0)
+            norm = norm * keep + tl.sum(l * weight, axis=0)
+            big = big_new
+        tl.store(out_ptr + (b * H + h) * D + dims, (total / norm).to(out_ptr.dtype.element_ty), mask=dim_ok)
 
 
     @triton.jit
@@ -129,31 +221,98 @@ def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor
     return out
 
 
-def _splits(batch: int, slots: int, device: torch.device) -> int:
-    """Cache slices per sequence: enough programs to fill the GPU twice over, at least BLOCK_S keys each."""
+def _pad(n: int) -> int:
+    """Tile width for n elements: a power of two, at least 16 (the smallest tensor-core operand)."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def _split_keys(programs_per_split: int, slots: int, block: int, device: torch.device) -> tuple[int, int]:
+    """(splits, keys per split, a multiple of block): about PROGRAMS_PER_SM programs per SM in all."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    return max(1, min(triton.cdiv(slots, BLOCK_S), triton.cdiv(2 * sms, batch)))
+    splits = max(1, min(triton.cdiv(slots, MIN_KEYS_PER_SPLIT), triton.cdiv(PROGRAMS_PER_SM * sms, programs_per_split)))
+    keys_per_split = triton.cdiv(triton.cdiv(slots, splits), block) * block
+    return triton.cdiv(slots, keys_per_split), keys_per_split
+
+
+def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
+    """The config of `configs` that runs `launch(config)` fastest on this shape, timed once per key (CUDA events,
+    after a compiling call); configs[0] in the interpreter or while a CUDA graph is being captured."""
+    if key in _chosen:
+        return _chosen[key]
+    if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing() or len(configs) == 1:
+        return configs[0]
+    times = []
+    for config in configs:
+        try:
+            launch(config)  # compiles
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(3):
+                launch(config)
+            stop.record()
+            stop.synchronize()
+            times.append((start.elapsed_time(stop), config))
+        except Exception:  # noqa: BLE001 - a config that does not compile here (e.g. out of shared memory)
+            continue
+    _chosen[key] = min(times)[1] if times else configs[0]
+    return _chosen[key]
+
+
+def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """acc [B, splits, H, D], m and l [B, splits, H] (fp32) -> [B, H, D] in dtype."""
+    B, splits, H, D = acc.shape
+    out = torch.empty(B, H, D, device=acc.device, dtype=dtype)
+    _merge_kernel[(B, H)](acc, m, l, out, splits, H=H, D=D, D_PAD=_pad(D), STEP=MERGE_SPLITS)
+    return out
+
+
+def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
+    """Absorbed MLA decode: softmax_s(q_cat[h] . kv[s]) kv[s, :L] over slots s <= input_pos -> [B, h, L].
+
+    q_cat [B, h, L + R] carries the softmax scale; kv [B, slots, L + R] is the cache ([latent | rope key]),
+    contiguous, in q_cat's dtype. Static shapes and no host reads: capturable in a CUDA graph.
+    """
+    B, H, W = q_cat.shape
+    slots, L = kv.size(1), kv_lora_rank
+    q_cat = q_cat.contiguous()
+
+    def launch(config):
+        block_h, block, warps, stages = config
+        head_blocks = triton.cdiv(H, block_h)
+        splits, keys_per_split = _split_keys(B * head_blocks, slots, block, q_cat.device)
+        acc = torch.empty(B, splits, H, L, device=q_cat.device, dtype=torch.float32)
+        m = torch.empty(B, splits, H, device=q_cat.device, dtype=torch.float32)
+        l = torch.empty_like(m)
+        _mla_decode_kernel[(head_blocks, B, splits)](
+            q_cat, kv, input_pos, acc, m, l, slots, keys_per_split, splits, H=H, L=L, R=W - L, L_PAD=_pad(L),
+            R_PAD=_pad(W - L), BLOCK_H=min(block_h, _pad(H)), BLOCK=block, num_warps=warps, num_stages=stages)
+        return acc, m, l
+
+    config = _fastest(("mla", B, H, W, L, slots, q_cat.dtype), MLA_CONFIGS, launch)
+    return _merge(*launch(config), q_cat.dtype)
 
 
 def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor, b_v: torch.Tensor,
                input_pos: torch.Tensor) -> torch.Tensor:
-    """sum over live slots s of softmax_s(sum_r A_K[s,r,h] (q[h] . B_K[s,r])) sum_r A_V[s,r,h] B_V[s,r] -> [B, h, d].
+    """sum over live slots s of softmax_s(sum_r A_K[r,h,s] (q[h] . B_K[s,r])) sum_r A_V[r,h,s] B_V[s,r] -> [B, h, d].
 
-    q [B, h, d] carries the softmax scale and 1/R_K; the caller applies 1/R_V. Caches [B, slots, R, h|d],
-    contiguous. Static shapes and no host reads: capturable in a CUDA graph.
+    q [B, h, d] carries the softmax scale and 1/R_K; the caller applies 1/R_V. A caches [B, R, h, slots],
+    B caches [B, slots, R, d], contiguous. Static shapes and no host reads: capturable in a CUDA graph.
     """
     B, H, D = q.shape
-    slots, r_k, r_v = a_k.size(1), a_k.size(2), a_v.size(2)
-    h_pad, d_pad = max(16, triton.next_power_of_2(H)), max(16, triton.next_power_of_2(D))
-    splits = _splits(B, slots, q.device)
-    keys_per_split = triton.cdiv(triton.cdiv(slots, splits), BLOCK_S) * BLOCK_S
-    splits = triton.cdiv(slots, keys_per_split)
-    acc = torch.empty(B, splits, h_pad, d_pad, device=q.device, dtype=torch.float32)
-    m = torch.empty(B, splits, h_pad, device=q.device, dtype=torch.float32)
-    l = torch.empty_like(m)
-    _tpa_decode_kernel[(B, splits)](q.contiguous(), a_k, b_k, a_v, b_v, input_pos, acc, m, l, slots, keys_per_split,
-                                    splits, H=H, D=D, RK=r_k, RV=r_v, H_PAD=h_pad, D_PAD=d_pad, BLOCK=BLOCK_S)
-    # Merge the slices: rescale each to the global max, then normalise.
-    weight = torch.exp(m - m.amax(dim=1, keepdim=True))  # [B, splits, H_PAD]
-    out = (acc * weight[..., None]).sum(1) / (l * weight).sum(1)[..., None]
-    return out[:, :H, :D].to(q.dtype)
+    r_k, r_v, slots = a_k.size(1), a_v.size(1), a_k.size(3)
+    q = q.contiguous()
+
+    def launch(config):
+        block, warps, stages = config
+        splits, keys_per_split = _split_keys(B, slots, block, q.device)
+        acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
+        m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
+        l = torch.empty_like(m)
+        _tpa_decode_kernel[(B, splits)](q, a_k, b_k, a_v, b_v, input_pos, acc, m, l, slots, keys_per_split, splits,
+                                        H=H, D=D, RK=r_k, RV=r_v, H_PAD=_pad(H), D_PAD=_pad(D), BLOCK=block,
+                                        num_warps=warps, num_stages=stages)
+        return acc, m, l
+
+    config = _fastest(("tpa", B, H, D, r_k, r_v, slots, q.dtype), TPA_CONFIGS, launch)
+    return _merge(*launch(config), q.dtype)

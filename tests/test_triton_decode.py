@@ -1,0 +1,122 @@
+"""The Triton decode kernels (kvplan.models.triton_decode) against the layers' PyTorch paths, on a CUDA GPU or
+on the CPU under Triton's interpreter (TRITON_INTERPRET=1 set before the import); skipped without Triton."""
+
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+
+from kvplan.attention import MLA, TPA
+from kvplan.models import build
+from kvplan.models.common import decode_mask
+from kvplan.models.mla import latent_attention
+
+from test_models import _DSA, _MLA, tiny
+
+
+def _kernel_device():
+    """Where the Triton kernels can be checked: a GPU, or the CPU under TRITON_INTERPRET=1."""
+    from kvplan.models import triton_decode
+
+    if not triton_decode.HAVE_TRITON:
+        pytest.skip("Triton is not installed")
+    if torch.cuda.is_available():
+        return "cuda"
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return "cpu"
+    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1")
+
+
+def _dtypes(device):
+    """(dtype, relative tolerance): fp32 products run in TF32 on the GPU; the interpreter has no bf16 products."""
+    if device == "cpu":
+        return [(torch.float32, 1e-4)]
+    return [(torch.float32, 2e-2), (torch.bfloat16, 5e-2)]
+
+
+def _close(got, expected, tol):
+    torch.testing.assert_close(got.float(), expected.float(), rtol=tol, atol=tol * expected.abs().max().item())
+
+
+# (slots, position): every slot live, half of them live (the blocks past the position are skipped), a cache
+# shorter than one key block.
+POSITIONS = ((70, 69), (70, 30), (9, 8))
+
+
+@pytest.mark.parametrize("shape", [(6, 8, 3, 2, 1, None), (47, 64, 6, 2, 2, None), (5, 24, 2, 1, 3, 7)])
+def test_tpa_kernel_equals_pytorch_path(shape):
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    h, d, r_q, r_k, r_v, window = shape
+    desc = tiny(TPA(n_heads=h, head_dim=d, q_rank=r_q, k_rank=r_k, v_rank=r_v), windows=(window, None) if window else ())
+    for dtype, tol in _dtypes(device):
+        for slots, pos in POSITIONS:
+            net = build(desc, max_batch=3, max_context=slots, dtype=dtype, kv_dtype=None, device=device)
+            for layer in (block.attention for block in net.layers):
+                for name in ("a_k", "b_k", "a_v", "b_v"):
+                    getattr(layer, name).normal_()
+                q = torch.randn(3, h, d, device=device, dtype=dtype)
+                position = torch.tensor([pos], device=device)
+                expected = layer._attend_factors(q, position)
+                got = triton_decode.tpa_decode(q, layer.a_k, layer.b_k, layer.a_v, layer.b_v, position)
+                _close(got, expected, tol)
+
+
+@pytest.mark.parametrize("spec", [_MLA, replace(_MLA, n_heads=20, kv_lora_rank=64, qk_rope_head_dim=16)],
+                         ids=["tiny", "20-heads"])
+def test_mla_kernel_equals_pytorch_path(spec):
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    L, R = spec.kv_lora_rank, spec.qk_rope_head_dim
+    for dtype, tol in _dtypes(device):
+        for slots, pos in POSITIONS:
+            kv = torch.randn(3, slots, L + R, device=device, dtype=dtype)
+            q_cat = torch.randn(3, spec.n_heads, L + R, device=device, dtype=dtype) * (L + R) ** -0.5
+            position = torch.tensor([pos], device=device)
+            expected = latent_attention(q_cat, kv, L, decode_mask(slots, position))
+            got = triton_decode.mla_decode(q_cat, kv, position, L)
+            assert got.shape == expected.shape and got.dtype == dtype
+            _close(got, expected, tol)
+
+
+@pytest.mark.parametrize("windows", [(), (7, None)], ids=["full", "ring"])
+def test_mla_layer_decode_with_kernel_equals_without(windows, monkeypatch):
+    """Whole decode steps (prefill, then tokens past a ring's wrap) with the kernel on and off."""
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    desc = tiny(_MLA, windows=windows)
+    toks = torch.randint(0, desc.vocab_size, (2, 14), generator=torch.Generator().manual_seed(3)).to(device)
+    outputs = {}
+    for on in (True, False):
+        monkeypatch.setattr(triton_decode, "ENABLED", on)
+        # The interpreter runs kernels on CPU tensors; enabled() then needs to accept them.
+        monkeypatch.setattr(triton_decode, "enabled", lambda x, on=on: on)
+        net = build(desc, max_batch=2, max_context=16, dtype=torch.float32, kv_dtype=None, device=device, seed=5)
+        net.prefill(toks[:, :9])
+        outputs[on] = torch.stack([net.decode(toks[:, p:p + 1], torch.tensor([p], device=device))
+                                   for p in range(9, 14)])
+    _close(outputs[True], outputs[False], 2e-2 if device == "cuda" else 1e-4)
+
+
+@pytest.mark.parametrize("index_head_dim", [16, 128, 200])
+def test_dsa_indexer_kernel_equals_pytorch_path(index_head_dim):
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    n_heads, slots = 16, 150
+    desc = tiny(replace(_DSA, index_n_heads=n_heads, index_head_dim=index_head_dim))
+    for dtype, _ in _dtypes(device):
+        net = build(desc, max_batch=2, max_context=slots, dtype=dtype, device=device)
+        layer = net.layers[0].attention
+        keys = torch.randn(2, slots, index_head_dim, device=device, dtype=dtype)
+        k_fp8, k_scale = layer._quantize(keys)
+        q = torch.randn(2, n_heads, index_head_dim, device=device, dtype=dtype)
+        weights = torch.randn(2, n_heads, device=device, dtype=dtype)
+        expected = layer._index_scores(q.unsqueeze(1), weights.unsqueeze(1),
+                                       layer._dequantize(k_fp8, k_scale, dtype))[:, 0]
+        got = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group)
+        _close(got, expected, 1e-4 if dtype == torch.float32 and device == "cpu" else 3e-2)
