@@ -41,7 +41,7 @@ MLA_CONFIGS = [(32, 32, 8, 2), (64, 32, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (
 TPA_CONFIGS = [(64, 4, 3), (32, 4, 3), (128, 8, 3), (64, 8, 2)]
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
-_chosen: dict[tuple, tuple] = {}  # shape key -> fastest config measured
+CHOSEN: dict[tuple, tuple] = {}  # shape key -> fastest config measured
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -237,8 +237,8 @@ def _split_keys(programs_per_split: int, slots: int, block: int, device: torch.d
 def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
     """The config of `configs` that runs `launch(config)` fastest on this shape, timed once per key (CUDA events,
     after a compiling call); configs[0] in the interpreter or while a CUDA graph is being captured."""
-    if key in _chosen:
-        return _chosen[key]
+    if key in CHOSEN:
+        return CHOSEN[key]
     if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing() or len(configs) == 1:
         return configs[0]
     times = []
@@ -254,8 +254,8 @@ def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
             times.append((start.elapsed_time(stop), config))
         except Exception:  # noqa: BLE001 - a config that does not compile here (e.g. out of shared memory)
             continue
-    _chosen[key] = min(times)[1] if times else configs[0]
-    return _chosen[key]
+    CHOSEN[key] = min(times)[1] if times else configs[0]
+    return CHOSEN[key]
 
 
 def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

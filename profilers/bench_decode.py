@@ -9,8 +9,10 @@ filled with random values for exactly batch x context tokens (decode writes posi
 a step must read are the estimate's (Estimator.weights_read_bytes + decode_cache_read_bytes: every weight,
 every cached byte, DSA only its top-k latents); achieved bandwidth = bytes / step time, set against a large
 device copy measured here (bytes read + written). TPA and MHA share d_model and heads (t6-medium), so the
-ratio of their step times can be set against the ratio of their cache bytes.
-Writes DIR/bench_decode.csv and prints a table last.
+ratio of their step times can be set against the ratio of their cache bytes. MLA, TPA and DSA run twice:
+through the Triton kernels (kvplan.models.triton_decode; the launch config each kernel timed fastest on the
+first call is in the kernel_config column) and through the PyTorch path (the "-torch" rows).
+Writes DIR/bench_decode.csv and prints three tables last: every row, MHA vs TPA, kernels vs PyTorch.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ GiB = 2**30
 class Case:
     kind: str
     model: Model  # already sliced
-    triton: bool = True  # False: TPA/DSA decode through the PyTorch path even where a Triton kernel could run
+    triton: bool = True  # False: MLA/TPA/DSA decode through the PyTorch path even where a Triton kernel could run
 
 
 def gpu_cases() -> list[Case]:
@@ -53,7 +55,8 @@ def gpu_cases() -> list[Case]:
         Case("mha", sliced(recast(t6, "mha"), 2)),  # t6-medium's 47 heads of 64, as TPA below
         Case("tpa", sliced(t6, 2)),  # the Triton kernel where Triton is installed
         Case("tpa-torch", sliced(t6, 2), triton=False),
-        Case("mla", sliced(get_preset("deepseek-v3"), 3)),  # its 3 dense layers
+        Case("mla", sliced(get_preset("deepseek-v3"), 3)),  # its 3 dense layers; the Triton kernel where installed
+        Case("mla-torch", sliced(get_preset("deepseek-v3"), 3), triton=False),
         Case("dsa", sliced(get_preset("deepseek-v3.2-exp"), 3)),  # Triton indexer where Triton is installed
         Case("dsa-torch", sliced(get_preset("deepseek-v3.2-exp"), 3), triton=False),
         Case("window", sliced(get_preset("mistral-7b-v0.1"), 4)),  # 4096-token ring
@@ -65,7 +68,8 @@ def smoke_cases() -> list[Case]:
     base = Model(name="smoke", n_layers=2, d_model=64, vocab_size=256, attention=DenseAttention(4, 4, 16),
                  ffn=FeedForward(128))
     return [Case("gqa", recast(base, "gqa:kv_heads=2")), Case("mqa", recast(base, "mqa")), Case("mha", base),
-            Case("tpa", recast(base, "tpa")), Case("tpa-torch", recast(base, "tpa"), triton=False), Case("mla", replace(base, attention=mla)),
+            Case("tpa", recast(base, "tpa")), Case("tpa-torch", recast(base, "tpa"), triton=False),
+            Case("mla", replace(base, attention=mla)), Case("mla-torch", replace(base, attention=mla), triton=False),
             Case("dsa", recast(base, "dsa:index_topk=32,index_n_heads=4,index_head_dim=16")),
             Case("window", recast(base, "window:48"))]
 
@@ -109,8 +113,11 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
             call, how = _decode_callable(net, tokens, position, Settings(device=device, dtype=dtype))
             seconds, _ = median_seconds(call, device, repeats, warmup=3)
             del call
-        if case.kind.startswith(("tpa", "dsa")) and device.type == "cuda":
+        if case.kind.startswith(("tpa", "dsa", "mla")) and device.type == "cuda":
             how += " + triton" if case.triton and triton_decode.HAVE_TRITON else " (pytorch path)"
+            row["kernel_config"] = " ".join(f"{key[0]}:{'x'.join(map(str, config))}"
+                                            for key, config in triton_decode.CHOSEN.items() if key[0] in case.kind)
+            triton_decode.CHOSEN.clear()
         row.update(mode=how, step_ms=seconds * 1e3, achieved_GBps=row["bytes_read"] / seconds / 1e9,
                    copy_GBps=copy_bps / 1e9, fraction_of_copy=row["bytes_read"] / seconds / copy_bps)
     finally:
@@ -120,18 +127,35 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
     return row
 
 
-def summary_lines(rows: list[dict]) -> list[str]:
-    """TPA against MHA at the same d_model and heads: step-time ratio beside the cache-byte ratio."""
-    lines = []
+def comparison_rows(rows: list[dict]) -> list[list[str]]:
+    """TPA (kernel and PyTorch path) against MHA at the same d_model and heads (t6-medium): the step-time ratio
+    beside the ratios of cache bytes and of all bytes read (weights included), the bound a step-time ratio
+    can reach when both run at the same bandwidth."""
+    out = []
     timed = {(r["kind"], r["batch"], r["context"]): r for r in rows if "step_ms" in r}
-    for (kind, batch, context), tpa in sorted(timed.items()):
+    for (kind, batch, context), tpa in sorted(timed.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])):
         mha = timed.get(("mha", batch, context))
         if not kind.startswith("tpa") or mha is None:
             continue
-        lines.append(f"batch {batch:>2}, context {context:>6}: MHA/{kind} step time {mha['step_ms'] / tpa['step_ms']:5.2f}x;"
-                     f" cache bytes {mha['cache_bytes'] / tpa['cache_bytes']:5.2f}x;"
-                     f" bytes read {mha['bytes_read'] / tpa['bytes_read']:5.2f}x")
-    return lines
+        time_ratio, bytes_ratio = mha["step_ms"] / tpa["step_ms"], mha["bytes_read"] / tpa["bytes_read"]
+        out.append([kind, str(batch), str(context), f"{mha['step_ms']:.3f}", f"{tpa['step_ms']:.3f}", f"{time_ratio:.2f}x",
+                    f"{mha['cache_bytes'] / tpa['cache_bytes']:.2f}x", f"{bytes_ratio:.2f}x",
+                    f"{100 * time_ratio / bytes_ratio:.0f}%"])
+    return out
+
+
+def kernel_rows(rows: list[dict]) -> list[list[str]]:
+    """Each Triton-served kind against its PyTorch path (the "-torch" rows): step times and the speed-up."""
+    out = []
+    timed = {(r["kind"], r["batch"], r["context"]): r for r in rows if "step_ms" in r}
+    for (kind, batch, context), torch_row in sorted(timed.items()):
+        if not kind.endswith("-torch") or (kind[:-6], batch, context) not in timed:
+            continue
+        kernel = timed[(kind[:-6], batch, context)]
+        out.append([kind[:-6], str(batch), str(context), f"{torch_row['step_ms']:.3f}", f"{kernel['step_ms']:.3f}",
+                    f"{torch_row['step_ms'] / kernel['step_ms']:.2f}x", f"{100 * torch_row['fraction_of_copy']:.0f}%",
+                    f"{100 * kernel['fraction_of_copy']:.0f}%", kernel.get("kernel_config", "")])
+    return out
 
 
 def print_table(rows: list[dict]) -> None:
@@ -148,10 +172,22 @@ def print_table(rows: list[dict]) -> None:
             continue
         table.add_row(r["kind"], str(r["layers"]), str(r["batch"]), str(r["context"]), f"{r['bytes_read'] / GiB:.2f}",
                       f"{r['step_ms']:.3f}", f"{r['achieved_GBps']:.0f}", f"{100 * r['fraction_of_copy']:.0f}%", r["mode"])
-    console = Console()
+    console = Console(width=160)  # a captured log is not a terminal: rich would fold the tables to 80 columns
     console.print(table)
-    for line in summary_lines(rows):
-        print(line)
+    for title, names, lines in (
+            ("MHA vs TPA at t6-medium's d_model and heads: step-time ratio against the byte ratios",
+             ("tpa row", "batch", "context", "MHA ms", "TPA ms", "MHA/TPA time", "cache bytes", "bytes read",
+              "time / bytes"), comparison_rows(rows)),
+            ("Triton kernels against the PyTorch path (same model, same bytes)",
+             ("kind", "batch", "context", "pytorch ms", "triton ms", "speed-up", "pytorch of copy", "triton of copy",
+              "launch config"), kernel_rows(rows))):
+        if lines:
+            extra = Table(title=title)
+            for name in names:
+                extra.add_column(name, justify="left" if name in ("tpa row", "kind", "launch config") else "right")
+            for line in lines:
+                extra.add_row(*line)
+            console.print(extra)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -200,7 +236,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       f"{row.get('step_ms', float('nan')):.3f} ms, {row.get('mode')}", flush=True)
 
     fields = ["kind", "model", "layers", "batch", "context", "mode", "step_ms", "bytes_read", "weights_read_bytes",
-              "cache_read_bytes", "cache_bytes", "achieved_GBps", "copy_GBps", "fraction_of_copy"]
+              "cache_read_bytes", "cache_bytes", "achieved_GBps", "copy_GBps", "fraction_of_copy", "kernel_config"]
     with open(out_dir / "bench_decode.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
