@@ -136,9 +136,14 @@ class DSALayer(MLALayer):
             scores = self._index_scores(index_q, index_w, index_keys)[:, 0]  # [B, slots]
         allowed = decode_mask(self.slots, input_pos)
         scores.masked_fill_(~allowed, float("-inf"))
-        top = scores.topk(min(self.dsa.index_topk, self.slots), dim=-1).indices  # [B, k], static k
+        top = scores.topk(min(self.dsa.index_topk, self.slots), dim=-1, sorted=True).indices  # [B, k], static k
         keys = self.read("kv_cache", B, x.dtype)
         chosen = keys.gather(1, top.unsqueeze(-1).expand(-1, -1, keys.size(-1)))  # [B, k, L + R]
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
-        o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed[top].unsqueeze(1))
+        if triton_decode.enabled(x):
+            # topk lists the keys by descending score, so the min(input_pos + 1, k) attendable ones (finite
+            # scores) come first: exactly the "keys 0..input_pos" the MLA kernel attends.
+            o_latent = triton_decode.mla_decode(q_cat, chosen, input_pos, self.spec.kv_lora_rank)
+        else:
+            o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed[top].unsqueeze(1))
         return self._absorbed_output(o_latent.unsqueeze(1))

@@ -8,7 +8,8 @@ Keys past input_pos are masked (and whole blocks past it skipped) on the device,
 CUDA graph.
 MLA: scores are one [heads, L + R] x [L + R, keys] tensor-core product against the cached [latent | rope
 key] rows, and the same latent tile (already on chip) is the value: P x latent accumulates [heads, L].
-In PyTorch the scores and probabilities of all 128 heads go through memory between three kernels.
+In PyTorch the scores and probabilities of all 128 heads go through memory between three kernels. DSA
+runs the same kernel over its top-k gathered latents.
 TPA: plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
 cached token, each written to and read back from memory: more bytes than the factor cache itself.
 DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
@@ -37,8 +38,9 @@ MERGE_SPLITS = 8  # slices combined per step of the merge kernel
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
 # MLA: (heads per program, keys per inner step, warps, pipeline stages); TPA: (keys per step, warps, stages).
-MLA_CONFIGS = [(32, 32, 8, 2), (64, 32, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (64, 16, 8, 2)]
-TPA_CONFIGS = [(64, 4, 3), (32, 4, 3), (128, 8, 3), (64, 8, 2)]
+MLA_CONFIGS = [(32, 32, 8, 2), (64, 32, 8, 2), (64, 64, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (64, 16, 8, 3),
+               (32, 32, 4, 2)]
+TPA_CONFIGS = [(64, 4, 3), (32, 4, 3), (128, 4, 2), (128, 8, 3), (64, 8, 2), (256, 8, 2)]
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
 CHOSEN: dict[tuple, tuple] = {}  # shape key -> fastest config measured

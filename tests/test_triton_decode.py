@@ -82,23 +82,24 @@ def test_mla_kernel_equals_pytorch_path(spec):
             _close(got, expected, tol)
 
 
-@pytest.mark.parametrize("windows", [(), (7, None)], ids=["full", "ring"])
-def test_mla_layer_decode_with_kernel_equals_without(windows, monkeypatch):
-    """Whole decode steps (prefill, then tokens past a ring's wrap) with the kernel on and off."""
+@pytest.mark.parametrize("attention, windows", [(_MLA, ()), (_MLA, (7, None)), (_DSA, ()), (_DSA, (7, None))],
+                         ids=["mla", "mla-ring", "dsa", "dsa-ring"])
+def test_layer_decode_with_kernel_equals_without(attention, windows, monkeypatch):
+    """Whole decode steps with the MLA kernel on and off: from a 3-token prompt (DSA's top-5 then holds keys
+    that may not be attended, which the kernel skips by position) to past a ring's wrap."""
     from kvplan.models import triton_decode
 
     device = _kernel_device()
-    desc = tiny(_MLA, windows=windows)
+    desc = tiny(attention, windows=windows)
     toks = torch.randint(0, desc.vocab_size, (2, 14), generator=torch.Generator().manual_seed(3)).to(device)
     outputs = {}
     for on in (True, False):
-        monkeypatch.setattr(triton_decode, "ENABLED", on)
-        # The interpreter runs kernels on CPU tensors; enabled() then needs to accept them.
+        # The interpreter runs kernels on CPU tensors, which enabled() would refuse.
         monkeypatch.setattr(triton_decode, "enabled", lambda x, on=on: on)
         net = build(desc, max_batch=2, max_context=16, dtype=torch.float32, kv_dtype=None, device=device, seed=5)
-        net.prefill(toks[:, :9])
+        net.prefill(toks[:, :3])
         outputs[on] = torch.stack([net.decode(toks[:, p:p + 1], torch.tensor([p], device=device))
-                                   for p in range(9, 14)])
+                                   for p in range(3, 14)])
     _close(outputs[True], outputs[False], 2e-2 if device == "cuda" else 1e-4)
 
 
