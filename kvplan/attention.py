@@ -285,7 +285,12 @@ class DSA:
         return 2 * self.index_n_heads * self.index_head_dim + 2 * self.index_n_heads
 
     def activation_elements(self) -> int:
-        return self.mla.activation_elements() + self.index_n_heads * self.index_head_dim + self.index_head_dim
+        # Sparse prefill never decompresses the latent: it holds the queries, the indexer's queries, weights
+        # and key, the latent with its RoPE key, and an output buffer the query chunks write into
+        # (d_model wide, counted by the estimator); the chunk scratch is prefill_query_bytes.
+        mla = self.mla
+        return (mla.q_lora_rank + mla.n_heads * mla.qk_head_dim + self.index_n_heads * (self.index_head_dim + 1)
+                + mla.kv_lora_rank + mla.qk_rope_head_dim + self.index_head_dim)
 
     @property
     def sparse_topk(self) -> int | None:

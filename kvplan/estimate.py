@@ -102,8 +102,12 @@ class Estimator:
         self._always_read_bytes = self.weights_bytes - moe_layers * ffn.n_experts * self._expert_bytes
         self._act_bytes = dep.activation_format.bytes_per_element
         tp = dep.tp
-        self._act_per_token = self._act_bytes * (2 * d + max(_ceil_div(attention.activation_elements(), tp),
-                                                             _ceil_div(ffn.activation_elements(d), tp)))
+        # Attention and feed-forward intermediates are never live together: prefill peaks in one phase or the
+        # other, each on top of the residual stream and the normed input (2 d per token).
+        attention_extra = d if isinstance(attention, DSA) else 0  # DSA's chunked output buffer
+        self._attention_phase_per_token = self._act_bytes * (
+            2 * d + attention_extra + _ceil_div(attention.activation_elements(), tp))
+        self._ffn_phase_per_token = self._act_bytes * (2 * d + _ceil_div(ffn.activation_elements(d), tp))
         self._heads_per_gpu = _ceil_div(attention.n_heads, tp)
         self._sparse = isinstance(attention, DSA)  # decode reads part of the cache, not all of it
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
@@ -138,24 +142,26 @@ class Estimator:
     def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None) -> int:
         """Peak transient bytes of prefill on one GPU (the cache excluded).
 
-        Per token in flight: residual stream and normed input (2 d) plus the larger of the attention block's
-        and the feed-forward's intermediates; the last tokens' fp32 logits; with naive attention the score and
-        probability matrices of one layer (2 x heads x queries in flight x prompt elements); DSA's query-chunk
-        scratch. Tokens in flight: the whole batch's prompts, or at most `prefill_chunk` with chunked prefill.
+        The larger of two phases, each per token in flight on top of the residual stream and normed input
+        (2 d): the attention block's intermediates, plus with naive attention one layer's score and probability
+        matrices (2 x heads x queries in flight x prompt) and for DSA its query-chunk scratch; or the
+        feed-forward's gate, up and product. Plus the last tokens' fp32 logits. Tokens in flight: the whole
+        batch's prompts, or at most `prefill_chunk` with chunked prefill.
         """
         flash = self.deployment.flash if flash is None else flash
         in_flight = batch * prompt
         if self.deployment.prefill_chunk:
             in_flight = min(in_flight, self.deployment.prefill_chunk)
-        total = in_flight * self._act_per_token
-        total += batch * _ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
+        attention_phase = in_flight * self._attention_phase_per_token
         attention = self.model.attention
         if isinstance(attention, DSA):
             queries = min(batch * min(prompt, DSA_QUERY_CHUNK), in_flight)
-            total += attention.prefill_query_bytes(prompt, self._act_bytes, self.deployment.tp) * queries
+            attention_phase += attention.prefill_query_bytes(prompt, self._act_bytes, self.deployment.tp) * queries
         elif not flash:
-            total += self._heads_per_gpu * in_flight * prompt * 2 * self._act_bytes
-        return int(total)
+            attention_phase += self._heads_per_gpu * in_flight * prompt * 2 * self._act_bytes
+        ffn_phase = in_flight * self._ffn_phase_per_token
+        logits = batch * _ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
+        return int(max(attention_phase, ffn_phase) + logits)
 
     # --- FLOPs --------------------------------------------------------------------------------------
     def prefill_attention_flops(self, batch: int, prompt: int, start: int = 0) -> int:
