@@ -59,6 +59,9 @@ def profile(
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed samples per latency (the median is reported)."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay decode steps as a CUDA graph."),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs with FlopCounterMode (one more prefill)."),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="Tensor-parallel processes: N > 1 runs the attention layers "
+                             "sharded under torch.distributed (torchrun; NCCL on cuda, gloo on cpu) and compares "
+                             "per-GPU cache bytes and peak memory with the estimate."),
     as_json: bool = JsonOpt,
     as_csv: bool = CsvOpt,
 ) -> None:
@@ -68,6 +71,10 @@ def profile(
 
     contexts = parse_token_list(context, "--context")
     batches = parse_token_list(batch, "--batch")
+    if gpus > 1:
+        _profile_tensor_parallel(model, split_specs(attention), context, batch, layers, kv_dtype, device_name, gpus,
+                                 out, as_json, as_csv)
+        return
     if resume and not out:
         raise InputError("--resume needs --out FILE (the file to continue)")
     if "," in kv_dtype:
@@ -90,6 +97,37 @@ def profile(
                   env=device_environment(device))
     rows = run(sweep, out, resume)
     print_rows(rows, as_json, as_csv)
+
+
+def _profile_tensor_parallel(model, attentions, context, batch, layers, kv_dtype, device_name, gpus, out, as_json,
+                             as_csv) -> None:
+    """`kvplan profile --gpus N`: torchrun over N local processes (kvplan.profilers.distributed)."""
+    from kvplan.profilers import distributed
+    from kvplan.profilers.timing import pick_device
+
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        import torch
+
+        if torch.cuda.device_count() < gpus:
+            raise InputError(f"--gpus {gpus} needs {gpus} CUDA GPUs; this machine has {torch.cuda.device_count()}")
+    argv = ["--model", model, "--context", context, "--batch", batch, "--layers", str(layers or 1),
+            "--device", device.type, "--kv-dtype", kv_dtype]
+    for spec in attentions:
+        argv += ["--attention", spec]
+    rows = distributed.launch(gpus, argv)
+    if out:
+        distributed.write_rows(rows, out)
+    if as_json:
+        from .output import print_json
+
+        print_json(rows)
+    elif as_csv:
+        from .output import print_csv
+
+        print_csv(rows)
+    else:
+        distributed.print_table(rows)
 
 
 @app.command()

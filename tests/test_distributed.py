@@ -157,6 +157,23 @@ def test_torchrun_command_line(tmp_path):
         assert row["cache_bytes"] == row["batch"] * 2 * 16 * F64 * 16 * 2
 
 
+def test_kvplan_profile_gpus_runs_the_sharded_path(tmp_path):
+    """`kvplan profile --gpus 2` launches the same torchrun path and writes its rows (JSON and --out CSV)."""
+    import csv
+    import subprocess
+    import sys
+
+    out = tmp_path / "tp.csv"
+    done = subprocess.run([sys.executable, "-m", "kvplan", "profile", "--model", _tiny_config(tmp_path), "--context", "16",
+                           "--batch", "1", "--layers", "1", "--device", "cpu", "--gpus", "2", "--out", str(out), "--json"],
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert [r["rank"] for r in rows] == [0, 1]
+    assert all(r["cache_matches"] and r["output_matches"] for r in rows)
+    assert len(list(csv.DictReader(out.open()))) == 2
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--kv-dtype", "int3"], "kv dtype"),
     (["--attention", "gqa:kv_heads=3"], "kv_heads=3"),
