@@ -84,18 +84,25 @@ def band_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None) -> t
     return allowed
 
 
+def window_chunk(window: int) -> int:
+    """Queries per chunk of windowed prefill. Each chunk of C queries is handed its C + window - 1 visible keys,
+    so chunks of a quarter window waste at most a quarter of the pairs (chunks of a whole window would do
+    twice the work a band needs), and stay large enough (>= 64 queries) to keep the kernel busy."""
+    return min(window, max(64, window // 4))
+
+
 def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None,
                    chunk: int | None = None) -> torch.Tensor:
     """Causal (optionally windowed) attention over materialised q [B,H,T,dq], k [B,Hkv,T,dq], v [B,Hkv,T,dv].
 
     Full causal attention is one scaled_dot_product_attention call (flash or memory-efficient on the GPU).
-    A window shorter than the prompt runs query chunks of `chunk` (default: the window) against only the
+    A window shorter than the prompt runs query chunks of `chunk` (default: window_chunk) against only the
     keys they can see, under a band mask, so no T x T mask or score matrix is ever built.
     """
     T = q.size(2)
     if window is None or window >= T:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=k.size(1) != q.size(1))
-    chunk = chunk or window
+    chunk = chunk or window_chunk(window)
     group = q.size(1) // k.size(1)
     out = q.new_empty(q.shape[:-1] + (v.size(-1),))
     positions = torch.arange(T, device=q.device)

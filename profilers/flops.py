@@ -17,6 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kvplan.attention import DSA_QUERY_CHUNK
 from kvplan.estimate import Estimator
+from kvplan.models.common import window_chunk
 
 aten = torch.ops.aten
 
@@ -58,14 +59,14 @@ def _chunked_pairs(prompt: int, chunk: int, window: int | None, cap: int | None 
 def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
     """Prefill FLOPs as FlopCounterMode reports them for kvplan.models: linear layers and LM head as in the
     estimate; attention over the rectangles the kernels are handed (kvplan.models.common.attend_prefill:
-    one prompt x prompt call, or for a window shorter than the prompt, chunks of `window` queries against
+    one prompt x prompt call, or for a window shorter than the prompt, chunks of window_chunk(window) queries against
     the keys they can see; DSA: chunks of DSA_QUERY_CHUNK queries, the indexer scoring every visible key
     and attention taking a fixed min(visible, top-k) keys per query)."""
     topk = est.model.attention.sparse_topk
     total = 0
     for window, layers in est.model.window_groups:
         if topk is None:
-            chunk = prompt if window is None or window >= prompt else window
+            chunk = prompt if window is None or window >= prompt else window_chunk(window)
             per_layer = est.pair_flops["prefill"] * _chunked_pairs(prompt, chunk, window)
         else:
             per_layer = (est.pair_flops["prefill"] * _chunked_pairs(prompt, DSA_QUERY_CHUNK, window, topk)

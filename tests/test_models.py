@@ -257,7 +257,7 @@ def test_prefill_flops_equal_the_estimate(kind):
     assert est.prefill_attention_flops(B, T) == attention_flops(causal)
     # What FlopCounterMode sees: the linear layers as estimated (LM head on the last token only) plus the same
     # per-pair terms over the rectangles the kernels are handed: one T x T causal SDPA call; a window w < T
-    # in chunks of w queries against keys (chunk start - w + 1)..chunk end; DSA in chunks of DSA_QUERY_CHUNK
+    # in chunks of window_chunk(w) queries against keys (chunk start - w + 1)..chunk end; DSA in chunks of DSA_QUERY_CHUNK
     # queries, its indexer scoring every visible key and attention taking min(visible, top-k) per query.
     # Matrix products only on both sides, so the match is exact.
     assert counted(net.prefill, tokens(B, T)) == counted_prefill_flops(est, B, T)
