@@ -295,6 +295,11 @@ class Estimator:
             "weights_bytes_per_gpu": self.weights_bytes_per_gpu,
             "activation_bytes": act_per_gpu * dep.gpus,
             "activation_bytes_per_gpu": act_per_gpu,
+            # Both implementations' peaks, so one row shows flash (linear in context) beside naive (quadratic).
+            "activation_bytes_flash_per_gpu": act_per_gpu if dep.flash else self.activation_bytes_per_gpu(
+                batch, prompt, flash=True),
+            "activation_bytes_naive_per_gpu": self.activation_bytes_per_gpu(batch, prompt, flash=False)
+            if dep.flash else act_per_gpu,
             "total_bytes": self.weights_bytes + kv_bytes + (act_per_gpu + dep.reserve_bytes) * dep.gpus,
             "total_bytes_per_gpu": total_per_gpu,
             "gpu_memory_bytes": dep.gpu.memory_bytes,
@@ -322,6 +327,8 @@ COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV head
     "weights_bytes": "bytes of weights", "weights_bytes_per_gpu": "bytes of weights per GPU",
     "activation_bytes": "bytes of prefill activation peak, all GPUs",
     "activation_bytes_per_gpu": "bytes of prefill activation peak per GPU",
+    "activation_bytes_flash_per_gpu": "prefill peak per GPU with FlashAttention-style attention (linear in context)",
+    "activation_bytes_naive_per_gpu": "prefill peak per GPU with attention that materialises the scores (quadratic)",
     "total_bytes": "bytes in all", "total_bytes_per_gpu": "bytes on the most loaded GPU",
     "gpu_memory_bytes": "bytes of memory per GPU", "fits": "total_bytes_per_gpu <= gpu_memory_bytes",
     "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",

@@ -368,3 +368,10 @@ def test_naive_attention_score_matrix_is_quadratic():
         ffn_phase = (2 * 4096 + 3 * 14336) * BF16 * length
         assert attention_phase > ffn_phase
         assert extra == attention_phase - ffn_phase
+
+
+def test_rows_show_flash_and_naive_peaks_side_by_side():
+    row = kvplan.estimate("llama-3.1-8b", context=32 * K)
+    flash, naive = est("llama-3.1-8b"), est("llama-3.1-8b", flash=False)
+    assert row["activation_bytes_flash_per_gpu"] == row["activation_bytes_per_gpu"] == flash.activation_bytes_per_gpu(1, 32 * K)
+    assert row["activation_bytes_naive_per_gpu"] == naive.activation_bytes_per_gpu(1, 32 * K)
