@@ -6,6 +6,7 @@ Each expected value is written as the arithmetic that produces it, from the publ
 
 import pytest
 
+import kvplan
 from kvplan.api import plan
 from kvplan.attention import keys_attended_sum
 from kvplan.presets import get_preset
