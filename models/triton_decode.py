@@ -38,9 +38,9 @@ MERGE_SPLITS = 8  # slices combined per step of the merge kernel
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
 # MLA: (heads per program, keys per inner step, warps, pipeline stages); TPA: (keys per step, warps, stages).
-MLA_CONFIGS = [(32, 32, 8, 2), (64, 32, 8, 2), (64, 64, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2), (64, 16, 8, 3),
-               (32, 32, 4, 2)]
-TPA_CONFIGS = [(64, 4, 3), (32, 4, 3), (128, 4, 2), (128, 8, 3), (64, 8, 2), (256, 8, 2)]
+MLA_CONFIGS = [(32, 32, 8, 2), (64, 16, 8, 3), (64, 16, 8, 2), (64, 32, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2),
+               (32, 16, 4, 3)]
+TPA_CONFIGS = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
 CHOSEN: dict[tuple, tuple] = {}  # shape key -> fastest config measured
@@ -63,15 +63,14 @@ if HAVE_TRITON:
         hb = tl.program_id(0)
         b = tl.program_id(1)
         split = tl.program_id(2)
-        W: tl.constexpr = L + R
         heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
         lat = tl.arange(0, L_PAD)
         rope = tl.arange(0, R_PAD)
         head_ok = heads < H
         lat_ok = lat < L
         rope_ok = rope < R
-        kv_ptr += b.to(tl.int64) * slots * W  # this sequence's rows (int64: B x slots x W can pass 2^31)
-        q_row = q_ptr + (b * H + heads[:, None]) * W
+        kv_ptr += b.to(tl.int64) * slots * (L + R)  # this sequence's rows (int64: B x slots x (L+R) can pass 2^31)
+        q_row = q_ptr + (b * H + heads[:, None]) * (L + R)
         q_lat = tl.load(q_row + lat[None, :], mask=head_ok[:, None] & lat_ok[None, :], other=0.0)  # scaled
         q_rope = tl.load(q_row + L + rope[None, :], mask=head_ok[:, None] & rope_ok[None, :], other=0.0)
         m = tl.full([BLOCK_H], -1e30, tl.float32)
@@ -83,7 +82,7 @@ if HAVE_TRITON:
         for start in range(first, end, BLOCK):
             s = start + tl.arange(0, BLOCK)
             live = s < end
-            row = kv_ptr + s[None, :] * W
+            row = kv_ptr + s[None, :] * (L + R)
             k_lat = tl.load(row + lat[:, None], mask=live[None, :] & lat_ok[:, None], other=0.0)  # [L_PAD, BLOCK]
             k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & rope_ok[:, None], other=0.0)
             scores = tl.dot(q_lat, k_lat) + tl.dot(q_rope, k_rope)  # [BLOCK_H, BLOCK]
@@ -104,7 +103,10 @@ if HAVE_TRITON:
     def _tpa_decode_kernel(q_ptr, ak_ptr, bk_ptr, av_ptr, bv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr,
                            slots, keys_per_split, splits,
                            H: tl.constexpr, D: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr,
-                           H_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+                           H_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr):
+        # EVEN (slots a multiple of BLOCK): every block lies inside the cache, so loads need no mask over keys;
+        # keys past input_pos are then read but masked out of the scores. A key mask on the loads would stop
+        # Triton from vectorizing the A factors' loads, which run along the keys.
         # A factors are token-last [B, R, h, slots]: each (rank, head) row of a block is one contiguous run.
         # B factors are [B, slots, R, d]: each token's rank-r row is d contiguous elements.
         b = tl.program_id(0)
@@ -129,12 +131,16 @@ if HAVE_TRITON:
         for start in range(first, end, BLOCK):
             s = start + tl.arange(0, BLOCK)
             live = s < end
+            if EVEN:
+                load_ok = tl.full([BLOCK], 1, tl.int1)
+            else:
+                load_ok = live
             scores = tl.zeros([H_PAD, BLOCK], tl.float32)
             for r in tl.static_range(RK):
                 b_k = tl.load(bk_ptr + (s[None, :] * RK + r) * D + dims[:, None],
-                              mask=live[None, :] & dim_ok[:, None], other=0.0)  # [D_PAD, BLOCK]
+                              mask=load_ok[None, :] & dim_ok[:, None], other=0.0)  # [D_PAD, BLOCK]
                 a_k = tl.load(ak_ptr + (r * H + heads[:, None]) * slots + s[None, :],
-                              mask=live[None, :] & head_ok[:, None], other=0.0)  # [H_PAD, BLOCK]
+                              mask=load_ok[None, :] & head_ok[:, None], other=0.0)  # [H_PAD, BLOCK]
                 scores += a_k.to(tl.float32) * tl.dot(q, b_k)
             scores = tl.where(live[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
@@ -145,9 +151,9 @@ if HAVE_TRITON:
             m = m_new
             for r in tl.static_range(RV):
                 a_v = tl.load(av_ptr + (r * H + heads[:, None]) * slots + s[None, :],
-                              mask=live[None, :] & head_ok[:, None], other=0.0)
+                              mask=load_ok[None, :] & head_ok[:, None], other=0.0)
                 b_v = tl.load(bv_ptr + (s[:, None] * RV + r) * D + dims[None, :],
-                              mask=live[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK, D_PAD]
+                              mask=load_ok[:, None] & dim_ok[None, :], other=0.0)  # [BLOCK, D_PAD]
                 acc += tl.dot((p * a_v.to(tl.float32)).to(b_v.dtype), b_v)
         out = (b * splits + split) * H + heads
         tl.store(acc_ptr + out[:, None] * D + dims[None, :], acc, mask=head_ok[:, None] & dim_ok[None, :])
@@ -313,7 +319,7 @@ def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch
         l = torch.empty_like(m)
         _tpa_decode_kernel[(B, splits)](q, a_k, b_k, a_v, b_v, input_pos, acc, m, l, slots, keys_per_split, splits,
                                         H=H, D=D, RK=r_k, RV=r_v, H_PAD=_pad(H), D_PAD=_pad(D), BLOCK=block,
-                                        num_warps=warps, num_stages=stages)
+                                        EVEN=slots % block == 0, num_warps=warps, num_stages=stages)
         return acc, m, l
 
     config = _fastest(("tpa", B, H, D, r_k, r_v, slots, q.dtype), TPA_CONFIGS, launch)

@@ -40,8 +40,8 @@ def _close(got, expected, tol):
 
 
 # (slots, position): every slot live, half of them live (the blocks past the position are skipped), a cache
-# shorter than one key block.
-POSITIONS = ((70, 69), (70, 30), (9, 8))
+# shorter than one key block, and slots a multiple of the key block (loads unmasked over keys) full and not.
+POSITIONS = ((70, 69), (70, 30), (9, 8), (64, 63), (64, 40))
 
 
 @pytest.mark.parametrize("shape", [(6, 8, 3, 2, 1, None), (47, 64, 6, 2, 2, None), (5, 24, 2, 1, 3, 7)])
