@@ -304,9 +304,12 @@ def cost(
                           hardware_profile=hardware_profile, usd_per_hour=usd_per_hour, gpu_set=gpu_set,
                           compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
     kwargs["attention"] = _with_native(kwargs["attention"])
+    sequences, chunk_tokens = parse_tokens(batch, "--batch"), parse_tokens(chunk, "--chunk")
+    if not kwargs["prefill_chunk"]:
+        # The curves prefill in --chunk tokens per sequence, so that is what is in flight when memory is checked.
+        kwargs["prefill_chunk"] = sequences * chunk_tokens
     estimators = _distinct(plan(**kwargs))
     tokens = _context_or_default(context, estimators[0].model)
-    sequences, chunk_tokens = parse_tokens(batch, "--batch"), parse_tokens(chunk, "--chunk")
     _warn_context(estimators, [tokens])
     for estimator in estimators:
         row = estimator.row(sequences, tokens)
