@@ -86,12 +86,19 @@ def check_depth(model: Model, deployment: Deployment) -> None:
         raise InputError(f"pp ({deployment.pp}) exceeds the model's {model.n_layers} layers")
 
 
-def context_warnings(model: Model, contexts: Iterable[int]) -> list[str]:
+def plan_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
+    """What is estimated anyway but deserves a word: a context past the model's positions, heads that do not
+    split evenly over the tensor-parallel GPUs (serving engines refuse that; the estimate rounds heads up)."""
+    model, tp = estimator.model, estimator.deployment.tp
+    messages = []
     longest = max(contexts)
     if model.max_positions and longest > model.max_positions:
-        return [f"{model.name}: context {longest} exceeds the model's max_position_embeddings "
-                f"({model.max_positions}); estimated anyway"]
-    return []
+        messages.append(f"{model.name}: context {longest} exceeds the model's max_position_embeddings "
+                        f"({model.max_positions}); estimated anyway")
+    if tp > 1 and model.attention.n_heads % tp:
+        messages.append(f"{model.name}: {model.attention.n_heads} attention heads do not split evenly over tp={tp} "
+                        f"GPUs (engines such as vLLM refuse this); estimated with heads rounded up per GPU")
+    return messages
 
 
 def plan(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
@@ -126,7 +133,7 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
     rows = []
     for name in _as_list(model):
         for estimator in plan(name, gpu, attention, kv_dtype, **options):
-            for message in context_warnings(estimator.model, contexts):
+            for message in plan_warnings(estimator, contexts):
                 warnings.warn(message, stacklevel=2)
             row = estimator.row
             rows += [row(b, c, prompt_tokens) for c in contexts for b in batches]

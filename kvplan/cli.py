@@ -91,7 +91,7 @@ def estimate(
     as_csv: bool = CsvOpt,
 ) -> None:
     """KV cache, weights, activations (GiB), FLOPs, roofline latency (s) and $ per million tokens."""
-    from .api import context_warnings, plan
+    from .api import plan, plan_warnings
     from .output import ESTIMATE_COLUMNS, emit
     from .units import parse_token_list, parse_tokens
 
@@ -103,7 +103,7 @@ def estimate(
                                      bandwidth_efficiency, gpu_set, prefill_chunk))
     rows = []
     for estimator in estimators:
-        for message in context_warnings(estimator.model, contexts):
+        for message in plan_warnings(estimator, contexts):
             err(f"warning: {message}")
         rows += [estimator.row(b, c, prompt_tokens) for c in contexts for b in batches]
     first = estimators[0].deployment

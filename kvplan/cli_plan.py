@@ -56,10 +56,10 @@ def _context_or_default(context: str | None, model) -> int:
 
 
 def _warn_context(estimators, contexts) -> None:
-    from .api import context_warnings
+    from .api import plan_warnings
 
     for estimator in estimators:
-        for message in context_warnings(estimator.model, contexts):
+        for message in plan_warnings(estimator, contexts):
             err(f"warning: {message}")
 
 

@@ -94,6 +94,13 @@ def test_context_beyond_max_positions_warns_and_estimates(capsys):
     assert rows[0]["context"] == 1024 * 1024
 
 
+def test_heads_that_do_not_split_over_tp_warn_and_estimate(capsys):
+    # 32 heads over 3 GPUs: ceil(8 / 3) = 3 KV heads per GPU, so 9 heads' K and V over the 3 GPUs.
+    rows, err = estimate_json(capsys, "-m", "llama-3.1-8b", "-c", "4k", "--gpus", "3")
+    assert "tp=3" in err and "warning" in err
+    assert rows[0]["kv_cache_bytes"] == 3 * 32 * 2 * 3 * 128 * 2 * 4096
+
+
 def test_hardware_overrides_on_the_command_line_and_from_a_file(capsys, tmp_path):
     rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--gpu-set", "memory_bytes=24GiB", "--usd-per-hour", "1.5")
     assert rows[0]["gpu_memory_bytes"] == 24 * 2**30
