@@ -130,6 +130,9 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
     """
     contexts, batches = _sizes(context, "context"), _sizes(batch, "batch")
     prompt_tokens = parse_tokens(prompt, "prompt") if prompt is not None else None
+    if prompt_tokens and prompt_tokens > min(contexts):
+        raise InputError(f"prompt ({prompt_tokens}) exceeds context ({min(contexts)}): the cache holds the context, "
+                         f"prompt included")
     rows = []
     for name in _as_list(model):
         for estimator in plan(name, gpu, attention, kv_dtype, **options):

@@ -47,6 +47,13 @@ JsonOpt = typer.Option(False, "--json", help="Print a JSON list of flat objects,
 CsvOpt = typer.Option(False, "--csv", help="Print CSV with the same columns as --json.")
 
 
+def _kv_dtypes(text: str) -> list[str]:
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    if not names:
+        raise InputError(f"--kv-dtype names no format: {text!r}")
+    return names
+
+
 def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve, naive,
                  hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency, gpu_set=None,
                  prefill_chunk="0") -> dict:
@@ -59,7 +66,7 @@ def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_
                  bandwidth_efficiency=bandwidth_efficiency)
     overrides = {**parse_assignments(gpu_set or []), **{k: v for k, v in named.items() if v is not None}}
     return dict(model=model, gpu=gpu, attention=split_specs(attention) or None,
-                kv_dtype=[k for k in kv_dtype.split(",") if k.strip()] or ["bf16"], gpus=gpus, pp=pp,
+                kv_dtype=_kv_dtypes(kv_dtype), gpus=gpus, pp=pp,
                 weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, flash=not naive,
                 hardware_profile=hardware_profile,
                 prefill_chunk=parse_tokens(prefill_chunk, "--prefill-chunk") if str(prefill_chunk) != "0" else 0,
@@ -98,6 +105,11 @@ def estimate(
     contexts = parse_token_list(context, "--context")
     batches = parse_token_list(batch, "--batch")
     prompt_tokens = parse_tokens(prompt, "--prompt") if prompt else None
+    if prompt_tokens and prompt_tokens > min(contexts):
+        raise InputError(f"--prompt ({prompt_tokens}) exceeds --context ({min(contexts)}): the cache holds the context, "
+                         f"prompt included")
+    if as_json and as_csv:
+        raise InputError("give --json or --csv, not both")
     estimators = plan(**plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve,
                                      naive_attention, hardware_profile, usd_per_hour, compute_efficiency,
                                      bandwidth_efficiency, gpu_set, prefill_chunk))

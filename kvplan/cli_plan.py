@@ -214,7 +214,7 @@ def recommend(
         raise InputError("give --batch or --concurrency, not both")
     if "," in kv_dtype:
         raise InputError("recommend takes the one --kv-dtype served now; it tries fp8, int8 and int4 itself")
-    if max_usd_per_mtok is not None and max_usd_per_mtok <= 0:
+    if max_usd_per_mtok is not None and not 0 < max_usd_per_mtok < float("inf"):
         raise InputError(f"--max-usd-per-mtok must be positive, not {max_usd_per_mtok}")
     (base_estimator,) = plan(**_plan_kwargs(
         memory, model=model, gpu=gpu, attention=None, kv_dtype=kv_dtype, gpus=gpus, pp=pp, weight_dtype=weight_dtype,

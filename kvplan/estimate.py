@@ -6,7 +6,8 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
 - `context` L: tokens each sequence holds in its cache. Prefill processes a prompt of `prompt` tokens
   (default L); the decode step is the one that writes the L-th token (0-based position L-1), attending
   min(L, cap) keys, over a cache holding L tokens once it is written.
-- Memory on one GPU = weights/(tp*pp) + its share of the cache + its prefill activation peak + reserve.
+- Memory on one GPU = its pipeline stage's weights (attention split as each kind splits under tensor
+  parallelism, Model.stage_params) + its share of the cache + its prefill activation peak + reserve.
   Whole-deployment columns sum over GPUs, counting copies that tensor parallelism replicates.
 - Linear FLOPs count every weight a token multiplies through (2 per weight); the LM head runs on the last
   prompt token in prefill (serving engines only need that logit) and on every decoded token.
@@ -87,8 +88,10 @@ class Estimator:
         self.total_params = model.total_params()
         self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
         stage_bounds = [(i, min(i + stage_size, model.n_layers)) for i in range(0, model.n_layers, stage_size)]
-        self.weights_bytes_per_gpu = int(dep.weight_format.bytes_per_element * max(
-            model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1) for first, last in stage_bounds))
+        stage_params = [model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1) for first, last in stage_bounds]
+        self.weights_bytes_per_gpu = int(dep.weight_format.bytes_per_element * max(stage_params))
+        # What all GPUs hold together: more than weights_bytes where tensor parallelism replicates weights.
+        self.weights_bytes_all_gpus = int(dep.weight_format.bytes_per_element * dep.tp * sum(stage_params))
         self.linear_flops_per_token = 2 * model.active_linear_params_per_token()
         self.lm_head_flops = 2 * model.lm_head_params()
         self.pair_flops = {p: attention.pair_flops(p) for p in ("prefill", "decode")}
@@ -99,7 +102,7 @@ class Estimator:
         moe_layers = model.n_layers - ffn.dense_layer_count(model.n_layers)
         self._moe_layers = moe_layers
         self._expert_bytes = ffn.expert_params(d) * w if ffn.is_moe else 0
-        self._always_read_bytes = self.weights_bytes - moe_layers * ffn.n_experts * self._expert_bytes
+        self._routed_expert_bytes = moe_layers * ffn.n_experts * self._expert_bytes
         self._act_bytes = dep.activation_format.bytes_per_element
         tp = dep.tp
         # Attention and feed-forward intermediates are never live together: prefill peaks in one phase or the
@@ -205,16 +208,17 @@ class Estimator:
         return seconds
 
     def weights_read_bytes(self, tokens: int) -> float:
-        """Weight bytes one forward over `tokens` tokens reads (MoE: only the experts they select; an untied
-        input embedding: only the rows the tokens look up, at most the whole table)."""
+        """Weight bytes one forward over `tokens` tokens reads on all GPUs together (replicated weights once per
+        GPU; MoE: only the routed experts the tokens select; an untied input embedding: only the rows the
+        tokens look up, at most the whole table)."""
         model = self.model
         skipped_rows = 0 if model.tie_embeddings else max(model.vocab_size - tokens, 0)
-        read = self.weights_bytes - skipped_rows * model.d_model * self.deployment.weight_format.bytes_per_element
+        read = self.weights_bytes_all_gpus - skipped_rows * model.d_model * self.deployment.weight_format.bytes_per_element
         if not self._moe_layers:
             return read
-        ffn = self.model.ffn
+        ffn = model.ffn
         touched = ffn.n_experts * (1 - (1 - ffn.n_active_experts / ffn.n_experts) ** tokens)
-        return read - self.weights_bytes + self._always_read_bytes + self._moe_layers * touched * self._expert_bytes
+        return read - self._routed_expert_bytes + self._moe_layers * touched * self._expert_bytes
 
     def _roofline(self, flops: float, bytes_moved: float, batch_tokens: int, attention_flops: float = 0) -> float:
         """Seconds: the slower of compute and memory; attention FLOPs run at the GPU's attention efficiency."""
@@ -300,7 +304,7 @@ class Estimator:
                 batch, prompt, flash=True),
             "activation_bytes_naive_per_gpu": self.activation_bytes_per_gpu(batch, prompt, flash=False)
             if dep.flash else act_per_gpu,
-            "total_bytes": self.weights_bytes + kv_bytes + (act_per_gpu + dep.reserve_bytes) * dep.gpus,
+            "total_bytes": self.weights_bytes_all_gpus + kv_bytes + (act_per_gpu + dep.reserve_bytes) * dep.gpus,
             "total_bytes_per_gpu": total_per_gpu,
             "gpu_memory_bytes": dep.gpu.memory_bytes,
             "fits": total_per_gpu <= dep.gpu.memory_bytes,

@@ -8,6 +8,7 @@ an H100 in this workplace's measurements (bf16 8192^3 matmul 798 of 989 TFLOP/s 
 from __future__ import annotations
 
 import difflib
+import math
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -68,11 +69,11 @@ GPUS: dict[str, GPU] = {g.name: g for g in (
         source="NVIDIA A100 datasheet (SXM 80GB: 2.039 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); " + _PRICE_NOTE),
     GPU("l40s", 48 * GB, 0.864 * TB, 362.05 * T, 733 * T, 32 * GB, 0.99,
         source="NVIDIA L40S datasheet (48 GB GDDR6, 864 GB/s, 362 TFLOPS bf16 dense, 733 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
-    GPU("b200", 180 * GB, 8.0 * TB, 2250 * T, 4500 * T, 900 * GB, 5.99,
-        source="NVIDIA HGX B200 datasheet (180 GB HBM3e, 8 TB/s, 2.25 PFLOPS bf16 dense, 4.5 fp8 dense, NVLink5 1.8 TB/s "
+    GPU("b200", 183359 * MiB, 8.0 * TB, 2250 * T, 4500 * T, 900 * GB, 5.99,
+        source="NVIDIA HGX B200 datasheet (180 GB HBM3e; memory as nvidia-smi reports it, 183359 MiB, 8 TB/s, 2.25 PFLOPS bf16 dense, 4.5 fp8 dense, NVLink5 1.8 TB/s "
                "bidirectional); " + _PRICE_NOTE),
-    GPU("mi300x", 192 * GB, 5.3 * TB, 1307.4 * T, 2614.9 * T, 448 * GB, 2.49,
-        source="AMD Instinct MI300X datasheet (192 GB HBM3, 5.3 TB/s, 1307 TFLOPS bf16 dense, 2615 fp8 dense, "
+    GPU("mi300x", 205822885888, 5.3 * TB, 1307.4 * T, 2614.9 * T, 448 * GB, 2.49,
+        source="AMD Instinct MI300X datasheet (192 GB HBM3; memory as rocm-smi reports it, 205822885888 bytes, 5.3 TB/s, 1307 TFLOPS bf16 dense, 2615 fp8 dense, "
                "Infinity Fabric 896 GB/s bidirectional); " + _PRICE_NOTE),
     GPU("rtx-4090", 24564 * MiB, 1.008 * TB, 165.2 * T, 330.3 * T, 32 * GB, 0.39,
         source="NVIDIA Ada whitepaper (RTX 4090: 24 GB GDDR6X, 1008 GB/s, 165 TFLOPS bf16 dense with fp32 accumulate, "
@@ -122,8 +123,8 @@ def with_overrides(gpu: GPU, overrides: dict) -> GPU:
             number = float(value)
         except (TypeError, ValueError):
             raise InputError(f"hardware field {key} must be a number, not {value!r}") from None
-        if number < 0 or (number == 0 and key != "fp8_flops"):
-            raise InputError(f"hardware field {key} must be positive, not {value!r}")
+        if not math.isfinite(number) or number < 0 or (number == 0 and key != "fp8_flops"):
+            raise InputError(f"hardware field {key} must be a positive finite number, not {value!r}")
         if key.endswith("efficiency") and number > 1:
             raise InputError(f"hardware field {key} is a fraction in (0, 1], not {value!r}")
         clean[key] = int(number) if key == "memory_bytes" else number

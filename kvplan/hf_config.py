@@ -72,6 +72,9 @@ def model_from_config(config: dict, name: str = "config.json", source: str = "")
     n_heads = f.need("num_attention_heads")
     if min(n_layers, d_model, n_heads) == 0:
         raise InputError(f"{name}: num_hidden_layers, hidden_size and num_attention_heads must be positive")
+    for key in ("vocab_size", "intermediate_size"):
+        if key in config and f.get(key) == 0:
+            raise InputError(f"{name}: {key} must be positive")
     common = dict(name=name, n_layers=n_layers, d_model=d_model, vocab_size=f.need("vocab_size"),
                   max_positions=f.get("max_position_embeddings"), architecture=model_type, source=source)
     head_dim = f.get("head_dim") or d_model // n_heads
@@ -85,6 +88,9 @@ def model_from_config(config: dict, name: str = "config.json", source: str = "")
             attention = DSA(mla, index_n_heads=f.need("index_n_heads"), index_head_dim=f.need("index_head_dim"),
                             index_topk=f.need("index_topk"))
         n_experts = f.get("n_routed_experts", 0)
+        if n_experts and not 0 < f.need("num_experts_per_tok") <= n_experts:
+            raise InputError(f"{name}: num_experts_per_tok ({f.need('num_experts_per_tok')}) must be between 1 and "
+                             f"n_routed_experts ({n_experts})")
         ffn = FeedForward(intermediate=f.need("intermediate_size"), n_experts=n_experts,
                           n_active_experts=f.need("num_experts_per_tok") if n_experts else 0,
                           n_shared_experts=f.get("n_shared_experts", 0),
@@ -117,6 +123,10 @@ def _layer_windows(model_type: str, f: _Fields, n_layers: int) -> tuple[int | No
     if isinstance(layer_types, list) and layer_types:
         if len(layer_types) != n_layers:
             raise InputError(f"{f.where}: layer_types has {len(layer_types)} entries for {n_layers} layers")
+        unknown = sorted({str(kind) for kind in layer_types} - {"sliding_attention", "full_attention"})
+        if unknown:
+            raise InputError(f"{f.where}: layer_types holds {', '.join(unknown)}; kvplan knows sliding_attention "
+                             f"and full_attention")
         window = f.need("sliding_window")
         return tuple(window if kind == "sliding_attention" else None for kind in layer_types)
     if model_type == "gemma2":

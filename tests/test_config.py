@@ -146,10 +146,21 @@ def test_missing_field_is_named(tmp_path, name, field):
     ({"num_hidden_layers": "thirty-two"}, "'num_hidden_layers' must be a non-negative whole number"),
     ({"num_hidden_layers": 0}, "must be positive"),
     ({"tie_word_embeddings": "yes"}, "'tie_word_embeddings' must be true or false"),
+    ({"vocab_size": 0}, "vocab_size must be positive"),
+    ({"intermediate_size": 0}, "intermediate_size must be positive"),
+    ({"layer_types": ["chunked_attention"] * 32, "sliding_window": 4096}, "layer_types holds chunked_attention"),
 ])
 def test_malformed_fields_are_named(change, message):
     with pytest.raises(InputError, match=message):
         model_from_config({**fixture("llama-3.1-8b"), **change})
+
+
+def test_moe_with_more_active_than_routed_experts_is_refused():
+    from kvplan.presets import PRESETS
+
+    config = {**PRESETS["deepseek-v3"][0], "num_experts_per_tok": 1000}
+    with pytest.raises(InputError, match="num_experts_per_tok"):
+        model_from_config(config)
 
 
 def test_config_not_an_object():

@@ -376,3 +376,20 @@ def test_rows_show_flash_and_naive_peaks_side_by_side():
     flash, naive = est("llama-3.1-8b"), est("llama-3.1-8b", flash=False)
     assert row["activation_bytes_flash_per_gpu"] == row["activation_bytes_per_gpu"] == flash.activation_bytes_per_gpu(1, 32 * K)
     assert row["activation_bytes_naive_per_gpu"] == naive.activation_bytes_per_gpu(1, 32 * K)
+
+
+def test_whole_deployment_counts_weights_tensor_parallelism_replicates():
+    # deepseek-v3 over 8 GPUs: every GPU holds the whole latent path (attention.params(d, tp)); the sum over
+    # GPUs is 8 x the per-GPU weights (one pipeline stage), more than the model's own weight count.
+    e = est("deepseek-v3", gpus=8)
+    model = get_preset("deepseek-v3")
+    assert e.weights_bytes_all_gpus == 8 * model.stage_params(0, 61, 8) * BF16 == 8 * e.weights_bytes_per_gpu
+    assert e.weights_bytes_all_gpus > e.weights_bytes
+    row = e.row(1, 4 * K)
+    assert row["total_bytes"] == e.weights_bytes_all_gpus + row["kv_cache_bytes"] + row["activation_bytes"]
+
+
+def test_byte_amounts_take_an_exponent():
+    from kvplan.units import parse_bytes
+
+    assert parse_bytes("24e9") == 24 * 10**9 and parse_bytes("80GiB") == 80 * 2**30
