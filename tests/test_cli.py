@@ -101,6 +101,11 @@ def test_heads_that_do_not_split_over_tp_warn_and_estimate(capsys):
     assert rows[0]["kv_cache_bytes"] == 3 * 32 * 2 * 3 * 128 * 2 * 4096
 
 
+def test_encoders_warn_that_they_are_costed_causally(capsys):
+    rows, err = estimate_json(capsys, "-m", "modernbert-base", "-c", "8k")
+    assert "is an encoder" in err and rows[0]["context"] == 8192
+
+
 def test_hardware_overrides_on_the_command_line_and_from_a_file(capsys, tmp_path):
     rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--gpu-set", "memory_bytes=24GiB", "--usd-per-hour", "1.5")
     assert rows[0]["gpu_memory_bytes"] == 24 * 2**30
