@@ -16,7 +16,7 @@ Conventions used by every formula here (and by kvplan.models, which implements t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 DSA_QUERY_CHUNK = 1024  # queries per chunk of DSA prefill; bounds the indexer's score matrix
@@ -309,7 +309,3 @@ def keys_attended_sum(n_queries: int, cap: int | None, start: int = 0) -> int:
         return cap * (cap + 1) // 2 + (n - cap) * cap
 
     return prefix(start + n_queries) - prefix(start)
-
-
-def with_heads(attention: Attention, **changes) -> Attention:
-    return replace(attention, **changes)
