@@ -6,6 +6,8 @@ torch and pynvml are imported inside the command bodies only, so `kvplan estimat
 from __future__ import annotations
 
 import json
+import os
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -13,6 +15,10 @@ import typer
 
 from .cli import AttentionOpt, CsvOpt, JsonOpt, ModelOpt, ProfileOpt, app, err
 from .units import InputError
+
+# A suggested --layers slice leaves this share of the free memory for what the estimate does not count
+# (the torch runtime, allocator rounding, the Python process itself).
+SLICE_HEADROOM = 0.8
 
 DeviceOpt = typer.Option("cuda", "--device", help="cuda (the GPU) or cpu (small sizes, for tests).")
 
@@ -71,6 +77,10 @@ def profile(
 
     contexts = parse_token_list(context, "--context")
     batches = parse_token_list(batch, "--batch")
+    if out:
+        from kvplan.profilers.store import check_out_folder
+
+        check_out_folder(out)
     if gpus > 1:
         _profile_tensor_parallel(model, split_specs(attention), context, batch, layers, kv_dtype, device_name, gpus,
                                  out, as_json, as_csv)
@@ -95,8 +105,83 @@ def profile(
     sweep = Sweep(model=model, attentions=split_specs(attention) or ["native"], contexts=contexts, batches=batches,
                   kv_dtype=kv_dtype, layers=layers, estimate_gpu=estimate_gpu, settings=settings,
                   env=device_environment(device))
+    check_memory(sweep)
     rows = run(sweep, out, resume)
     print_rows(rows, as_json, as_csv)
+
+
+def available_bytes(device) -> int | None:
+    """Memory a new network can take now: free GPU memory on CUDA, the kernel's MemAvailable on the CPU
+    (free pages, if /proc/meminfo is missing); None where the system does not say."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the kernel writes kB, meaning KiB
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _row_bytes(est, batch: int, context: int) -> int:
+    """What building and prefilling one row holds at its peak, by the estimate: weights + cache + prefill peak."""
+    return (est.weights_bytes_per_gpu + est.kv_cache_bytes_per_gpu(batch, context)
+            + est.activation_bytes_per_gpu(batch, context))
+
+
+def check_memory(sweep) -> None:
+    """Before any network is built, set each row's estimated bytes against the device's free memory.
+
+    On the CPU a row that cannot fit is refused with one line suggesting --layers N (the kernel would
+    otherwise kill the whole process mid-build, losing the sweep). On CUDA an out-of-memory error ends only
+    its own row, recorded as does-not-fit (measured), so those rows still run; a warning says which.
+    """
+    from kvplan.profilers.sweep import plan_rows
+
+    from .units import format_gib
+
+    device = sweep.settings.device
+    free = available_bytes(device)
+    if free is None:
+        return
+    too_large = [(identity, est, need) for identity, est, _ in plan_rows(sweep)
+                 if (need := _row_bytes(est, identity["batch"], identity["context"])) > free]
+    if not too_large:
+        return
+    if device.type == "cuda":
+        err(f"warning: {len(too_large)} row(s) need more than the {format_gib(free)} GiB free on the GPU by the "
+            f"estimate; they run anyway and any that runs out of memory is recorded as does not fit (measured)")
+        return
+    identity, est, need = max(too_large, key=lambda item: item[2])
+    batch, context = identity["batch"], identity["context"]
+    layers = _layers_that_fit(sweep, int(free * SLICE_HEADROOM))
+    advice = (f"profile a slice with --layers {layers}" if layers else
+              "even one layer does not fit: lower --batch or --context")
+    raise InputError(
+        f"{sweep.model} ({identity['attention']}, {identity['layers']} layers) at batch {batch} x context {context} "
+        f"needs about {format_gib(need)} GiB on the CPU (weights {format_gib(est.weights_bytes_per_gpu)} + cache "
+        f"{format_gib(est.kv_cache_bytes_per_gpu(batch, context))} + prefill peak "
+        f"{format_gib(est.activation_bytes_per_gpu(batch, context))} GiB), more than the {format_gib(free)} GiB "
+        f"available: {advice}")
+
+
+def _layers_that_fit(sweep, budget: int) -> int:
+    """The deepest slice whose every row fits in `budget` bytes by the estimate (0: not even one layer)."""
+    from kvplan.profilers.sweep import plan_rows
+
+    deepest = min(sweep.layers or 10**9, max(identity["full_layers"] for identity, _, _ in plan_rows(sweep)))
+    for layers in range(deepest - 1, 0, -1):
+        if all(_row_bytes(est, identity["batch"], identity["context"]) <= budget
+               for identity, est, _ in plan_rows(replace(sweep, layers=layers))):
+            return layers
+    return 0
 
 
 def _profile_tensor_parallel(model, attentions, context, batch, layers, kv_dtype, device_name, gpus, out, as_json,
@@ -148,13 +233,16 @@ def calibrate(
     from kvplan.profilers.timing import pick_device
     from kvplan.profilers.view import print_profile
 
+    if out:
+        from kvplan.profilers.store import check_out_folder
+
+        check_out_folder(out)
     device = pick_device(device_name)
     console = Console(stderr=True)
     with console.status("calibrating") as status:
         result = run_calibration(device, gpu, usd_per_hour, repeats,
                                  progress=lambda message: status.update(f"calibrating: {message}"))
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=1) + "\n")
     if as_json:
         typer.echo(json.dumps(result, indent=1))

@@ -64,12 +64,20 @@ def read_rows(path: str | Path) -> list[dict]:
     return [{k: parse_cell(v) for k, v in row.items()} for row in rows if None not in row and None not in row.values()]
 
 
+def check_out_folder(path: str | Path) -> None:
+    """A results path must name a file in a folder that exists: a typo in --out creates no folders."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise InputError(f"--out {path}: folder {folder} does not exist; create it first or choose another --out")
+
+
 class ResultsFile:
     """Appends rows with a fixed header; `done` holds the keys already in the file."""
 
     def __init__(self, path: str | Path, columns: list[str], resume: bool):
         self.path, self.columns = Path(path), list(columns)
         self.done: set[tuple[str, ...]] = set()
+        check_out_folder(self.path)
         if self.path.exists() and self.path.stat().st_size and not resume:
             raise InputError(f"{self.path} already holds results: pass --resume to continue it, or choose another --out")
         if resume and self.path.exists() and self.path.stat().st_size:
@@ -77,7 +85,6 @@ class ResultsFile:
             self._cut_torn_line()
             self.done = {row_key(row) for row in read_rows(self.path)}
         if not self.path.exists() or self.path.stat().st_size == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._write(_line(self.columns))
 
     def _check_header(self) -> None:

@@ -230,3 +230,69 @@ def test_prefill_too_large_still_times_decode(tiny, tmp_path, monkeypatch):
     last = rows[-1]
     assert last.get("prefill_seconds_measured") is None and last.get("prefill_flops_counted_measured") is None
     assert last["decode_seconds_measured"] > 0 and last["decode_flops_measured"] == last["decode_flops_estimate"]
+
+
+def test_missing_out_folder_is_one_line_and_creates_nothing(tiny, tmp_path, capsys):
+    missing = tmp_path / "no" / "such"
+    for command in (["profile", "-m", tiny, "--device", "cpu", "-c", "16"], ["calibrate", "--device", "cpu"]):
+        code, out, err = run_cli([*command, "--out", str(missing / "x.csv")], capsys)
+        assert code == 2 and out == ""
+        assert err.count("\n") == 1 and "does not exist" in err and str(missing) in err
+    assert not (tmp_path / "no").exists()
+    from kvplan.units import InputError
+
+    with pytest.raises(InputError, match="does not exist"):
+        store.ResultsFile(missing / "x.csv", sweep.COLUMNS, resume=False)
+
+
+# Bytes of the tiny GQA model's rows at batch 1 x context 16 on the CPU (fp32 weights and activations, bf16 cache):
+# weights per layer: 2 norms 2*64 + q 64*64 + k, v 2*(64*32) + o 64*64 + gate, up, down 3*64*128 = 36992 params;
+# embedding + LM head + final norm 2*256*64 + 64 = 32832 params; 4 bytes each.
+# cache per layer: (K, V) 2 x 2 heads x 16 x 2 bytes x 16 tokens = 2048.
+# prefill peak: 16 tokens x 4 bytes x max(attention 2*64 + 3*4*16 + 3*2*16, feed-forward 2*64 + 3*128)
+# = 16 x 4 x 512 = 32768, plus the last token's fp32 logits 256 x 4 = 1024.
+ONE_LAYER_BYTES = (36992 + 32832) * 4 + 2048 + 32768 + 1024  # 315136
+TWO_LAYER_BYTES = (2 * 36992 + 32832) * 4 + 2 * 2048 + 32768 + 1024  # 465152
+
+
+def test_cpu_row_too_large_is_refused_before_any_network(tiny, capsys, monkeypatch):
+    from kvplan import cli_profile
+    from kvplan.profilers import measure
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("a network was built for a row that cannot fit")
+
+    monkeypatch.setattr(measure, "build_network", no_build)
+    # 420000 bytes free: the 2-layer row (465152) cannot fit; a suggested slice keeps 20% headroom,
+    # 0.8 x 420000 = 336000 >= 315136, so one layer is suggested.
+    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: 420_000)
+    code, out, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1"], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines()[-1].startswith("kvplan: error:")
+    assert "--layers 1" in err and "on the CPU" in err
+    # Below one layer's bytes even a slice cannot help: the message says to shrink the row instead.
+    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: ONE_LAYER_BYTES // 2)
+    code, _, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1"], capsys)
+    assert code == 2 and "lower --batch or --context" in err
+
+
+def test_cpu_row_that_fits_runs(tiny, capsys, monkeypatch):
+    from kvplan import cli_profile
+
+    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: TWO_LAYER_BYTES)  # exactly enough
+    (row,) = profile_json(tiny, capsys, "-c", "16", "-b", "1", "--no-flops")
+    assert row["status"] == "ok"
+    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: TWO_LAYER_BYTES - 1)
+    code, _, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1"], capsys)
+    assert code == 2 and "--layers 1" in err
+
+
+def test_cuda_rows_too_large_still_run(tiny, capsys, monkeypatch):
+    # On a GPU an out-of-memory error ends only its row (recorded as does not fit), so nothing is refused:
+    # the check only warns. No GPU is touched: the device object is never used to allocate here.
+    from kvplan import cli_profile
+
+    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: 1)
+    plan = _sweep(tiny, settings=Settings(device=torch.device("cuda"), dtype=torch.bfloat16, repeats=1))
+    cli_profile.check_memory(plan)
+    assert "4 row(s) need more than" in capsys.readouterr().err
