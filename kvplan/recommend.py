@@ -1,7 +1,7 @@
 """Recommendations: concrete changes to a deployment, ranked by $ per million decoded tokens among those that fit.
 
 A candidate changes up to `max_changes` of: the KV cache format (fp8, int8, int4), tensor parallelism over
-more GPUs (2, 4, 8), and the attention (re-cast to GQA, MLA, TPA or DSA, or a 4096-token window); a paged
+more GPUs (2, 4, 8; only sizes that divide the attention heads, as serving engines require), and the attention (re-cast to GQA, MLA, TPA or DSA, or a 4096-token window); a paged
 cache (16-token blocks, as vLLM) is tried on its own. Every number comes from the Estimator at the same context; with a concurrency C
 the batch is the largest that fits, up to C (budget.largest_batch), and C sequences need ceil(C / batch)
 copies of the deployment.
@@ -79,9 +79,17 @@ def candidate_changes(base: Estimator, context: int, max_changes: int = 2) -> li
         if recast(model, spec).kind_label != model.kind_label:
             attentions.append(spec)
     groups = [[None] + kvs, [None] + tps, [None] + attentions]
-    changes = [Change(kv, tp, attention) for kv, tp, attention in itertools.product(*groups)]
+    changes = [Change(kv, tp, attention) for kv, tp, attention in itertools.product(*groups)
+               if tp is None or _heads_split(model, attention, tp)]
     # Paging alone: the estimate has no max-length reservation for it to save, so it combines with nothing.
     return [c for c in changes if 0 < c.count <= max_changes] + [Change(block_size=b) for b in blocks]
+
+
+def _heads_split(model, attention: str | None, tp: int) -> bool:
+    """Whether the attention heads (after any re-cast) divide evenly over `tp` GPUs: serving engines such as
+    vLLM refuse a tensor-parallel size that does not divide them, so such a candidate is no option."""
+    heads = (recast(model, attention) if attention else model).attention.n_heads
+    return heads % tp == 0
 
 
 def apply_change(base: Estimator, change: Change) -> Estimator:

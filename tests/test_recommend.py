@@ -77,6 +77,19 @@ def test_candidates_skip_what_changes_nothing():
     assert all(c.attention != "window:4096" for c in candidate_changes(base(), context=4096))
 
 
+def test_tensor_parallel_sizes_that_do_not_split_the_heads_are_skipped():
+    # qwen2.5-7b has 28 attention heads = 4 x 7: tp 2 and 4 divide them, tp 8 does not (28 / 8 = 3.5), and
+    # engines refuse it. Re-casting keeps the head count, so no combination may use tp 8.
+    qwen = base("qwen2.5-7b")
+    assert qwen.model.attention.n_heads == 28
+    tps = {c.tp for c in candidate_changes(qwen, context=131072, max_changes=2)}
+    assert tps == {None, 2, 4}
+    result = recommend(qwen, context=131072, batch=8)
+    assert result.options and all(o["tp"] in (1, 2, 4) for o in result.options)
+    # llama-3.1-8b's 32 heads split over every choice, so tp 8 stays a candidate there.
+    assert 8 in {c.tp for c in candidate_changes(base(), context=131072)}
+
+
 def test_concurrency_uses_the_largest_batch_that_fits():
     result = recommend(base(), context=32768, concurrency=64)
     assert result.options
