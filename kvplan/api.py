@@ -96,8 +96,8 @@ def plan_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
         messages.append(f"{model.name}: context {longest} exceeds the model's max_position_embeddings "
                         f"({model.max_positions}); estimated anyway")
     if model.is_encoder:
-        messages.append(f"{model.name} is an encoder: kvplan costs it as a causal stack (its bidirectional global "
-                        f"layers attend about twice the pairs counted here) and it has no decode step of its own")
+        messages.append(f"{model.name} is an encoder: prefill attends both ways and nothing is decoded (decode "
+                        f"columns are empty)")
     if tp > 1 and model.attention.n_heads % tp:
         messages.append(f"{model.name}: {model.attention.n_heads} attention heads do not split evenly over tp={tp} "
                         f"GPUs (engines such as vLLM refuse this); estimated with heads rounded up per GPU")

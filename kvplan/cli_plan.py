@@ -221,6 +221,8 @@ def recommend(
         block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk, hardware_profile=hardware_profile,
         usd_per_hour=usd_per_hour, gpu_set=gpu_set, compute_efficiency=compute_efficiency,
         bandwidth_efficiency=bandwidth_efficiency))
+    if base_estimator.model.is_encoder:
+        raise InputError(f"{base_estimator.model.name} is an encoder: it has no decode step to rank changes by")
     device = base_estimator.deployment.gpu
     tokens = _context_or_default(context, base_estimator.model)
     _warn_context([base_estimator], [tokens])

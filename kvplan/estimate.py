@@ -29,6 +29,7 @@ from .attention import DSA, DSA_QUERY_CHUNK, keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model
+from .units import InputError
 
 LINK_LATENCY_SECONDS = 5e-6  # per collective on NVLink-class links; an assumption, not a measurement
 LOGIT_BYTES = 4  # logits are computed in fp32
@@ -168,7 +169,18 @@ class Estimator:
 
     # --- FLOPs --------------------------------------------------------------------------------------
     def prefill_attention_flops(self, batch: int, prompt: int, start: int = 0) -> int:
-        """Attention FLOPs (pairs, TPA factor products, DSA indexer) for prompt tokens after `start` cached."""
+        """Attention FLOPs (pairs, TPA factor products, DSA indexer) for prompt tokens after `start` cached.
+
+        An encoder attends both ways: every key in a global layer, and the window//2 keys on either side of
+        itself in a local one (ModernBERT's 128-token window: 64 each side); it has no cache to start from.
+        """
+        if self.model.is_encoder:
+            if start:
+                raise InputError(f"{self.model.name} is an encoder: it encodes whole sequences, not chunks")
+            pairs = sum(layers * (prompt * prompt if window is None else
+                                  prompt + 2 * keys_attended_sum(prompt - 1, window // 2))
+                        for window, layers, _ in self._groups)
+            return batch * (self.pair_flops["prefill"] * pairs + self.model.n_layers * self.token_flops["prefill"] * prompt)
         total = 0
         for window, layers, cap in self._groups:
             pairs = keys_attended_sum(prompt, cap, start)
@@ -245,6 +257,8 @@ class Estimator:
 
     def decode_step(self, batch: int, context: int) -> tuple[int, float]:
         """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
+        if self.model.is_encoder:
+            raise InputError(f"{self.model.name} is an encoder: it has no decode step")
         return self._decode_step(batch, self.decode_attention_flops(context - 1),
                                  self.decode_cache_read_bytes(batch, context))
 
@@ -277,10 +291,16 @@ class Estimator:
         attn_flops = self.prefill_attention_flops(batch, prompt)
         prefill_cache = kv_bytes if prompt == context else self.kv_cache_bytes(batch, prompt)
         prefill_flops, prefill_seconds = self._prefill(batch, prompt, attn_flops, prefill_cache)
-        decode_attention = self.decode_attention_flops(context - 1)
-        decode_cache = self.decode_cache_read_bytes(batch, context) if self._sparse else kv_bytes
-        decode_flops, decode_seconds = self._decode_step(batch, decode_attention, decode_cache)
         usd_per_s = self.usd_per_second()
+        if model.is_encoder:  # nothing is decoded: the decode columns stay empty (None, null in JSON)
+            decode_flops_per_token = decode_seconds = decode_tokens_per_second = decode_usd_per_mtok = None
+        else:
+            decode_attention = self.decode_attention_flops(context - 1)
+            decode_cache = self.decode_cache_read_bytes(batch, context) if self._sparse else kv_bytes
+            _, decode_seconds = self._decode_step(batch, decode_attention, decode_cache)
+            decode_flops_per_token = self.linear_flops_per_token + self.lm_head_flops + decode_attention
+            decode_tokens_per_second = batch / decode_seconds
+            decode_usd_per_mtok = usd_per_s * decode_seconds / batch * 1e6
         return {
             "model": model.name,
             "attention": self._kind_label,
@@ -310,13 +330,13 @@ class Estimator:
             "fits": total_per_gpu <= dep.gpu.memory_bytes,
             "prefill_flops": prefill_flops,
             "prefill_attention_flops": attn_flops,
-            "decode_flops_per_token": self.linear_flops_per_token + self.lm_head_flops + decode_attention,
+            "decode_flops_per_token": decode_flops_per_token,
             "prefill_seconds": prefill_seconds,
             "decode_seconds_per_token": decode_seconds,
             "prefill_tokens_per_second": batch * prompt / prefill_seconds,
-            "decode_tokens_per_second": batch / decode_seconds,
+            "decode_tokens_per_second": decode_tokens_per_second,
             "prefill_usd_per_mtok": usd_per_s * prefill_seconds / (batch * prompt) * 1e6,
-            "decode_usd_per_mtok": usd_per_s * decode_seconds / batch * 1e6,
+            "decode_usd_per_mtok": decode_usd_per_mtok,
         }
 
 

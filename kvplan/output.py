@@ -67,9 +67,9 @@ ESTIMATE_COLUMNS: list[Column] = [
     ("fits", lambda r: _yes_no(r["fits"])),
     ("prefill TFLOP", lambda r: f"{r['prefill_flops'] / 1e12:,.1f}"),
     ("prefill s", lambda r: f"{r['prefill_seconds']:,.3f}"),
-    ("decode ms/step", lambda r: f"{r['decode_seconds_per_token'] * 1e3:,.2f}"),
+    ("decode ms/step", lambda r: "-" if r["decode_seconds_per_token"] is None else f"{r['decode_seconds_per_token'] * 1e3:,.2f}"),
     ("$/Mtok prefill", lambda r: f"{r['prefill_usd_per_mtok']:,.3f}"),
-    ("$/Mtok decode", lambda r: f"{r['decode_usd_per_mtok']:,.3f}"),
+    ("$/Mtok decode", lambda r: "-" if r["decode_usd_per_mtok"] is None else f"{r['decode_usd_per_mtok']:,.3f}"),
 ]
 
 

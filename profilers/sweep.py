@@ -17,6 +17,7 @@ from kvplan.api import deployment_for, resolve_model
 from kvplan.dtypes import FORMATS
 from kvplan.estimate import Deployment, Estimator
 from kvplan.hardware import GPU
+from kvplan.units import InputError
 
 from .compare import FIGURES, SCALED, compare
 from .measure import Settings, measure_row
@@ -83,6 +84,9 @@ def plan_rows(sweep: Sweep):
     dep = deployment(sweep.estimate_gpu, sweep.kv_dtype, sweep.settings.dtype)
     for spec in sweep.attentions:
         full = resolve_model(sweep.model, None if spec == "native" else spec)
+        if full.is_encoder:
+            raise InputError(f"{full.name} is an encoder; kvplan.models builds causal decoders, so it cannot be "
+                             f"profiled against its (bidirectional, decode-free) estimate")
         layers = min(sweep.layers or full.n_layers, full.n_layers)
         part = sliced(full, layers) if layers < full.n_layers else full
         est, est_full = Estimator(part, dep), Estimator(full, dep)

@@ -7,6 +7,7 @@ Each expected value is written as the arithmetic that produces it, from the publ
 import pytest
 
 import kvplan
+from kvplan.units import InputError
 from kvplan.api import plan
 from kvplan.attention import keys_attended_sum
 from kvplan.presets import get_preset
@@ -393,3 +394,19 @@ def test_byte_amounts_take_an_exponent():
     from kvplan.units import parse_bytes
 
     assert parse_bytes("24e9") == 24 * 10**9 and parse_bytes("80GiB") == 80 * 2**30
+
+
+def test_encoders_attend_both_ways_and_decode_nothing():
+    # modernbert-base at L = 8192: 22 layers, every third global (0, 3, ..., 21: 8 layers) attending all
+    # 8192 x 8192 pairs; 14 local layers with 128-token windows attend 64 keys each side plus themselves,
+    # fewer within 64 of either end: per layer L + 2 x (sum_{i=1..L-1} min(i, 64)) = L + 2 x (64 x 65 / 2
+    # + (L - 1 - 64) x 64). Each pair costs 4 x 12 heads x 64 = 3072 FLOPs (QK^T and PV).
+    L = 8 * K
+    local_pairs = L + 2 * (64 * 65 // 2 + (L - 1 - 64) * 64)
+    pairs = 8 * L * L + 14 * local_pairs
+    e = est("modernbert-base")
+    assert e.prefill_attention_flops(1, L) == 4 * 12 * 64 * pairs
+    row = e.row(2, L)
+    assert row["decode_seconds_per_token"] is None and row["decode_usd_per_mtok"] is None
+    with pytest.raises(InputError, match="encoder"):
+        e.decode_step(1, L)
