@@ -9,8 +9,8 @@ free their projections before the output projection, so the live set per token i
 + the block's intermediates. Where the measured peak can differ from that model: the last token's logits
 exist in the compute dtype before their fp32 copy; a window shorter than the prompt adds a fixed
 per-chunk band mask and expanded K/V chunk (attend_prefill); DSA's indexer holds 2 more bytes per (query,
-key) pair than its fp32 scores while scoring; MoE runs its experts one at a time (below the model); MLA,
-TPA and DSA prefill hold fewer intermediates than their activation_elements count.
+key) pair than its fp32 scores while scoring; MoE runs its experts one at a time (below the model).
+Each kind's activation_elements counts what its prefill holds at the attention kernel.
 """
 
 from __future__ import annotations
