@@ -54,23 +54,24 @@ def _kv_dtypes(text: str) -> list[str]:
     return names
 
 
-def plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve, naive,
-                 hardware_profile, usd_per_hour, compute_efficiency, bandwidth_efficiency, gpu_set=None,
-                 prefill_chunk="0") -> dict:
-    """CLI options -> keyword arguments of kvplan.api.plan. Named options win over --gpu-set."""
+def plan_options(options: dict) -> dict:
+    """The shared deployment options of a command (its parameters, e.g. `locals()`) -> keyword arguments of
+    kvplan.api.plan. Named options win over --gpu-set."""
     from .hardware import parse_assignments
     from .recast import split_specs
-    from .units import parse_tokens
+    from .units import parse_bytes, parse_tokens
 
-    named = dict(usd_per_hour=usd_per_hour, compute_efficiency=compute_efficiency,
-                 bandwidth_efficiency=bandwidth_efficiency)
-    overrides = {**parse_assignments(gpu_set or []), **{k: v for k, v in named.items() if v is not None}}
-    return dict(model=model, gpu=gpu, attention=split_specs(attention) or None,
-                kv_dtype=_kv_dtypes(kv_dtype), gpus=gpus, pp=pp,
-                weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, flash=not naive,
-                hardware_profile=hardware_profile,
-                prefill_chunk=parse_tokens(prefill_chunk, "--prefill-chunk") if str(prefill_chunk) != "0" else 0,
-                **overrides)
+    named = {k: options[k] for k in ("usd_per_hour", "compute_efficiency", "bandwidth_efficiency")
+             if options.get(k) is not None}
+    if options.get("memory"):
+        named["memory_bytes"] = parse_bytes(options["memory"], "--memory")
+    chunk = str(options.get("prefill_chunk") or "0")
+    return dict(model=options["model"], gpu=options["gpu"], attention=split_specs(options["attention"]) or None,
+                kv_dtype=_kv_dtypes(options["kv_dtype"]), gpus=options["gpus"], pp=options["pp"],
+                weight_dtype=options["weight_dtype"], block_size=options["block_size"], reserve=options["reserve"],
+                flash=not options["naive_attention"], hardware_profile=options["hardware_profile"],
+                prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
+                **parse_assignments(options.get("gpu_set") or []), **named)
 
 
 @app.command()
@@ -110,9 +111,7 @@ def estimate(
                          f"prompt included")
     if as_json and as_csv:
         raise InputError("give --json or --csv, not both")
-    estimators = plan(**plan_options(model, gpu, attention, kv_dtype, gpus, pp, weight_dtype, block_size, reserve,
-                                     naive_attention, hardware_profile, usd_per_hour, compute_efficiency,
-                                     bandwidth_efficiency, gpu_set, prefill_chunk))
+    estimators = plan(**plan_options(locals()))
     rows = []
     for estimator in estimators:
         for message in plan_warnings(estimator, contexts):

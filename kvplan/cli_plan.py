@@ -40,15 +40,6 @@ def _distinct(estimators):
     return kept
 
 
-def _plan_kwargs(memory: str | None, **cli_options) -> dict:
-    from .units import parse_bytes
-
-    kwargs = plan_options(**cli_options)
-    if memory:
-        kwargs["memory_bytes"] = parse_bytes(memory, "--memory")
-    return kwargs
-
-
 def _context_or_default(context: str | None, model) -> int:
     from .units import parse_tokens
 
@@ -130,10 +121,7 @@ def budget(
     from .output import emit
     from .units import parse_tokens
 
-    kwargs = _plan_kwargs(memory, model=model, gpu=gpu, attention=attention, kv_dtype=kv_dtype, gpus=gpus, pp=pp,
-                          weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk,
-                          hardware_profile=hardware_profile, usd_per_hour=usd_per_hour, gpu_set=gpu_set,
-                          compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
+    kwargs = plan_options(locals())
     kwargs["attention"] = _with_native(kwargs["attention"])
     estimators = _distinct(plan(**kwargs))
     sequences = parse_tokens(batch, "--batch")
@@ -216,11 +204,7 @@ def recommend(
         raise InputError("recommend takes the one --kv-dtype served now; it tries fp8, int8 and int4 itself")
     if max_usd_per_mtok is not None and not 0 < max_usd_per_mtok < float("inf"):
         raise InputError(f"--max-usd-per-mtok must be positive, not {max_usd_per_mtok}")
-    (base_estimator,) = plan(**_plan_kwargs(
-        memory, model=model, gpu=gpu, attention=None, kv_dtype=kv_dtype, gpus=gpus, pp=pp, weight_dtype=weight_dtype,
-        block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk, hardware_profile=hardware_profile,
-        usd_per_hour=usd_per_hour, gpu_set=gpu_set, compute_efficiency=compute_efficiency,
-        bandwidth_efficiency=bandwidth_efficiency))
+    (base_estimator,) = plan(**plan_options({**locals(), "attention": None}))
     if base_estimator.model.is_encoder:
         raise InputError(f"{base_estimator.model.name} is an encoder: it has no decode step to rank changes by")
     device = base_estimator.deployment.gpu
@@ -301,10 +285,7 @@ def cost(
     from .output import emit
     from .units import parse_tokens
 
-    kwargs = _plan_kwargs(memory, model=model, gpu=gpu, attention=attention, kv_dtype=kv_dtype, gpus=gpus, pp=pp,
-                          weight_dtype=weight_dtype, block_size=block_size, reserve=reserve, naive=naive_attention, prefill_chunk=prefill_chunk,
-                          hardware_profile=hardware_profile, usd_per_hour=usd_per_hour, gpu_set=gpu_set,
-                          compute_efficiency=compute_efficiency, bandwidth_efficiency=bandwidth_efficiency)
+    kwargs = plan_options(locals())
     kwargs["attention"] = _with_native(kwargs["attention"])
     sequences, chunk_tokens = parse_tokens(batch, "--batch"), parse_tokens(chunk, "--chunk")
     if not kwargs["prefill_chunk"]:
