@@ -113,6 +113,9 @@ class Estimator:
             2 * d + attention_extra + _ceil_div(attention.activation_elements(), tp))
         self._ffn_phase_per_token = self._act_bytes * (2 * d + _ceil_div(ffn.activation_elements(d), tp))
         self._heads_per_gpu = _ceil_div(attention.n_heads, tp)
+        fp8_linear = dep.weight_format.name == "fp8" and dep.gpu.fp8_flops > 0
+        self._linear_flops_per_second = (dep.gpu.fp8_flops * dep.gpu.compute_efficiency if fp8_linear
+                                         else dep.gpu.effective_flops)
         self._sparse = isinstance(attention, DSA)  # decode reads part of the cache, not all of it
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
         self._kv_bytes_per_token_layer_all_gpus = self.kv_bytes_per_token_layer_per_gpu * tp
@@ -233,9 +236,11 @@ class Estimator:
         return read - self._routed_expert_bytes + self._moe_layers * touched * self._expert_bytes
 
     def _roofline(self, flops: float, bytes_moved: float, batch_tokens: int, attention_flops: float = 0) -> float:
-        """Seconds: the slower of compute and memory; attention FLOPs run at the GPU's attention efficiency."""
+        """Seconds: the slower of compute and memory; attention FLOPs run at the GPU's attention efficiency,
+        the linear layers at its fp8 rate when the weights are fp8 and the GPU has fp8 units (fp8 x fp8
+        products, as fp8 serving on Hopper runs them), else at its bf16 rate."""
         dep = self.deployment
-        compute = ((flops - attention_flops) / dep.gpu.effective_flops
+        compute = ((flops - attention_flops) / self._linear_flops_per_second
                    + attention_flops / dep.gpu.effective_attention_flops) / dep.tp
         memory = bytes_moved / (dep.tp * dep.gpu.effective_bandwidth)
         return max(compute, memory) + self._collective_seconds(batch_tokens)

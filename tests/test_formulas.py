@@ -358,6 +358,19 @@ def test_prefill_roofline_is_compute_bound_and_priced_per_token():
     assert row["prefill_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds / (32 * K) * 1e6, rel=1e-12)
 
 
+def test_fp8_weights_run_linear_layers_at_the_fp8_rate():
+    # fp8 weights on an H100: linear FLOPs at 1978.9 TFLOP/s x 0.7, attention still at the bf16 rate.
+    e = est("llama-3.1-8b", weight_dtype="fp8")
+    row = e.row(1, 32 * K)
+    linear = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD)
+    attention = 32 * 4 * 32 * 128 * causal_pairs(32 * K)
+    seconds = linear / (1978.9e12 * 0.7) + attention / (989.4e12 * 0.7)
+    assert row["prefill_seconds"] == pytest.approx(seconds, rel=1e-12)
+    # An A100 has no fp8 units: its fp8 weights multiply at the bf16 rate.
+    a100 = est("llama-3.1-8b", gpu="a100-80gb", weight_dtype="fp8").row(1, 32 * K)
+    assert a100["prefill_seconds"] == pytest.approx((linear + attention) / (312e12 * 0.7), rel=1e-12)
+
+
 def test_naive_attention_score_matrix_is_quadratic():
     # Naive attention adds one layer's scores and probabilities: 2 x heads x L^2 elements of 2 bytes.
     flash, naive = est("llama-3.1-8b"), est("llama-3.1-8b", flash=False)
