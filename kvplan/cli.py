@@ -119,7 +119,7 @@ def estimate(
         rows += [estimator.row(b, c, prompt_tokens) for c in contexts for b in batches]
     first = estimators[0].deployment
     caption = (f"{first.gpu.name} x{first.gpus} (tp {first.tp}, pp {first.pp}); GiB = 2^30 bytes; roofline at "
-               f"{first.gpu.compute_efficiency:.0%} of {first.gpu.bf16_flops / 1e12:,.0f} TFLOP/s and "
+               f"{first.gpu.compute_efficiency:.0%} of {first.gpu.bf16_flops / 1e12:,.4g} TFLOP/s and "
                f"{first.gpu.bandwidth_efficiency:.0%} of {first.gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s; "
                f"${first.gpu.usd_per_hour:.2f}/GPU-hour")
     emit(rows, as_json, as_csv, ESTIMATE_COLUMNS, title="kvplan estimate", caption=caption)

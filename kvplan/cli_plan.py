@@ -58,7 +58,7 @@ def _caption(estimator) -> str:
     dep, gpu = estimator.deployment, estimator.deployment.gpu
     return (f"{gpu.name} x{dep.gpus} (tp {dep.tp}, pp {dep.pp}), {format_gib(gpu.memory_bytes)} GiB per GPU, "
             f"{dep.weight_format.name} weights; "
-            f"GiB = 2^30 bytes; roofline at {gpu.compute_efficiency:.0%} of {gpu.bf16_flops / 1e12:,.0f} TFLOP/s and "
+            f"GiB = 2^30 bytes; roofline at {gpu.compute_efficiency:.0%} of {gpu.bf16_flops / 1e12:,.4g} TFLOP/s and "
             f"{gpu.bandwidth_efficiency:.0%} of {gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s; ${gpu.usd_per_hour:.2f}/GPU-hour")
 
 
