@@ -22,7 +22,7 @@ from dataclasses import dataclass
 DSA_QUERY_CHUNK = 1024  # queries per chunk of DSA prefill; bounds the indexer's score matrix
 
 
-def _ceil_div(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
@@ -47,13 +47,13 @@ class DenseAttention:
 
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
         """(count, length) of the vectors cached per token per layer on one GPU: K and V per KV head."""
-        kv_heads_per_gpu = _ceil_div(self.n_kv_heads, tp)  # tp > n_kv_heads replicates heads
+        kv_heads_per_gpu = ceil_div(self.n_kv_heads, tp)  # tp > n_kv_heads replicates heads
         return ((2 * kv_heads_per_gpu, self.head_dim),)
 
     def params(self, d_model: int, tp: int = 1) -> int:
         """Weights one GPU holds under `tp`-way tensor parallelism (tp=1: the layer's whole count)."""
-        q_out = _ceil_div(self.n_heads, tp) * self.head_dim
-        kv_out = _ceil_div(self.n_kv_heads, tp) * self.head_dim
+        q_out = ceil_div(self.n_heads, tp) * self.head_dim
+        kv_out = ceil_div(self.n_kv_heads, tp) * self.head_dim
         bias = (q_out + 2 * kv_out) if self.qkv_bias else 0
         return d_model * (q_out + 2 * kv_out) + q_out * d_model + bias
 
@@ -123,7 +123,7 @@ class MLA:
     def params(self, d_model: int, tp: int = 1) -> int:
         """Weights one GPU holds under `tp`-way tensor parallelism: the per-head up- and output projections
         split, the down-projections to the latents (and their norms) replicated."""
-        heads = _ceil_div(self.n_heads, tp)
+        heads = ceil_div(self.n_heads, tp)
         norms = self.kv_lora_rank + self.q_lora_rank
         q_down = d_model * self.q_lora_rank
         q_up = (self.q_lora_rank or d_model) * heads * self.qk_head_dim
@@ -182,7 +182,7 @@ class TPA:
 
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
         # A factors are per head and split with the heads; B factors are shared by all heads.
-        heads_per_gpu = _ceil_div(self.n_heads, tp)
+        heads_per_gpu = ceil_div(self.n_heads, tp)
         ranks = self.k_rank + self.v_rank
         return ((ranks, heads_per_gpu), (ranks, self.head_dim))
 
@@ -194,7 +194,7 @@ class TPA:
     def params(self, d_model: int, tp: int = 1) -> int:
         """Weights one GPU holds under `tp`-way tensor parallelism: A projections and the output split by
         head, B projections (shared by all heads) replicated."""
-        heads = _ceil_div(self.n_heads, tp)
+        heads = ceil_div(self.n_heads, tp)
         ranks = self.q_rank + self.k_rank + self.v_rank
         return d_model * ranks * (heads + self.head_dim) + heads * self.head_dim * d_model
 
@@ -255,7 +255,7 @@ class DSA:
 
     def indexer_cache_bytes(self) -> int:
         """Bytes of indexer key per token per layer (FP8 plus scales), replicated under tensor parallelism."""
-        return self.index_head_dim + _ceil_div(self.index_head_dim, self.INDEX_SCALE_GROUP) * self.INDEX_SCALE_BYTES
+        return self.index_head_dim + ceil_div(self.index_head_dim, self.INDEX_SCALE_GROUP) * self.INDEX_SCALE_BYTES
 
     def indexer_params(self, d_model: int) -> int:
         q_in = self.mla.q_lora_rank or d_model
@@ -282,7 +282,7 @@ class DSA:
         indexer scores (fp32) over all keys, its top-k indices (int64), the gathered latents, and the scores
         and probabilities over the selected keys."""
         keys = min(tokens, self.index_topk)
-        heads = _ceil_div(self.n_heads, tp)
+        heads = ceil_div(self.n_heads, tp)
         latent = self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
         return int(tokens * 4 + keys * 8 + keys * latent * act_bytes + 2 * heads * keys * act_bytes)
 

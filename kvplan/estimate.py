@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .attention import DSA, DSA_QUERY_CHUNK, keys_attended_sum
+from .attention import DSA, DSA_QUERY_CHUNK, ceil_div, keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model
@@ -33,10 +33,6 @@ from .units import InputError
 
 LINK_LATENCY_SECONDS = 5e-6  # per collective on NVLink-class links; an assumption, not a measurement
 LOGIT_BYTES = 4  # logits are computed in fp32
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,7 @@ class Estimator:
         # (window, layers, attention cap) per distinct window; the cap folds DSA's top-k into the window.
         self._groups = tuple((w, n, min(c for c in (w, topk) if c) if (w or topk) else None)
                              for w, n in model.window_groups)
-        stage_size = _ceil_div(model.n_layers, dep.pp)
+        stage_size = ceil_div(model.n_layers, dep.pp)
         stages = [model.layer_windows[i:i + stage_size] for i in range(0, model.n_layers, stage_size)]
         self._stage_groups = [tuple((w, stage.count(w)) for w in set(stage)) for stage in stages]
 
@@ -110,9 +106,9 @@ class Estimator:
         # other, each on top of the residual stream and the normed input (2 d per token).
         attention_extra = d if isinstance(attention, DSA) else 0  # DSA's chunked output buffer
         self._attention_phase_per_token = self._act_bytes * (
-            2 * d + attention_extra + _ceil_div(attention.activation_elements(), tp))
-        self._ffn_phase_per_token = self._act_bytes * (2 * d + _ceil_div(ffn.activation_elements(d), tp))
-        self._heads_per_gpu = _ceil_div(attention.n_heads, tp)
+            2 * d + attention_extra + ceil_div(attention.activation_elements(), tp))
+        self._ffn_phase_per_token = self._act_bytes * (2 * d + ceil_div(ffn.activation_elements(d), tp))
+        self._heads_per_gpu = ceil_div(attention.n_heads, tp)
         fp8_linear = dep.weight_format.name == "fp8" and dep.gpu.fp8_flops > 0
         self._linear_flops_per_second = (dep.gpu.fp8_flops * dep.gpu.compute_efficiency if fp8_linear
                                          else dep.gpu.effective_flops)
@@ -127,10 +123,10 @@ class Estimator:
         block = self.deployment.block_size
         if not block:
             return tokens
-        blocks = _ceil_div(tokens, block)
+        blocks = ceil_div(tokens, block)
         if window is not None and context > window:
             # A window straddles page boundaries: one more page than it spans, never more than the context.
-            blocks = min(_ceil_div(window, block) + 1, _ceil_div(context, block))
+            blocks = min(ceil_div(window, block) + 1, ceil_div(context, block))
         return blocks * block
 
     def kv_cache_bytes(self, batch: int, context: int) -> int:
@@ -167,7 +163,7 @@ class Estimator:
         elif not flash:
             attention_phase += self._heads_per_gpu * in_flight * prompt * 2 * self._act_bytes
         ffn_phase = in_flight * self._ffn_phase_per_token
-        logits = batch * _ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
+        logits = batch * ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
         return int(max(attention_phase, ffn_phase) + logits)
 
     # --- FLOPs --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .attention import Attention
+from .attention import Attention, ceil_div
 
 
 @dataclass(frozen=True)
@@ -134,10 +134,10 @@ class Model:
         dense_here = max(0, min(last, dense_layers) - first)
         moe_here = (last - first) - dense_here
         total = (last - first) * (self.attention.params(d, tp) + 2 * d)
-        total += dense_here * -(-ffn.dense_params(d) // tp)
+        total += dense_here * ceil_div(ffn.dense_params(d), tp)
         if moe_here:
-            total += moe_here * -(-ffn.moe_layer_params(d) // tp)
-        embedding = -(-self.vocab_size * d // tp)
+            total += moe_here * ceil_div(ffn.moe_layer_params(d), tp)
+        embedding = ceil_div(self.vocab_size * d, tp)
         if first == 0:
             total += embedding
         if last == self.n_layers:
