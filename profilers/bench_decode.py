@@ -18,7 +18,6 @@ Writes DIR/bench_decode.csv and prints three tables last: every row, MHA vs TPA,
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +33,7 @@ from kvplan.models import build, sliced, triton_decode
 from kvplan.recast import recast
 
 from .calibrate import copy_bandwidth
+from .store import ResultsFile
 from .measure import Settings, _decode_callable
 from .timing import free_memory, median_seconds
 
@@ -190,6 +190,10 @@ def print_table(rows: list[dict]) -> None:
             console.print(extra)
 
 
+FIELDS = ["kind", "model", "layers", "batch", "context", "mode", "step_ms", "bytes_read", "weights_read_bytes",
+          "cache_read_bytes", "cache_bytes", "achieved_GBps", "copy_GBps", "fraction_of_copy", "kernel_config"]
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for bench_decode.csv")
@@ -214,6 +218,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Each row is appended (and fsynced) as it finishes, so a crash or a kill keeps what was measured.
+    out_file = out_dir / "bench_decode.csv"
+    out_file.unlink(missing_ok=True)
+    results = ResultsFile(out_file, FIELDS, resume=False)
     rows, began = [], time.perf_counter()
     for case in cases:
         for batch in batches:
@@ -224,6 +232,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     rows.append({"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers,
                                  "batch": batch, "context": context, "bytes_read": 0,
                                  "mode": f"skipped: needs ~{need / GiB:.0f} GiB"})
+                    results.append(rows[-1])
                     continue
                 try:
                     row = bench_row(case, batch, context, device, dtype, copy_bps, args.repeats)
@@ -232,15 +241,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     row = {"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers, "batch": batch,
                            "context": context, "bytes_read": 0, "mode": "out of memory"}
                 rows.append(row)
+                results.append(row)
                 print(f"[{time.perf_counter() - began:6.1f} s] {case.kind} batch {batch} context {context}: "
                       f"{row.get('step_ms', float('nan')):.3f} ms, {row.get('mode')}", flush=True)
 
-    fields = ["kind", "model", "layers", "batch", "context", "mode", "step_ms", "bytes_read", "weights_read_bytes",
-              "cache_read_bytes", "cache_bytes", "achieved_GBps", "copy_GBps", "fraction_of_copy", "kernel_config"]
-    with open(out_dir / "bench_decode.csv", "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
     print_table(rows)
     return rows
 
