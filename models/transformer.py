@@ -123,23 +123,23 @@ class Transformer(nn.Module):
             raise ValueError(f"tokens {tuple(tokens.shape)}: need [batch <= {self.max_batch}, "
                              f"length <= {self.max_context}]")
 
-    @torch.no_grad()
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Reference: one pass over LongTensor[B, T] with no cache -> logits [B, T, V] (fp32)."""
+    def _hidden(self, tokens: torch.Tensor, write_cache: bool) -> torch.Tensor:
+        """Every block over LongTensor[B, T] from position 0 -> the last hidden state [B, T, d_model]."""
         self._check(tokens, tokens.size(1))
         x = self.tok_embeddings(tokens)
         for block in self.layers:
-            x = block.prefill(x, write_cache=False)
-        return self._logits(x)
+            x = block.prefill(x, write_cache=write_cache)
+        return x
+
+    @torch.no_grad()
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Reference: one pass over LongTensor[B, T] with no cache -> logits [B, T, V] (fp32)."""
+        return self._logits(self._hidden(tokens, write_cache=False))
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor) -> torch.Tensor:
         """Fill cache positions 0..T-1 of rows 0..B-1 from LongTensor[B, T]; logits [B, V] of the last position."""
-        self._check(tokens, tokens.size(1))
-        x = self.tok_embeddings(tokens)
-        for block in self.layers:
-            x = block.prefill(x, write_cache=True)
-        return self._logits(x[:, -1])
+        return self._logits(self._hidden(tokens, write_cache=True)[:, -1])
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
