@@ -4,7 +4,7 @@ The estimate path (this package minus kvplan.models and kvplan.profilers) never 
 """
 
 from .api import estimate, plan
-from .estimate import Deployment, Estimator
+from .estimator import Deployment, Estimator
 from .presets import PRESETS, get_preset, load_model
 from .units import InputError
 

@@ -11,7 +11,7 @@ import warnings
 from typing import Iterable, Sequence
 
 from .dtypes import storage_format
-from .estimate import Deployment, Estimator
+from .estimator import Deployment, Estimator
 from .hardware import GPU, get_gpu, gpu_from_file, with_overrides
 from .model import Model
 from .presets import load_model

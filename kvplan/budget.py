@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .estimate import Estimator
+from .estimator import Estimator
 from .units import InputError
 
 SEARCH_LIMIT = 2**40  # tokens or sequences; far beyond any GPU memory, it only guards the doubling loop

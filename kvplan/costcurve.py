@@ -15,7 +15,7 @@ Both are $ per million tokens at the GPU price (`--usd-per-hour` or the preset's
 
 from __future__ import annotations
 
-from .estimate import Estimator
+from .estimator import Estimator
 
 DEFAULT_CHUNK = 8192  # tokens per prefill chunk (vLLM's and SGLang's default chunked-prefill budget)
 

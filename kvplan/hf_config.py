@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .attention import DSA, MLA, TPA, DenseAttention
+from .kinds import DSA, MLA, TPA, DenseAttention
 from .model import FeedForward, Model
 from .units import InputError
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .attention import Attention, ceil_div
+from .kinds import Attention
+from .units import ceil_div
 
 
 @dataclass(frozen=True)

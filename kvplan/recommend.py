@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from .api import check_depth
 from .budget import largest_batch
 from .dtypes import storage_format
-from .estimate import Estimator
+from .estimator import Estimator
 from .recast import recast
 
 KV_CHOICES = ("fp8", "int8", "int4")

@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 
 
+def ceil_div(a: int, b: int) -> int:
+    """a / b rounded up, for whole numbers."""
+    return -(-a // b)
+
+
 class InputError(ValueError):
     """Bad user input: the CLI prints the message on one line and exits non-zero."""
 

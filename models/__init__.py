@@ -4,7 +4,7 @@
     net = build(sliced(get_preset("llama-3.1-8b"), 2), max_batch=1, max_context=8192, device="cuda")
     net.prefill(tokens); net.decode(next_tokens, input_pos)
 
-Weights are random (no download); the layout of every cache is the one kvplan.attention describes, so
+Weights are random (no download); the layout of every cache is the one kvplan.kinds describes, so
 `net.cache_bytes_allocated()` equals the estimate's kv_cache_bytes(max_batch, max_context).
 """
 

@@ -1,6 +1,6 @@
 """Pieces every attention kind shares: RMSNorm, RoPE, static cache buffers, the prefill attention call.
 
-Conventions (kvplan/attention.py's docstring): a query at 0-based position i attends keys
+Conventions (kvplan/kinds/base.py docstring): a query at 0-based position i attends keys
 max(0, i - window + 1)..i. Caches are preallocated per layer with `slots` token slots, slots =
 min(window, max_context) for a windowed layer, else max_context; position p lives in slot p % slots (a ring
 for windowed layers, the identity otherwise). After a token at position p is written, slot s holds a key the

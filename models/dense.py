@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from kvplan.attention import DenseAttention
+from kvplan.kinds import DenseAttention
 
 from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask
 

@@ -5,7 +5,7 @@ The indexer has index_n_heads small heads: queries from the query latent, one sh
 score(t, s) = sum_j w[t, j] relu(q[t, j] . k[s]). Its keys are cached in FP8 (e4m3) with one fp32 scale per
 128 elements. Attention runs in MLA's absorbed (MQA) form in prefill and decode alike, over the
 min(i+1, index_topk) keys chosen for each query; prefill goes in query chunks of DSA_QUERY_CHUNK so the
-indexer's score matrix stays chunk x prompt (kvplan.attention.DSA.prefill_query_bytes).
+indexer's score matrix stays chunk x prompt (kvplan.kinds.dsa.DSA.query_scratch_bytes).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvplan.attention import DSA, DSA_QUERY_CHUNK
+from kvplan.kinds.dsa import QUERY_CHUNK as DSA_QUERY_CHUNK
 
 from . import triton_decode
 from .common import Rope, apply_rope, band_mask, decode_mask

@@ -2,7 +2,7 @@
 
 One cache tensor [B, slots, kv_lora_rank + qk_rope_head_dim] holds both, so the absorbed form scores a
 query against a cached token with one dot product. Prefill decompresses the latent into per-head K and V
-and calls scaled_dot_product_attention (kvplan.attention's "prefill" convention); decode folds W_UK into
+and calls scaled_dot_product_attention (kvplan.kinds' "prefill" convention); decode folds W_UK into
 the query and W_UV into the output (the absorbed form), so K and V are never rebuilt per step. On a GPU with
 Triton the absorbed attention is one split-KV kernel (kvplan.models.triton_decode.mla_decode) that reads
 each cached row once for a block of heads; latent_attention below is the reference and the fallback.
@@ -15,7 +15,7 @@ import math
 import torch
 from torch import nn
 
-from kvplan.attention import MLA
+from kvplan.kinds import MLA
 
 from . import triton_decode
 from .common import CacheMixin, RMSNorm, Rope, apply_rope, attend_prefill, decode_mask

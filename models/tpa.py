@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from kvplan.attention import TPA
+from kvplan.kinds import TPA
 
 from . import triton_decode
 from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask

@@ -3,7 +3,7 @@
 Built from a kvplan.model.Model, layer by layer (attention kind, per-layer window, dense or MoE
 feed-forward), with random weights. Every method runs without autograd.
 
-Activation memory (kvplan.estimate.Estimator.activation_bytes_per_gpu): the residual stream is updated in
+Activation memory (kvplan.estimator.Estimator.activation_bytes_per_gpu): the residual stream is updated in
 place, each block holds its normed input while its attention or feed-forward runs, and attention layers
 free their projections before the output projection, so the live set per token is residual + normed input
 + the block's intermediates. Where the measured peak can differ from that model: the last token's logits
@@ -15,18 +15,16 @@ Each kind's activation_elements counts what its prefill holds at the attention k
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvplan.attention import DSA, MLA, TPA, DenseAttention
+from kvplan.kinds import AttentionKind
 from kvplan.model import FeedForward, Model
 
 from .common import RMSNorm, Rope
-from .dense import DenseAttentionLayer
-from .dsa import DSALayer
-from .mla import MLALayer
-from .tpa import TPALayer
 
 
 class SwiGLU(nn.Module):
@@ -66,13 +64,10 @@ class MoE(nn.Module):
         return out.view_as(x)
 
 
-ATTENTION_LAYERS = {DenseAttention: DenseAttentionLayer, MLA: MLALayer, TPA: TPALayer, DSA: DSALayer}
-
-
-def rope_dim(attention) -> int:
-    if isinstance(attention, DSA):
-        attention = attention.mla
-    return attention.qk_rope_head_dim if isinstance(attention, MLA) else attention.head_dim
+def layer_class(attention: AttentionKind) -> type[nn.Module]:
+    """The torch layer a kind names (AttentionKind.layer, "module:Class" inside kvplan.models)."""
+    module, _, name = attention.layer.partition(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
 class Block(nn.Module):
@@ -80,9 +75,8 @@ class Block(nn.Module):
                  cache_dtype: torch.dtype, **factory):
         super().__init__()
         d = desc.d_model
-        layer_class = ATTENTION_LAYERS[type(desc.attention)]
         self.attention_norm = RMSNorm(d, **factory)
-        self.attention = layer_class(desc.attention, d, desc.layer_windows[index], max_batch, max_context, rope,
+        self.attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], max_batch, max_context, rope,
                                      cache_dtype, **factory)
         self.ffn_norm = RMSNorm(d, **factory)
         moe = desc.ffn.is_moe and index >= desc.ffn.dense_layer_count(desc.n_layers)
@@ -102,7 +96,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.desc, self.max_batch, self.max_context = desc, max_batch, max_context
         self.tok_embeddings = nn.Embedding(desc.vocab_size, desc.d_model, **factory)
-        self.rope = Rope(rope_dim(desc.attention), max_context, device=factory.get("device"))
+        self.rope = Rope(desc.attention.rope_dim, max_context, device=factory.get("device"))
         self.layers = nn.ModuleList(Block(desc, i, max_batch, max_context, self.rope, cache_dtype, **factory)
                                     for i in range(desc.n_layers))
         self.norm = RMSNorm(desc.d_model, **factory)

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from kvplan.attention import MLA, TPA, DenseAttention
-from kvplan.estimate import Deployment, Estimator
+from kvplan.kinds import MLA, TPA, DenseAttention
+from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import get_gpu
 from kvplan.model import FeedForward, Model
 from kvplan.presets import get_preset

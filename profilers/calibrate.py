@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from kvplan.api import resolve_model
-from kvplan.estimate import Estimator
+from kvplan.estimator import Estimator
 from kvplan.hardware import GPU, get_gpu
 from kvplan.units import InputError
 

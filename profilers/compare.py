@@ -1,6 +1,6 @@
 """Which estimate figure each measurement is checked against, the relative errors, and full-depth scaling.
 
-measured                      estimate (kvplan.estimate.Estimator, same sliced model, batch, context, kv dtype)
+measured                      estimate (kvplan.estimator.Estimator, same sliced model, batch, context, kv dtype)
 cache_bytes                   kv_cache_bytes (the cache tensors as allocated for batch x context)
 weights_bytes                 weights_bytes (the parameters' bytes)
 prefill_peak_bytes            activation_bytes_per_gpu (CUDA max allocated during prefill, above weights+cache)
@@ -15,7 +15,7 @@ error = estimate / measured - 1 (positive: the estimate is higher than what was 
 
 from __future__ import annotations
 
-from kvplan.estimate import Estimator
+from kvplan.estimator import Estimator
 
 from .flops import counted_prefill_flops
 

@@ -2,7 +2,7 @@
 
 Each rank builds its shard of the first `layers` attention layers from kvplan.models' own classes: the
 model's attention re-cast with n_heads/tp query heads and ceil(n_kv_heads/tp) KV heads, and the parts
-kvplan.attention says tensor parallelism replicates kept whole (MQA's KV head, MLA's latent projection
+kvplan.kinds says tensor parallelism replicates kept whole (MQA's KV head, MLA's latent projection
 and norm, TPA's B factors, the DSA indexer). Every rank draws the same full layer (same seed) on the host
 and copies its slice; the output projection's partial sums are all-reduced, so the sum over ranks is the
 unsharded layer's output, which rank 0 checks against the full layer run on the same inputs.
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from kvplan.attention import DSA, MLA, TPA, DenseAttention
+from kvplan.kinds import DSA, MLA, TPA, DenseAttention
 from kvplan.dtypes import StorageFormat
-from kvplan.estimate import Deployment, Estimator
+from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import get_gpu
 from kvplan.model import FeedForward, Model
 from kvplan.units import InputError
@@ -112,16 +112,15 @@ def shard_state(spec, state: dict[str, torch.Tensor], tp: int, rank: int) -> dic
 
 # --- building and running the layers ---------------------------------------------------------------------
 def _layer_class(spec):
-    from kvplan.models.transformer import ATTENTION_LAYERS
+    from kvplan.models.transformer import layer_class
 
-    return ATTENTION_LAYERS[type(spec)]
+    return layer_class(spec)
 
 
 def _rope(spec, context: int, device):
     from kvplan.models.common import Rope
-    from kvplan.models.transformer import rope_dim
 
-    return Rope(rope_dim(spec), context, device=device)
+    return Rope(spec.rope_dim, context, device=device)
 
 
 def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[str, torch.Tensor]]:

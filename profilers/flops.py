@@ -15,8 +15,8 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kvplan.attention import DSA_QUERY_CHUNK
-from kvplan.estimate import Estimator
+from kvplan.kinds.dsa import QUERY_CHUNK as DSA_QUERY_CHUNK
+from kvplan.estimator import Estimator
 from kvplan.models.common import window_chunk
 
 aten = torch.ops.aten

@@ -15,7 +15,7 @@ import torch
 
 from kvplan.api import deployment_for, resolve_model
 from kvplan.dtypes import FORMATS
-from kvplan.estimate import Deployment, Estimator
+from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import GPU
 from kvplan.units import InputError
 

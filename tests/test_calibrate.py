@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from kvplan.api import deployment_for
-from kvplan.estimate import Estimator
+from kvplan.estimator import Estimator
 from kvplan.hardware import GPUS
 from kvplan.presets import get_preset
 

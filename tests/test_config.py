@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kvplan.attention import DSA, MLA, DenseAttention
+from kvplan.kinds import DSA, MLA, DenseAttention
 from kvplan.hf_config import model_from_config, model_from_file
 from kvplan.presets import PRESETS, get_preset, load_model
 from kvplan.units import InputError

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kvplan.attention import DSA, MLA, TPA, DenseAttention
+from kvplan.kinds import DSA, MLA, TPA, DenseAttention
 from kvplan.model import FeedForward, Model
 from kvplan.units import InputError
 

@@ -9,7 +9,7 @@ import pytest
 import kvplan
 from kvplan.units import InputError
 from kvplan.api import plan
-from kvplan.attention import keys_attended_sum
+from kvplan.kinds import keys_attended_sum
 from kvplan.presets import get_preset
 
 K = 1024

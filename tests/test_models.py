@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kvplan.attention import DSA, MLA, TPA, DenseAttention, keys_attended_sum
+from kvplan.kinds import DSA, MLA, TPA, DenseAttention, keys_attended_sum
 from kvplan.dtypes import FORMATS
-from kvplan.estimate import Deployment, Estimator
+from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import get_gpu
 from kvplan.model import FeedForward, Model
 from kvplan.models import build, sliced

@@ -6,8 +6,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kvplan.api import deployment_for
-from kvplan.attention import MLA, TPA, DenseAttention, keys_attended_sum
-from kvplan.estimate import Estimator
+from kvplan.kinds import MLA, TPA, DenseAttention, keys_attended_sum
+from kvplan.estimator import Estimator
 from kvplan.hardware import GPUS
 from kvplan.model import FeedForward, Model
 from kvplan.presets import get_preset

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kvplan.attention import MLA, TPA
+from kvplan.kinds import MLA, TPA
 from kvplan.models import build
 from kvplan.models.common import decode_mask
 from kvplan.models.mla import latent_attention

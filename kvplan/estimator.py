@@ -25,11 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .attention import DSA, DSA_QUERY_CHUNK, ceil_div, keys_attended_sum
+from .kinds import keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model
-from .units import InputError
+from .units import InputError, ceil_div
 
 LINK_LATENCY_SECONDS = 5e-6  # per collective on NVLink-class links; an assumption, not a measurement
 LOGIT_BYTES = 4  # logits are computed in fp32
@@ -66,16 +66,16 @@ class Estimator:
     def __post_init__(self) -> None:
         model, dep = self.model, self.deployment
         attention, kv = model.attention, dep.kv_format
-        indexer = attention.indexer_cache_bytes() if isinstance(attention, DSA) else 0
+        fixed = attention.fixed_cache_bytes()
 
         def layer_bytes(tp: int) -> int:
-            return sum(count * kv.vector_bytes(length) for count, length in attention.cache_vectors(tp)) + indexer
+            return sum(count * kv.vector_bytes(length) for count, length in attention.cache_vectors(tp)) + fixed
 
         self.kv_bytes_per_token_layer = layer_bytes(1)
         self.kv_bytes_per_token_layer_per_gpu = layer_bytes(dep.tp)
         self.kv_bytes_per_token = model.n_layers * self.kv_bytes_per_token_layer
         topk = attention.sparse_topk
-        # (window, layers, attention cap) per distinct window; the cap folds DSA's top-k into the window.
+        # (window, layers, attention cap) per distinct window; the cap folds a sparse kind's top-k into the window.
         self._groups = tuple((w, n, min(c for c in (w, topk) if c) if (w or topk) else None)
                              for w, n in model.window_groups)
         stage_size = ceil_div(model.n_layers, dep.pp)
@@ -104,15 +104,13 @@ class Estimator:
         tp = dep.tp
         # Attention and feed-forward intermediates are never live together: prefill peaks in one phase or the
         # other, each on top of the residual stream and the normed input (2 d per token).
-        attention_extra = d if isinstance(attention, DSA) else 0  # DSA's chunked output buffer
         self._attention_phase_per_token = self._act_bytes * (
-            2 * d + attention_extra + ceil_div(attention.activation_elements(), tp))
+            2 * d + attention.prefill_buffer_elements(d) + ceil_div(attention.activation_elements(), tp))
         self._ffn_phase_per_token = self._act_bytes * (2 * d + ceil_div(ffn.activation_elements(d), tp))
-        self._heads_per_gpu = ceil_div(attention.n_heads, tp)
         fp8_linear = dep.weight_format.name == "fp8" and dep.gpu.fp8_flops > 0
         self._linear_flops_per_second = (dep.gpu.fp8_flops * dep.gpu.compute_efficiency if fp8_linear
                                          else dep.gpu.effective_flops)
-        self._sparse = isinstance(attention, DSA)  # decode reads part of the cache, not all of it
+        self._sparse = attention.sparse_topk is not None  # decode reads part of the cache, not all of it
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
         self._kv_bytes_per_token_layer_all_gpus = self.kv_bytes_per_token_layer_per_gpu * tp
 
@@ -147,7 +145,7 @@ class Estimator:
 
         The larger of two phases, each per token in flight on top of the residual stream and normed input
         (2 d): the attention block's intermediates, plus with naive attention one layer's score and probability
-        matrices (2 x heads x queries in flight x prompt) and for DSA its query-chunk scratch; or the
+        matrices (2 x heads x queries in flight x prompt) or a kind's own scratch (prefill_scratch_bytes); or the
         feed-forward's gate, up and product. Plus the last tokens' fp32 logits. Tokens in flight: the whole
         batch's prompts, or at most `prefill_chunk` with chunked prefill.
         """
@@ -155,20 +153,16 @@ class Estimator:
         in_flight = batch * prompt
         if self.deployment.prefill_chunk:
             in_flight = min(in_flight, self.deployment.prefill_chunk)
-        attention_phase = in_flight * self._attention_phase_per_token
-        attention = self.model.attention
-        if isinstance(attention, DSA):
-            queries = min(batch * min(prompt, DSA_QUERY_CHUNK), in_flight)
-            attention_phase += attention.prefill_query_bytes(prompt, self._act_bytes, self.deployment.tp) * queries
-        elif not flash:
-            attention_phase += self._heads_per_gpu * in_flight * prompt * 2 * self._act_bytes
+        attention_phase = in_flight * self._attention_phase_per_token + self.model.attention.prefill_scratch_bytes(
+            batch, prompt, in_flight, self._act_bytes, self.deployment.tp, flash)
         ffn_phase = in_flight * self._ffn_phase_per_token
         logits = batch * ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
         return int(max(attention_phase, ffn_phase) + logits)
 
     # --- FLOPs --------------------------------------------------------------------------------------
     def prefill_attention_flops(self, batch: int, prompt: int, start: int = 0) -> int:
-        """Attention FLOPs (pairs, TPA factor products, DSA indexer) for prompt tokens after `start` cached.
+        """Attention FLOPs (pairs, per-token factor products, a sparse kind's indexer) for prompt tokens after
+        `start` cached.
 
         An encoder attends both ways: every key in a global layer, and the window//2 keys on either side of
         itself in a local one (ModernBERT's 128-token window: 64 each side); it has no cache to start from.
@@ -245,14 +239,13 @@ class Estimator:
         return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600
 
     def decode_cache_read_bytes(self, batch: int, context: int) -> int:
-        """Cache bytes one decode step reads, whole deployment: all of it, except that DSA reads every indexer
-        key but only the index_topk latents its indexer selects (the rest of its cache is held, not read)."""
-        attention = self.model.attention
-        if not isinstance(attention, DSA):
+        """Cache bytes one decode step reads, whole deployment: what each layer's kind reads of what it holds
+        (all of it, except that a sparse kind reads only part; AttentionKind.decode_read_bytes)."""
+        if not self._sparse:
             return self.kv_cache_bytes(batch, context)
-        indexer = attention.indexer_cache_bytes()
-        latent = self.kv_bytes_per_token_layer_per_gpu - indexer
-        per_sequence = sum(n * (indexer * self.cached_tokens(context, w) + latent * min(context, cap))
+        attention, layer_bytes = self.model.attention, self.kv_bytes_per_token_layer_per_gpu
+        per_sequence = sum(n * attention.decode_read_bytes(self.cached_tokens(context, w),
+                                                           context if cap is None else min(context, cap), layer_bytes)
                            for w, n, cap in self._groups)
         return batch * self.deployment.tp * per_sequence
 

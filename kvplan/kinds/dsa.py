@@ -1,0 +1,128 @@
+"""DeepSeek Sparse Attention: MLA whose queries attend only the index_topk keys a lightning indexer picks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from ..units import ceil_div
+from .base import AttentionKind
+from .mla import MLA, latent_of
+
+QUERY_CHUNK = 1024  # queries per chunk of sparse prefill; bounds the indexer's score matrix
+
+
+@dataclass(frozen=True)
+class DSA(AttentionKind):
+    """The indexer has index_n_heads small heads of index_head_dim; its keys are cached in FP8 with one fp32
+    scale per 128 elements (as DeepSeek-V3.2-Exp does), whatever the KV dtype of the MLA cache. Attention runs
+    in MLA's absorbed (MQA) form in prefill and decode alike, as DeepSeek-V3.2 does."""
+
+    mla: MLA
+    index_n_heads: int = 64
+    index_head_dim: int = 128
+    index_topk: int = 2048
+
+    name = "dsa"
+    recast_names = ("dsa",)
+    layer = "dsa:DSALayer"
+    INDEX_SCALE_GROUP = 128
+    INDEX_SCALE_BYTES = 4
+
+    @property
+    def n_heads(self) -> int:
+        return self.mla.n_heads
+
+    @property
+    def label(self) -> str:
+        return f"dsa(topk={self.index_topk})"
+
+    @property
+    def rope_dim(self) -> int:
+        return self.mla.rope_dim
+
+    @property
+    def value_head_dim(self) -> int:
+        return self.mla.value_head_dim
+
+    @property
+    def sparse_topk(self) -> int | None:
+        return self.index_topk
+
+    def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
+        return self.mla.cache_vectors(tp)
+
+    def fixed_cache_bytes(self) -> int:
+        """The indexer key: FP8 plus its scales."""
+        return self.index_head_dim + ceil_div(self.index_head_dim, self.INDEX_SCALE_GROUP) * self.INDEX_SCALE_BYTES
+
+    def indexer_params(self, d_model: int) -> int:
+        q_in = self.mla.q_lora_rank or d_model
+        return (q_in * self.index_n_heads * self.index_head_dim  # indexer queries
+                + d_model * self.index_head_dim  # indexer key
+                + d_model * self.index_n_heads)  # per-head weights
+
+    def linear_params(self, d_model: int) -> int:
+        return self.mla.linear_params(d_model) + self.indexer_params(d_model)
+
+    def params(self, d_model: int, tp: int = 1) -> int:
+        """The MLA part as MLA splits it; the indexer (and its key LayerNorm) replicated on every GPU."""
+        return self.mla.params(d_model, tp) + self.indexer_params(d_model) + 2 * self.index_head_dim
+
+    def pair_flops(self, phase: str) -> int:
+        # Absorbed (MQA) form in prefill too: each selected latent serves every head.
+        return self.mla.pair_flops("decode")
+
+    def token_flops(self, phase: str) -> int:
+        return self.mla.token_flops("decode")
+
+    def indexer_pair_flops(self) -> int:
+        """A dot product per indexer head, then a weighted sum over heads."""
+        return 2 * self.index_n_heads * self.index_head_dim + 2 * self.index_n_heads
+
+    def activation_elements(self) -> int:
+        # Sparse prefill never decompresses the latent: it holds the queries, the indexer's queries, weights
+        # and key, and the latent with its RoPE key; the output buffer is prefill_buffer_elements and the
+        # query-chunk scratch prefill_scratch_bytes.
+        mla = self.mla
+        return (mla.q_lora_rank + mla.n_heads * mla.qk_head_dim + self.index_n_heads * (self.index_head_dim + 1)
+                + mla.kv_lora_rank + mla.qk_rope_head_dim + self.index_head_dim)
+
+    def prefill_buffer_elements(self, d_model: int) -> int:
+        """The output buffer the query chunks write into."""
+        return d_model
+
+    def query_scratch_bytes(self, tokens: int, activation_bytes: float, tp: int = 1) -> int:
+        """Transient bytes per query row of sparse prefill over a `tokens`-token prompt: its indexer scores
+        (fp32) over all keys, its top-k indices (int64), the gathered latents, and the scores and
+        probabilities over the selected keys."""
+        keys = min(tokens, self.index_topk)
+        heads = ceil_div(self.n_heads, tp)
+        latent = self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
+        return int(tokens * 4 + keys * 8 + keys * latent * activation_bytes + 2 * heads * keys * activation_bytes)
+
+    def prefill_scratch_bytes(self, batch: int, prompt: int, in_flight: int, activation_bytes: float, tp: int,
+                              flash: bool) -> int:
+        """Prefill runs in chunks of QUERY_CHUNK queries per sequence, flash or not."""
+        queries = min(batch * min(prompt, QUERY_CHUNK), in_flight)
+        return self.query_scratch_bytes(prompt, activation_bytes, tp) * queries
+
+    def decode_read_bytes(self, cached_tokens: int, attended_keys: int, layer_bytes: int) -> int:
+        """Every indexer key, but only the latents of the keys it selects (the rest is held, not read)."""
+        indexer = self.fixed_cache_bytes()
+        return indexer * cached_tokens + (layer_bytes - indexer) * attended_keys
+
+    def shard(self, tp: int) -> "DSA":
+        return replace(self, mla=self.mla.shard(tp))
+
+    @classmethod
+    def recast_options(cls, name: str) -> dict[str, int]:
+        return {"index_topk": 1, "index_n_heads": 1, "index_head_dim": 1}
+
+    @classmethod
+    def recast_from(cls, name: str, current: AttentionKind, values: dict[str, int]) -> "DSA":
+        base = current if isinstance(current, DSA) else cls(latent_of(current))
+        return replace(base, **values)
+
+    @classmethod
+    def example(cls) -> "DSA":
+        return cls(MLA.example(), index_n_heads=4, index_head_dim=16, index_topk=8)
