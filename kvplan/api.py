@@ -59,26 +59,30 @@ def resolve_model(model: str | Model, attention: str | None = None) -> Model:
 
 def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, kv_dtype: str = "bf16",
                    weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0,
-                   flash: bool = True, prefill_chunk: int = 0) -> Deployment:
-    """`gpus` alone means tensor parallelism over all of them; tp x pp must equal gpus when both are given."""
-    for name, value in (("gpus", gpus), ("pp", pp)):
-        if not isinstance(value, int) or value < 1:
+                   flash: bool = True, prefill_chunk: int = 0, dp: int = 1, ep: int = 1, gpus_per_node: int = 0,
+                   overlap: bool = False) -> Deployment:
+    """`gpus` alone means tensor parallelism over all the GPUs that pp and dp leave; tp x pp x dp must equal
+    gpus when tp is given too. ep divides tp x dp (kvplan.parallel)."""
+    for name, value in (("gpus", gpus), ("pp", pp), ("dp", dp), ("ep", ep)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive whole number, not {value!r}")
     if tp is None:
-        if gpus % pp:
-            raise InputError(f"gpus ({gpus}) must be a multiple of pp ({pp})")
-        tp = gpus // pp
-    elif tp < 1 or tp * pp != gpus and gpus != 1:
-        raise InputError(f"tp ({tp}) x pp ({pp}) must equal gpus ({gpus})")
+        if gpus % (pp * dp):
+            raise InputError(f"gpus ({gpus}) must be a multiple of pp x dp ({pp} x {dp})")
+        tp = gpus // (pp * dp)
+    elif tp < 1 or tp * pp * dp != gpus and gpus != 1:
+        raise InputError(f"tp ({tp}) x pp ({pp}) x dp ({dp}) must equal gpus ({gpus})")
+    if gpus_per_node < 0:
+        raise InputError(f"gpus per node must be positive, not {gpus_per_node}")
     if prefill_chunk < 0:
         raise InputError(f"prefill chunk must be positive, not {prefill_chunk}")
     if block_size < 0:
         raise InputError(f"block size must be positive, not {block_size}")
     reserve_bytes = parse_bytes(reserve, "reserve") if reserve not in (0, "0", None) else 0
-    return Deployment(gpu=gpu, tp=tp, pp=pp, kv_format=storage_format(kv_dtype),
+    return Deployment(gpu=gpu, tp=tp, pp=pp, dp=dp, ep=ep, kv_format=storage_format(kv_dtype),
                       weight_format=storage_format(weight_dtype, "weight dtype"), block_size=block_size,
-                      reserve_bytes=reserve_bytes, flash=flash,
-                      prefill_chunk=prefill_chunk)
+                      reserve_bytes=reserve_bytes, flash=flash, prefill_chunk=prefill_chunk,
+                      gpus_per_node=gpus_per_node, overlap=overlap)
 
 
 def check_depth(model: Model, deployment: Deployment) -> None:
@@ -101,13 +105,20 @@ def plan_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
     if tp > 1 and model.attention.n_heads % tp:
         messages.append(f"{model.name}: {model.attention.n_heads} attention heads do not split evenly over tp={tp} "
                         f"GPUs (engines such as vLLM refuse this); estimated with heads rounded up per GPU")
+    ep = estimator.deployment.ep
+    if ep > 1 and not model.ffn.is_moe:
+        messages.append(f"{model.name} has no routed experts: ep={ep} changes nothing")
+    elif ep > 1 and model.ffn.n_experts % ep:
+        messages.append(f"{model.name}: {model.ffn.n_experts} routed experts do not split evenly over ep={ep} GPUs; "
+                        f"estimated with experts rounded up per GPU")
     return messages
 
 
 def plan(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
          kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
          weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0, flash: bool = True,
-         hardware_profile: str | None = None, prefill_chunk: int = 0, **gpu_overrides) -> list[Estimator]:
+         hardware_profile: str | None = None, prefill_chunk: int = 0, dp: int = 1, ep: int = 1,
+         gpus_per_node: int = 0, overlap: bool = False, **gpu_overrides) -> list[Estimator]:
     """One Estimator per (attention re-cast, kv dtype)."""
     base = model if isinstance(model, Model) else load_model(model)
     device = resolve_gpu(gpu, hardware_profile, **gpu_overrides)
@@ -115,7 +126,7 @@ def plan(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Seque
     for spec, kv in itertools.product(_as_list(attention), _as_list(kv_dtype)):
         resolved = recast(base, spec) if spec else base
         dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash,
-                             prefill_chunk)
+                             prefill_chunk, dp, ep, gpus_per_node, overlap)
         check_depth(resolved, dep)
         estimators.append(Estimator(resolved, dep))
     return estimators
@@ -128,7 +139,7 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
 
     `model`, `attention`, `kv_dtype`, `context` and `batch` may each be a list: every combination gives a row.
     Returns a dict for a single row, else a pandas DataFrame with one row per combination.
-    Other keyword options: gpus, tp, pp, weight_dtype, block_size, reserve, flash, prefill_chunk, hardware_profile, and GPU
+    Other keyword options: gpus, tp, pp, dp, ep, gpus_per_node, overlap, weight_dtype, block_size, reserve, flash, prefill_chunk, hardware_profile, and GPU
     field overrides (e.g. usd_per_hour=2.0).
     """
     contexts, batches = _sizes(context, "context"), _sizes(batch, "batch")

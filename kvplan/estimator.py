@@ -6,14 +6,19 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
 - `context` L: tokens each sequence holds in its cache. Prefill processes a prompt of `prompt` tokens
   (default L); the decode step is the one that writes the L-th token (0-based position L-1), attending
   min(L, cap) keys, over a cache holding L tokens once it is written.
+- `batch`: sequences in flight in the whole deployment; each of the dp attention ranks holds and runs
+  ceil(batch / dp) of them (kvplan.parallel describes tp, pp, dp and ep).
 - Memory on one GPU = its pipeline stage's weights (attention split as each kind splits under tensor
-  parallelism, Model.stage_params) + its share of the cache + its prefill activation peak + reserve.
-  Whole-deployment columns sum over GPUs, counting copies that tensor parallelism replicates.
+  parallelism, routed experts over ep, Model.stage_params) + its share of the cache + its prefill
+  activation peak + reserve. Whole-deployment columns sum over GPUs, counting replicated copies.
 - Linear FLOPs count every weight a token multiplies through (2 per weight); the LM head runs on the last
   prompt token in prefill (serving engines only need that logit) and on every decoded token.
-- Roofline: time = max(FLOPs / (tp * effective FLOP/s), bytes / (tp * effective bandwidth)) + collectives.
-  Tensor parallelism all-reduces the hidden state twice per layer (ring: 2 (tp-1)/tp of the bytes each over
-  the GPU link, plus LINK_LATENCY_SECONDS). Pipeline stages run one after another for a batch (no
+- Roofline: time = max(FLOPs / (G * effective FLOP/s), bytes / (G * effective bandwidth)) + communication,
+  G = tp x the dp ranks that have a sequence (work spreads evenly over them). Communication (kvplan.parallel):
+  tensor parallelism all-reduces the hidden state twice per layer, expert parallelism dispatches (fp8) and
+  combines (bf16) each token's top-k expert copies per MoE layer, pipeline stages send activations on. With
+  `overlap` communication hides behind compute (time = max of the two), as two micro-batches do in DeepSeek's
+  serving; the no-overlap time is the sum. Pipeline stages run one after another for a batch (no
   micro-batching), so pp adds memory, not speed.
 - Decode reads all dense weights, the MoE experts that the batch's tokens select (uniform routing: of E
   experts each token picking k, E (1 - (1 - k/E)^tokens) are touched), and every cached byte (DSA: every
@@ -25,13 +30,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import parallel
 from .kinds import keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model
 from .units import InputError, ceil_div
 
-LINK_LATENCY_SECONDS = 5e-6  # per collective on NVLink-class links; an assumption, not a measurement
 LOGIT_BYTES = 4  # logits are computed in fp32
 
 
@@ -42,6 +47,8 @@ class Deployment:
     gpu: GPU
     tp: int = 1  # tensor-parallel GPUs
     pp: int = 1  # pipeline stages
+    dp: int = 1  # data-parallel attention ranks
+    ep: int = 1  # expert-parallel GPUs (1: experts split like the feed-forward under tp)
     kv_format: StorageFormat = FORMATS["bf16"]
     weight_format: StorageFormat = FORMATS["bf16"]
     activation_format: StorageFormat = FORMATS["bf16"]
@@ -49,10 +56,19 @@ class Deployment:
     reserve_bytes: int = 0  # per GPU, for the CUDA context and workspaces
     flash: bool = True  # False: attention materialises the score matrix (quadratic in context)
     prefill_chunk: int = 0  # tokens per prefill forward across the batch (chunked prefill); 0 = whole prompts
+    gpus_per_node: int = 0  # GPUs on one link domain; 0 = the GPU's own figure
+    overlap: bool = False  # communication hidden behind compute (two micro-batches)
+
+    def __post_init__(self) -> None:
+        parallel.check_layout(self.tp, self.pp, self.dp, self.ep)
 
     @property
     def gpus(self) -> int:
-        return self.tp * self.pp
+        return self.tp * self.pp * self.dp
+
+    @property
+    def node_gpus(self) -> int:
+        return self.gpus_per_node or self.gpu.gpus_per_node
 
 
 @dataclass
@@ -85,10 +101,11 @@ class Estimator:
         self.total_params = model.total_params()
         self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
         stage_bounds = [(i, min(i + stage_size, model.n_layers)) for i in range(0, model.n_layers, stage_size)]
-        stage_params = [model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1) for first, last in stage_bounds]
+        stage_params = [model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1, ep=dep.ep)
+                        for first, last in stage_bounds]
         self.weights_bytes_per_gpu = int(dep.weight_format.bytes_per_element * max(stage_params))
-        # What all GPUs hold together: more than weights_bytes where tensor parallelism replicates weights.
-        self.weights_bytes_all_gpus = int(dep.weight_format.bytes_per_element * dep.tp * sum(stage_params))
+        # What all GPUs hold together: more than weights_bytes where tp, dp or ep replicate weights.
+        self.weights_bytes_all_gpus = int(dep.weight_format.bytes_per_element * dep.tp * dep.dp * sum(stage_params))
         self.linear_flops_per_token = 2 * model.active_linear_params_per_token()
         self.lm_head_flops = 2 * model.lm_head_params()
         self.pair_flops = {p: attention.pair_flops(p) for p in ("prefill", "decode")}
@@ -99,7 +116,9 @@ class Estimator:
         moe_layers = model.n_layers - ffn.dense_layer_count(model.n_layers)
         self._moe_layers = moe_layers
         self._expert_bytes = ffn.expert_params(d) * w if ffn.is_moe else 0
-        self._routed_expert_bytes = moe_layers * ffn.n_experts * self._expert_bytes
+        # Copies of the routed experts the deployment holds: one per dp rank's tp group, or per ep group.
+        self._expert_copies = dep.dp if dep.ep == 1 else dep.tp * dep.dp // dep.ep
+        self._routed_expert_bytes = self._expert_copies * moe_layers * ffn.n_experts * self._expert_bytes
         self._act_bytes = dep.activation_format.bytes_per_element
         tp = dep.tp
         # Attention and feed-forward intermediates are never live together: prefill peaks in one phase or the
@@ -136,8 +155,10 @@ class Estimator:
         return batch * self._kv_bytes_per_token_layer_all_gpus * tokens
 
     def kv_cache_bytes_per_gpu(self, batch: int, context: int) -> int:
-        """Cache on the most loaded GPU (the largest pipeline stage's share, one tensor-parallel slice)."""
-        return batch * self.kv_bytes_per_token_layer_per_gpu * max(
+        """Cache on the most loaded GPU (its dp rank's sequences, the largest pipeline stage's share, one
+        tensor-parallel slice)."""
+        sequences = parallel.sequences_per_rank(batch, self.deployment.dp)
+        return sequences * self.kv_bytes_per_token_layer_per_gpu * max(
             sum(n * self.cached_tokens(context, w) for w, n in stage) for stage in self._stage_groups)
 
     def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None) -> int:
@@ -146,10 +167,11 @@ class Estimator:
         The larger of two phases, each per token in flight on top of the residual stream and normed input
         (2 d): the attention block's intermediates, plus with naive attention one layer's score and probability
         matrices (2 x heads x queries in flight x prompt) or a kind's own scratch (prefill_scratch_bytes); or the
-        feed-forward's gate, up and product. Plus the last tokens' fp32 logits. Tokens in flight: the whole
-        batch's prompts, or at most `prefill_chunk` with chunked prefill.
+        feed-forward's gate, up and product. Plus the last tokens' fp32 logits. Tokens in flight: the prompts
+        of the GPU's dp rank, or at most `prefill_chunk` with chunked prefill.
         """
         flash = self.deployment.flash if flash is None else flash
+        batch = parallel.sequences_per_rank(batch, self.deployment.dp)
         in_flight = batch * prompt
         if self.deployment.prefill_chunk:
             in_flight = min(in_flight, self.deployment.prefill_chunk)
@@ -201,39 +223,67 @@ class Estimator:
         return self.linear_flops_per_token + self.lm_head_flops + self.decode_attention_flops(position)
 
     # --- time and cost ------------------------------------------------------------------------------
-    def _collective_seconds(self, batch_tokens: int) -> float:
-        dep = self.deployment
+    def communication_seconds(self, sequences: int, tokens_per_sequence: int) -> float:
+        """Seconds of communication in one forward of `tokens_per_sequence` tokens of each sequence
+        (kvplan.parallel): tp all-reduces, ep dispatch and combine, pp sends, on the most loaded GPU."""
+        dep, model = self.deployment, self.model
+        tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * tokens_per_sequence
+        message = tokens_per_rank * model.d_model * self._act_bytes
+        gpu, node = dep.gpu, dep.node_gpus
         seconds = 0.0
-        message = batch_tokens * self.model.d_model * self._act_bytes
         if dep.tp > 1:
-            ring = 2 * (dep.tp - 1) / dep.tp * message / dep.gpu.link_bytes_per_s + LINK_LATENCY_SECONDS
-            seconds += 2 * self.model.n_layers * ring
+            seconds += 2 * model.n_layers * parallel.all_reduce_seconds(
+                message, dep.tp, *parallel.link_for(dep.tp, node, gpu.link_bytes_per_s, gpu.network_bytes_per_s))
+        if dep.ep > 1 and self._moe_layers:
+            # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
+            copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model
+            per_layer = sum(parallel.all_to_all_seconds(copies * element_bytes, dep.ep, node, gpu.link_bytes_per_s,
+                                                        gpu.network_bytes_per_s)
+                            for element_bytes in (parallel.DISPATCH_BYTES_PER_ELEMENT, parallel.COMBINE_BYTES_PER_ELEMENT))
+            seconds += self._moe_layers * per_layer
         if dep.pp > 1:
-            seconds += (dep.pp - 1) * (message / dep.gpu.link_bytes_per_s + LINK_LATENCY_SECONDS)
+            link = parallel.link_for(dep.gpus, node, gpu.link_bytes_per_s, gpu.network_bytes_per_s)
+            seconds += (dep.pp - 1) * parallel.send_seconds(message, *link)
         return seconds
 
-    def weights_read_bytes(self, tokens: int) -> float:
-        """Weight bytes one forward over `tokens` tokens reads on all GPUs together (replicated weights once per
-        GPU; MoE: only the routed experts the tokens select; an untied input embedding: only the rows the
-        tokens look up, at most the whole table)."""
-        model = self.model
-        skipped_rows = 0 if model.tie_embeddings else max(model.vocab_size - tokens, 0)
-        read = self.weights_bytes_all_gpus - skipped_rows * model.d_model * self.deployment.weight_format.bytes_per_element
+    def weights_read_bytes(self, tokens: int, sequences: int | None = None) -> float:
+        """Weight bytes one forward over `tokens` tokens of `sequences` sequences (default: one token each)
+        reads on all GPUs together: every dp rank with a sequence reads the weights it holds (replicated weights
+        once per GPU), except that MoE layers read only the routed experts their tokens select and an untied
+        input embedding only the rows its tokens look up."""
+        model, dep = self.model, self.deployment
+        sequences = tokens if sequences is None else sequences
+        active_ranks = min(dep.dp, sequences)
+        tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * (tokens // sequences)
+        skipped_rows = 0 if model.tie_embeddings else max(model.vocab_size - tokens_per_rank, 0)
+        held = (self.weights_bytes_all_gpus - self._routed_expert_bytes) * active_ranks / dep.dp
+        read = held - active_ranks * skipped_rows * model.d_model * dep.weight_format.bytes_per_element
         if not self._moe_layers:
             return read
         ffn = model.ffn
-        touched = ffn.n_experts * (1 - (1 - ffn.n_active_experts / ffn.n_experts) ** tokens)
-        return read - self._routed_expert_bytes + self._moe_layers * touched * self._expert_bytes
+        if dep.ep == 1:  # each active rank's tp group reads the experts its own tokens select
+            groups, tokens_per_group = active_ranks, tokens_per_rank
+        else:  # each ep group serves its share of all tokens
+            groups = self._expert_copies
+            tokens_per_group = tokens / groups
+        touched = parallel.experts_touched(ffn.n_experts, ffn.n_active_experts, tokens_per_group)
+        return read + groups * self._moe_layers * touched * self._expert_bytes
 
-    def _roofline(self, flops: float, bytes_moved: float, batch_tokens: int, attention_flops: float = 0) -> float:
-        """Seconds: the slower of compute and memory; attention FLOPs run at the GPU's attention efficiency,
-        the linear layers at its fp8 rate when the weights are fp8 and the GPU has fp8 units (fp8 x fp8
-        products, as fp8 serving on Hopper runs them), else at its bf16 rate."""
+    def _roofline(self, flops: float, bytes_moved: float, sequences: int, tokens_per_sequence: int,
+                  attention_flops: float = 0) -> float:
+        """Seconds: the slower of compute and memory, spread over tp x the dp ranks that have work, plus
+        communication (or the larger of the two with `overlap`); attention FLOPs run at the GPU's attention
+        efficiency, the linear layers at its fp8 rate when the weights are fp8 and the GPU has fp8 units
+        (fp8 x fp8 products, as fp8 serving on Hopper runs them), else at its bf16 rate."""
         dep = self.deployment
+        gpus = dep.tp * min(dep.dp, sequences)
         compute = ((flops - attention_flops) / self._linear_flops_per_second
-                   + attention_flops / dep.gpu.effective_attention_flops) / dep.tp
-        memory = bytes_moved / (dep.tp * dep.gpu.effective_bandwidth)
-        return max(compute, memory) + self._collective_seconds(batch_tokens)
+                   + attention_flops / dep.gpu.effective_attention_flops) / gpus
+        memory = bytes_moved / (gpus * dep.gpu.effective_bandwidth)
+        communication = self.communication_seconds(sequences, tokens_per_sequence)
+        if dep.overlap:
+            return max(compute, memory, communication)
+        return max(compute, memory) + communication
 
     def usd_per_second(self) -> float:
         return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600
@@ -259,7 +309,7 @@ class Estimator:
     def _decode_step(self, batch: int, attention_flops_per_token: int, cache_read_bytes: int) -> tuple[int, float]:
         flops = batch * (self.linear_flops_per_token + self.lm_head_flops + attention_flops_per_token)
         bytes_moved = self.weights_read_bytes(batch) + cache_read_bytes
-        return flops, self._roofline(flops, bytes_moved, batch, batch * attention_flops_per_token)
+        return flops, self._roofline(flops, bytes_moved, batch, 1, batch * attention_flops_per_token)
 
     def prefill_chunk(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
         """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
@@ -269,8 +319,8 @@ class Estimator:
 
     def _prefill(self, batch: int, tokens: int, attention_flops: int, cache_bytes: int) -> tuple[int, float]:
         flops = self.prefill_linear_flops(batch, tokens) + attention_flops
-        bytes_moved = self.weights_read_bytes(batch * tokens) + cache_bytes
-        return flops, self._roofline(flops, bytes_moved, batch * tokens, attention_flops)
+        bytes_moved = self.weights_read_bytes(batch * tokens, batch) + cache_bytes
+        return flops, self._roofline(flops, bytes_moved, batch, tokens, attention_flops)
 
     # --- one row --------------------------------------------------------------------------------------
     def row(self, batch: int, context: int, prompt: int | None = None) -> dict:
@@ -302,6 +352,8 @@ class Estimator:
             "gpus": dep.gpus,
             "tp": dep.tp,
             "pp": dep.pp,
+            "dp": dep.dp,
+            "ep": dep.ep,
             "batch": batch,
             "context": context,
             "prompt": prompt,
@@ -337,7 +389,8 @@ class Estimator:
 COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV header
     "model": "model name ([spec] marks a re-cast)",
     "attention": "attention kind as served",
-    "gpu": "GPU preset", "gpus": "GPUs in all (tp x pp)", "tp": "tensor-parallel degree", "pp": "pipeline stages",
+    "gpu": "GPU preset", "gpus": "GPUs in all (tp x pp x dp)", "tp": "tensor-parallel degree", "pp": "pipeline stages",
+    "dp": "data-parallel attention ranks", "ep": "expert-parallel degree (1: experts split over tp)",
     "batch": "sequences", "context": "tokens per sequence", "prompt": "prefill tokens per sequence",
     "kv_dtype": "cache storage format",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",

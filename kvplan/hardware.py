@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import math
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
 from .units import InputError, parse_bytes
@@ -34,6 +34,8 @@ class GPU:
     # Fraction of bf16_flops that prefill attention kernels (flash attention) reach; None: compute_efficiency.
     # Flash attention runs well below a dense matmul's rate, so a calibrated profile sets it apart.
     attention_efficiency: float | None = None
+    gpus_per_node: int = 8  # GPUs that share the GPU-to-GPU link (an NVLink domain); beyond it the network
+    network_bytes_per_s: float = 50e9  # inter-node fabric per GPU, one direction (8 x 400 Gb/s NICs per node: 50 GB/s)
 
     @property
     def effective_flops(self) -> float:
@@ -55,27 +57,32 @@ GPUS: dict[str, GPU] = {g.name: g for g in (
     GPU("h100-sxm", 81559 * MiB, 3.35 * TB, 989.4 * T, 1978.9 * T, 450 * GB, 2.99,
         source="NVIDIA H100 datasheet (SXM5: 3.35 TB/s, 989 TFLOPS bf16 dense, NVLink 900 GB/s bidirectional); "
                "memory as nvidia-smi reports it on the lent H100 (81559 MiB); " + _PRICE_NOTE),
-    GPU("h100-pcie", 81559 * MiB, 2.0 * TB, 756 * T, 1513 * T, 64 * GB, 2.49,
-        source="NVIDIA H100 datasheet (PCIe: 2.0 TB/s, 756 TFLOPS bf16 dense, PCIe Gen5 64 GB/s); " + _PRICE_NOTE),
+    GPU("h100-pcie", 81559 * MiB, 2.0 * TB, 756 * T, 1513 * T, 64 * GB, 2.49, network_bytes_per_s=25 * GB,
+        source="NVIDIA H100 datasheet (PCIe: 2.0 TB/s, 756 TFLOPS bf16 dense, PCIe Gen5 64 GB/s); network: one "
+               "200 Gb/s NIC per GPU assumed; " + _PRICE_NOTE),
     GPU("h200", 143771 * MiB, 4.8 * TB, 989.4 * T, 1978.9 * T, 450 * GB, 3.79,
         source="NVIDIA H200 datasheet (4.8 TB/s, 141 GB, 989 TFLOPS bf16 dense); memory as nvidia-smi reports it "
                "on the lent H200 (143771 MiB); " + _PRICE_NOTE),
     GPU("h800", 81559 * MiB, 3.35 * TB, 989.4 * T, 1978.9 * T, 200 * GB, 2.0,
-        source="H800 SXM: H100 SXM compute and memory with NVLink cut to 400 GB/s bidirectional; $2/GPU-hour is "
+        source="H800 SXM: H100 SXM compute and memory with NVLink cut to 400 GB/s bidirectional; nodes of 8 with "
+               "one 400 Gb/s InfiniBand NIC per GPU (DeepSeek Inference System Overview, 2025); $2/GPU-hour is "
                "the rental price DeepSeek-V3's report assumes"),
-    GPU("a100-40gb", 40960 * MiB, 1.555 * TB, 312 * T, 0.0, 300 * GB, 1.29,
-        source="NVIDIA A100 datasheet (SXM 40GB: 1.555 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); " + _PRICE_NOTE),
-    GPU("a100-80gb", 81920 * MiB, 2.039 * TB, 312 * T, 0.0, 300 * GB, 1.79,
-        source="NVIDIA A100 datasheet (SXM 80GB: 2.039 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); " + _PRICE_NOTE),
-    GPU("l40s", 48 * GB, 0.864 * TB, 362.05 * T, 733 * T, 32 * GB, 0.99,
-        source="NVIDIA L40S datasheet (48 GB GDDR6, 864 GB/s, 362 TFLOPS bf16 dense, 733 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
-    GPU("b200", 183359 * MiB, 8.0 * TB, 2250 * T, 4500 * T, 900 * GB, 5.99,
+    GPU("a100-40gb", 40960 * MiB, 1.555 * TB, 312 * T, 0.0, 300 * GB, 1.29, network_bytes_per_s=25 * GB,
+        source="NVIDIA A100 datasheet (SXM 40GB: 1.555 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); "
+               "network: DGX A100's 8 x 200 Gb/s NICs per node; " + _PRICE_NOTE),
+    GPU("a100-80gb", 81920 * MiB, 2.039 * TB, 312 * T, 0.0, 300 * GB, 1.79, network_bytes_per_s=25 * GB,
+        source="NVIDIA A100 datasheet (SXM 80GB: 2.039 TB/s, 312 TFLOPS bf16 dense, no fp8, NVLink 600 GB/s); "
+               "network: DGX A100's 8 x 200 Gb/s NICs per node; " + _PRICE_NOTE),
+    GPU("l40s", 48 * GB, 0.864 * TB, 362.05 * T, 733 * T, 32 * GB, 0.99, network_bytes_per_s=12.5 * GB,
+        source="NVIDIA L40S datasheet (48 GB GDDR6, 864 GB/s, 362 TFLOPS bf16 dense, 733 fp8 dense, PCIe Gen4); "
+               "network: one 100 Gb/s NIC per GPU assumed; " + _PRICE_NOTE),
+    GPU("b200", 183359 * MiB, 8.0 * TB, 2250 * T, 4500 * T, 900 * GB, 5.99, network_bytes_per_s=50 * GB,
         source="NVIDIA HGX B200 datasheet (180 GB HBM3e; memory as nvidia-smi reports it, 183359 MiB, 8 TB/s, 2.25 PFLOPS bf16 dense, 4.5 fp8 dense, NVLink5 1.8 TB/s "
                "bidirectional); " + _PRICE_NOTE),
     GPU("mi300x", 205822885888, 5.3 * TB, 1307.4 * T, 2614.9 * T, 448 * GB, 2.49,
         source="AMD Instinct MI300X datasheet (192 GB HBM3; memory as rocm-smi reports it, 205822885888 bytes, 5.3 TB/s, 1307 TFLOPS bf16 dense, 2615 fp8 dense, "
                "Infinity Fabric 896 GB/s bidirectional); " + _PRICE_NOTE),
-    GPU("rtx-4090", 24564 * MiB, 1.008 * TB, 165.2 * T, 330.3 * T, 32 * GB, 0.39,
+    GPU("rtx-4090", 24564 * MiB, 1.008 * TB, 165.2 * T, 330.3 * T, 32 * GB, 0.39, network_bytes_per_s=12.5 * GB,
         source="NVIDIA Ada whitepaper (RTX 4090: 24 GB GDDR6X, 1008 GB/s, 165 TFLOPS bf16 dense with fp32 accumulate, "
                "330 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
 )}
@@ -94,6 +101,7 @@ def get_gpu(name: str) -> GPU:
 
 
 _FIELD_NAMES = {f.name for f in fields(GPU)}
+_OPTIONAL_FIELDS = {f.name for f in fields(GPU) if f.default is not MISSING}
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -154,7 +162,7 @@ def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
         try:
             base = get_gpu(data["name"])
         except InputError:
-            missing = _FIELD_NAMES - set(data) - {"compute_efficiency", "bandwidth_efficiency", "source"}
+            missing = _FIELD_NAMES - set(data) - _OPTIONAL_FIELDS
             if missing:
                 raise InputError(f"hardware file {path} describes a new GPU but lacks {', '.join(sorted(missing))}") from None
             base = GPU(**{k: data[k] for k in ("name", "memory_bytes", "bandwidth_bytes_per_s", "bf16_flops",

@@ -122,13 +122,14 @@ class Model:
     def lm_head_params(self) -> int:
         return self.vocab_size * self.d_model
 
-    def stage_params(self, first: int, last: int, tp: int = 1, pipeline: bool = False) -> int:
+    def stage_params(self, first: int, last: int, tp: int = 1, pipeline: bool = False, ep: int = 1) -> int:
         """Weights one GPU holds for layers first..last-1 under `tp`-way tensor parallelism.
 
         Attention splits as its kind says (attention.params); feed-forwards, embeddings and the LM head
-        split evenly (vocabulary-parallel); norms replicate. The stage holding layer 0 holds the input
-        embedding, the one holding the last layer the final norm and the LM head (with `pipeline`, a tied
-        LM head is a second copy there).
+        split evenly (vocabulary-parallel); norms replicate. With `ep` > 1 (expert parallelism) each GPU holds
+        ceil(n_experts / ep) whole routed experts, the shared experts split over tp and the router whole. The
+        stage holding layer 0 holds the input embedding, the one holding the last layer the final norm and the
+        LM head (with `pipeline`, a tied LM head is a second copy there).
         """
         d, ffn = self.d_model, self.ffn
         dense_layers = ffn.dense_layer_count(self.n_layers)
@@ -136,7 +137,10 @@ class Model:
         moe_here = (last - first) - dense_here
         total = (last - first) * (self.attention.params(d, tp) + 2 * d)
         total += dense_here * ceil_div(ffn.dense_params(d), tp)
-        if moe_here:
+        if moe_here and ep > 1:
+            routed = ceil_div(ffn.n_experts, ep) * ffn.expert_params(d)
+            total += moe_here * (routed + ceil_div(ffn.n_shared_experts * ffn.expert_params(d), tp) + d * ffn.n_experts)
+        elif moe_here:
             total += moe_here * ceil_div(ffn.moe_layer_params(d), tp)
         embedding = ceil_div(self.vocab_size * d, tp)
         if first == 0:
