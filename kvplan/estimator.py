@@ -38,6 +38,7 @@ from .model import Model
 from .units import InputError, ceil_div
 
 LOGIT_BYTES = 4  # logits are computed in fp32
+ROLES = ("both", "prefill", "decode")
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,12 @@ class Deployment:
     prefill_chunk: int = 0  # tokens per prefill forward across the batch (chunked prefill); 0 = whole prompts
     gpus_per_node: int = 0  # GPUs on one link domain; 0 = the GPU's own figure
     overlap: bool = False  # communication hidden behind compute (two micro-batches)
+    role: str = "both"  # "both" prefill and decode, or a disaggregated pool: "prefill" or "decode" only
 
     def __post_init__(self) -> None:
         parallel.check_layout(self.tp, self.pp, self.dp, self.ep)
+        if self.role not in ROLES:
+            raise InputError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
 
     @property
     def gpus(self) -> int:
@@ -161,8 +165,10 @@ class Estimator:
         return sequences * self.kv_bytes_per_token_layer_per_gpu * max(
             sum(n * self.cached_tokens(context, w) for w, n in stage) for stage in self._stage_groups)
 
-    def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None) -> int:
-        """Peak transient bytes of prefill on one GPU (the cache excluded).
+    def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None, cached: int = 0) -> int:
+        """Peak transient bytes of prefill on one GPU (the cache excluded); the last `cached` tokens of each
+        prompt come from a prefix cache and are not recomputed. A decode-only pool (role "decode") holds one
+        decode step's: one token per sequence, attending through a flash decode kernel.
 
         The larger of two phases, each per token in flight on top of the residual stream and normed input
         (2 d): the attention block's intermediates, plus with naive attention one layer's score and probability
@@ -172,7 +178,9 @@ class Estimator:
         """
         flash = self.deployment.flash if flash is None else flash
         batch = parallel.sequences_per_rank(batch, self.deployment.dp)
-        in_flight = batch * prompt
+        if self.deployment.role == "decode":
+            prompt, cached, flash = 1, 0, True
+        in_flight = batch * (prompt - cached)
         if self.deployment.prefill_chunk:
             in_flight = min(in_flight, self.deployment.prefill_chunk)
         attention_phase = in_flight * self._attention_phase_per_token + self.model.attention.prefill_scratch_bytes(
@@ -323,18 +331,22 @@ class Estimator:
         return flops, self._roofline(flops, bytes_moved, batch, tokens, attention_flops)
 
     # --- one row --------------------------------------------------------------------------------------
-    def row(self, batch: int, context: int, prompt: int | None = None) -> dict:
-        """Every figure for one (batch, context); see COLUMNS for names and units."""
+    def row(self, batch: int, context: int, prompt: int | None = None, cached: int = 0) -> dict:
+        """Every figure for one (batch, context); see COLUMNS for names and units. `cached`: tokens of each
+        prompt found in a prefix cache (held in the cache, not recomputed by prefill)."""
         model, dep = self.model, self.deployment
         prompt = context if prompt is None else prompt
+        if not 0 <= cached < prompt:
+            raise InputError(f"cached prefix ({cached}) must be at least 0 and below the prompt ({prompt})")
         kv_bytes = self.kv_cache_bytes(batch, context)
         kv_per_gpu = self.kv_cache_bytes_per_gpu(batch, context)
-        act_per_gpu = self.activation_bytes_per_gpu(batch, prompt)
+        act_per_gpu = self.activation_bytes_per_gpu(batch, prompt, cached=cached)
         total_per_gpu = self.weights_bytes_per_gpu + kv_per_gpu + act_per_gpu + dep.reserve_bytes
-        # As prefill_chunk(batch, prompt) and decode_step(batch, context), reusing what this row already has.
-        attn_flops = self.prefill_attention_flops(batch, prompt)
+        # As prefill_chunk(batch, prompt - cached, cached) and decode_step(batch, context), reusing what this
+        # row already has.
+        attn_flops = self.prefill_attention_flops(batch, prompt - cached, cached)
         prefill_cache = kv_bytes if prompt == context else self.kv_cache_bytes(batch, prompt)
-        prefill_flops, prefill_seconds = self._prefill(batch, prompt, attn_flops, prefill_cache)
+        prefill_flops, prefill_seconds = self._prefill(batch, prompt - cached, attn_flops, prefill_cache)
         usd_per_s = self.usd_per_second()
         if model.is_encoder:  # nothing is decoded: the decode columns stay empty (None, null in JSON)
             decode_flops_per_token = decode_seconds = decode_tokens_per_second = decode_usd_per_mtok = None
@@ -357,6 +369,7 @@ class Estimator:
             "batch": batch,
             "context": context,
             "prompt": prompt,
+            "cached_prefix": cached,
             "kv_dtype": dep.kv_format.name,
             "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_cache_bytes": kv_bytes,
@@ -392,6 +405,7 @@ COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV head
     "gpu": "GPU preset", "gpus": "GPUs in all (tp x pp x dp)", "tp": "tensor-parallel degree", "pp": "pipeline stages",
     "dp": "data-parallel attention ranks", "ep": "expert-parallel degree (1: experts split over tp)",
     "batch": "sequences", "context": "tokens per sequence", "prompt": "prefill tokens per sequence",
+    "cached_prefix": "prompt tokens per sequence found in a prefix cache (not recomputed)",
     "kv_dtype": "cache storage format",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",
     "kv_cache_bytes": "bytes of cache, whole deployment", "kv_cache_bytes_per_gpu": "bytes of cache on the most loaded GPU",
@@ -405,6 +419,7 @@ COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV head
     "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",
     "decode_flops_per_token": "FLOPs of one decode step, one sequence",
     "prefill_seconds": "roofline seconds of prefill", "decode_seconds_per_token": "roofline seconds of one decode step",
-    "prefill_tokens_per_second": "tokens/s", "decode_tokens_per_second": "tokens/s, whole batch",
-    "prefill_usd_per_mtok": "$ per million prefill tokens", "decode_usd_per_mtok": "$ per million decoded tokens",
+    "prefill_tokens_per_second": "prompt tokens/s, whole batch (a cached prefix counted, as DeepSeek counts it)",
+    "decode_tokens_per_second": "tokens/s, whole batch",
+    "prefill_usd_per_mtok": "$ per million prompt tokens (a cached prefix counted)", "decode_usd_per_mtok": "$ per million decoded tokens",
 }

@@ -1,0 +1,130 @@
+"""DeepSeek's published serving figures beside kvplan's estimates; writes examples/deepseek-serving.md.
+
+    python3 examples/deepseek_serving.py            # print the report
+    python3 examples/deepseek_serving.py --write    # rewrite examples/deepseek-serving.md
+
+Published figures (each with its source in PUBLISHED) against estimates from the formulas of
+kvplan.estimator on the deployments the sources describe. Assumptions the sources leave open are stated in
+ASSUMED and printed with the report. tests/test_parallel.py regenerates the report and fails when it drifts
+from the committed file.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from kvplan.api import plan
+from kvplan.costcurve import cost_at
+from kvplan.disaggregated import disaggregated
+from kvplan.estimator import Estimator
+
+REPORT = Path(__file__).with_name("deepseek-serving.md")
+OVERVIEW = "DeepSeek-V3/R1 Inference System Overview (DeepSeek, 2025-03-01)"
+V32_REPORT = "DeepSeek-V3.2-Exp report (DeepSeek, 2025-09), cost per million tokens against token position on H800s"
+
+PUBLISHED = {
+    "prefill_tokens_per_second_per_node": (73.7e3, OVERVIEW + ": input tokens/s per H800 node, cache hits included"),
+    "decode_tokens_per_second_per_node": (14.8e3, OVERVIEW + ": output tokens/s per H800 node"),
+    "decode_tokens_per_second_per_user": (21.0, OVERVIEW + ": 20-22 output tokens/s per user (middle of the range)"),
+    "v32_prefill_usd_per_mtok_128k_mla": (0.65, V32_REPORT + ", prefill at 128K, dense MLA (V3.1-Terminus), read off the figure"),
+    "v32_prefill_usd_per_mtok_128k_dsa": (0.35, V32_REPORT + ", prefill at 128K, DSA (V3.2-Exp), read off the figure"),
+    "v32_decode_usd_per_mtok_128k_mla": (2.4, V32_REPORT + ", decode at 128K, dense MLA, read off the figure"),
+    "v32_decode_usd_per_mtok_128k_dsa": (0.8, V32_REPORT + ", decode at 128K, DSA, read off the figure"),
+}
+
+CACHE_HIT = 0.563  # OVERVIEW: 342B of 608B input tokens hit the on-disk KV cache
+KV_LENGTH = 4989  # OVERVIEW: average KV cache length per output token
+NODE_GPUS = 8  # H800 nodes of 8 GPUs, $2 per GPU-hour (OVERVIEW)
+ASSUMED = {
+    "prompt": 4096,  # not published; RTP-LLM's replay of the overview serves 4K-token prompts
+    "output": 1024,  # not published; enters only the balanced whole's $ per output token
+    "prefill_sequences_per_gpu": 4,  # not published; prefill is compute-bound well before this
+    "decode_sequences_per_gpu": 88,  # 14.8k tokens/s per node / 21 tokens/s per user / 8 GPUs
+    "v32_decode_sequences_per_gpu": 4,  # what fits beside the weights at 128K on the decode layout
+    "v32_prefill_chunk": 8192,  # tokens per sequence per prefill chunk
+}
+
+
+def deployments(model: str, attention: str | None = None, overlap: bool = True) -> tuple[Estimator, Estimator]:
+    """OVERVIEW's layouts: prefill routed experts EP32 with MLA and shared expert DP32 (4 nodes); decode EP144
+    / DP144 (18 nodes); fp8 weights, bf16 cache; two micro-batches overlap communication with compute."""
+    common = dict(gpu="h800", weight_dtype="fp8", attention=attention, overlap=overlap)
+    (prefill,) = plan(model, gpus=32, dp=32, ep=32, **common)
+    (decode,) = plan(model, gpus=144, dp=144, ep=144, **common)
+    return prefill, Estimator(decode.model, replace(decode.deployment, role="decode"))
+
+
+def overview_rows() -> list[dict]:
+    rows = []
+    prompt = ASSUMED["prompt"]
+    for overlap in (True, False):
+        prefill, decode = deployments("deepseek-v3", overlap=overlap)
+        rows.append(disaggregated(prefill, decode, prefill_batch=32 * ASSUMED["prefill_sequences_per_gpu"],
+                                  decode_batch=144 * ASSUMED["decode_sequences_per_gpu"], prompt=prompt,
+                                  output=ASSUMED["output"], decode_context=KV_LENGTH, cached=round(CACHE_HIT * prompt)))
+    return rows
+
+
+def v32_rows() -> list[dict]:
+    rows = []
+    position = 128 * 1024 - 1
+    for label, attention in (("dense MLA", "mla"), ("DSA", None)):
+        prefill, decode = deployments("deepseek-v3.2-exp", attention)
+        rows.append({"attention": label,
+                     "prefill_usd_per_mtok": cost_at(prefill, position, 32, ASSUMED["v32_prefill_chunk"])["prefill_usd_per_mtok"],
+                     "decode_usd_per_mtok": cost_at(decode, position, 144 * ASSUMED["v32_decode_sequences_per_gpu"])["decode_usd_per_mtok"],
+                     "decode_fits": decode.row(144 * ASSUMED["v32_decode_sequences_per_gpu"], position + 1)["fits"]})
+    return rows
+
+
+def _line(what: str, key: str, estimate: float, digits: str = ",.0f") -> str:
+    published, source = PUBLISHED[key]
+    return f"| {what} | {published:{digits}} | {estimate:{digits}} | {estimate / published:.2f} | {source} |"
+
+
+def render() -> str:
+    with_overlap, without = overview_rows()
+    dense, sparse = v32_rows()
+    out = ["# DeepSeek's published serving figures beside kvplan's estimates", "",
+           "Generated by `python3 examples/deepseek_serving.py --write` (tests/test_parallel.py fails when it drifts).",
+           "Roofline estimates at kvplan's default efficiencies (70% of peak FLOP/s, 85% of bandwidth), H800 at $2/GPU-hour.",
+           "", "## DeepSeek-V3 serving (prefill EP32/DP32 on 4 nodes, decode EP144/DP144 on 18 nodes)", "",
+           "| figure | published | kvplan (overlap) | ratio | source |", "|---|---|---|---|---|",
+           _line("prefill input tokens/s per node", "prefill_tokens_per_second_per_node",
+                 with_overlap["prefill_tokens_per_second_per_node"]),
+           _line("decode output tokens/s per node", "decode_tokens_per_second_per_node",
+                 with_overlap["decode_tokens_per_second_per_node"]),
+           _line("decode tokens/s per user", "decode_tokens_per_second_per_user",
+                 with_overlap["decode_tokens_per_second_per_user"], ".1f"),
+           "", "Without overlap (communication after compute): prefill "
+           f"{without['prefill_tokens_per_second_per_node']:,.0f} tokens/s per node, decode "
+           f"{without['decode_tokens_per_second_per_node']:,.0f} tokens/s per node at "
+           f"{without['decode_tokens_per_second_per_user']:.1f} tokens/s per user.",
+           f"Per GPU: prefill {with_overlap['prefill_total_bytes_per_gpu'] / 2**30:,.1f} GiB "
+           f"(fits: {with_overlap['prefill_fits']}), decode {with_overlap['decode_total_bytes_per_gpu'] / 2**30:,.1f} GiB "
+           f"(fits: {with_overlap['decode_fits']}); the prompt's cache crosses the network in "
+           f"{with_overlap['kv_transfer_seconds_per_request'] * 1e3:,.1f} ms per request; a balanced system runs "
+           f"{with_overlap['prefill_gpus_per_decode_gpu']:.2f} prefill GPUs per decode GPU.",
+           "", "## DeepSeek-V3.2-Exp: $ per million tokens at position 128K (same layouts)", "",
+           "| figure | published | kvplan | ratio | source |", "|---|---|---|---|---|",
+           _line("prefill, dense MLA", "v32_prefill_usd_per_mtok_128k_mla", dense["prefill_usd_per_mtok"], ".3f"),
+           _line("prefill, DSA", "v32_prefill_usd_per_mtok_128k_dsa", sparse["prefill_usd_per_mtok"], ".3f"),
+           _line("decode, dense MLA", "v32_decode_usd_per_mtok_128k_mla", dense["decode_usd_per_mtok"], ".3f"),
+           _line("decode, DSA", "v32_decode_usd_per_mtok_128k_dsa", sparse["decode_usd_per_mtok"], ".3f"),
+           "", f"DSA / dense MLA: prefill {sparse['prefill_usd_per_mtok'] / dense['prefill_usd_per_mtok']:.2f} (published "
+           f"{0.35 / 0.65:.2f}), decode {sparse['decode_usd_per_mtok'] / dense['decode_usd_per_mtok']:.2f} (published "
+           f"{0.8 / 2.4:.2f}).", "", "## Assumed where the sources are silent", ""]
+    out += [f"- {key}: {value:,}" for key, value in ASSUMED.items()]
+    out += [f"- cache hit rate {CACHE_HIT:.1%} and average KV length {KV_LENGTH:,} tokens: {OVERVIEW}"]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    text = render()
+    if "--write" in sys.argv[1:]:
+        REPORT.write_text(text)
+        print(f"wrote {REPORT}")
+    else:
+        print(text)
