@@ -56,13 +56,13 @@ _PRICE_NOTE = "price: typical 2025 on-demand cloud rate, an assumption (override
 GPUS: dict[str, GPU] = {g.name: g for g in (
     GPU("h100-sxm", 81559 * MiB, 3.35 * TB, 989.4 * T, 1978.9 * T, 450 * GB, 2.99,
         source="NVIDIA H100 datasheet (SXM5: 3.35 TB/s, 989 TFLOPS bf16 dense, NVLink 900 GB/s bidirectional); "
-               "memory as nvidia-smi reports it on the lent H100 (81559 MiB); " + _PRICE_NOTE),
+               "memory as nvidia-smi reports it on an H100 SXM (81559 MiB); " + _PRICE_NOTE),
     GPU("h100-pcie", 81559 * MiB, 2.0 * TB, 756 * T, 1513 * T, 64 * GB, 2.49, network_bytes_per_s=25 * GB,
         source="NVIDIA H100 datasheet (PCIe: 2.0 TB/s, 756 TFLOPS bf16 dense, PCIe Gen5 64 GB/s); network: one "
                "200 Gb/s NIC per GPU assumed; " + _PRICE_NOTE),
     GPU("h200", 143771 * MiB, 4.8 * TB, 989.4 * T, 1978.9 * T, 450 * GB, 3.79,
         source="NVIDIA H200 datasheet (4.8 TB/s, 141 GB, 989 TFLOPS bf16 dense); memory as nvidia-smi reports it "
-               "on the lent H200 (143771 MiB); " + _PRICE_NOTE),
+               "on an H200 (143771 MiB); " + _PRICE_NOTE),
     GPU("h800", 81559 * MiB, 3.35 * TB, 989.4 * T, 1978.9 * T, 200 * GB, 2.0,
         source="H800 SXM: H100 SXM compute and memory with NVLink cut to 400 GB/s bidirectional; nodes of 8 with "
                "one 400 Gb/s InfiniBand NIC per GPU (DeepSeek Inference System Overview, 2025); $2/GPU-hour is "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from kvplan.units import InputError
 
-# What makes two rows the same measurement (the brief's resume key).
+# What makes two rows the same measurement: a resumed run skips rows whose key it already holds.
 KEY_FIELDS = ("model", "attention", "batch", "context", "kv_dtype", "layers")
 
 

@@ -94,7 +94,7 @@ def error_table(rows: list[dict]) -> list[str]:
 
 
 def misses(rows: list[dict]) -> list[str]:
-    """Markdown list: every (kind, figure) whose worst error is beyond the issue's target."""
+    """Markdown list: every (kind, figure) whose worst error is beyond its target (TARGETS)."""
     lines = []
     for spec in dict.fromkeys(r["attention"] for r in rows):
         mine = [r for r in rows if r["attention"] == spec]
