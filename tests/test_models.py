@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from kvplan.kinds import DSA, MLA, TPA, DenseAttention, keys_attended_sum
+from kvplan.kinds import dsa as dsa_kind
 from kvplan.dtypes import FORMATS
 from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import get_gpu
@@ -16,7 +17,6 @@ from kvplan.model import FeedForward, Model
 from kvplan.models import build, sliced
 from kvplan.models import dsa as dsa_module
 from kvplan.models.common import apply_rope, attend_prefill, band_mask
-from kvplan.profilers import flops as profiler_flops
 from kvplan.profilers.flops import count_flops, counted_prefill_flops
 from kvplan.recast import recast
 
@@ -73,7 +73,7 @@ def small_dsa_chunks(monkeypatch):
     # Chunks of 4 queries so DSA prefill runs several chunks even at 16 tokens (the model and the counted
     # figure must both see the change).
     monkeypatch.setattr(dsa_module, "DSA_QUERY_CHUNK", 4)
-    monkeypatch.setattr(profiler_flops, "DSA_QUERY_CHUNK", 4)
+    monkeypatch.setattr(dsa_kind, "QUERY_CHUNK", 4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
