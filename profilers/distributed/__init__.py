@@ -25,10 +25,10 @@ cpu):
 from __future__ import annotations
 
 from .launch import init_process_group, jobs_for, launch, main, spawn_cpu
-from .measure import Job, build_layers, full_layer_states, profile_job, run_jobs, run_layers
+from .measure import Job, build_layers, cache_bytes, full_layer_states, profile_job, run_jobs, run_layers, shard_layers
 from .report import print_table, write_rows
 from .shard import shard_spec, shard_state
 
-__all__ = ["Job", "build_layers", "full_layer_states", "init_process_group", "jobs_for", "launch", "main",
-           "print_table", "profile_job", "run_jobs", "run_layers", "shard_spec", "shard_state", "spawn_cpu",
-           "write_rows"]
+__all__ = ["Job", "build_layers", "cache_bytes", "full_layer_states", "init_process_group", "jobs_for", "launch",
+           "main", "print_table", "profile_job", "run_jobs", "run_layers", "shard_layers", "shard_spec", "shard_state",
+           "spawn_cpu", "write_rows"]

@@ -59,6 +59,19 @@ def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int
     return layers
 
 
+def shard_layers(desc: Model, tp: int, rank: int, batch: int, context: int, cache_dtype: torch.dtype,
+                 dtype: torch.dtype, device, seed: int) -> list[torch.nn.Module]:
+    """Rank `rank`'s shard under `tp` of the attention layers full_layer_states draws from `seed`, with caches
+    for batch x context."""
+    states = [shard_state(desc.attention, s, tp, rank) for s in full_layer_states(desc, dtype, seed)]
+    return build_layers(desc, shard_spec(desc.attention, tp), states, batch, context, cache_dtype, dtype, device)
+
+
+def cache_bytes(layers: list[torch.nn.Module]) -> int:
+    """Bytes of the layers' real cache tensors."""
+    return sum(buf.nbytes for layer in layers for buf in layer.cache_buffers())
+
+
 def inputs(desc: Model, batch: int, context: int, steps: int, dtype, device, seed: int) -> tuple:
     """Hidden states, the same on every rank (drawn on the device from one seed): a prompt [B, context - steps, d]
     and `steps` tokens [B, 1, d]."""
@@ -135,15 +148,12 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
     """This rank's shard: its row (cache bytes, weights, peak memory) and the all-reduced output."""
     tp, rank = dist.get_world_size(), dist.get_rank()
     desc = job.desc
-    spec = shard_spec(desc.attention, tp)
     cache_dtype, fmt = cache_format(job.kv_dtype, job.dtype)
-    states = [shard_state(desc.attention, s, tp, rank) for s in full_layer_states(desc, job.dtype, job.seed)]
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
-    layers = build_layers(desc, spec, states, job.batch, job.context, cache_dtype, job.dtype, device)
-    del states
+    layers = shard_layers(desc, tp, rank, job.batch, job.context, cache_dtype, job.dtype, device, job.seed)
     if cuda:  # weights, cache and RoPE tables; the input hidden states count as activations, as the estimate's do
         torch.cuda.synchronize(device)
         resident = torch.cuda.memory_allocated(device)
@@ -160,7 +170,7 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
     prompt_tokens = job.context - job.decode_steps
     row = {
         "rank": rank,
-        "cache_bytes": sum(buf.nbytes for layer in layers for buf in layer.cache_buffers()),
+        "cache_bytes": cache_bytes(layers),
         "cache_bytes_estimate": est.kv_cache_bytes_per_gpu(job.batch, job.context),
         "weights_bytes": sum(p.nbytes for layer in layers for p in layer.parameters()),
         "weights_bytes_estimate": est.weights_bytes_per_gpu,
