@@ -66,7 +66,8 @@ def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
     topk = attention.sparse_topk
     total = 0
     for window, layers in est.model.window_groups:
-        chunk = attention.prefill_query_chunk or (prompt if window is None or window >= prompt else window_chunk(window))
+        whole = window is None or window >= prompt
+        chunk = attention.prefill_query_chunk or (prompt if whole else window_chunk(window))
         per_layer = (est.pair_flops["prefill"] * _chunked_pairs(prompt, chunk, window, topk)
                      + est.indexer_pair_flops * _chunked_pairs(prompt, chunk, window))
         total += layers * (per_layer + est.token_flops["prefill"] * prompt)

@@ -27,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from kvplan.hardware import gpu_from_file
 from kvplan.units import format_tokens, parse_token_list
 

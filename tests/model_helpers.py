@@ -51,7 +51,8 @@ def assert_cached_decode_equals_forward(desc: Model) -> None:
     assert_close(decode_logits(net, toks, 3), reference[:, 2:])
 
 
-def assert_cache_bytes_equal_the_estimate(desc: Model, kv_dtype: str, max_batch: int = 3, max_context: int = 24) -> None:
+def assert_cache_bytes_equal_the_estimate(desc: Model, kv_dtype: str, max_batch: int = 3,
+                                          max_context: int = 24) -> None:
     """The built model's cache tensors hold Estimator.kv_cache_bytes, allocated and live at several contexts."""
     net = build(desc, max_batch=max_batch, max_context=max_context, dtype=torch.float32, kv_dtype=kv_dtype)
     est = estimator(desc, kv_format=FORMATS[kv_dtype])

@@ -34,8 +34,9 @@ def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[s
     generator = torch.Generator().manual_seed(seed)
     states = []
     for window in desc.layer_windows:
-        layer = layer_class(desc.attention)(desc.attention, desc.d_model, window, 1, 1, Rope(desc.attention.rope_dim, 1),
-                                            torch.float32, dtype=dtype)  # a 1-token cache: only the weights matter
+        layer = layer_class(desc.attention)(desc.attention, desc.d_model, window, 1, 1,
+                                            Rope(desc.attention.rope_dim, 1), torch.float32,
+                                            dtype=dtype)  # a 1-token cache: only the weights matter
         with torch.no_grad():
             for name, param in layer.named_parameters():
                 if name.endswith("bias"):
@@ -53,7 +54,7 @@ def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int
     layers = []
     for window, state in zip(desc.layer_windows, states):
         layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, dtype=dtype,
-                                   device=device)
+                                  device=device)
         layer.load_state_dict(state, strict=True)  # a slice of the wrong shape or a missing weight fails here
         layers.append(layer.eval().requires_grad_(False))
     return layers
