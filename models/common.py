@@ -123,6 +123,12 @@ def decode_mask(slots: int, input_pos: torch.Tensor) -> torch.Tensor:
     return torch.arange(slots, device=input_pos.device) <= input_pos
 
 
+def head_block(weight: torch.Tensor, n_heads: int, first: int, count: int, dim: int = 0) -> torch.Tensor:
+    """Heads first..first+count-1 of a weight whose dimension `dim` is n_heads blocks of equal width (the slice
+    of it that one tensor-parallel GPU holds)."""
+    return weight.unflatten(dim, (n_heads, -1)).narrow(dim, first, count).flatten(dim, dim + 1)
+
+
 def _bits(t: torch.Tensor) -> torch.Tensor:
     """fp8 tensors as raw bytes: index_copy_ has no fp8 kernels."""
     return t.view(torch.uint8) if t.dtype in (torch.float8_e4m3fn, torch.float8_e5m2) else t

@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from kvplan.kinds import DenseAttention
+from kvplan.units import ceil_div
 
-from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask
+from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask, head_block
 
 
 class DenseAttentionLayer(nn.Module, CacheMixin):
@@ -59,3 +60,21 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values)  # [B, kv, group, d_h]
         return self.wo(out.reshape(B, 1, h * d_h))
+
+    @classmethod
+    def shard_state(cls, spec: DenseAttention, state: dict[str, torch.Tensor], tp: int, rank: int
+                    ) -> dict[str, torch.Tensor]:
+        """Rank `rank`'s weights of `tp` from the full layer's state_dict: its n_heads/tp query heads (rows of
+        wqkv, columns of wo) and the ceil(n_kv_heads/tp) KV heads they read, one KV head on several ranks
+        when tp > n_kv_heads."""
+        n, kv, d = spec.n_heads, spec.n_kv_heads, spec.head_dim
+        h, kv_here = n // tp, ceil_div(kv, tp)
+        first = rank * h
+        kv_first = first // (n // kv)  # the KV head of this rank's first query head
+        out = dict(state)
+        for name in [k for k in state if k.startswith("wqkv.")]:  # weight, and bias where qkv_bias
+            q, k, v = state[name].split((n * d, kv * d, kv * d), dim=0)
+            out[name] = torch.cat([head_block(q, n, first, h), head_block(k, kv, kv_first, kv_here),
+                                   head_block(v, kv, kv_first, kv_here)])
+        out["wo.weight"] = head_block(state["wo.weight"], n, first, h, dim=1)
+        return out

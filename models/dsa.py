@@ -45,6 +45,12 @@ class DSALayer(MLALayer):
                                                         device=device), persistent=False)
         self.token_dims = {"kv_cache": 1, "index_k": 1, "index_scale": 1}
 
+    @classmethod
+    def shard_state(cls, spec: DSA, state: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
+        """MLA's slices of its MLA part; the indexer (index_wq, index_wk, index_k_norm, index_weights) whole:
+        its heads are not the attention heads, and every rank selects keys for all of its own heads."""
+        return super().shard_state(spec.mla, state, tp, rank)
+
     # --- the lightning indexer --------------------------------------------------------------------------
     def _index_inputs(self, x, q_latent, cos, sin):
         """Indexer queries [B, T, n, d_i] (rotated), weights [B, T, n], FP8 keys [B, T, d_i] and scales."""

@@ -18,7 +18,7 @@ from torch import nn
 from kvplan.kinds import MLA
 
 from . import triton_decode
-from .common import CacheMixin, RMSNorm, Rope, apply_rope, attend_prefill, decode_mask
+from .common import CacheMixin, RMSNorm, Rope, apply_rope, attend_prefill, decode_mask, head_block
 
 
 def latent_attention(q_cat: torch.Tensor, keys: torch.Tensor, kv_lora_rank: int, allowed: torch.Tensor) -> torch.Tensor:
@@ -128,3 +128,18 @@ class MLALayer(nn.Module, CacheMixin):
             keys = self.read("kv_cache", B, x.dtype)  # [B, slots, L + R]
             o_latent = latent_attention(q_cat, keys, self.spec.kv_lora_rank, decode_mask(self.slots, input_pos))
         return self._absorbed_output(o_latent.unsqueeze(1))
+
+    @classmethod
+    def shard_state(cls, spec: MLA, state: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
+        """Rank `rank`'s weights of `tp` from the full layer's state_dict: its n_heads/tp heads' rows of the
+        query and key/value up-projections and columns of wo; the down-projections to the latents (wq_a,
+        wkv_a) and their norms, which every head reads, whole."""
+        n = spec.n_heads
+        h = n // tp
+        first = rank * h
+        out = dict(state)
+        for name in ("wq.weight", "wq_b.weight", "wkv_b.weight"):  # wq without q_lora, wq_b with it
+            if name in state:
+                out[name] = head_block(state[name], n, first, h)
+        out["wo.weight"] = head_block(state["wo.weight"], n, first, h, dim=1)
+        return out

@@ -20,7 +20,7 @@ from torch import nn
 from kvplan.kinds import TPA
 
 from . import triton_decode
-from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask
+from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask, head_block
 
 
 def rebuild(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -101,3 +101,19 @@ class TPALayer(nn.Module, CacheMixin):
         p = torch.softmax(scores, dim=-1)
         pa = p.unsqueeze(-1) * a_v.permute(0, 2, 3, 1)  # [B, h, slots, R_V]
         return torch.matmul(pa.reshape(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))
+
+    @classmethod
+    def shard_state(cls, spec: TPA, state: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:
+        """Rank `rank`'s weights of `tp` from the full layer's state_dict: each rank's A factors (rows of
+        w_factors) over its n_heads/tp heads and their columns of wo; the B factors, which all heads share,
+        whole."""
+        n, d = spec.n_heads, spec.head_dim
+        h = n // tp
+        first = rank * h
+        ranks = spec.q_rank + spec.k_rank + spec.v_rank
+        a, b = state["w_factors.weight"].split((ranks * n, ranks * d), dim=0)
+        a_here = a.unflatten(0, (ranks, n)).narrow(1, first, h).flatten(0, 1)  # A is rank-major: [R x h, d_model]
+        out = dict(state)
+        out["w_factors.weight"] = torch.cat([a_here, b])
+        out["wo.weight"] = head_block(state["wo.weight"], n, first, h, dim=1)
+        return out

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from kvplan.kinds import MLA, TPA, DenseAttention
+from kvplan.kinds import MLA, DenseAttention
 from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import get_gpu
 from kvplan.model import FeedForward, Model
@@ -64,7 +64,7 @@ def gpu_cases() -> list[Case]:
 
 
 def smoke_cases() -> list[Case]:
-    mla = MLA(n_heads=4, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16, q_lora_rank=24)
+    mla = MLA.example()
     base = Model(name="smoke", n_layers=2, d_model=64, vocab_size=256, attention=DenseAttention(4, 4, 16),
                  ffn=FeedForward(128))
     return [Case("gqa", recast(base, "gqa:kv_heads=2")), Case("mqa", recast(base, "mqa")), Case("mha", base),
@@ -87,11 +87,8 @@ def fill_cache_randomly(net, seed: int) -> None:
 
 
 def transient_bytes(model: Model, batch: int, context: int) -> int:
-    """A generous bound on decode temporaries: a few score-sized tensors of every query head over the cache."""
-    attention = model.attention
-    heads = attention.n_heads
-    ranks = attention.k_rank + attention.v_rank if isinstance(attention, TPA) else 1
-    return 8 * batch * heads * context * 2 * ranks + GiB
+    """A generous bound on decode temporaries: the kind's scratch elements at 8 bytes each, plus 1 GiB."""
+    return 8 * batch * model.attention.decode_scratch_elements(context) + GiB
 
 
 def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype: torch.dtype, copy_bps: float,

@@ -15,7 +15,6 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from kvplan.kinds.dsa import QUERY_CHUNK as DSA_QUERY_CHUNK
 from kvplan.estimator import Estimator
 from kvplan.models.common import window_chunk
 
@@ -58,18 +57,18 @@ def _chunked_pairs(prompt: int, chunk: int, window: int | None, cap: int | None 
 
 def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
     """Prefill FLOPs as FlopCounterMode reports them for kvplan.models: linear layers and LM head as in the
-    estimate; attention over the rectangles the kernels are handed (kvplan.models.common.attend_prefill:
-    one prompt x prompt call, or for a window shorter than the prompt, chunks of window_chunk(window) queries against
-    the keys they can see; DSA: chunks of DSA_QUERY_CHUNK queries, the indexer scoring every visible key
-    and attention taking a fixed min(visible, top-k) keys per query)."""
-    topk = est.model.attention.sparse_topk
+    estimate; attention over the rectangles the kernels are handed: queries in chunks of the kind's
+    prefill_query_chunk (DSA), else one prompt x prompt call, or for a window shorter than the prompt chunks of
+    window_chunk(window) queries (kvplan.models.common.attend_prefill), each chunk against the keys it can
+    see; a key selector (DSA's indexer) scores every visible key and attention takes a fixed
+    min(visible, top-k) keys per query."""
+    attention = est.model.attention
+    topk = attention.sparse_topk
     total = 0
     for window, layers in est.model.window_groups:
-        if topk is None:
-            chunk = prompt if window is None or window >= prompt else window_chunk(window)
-            per_layer = est.pair_flops["prefill"] * _chunked_pairs(prompt, chunk, window)
-        else:
-            per_layer = (est.pair_flops["prefill"] * _chunked_pairs(prompt, DSA_QUERY_CHUNK, window, topk)
-                         + est.indexer_pair_flops * _chunked_pairs(prompt, DSA_QUERY_CHUNK, window))
+        whole = window is None or window >= prompt
+        chunk = attention.prefill_query_chunk or (prompt if whole else window_chunk(window))
+        per_layer = (est.pair_flops["prefill"] * _chunked_pairs(prompt, chunk, window, topk)
+                     + est.indexer_pair_flops * _chunked_pairs(prompt, chunk, window))
         total += layers * (per_layer + est.token_flops["prefill"] * prompt)
     return est.prefill_linear_flops(batch, prompt) + batch * total

@@ -6,9 +6,10 @@
 
 The matrix: every kind as a re-cast of one base model's first `--layers` layers (llama-3.1-8b, 2 layers:
 d_model 4096, 32 heads of 128, so every kind runs kernels of the same width and the calibration's reference
-model is one of them): MHA, MQA, GQA (native, 8 KV heads), MLA, TPA (T6), a 4096-token sliding window,
-local/global (1024-token local layers alternating with global ones), DSA; contexts 4k, 32k, 128k; batches 1
-and 8. `kvplan calibrate` runs first and its profile is what the estimates use.
+model is one of them): every --attention name of kvplan.kinds (MHA, MQA, GQA, MLA, TPA (T6), DSA; the one
+that re-casts the base into its own attention runs as "native", for llama-3.1-8b GQA with 8 KV heads), a
+4096-token sliding window and local/global (1024-token local layers alternating with global ones);
+contexts 4k, 32k, 128k; batches 1 and 8. `kvplan calibrate` runs first and its profile is what the estimates use.
 
 Rows go to DIR/NAME.csv as they finish (a rerun resumes), the profile to DIR/NAME-profile.json and the
 report (error table: median and worst error per kind per figure; the misses of the targets; rows that did
@@ -26,8 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from kvplan.hardware import gpu_from_file
 from kvplan.units import format_tokens, parse_token_list
 
@@ -38,8 +37,8 @@ from .store import read_rows
 from .sweep import Sweep, device_environment, run
 from .timing import default_dtype, pick_device
 
-# --attention specs of the matrix; "native" is the base model's own attention (GQA, 8 KV heads, for llama-3.1-8b).
-KINDS = ("mha", "mqa", "native", "mla", "tpa", "window:4096", "window:size=1024,global_every=2", "dsa")
+# Window patterns of the matrix, on the base model's own attention, after the kinds.
+WINDOWS = ("window:4096", "window:size=1024,global_every=2")
 REPORTED = ("cache_bytes", "prefill_peak_bytes", "prefill_seconds", "decode_seconds", "prefill_flops_counted",
             "decode_flops")
 TARGETS = {"cache_bytes": 0.0, "prefill_peak_bytes": 0.05, "prefill_seconds": 0.10, "decode_seconds": 0.10}
@@ -54,8 +53,8 @@ def _arguments(argv):
     parser.add_argument("--layers", type=int, default=2, help="layers of the base model run")
     parser.add_argument("--contexts", default="4k,32k,128k")
     parser.add_argument("--batches", default="1,8")
-    parser.add_argument("--kinds", default=";".join(KINDS),
-                        help="attention specs separated by ';' or ',' (as --attention takes them)")
+    parser.add_argument("--kinds", help="attention specs separated by ';' or ',' (as --attention takes them); "
+                        f"default: every kind's --attention name (kvplan.kinds), then {'; '.join(WINDOWS)}")
     parser.add_argument("--repeats", type=int, default=3, help="timed samples per latency (median kept)")
     parser.add_argument("--budget-seconds", type=float, default=450, help="start no row after this long")
     parser.add_argument("--usd-per-hour", type=float, default=None, help="price, needed on a CPU")
@@ -66,6 +65,18 @@ def _kinds(text: str) -> list[str]:
     from kvplan.recast import split_specs
 
     return split_specs(text.split(";")) if ";" in text else split_specs(text)
+
+
+def matrix(model: str) -> list[str]:
+    """--attention specs of the default matrix: the base model's own attention ("native") and every name in
+    kvplan.kinds.RECAST_NAMES whose re-cast differs from it, in the registry's order, then WINDOWS."""
+    from kvplan.api import resolve_model
+    from kvplan.kinds import RECAST_NAMES
+    from kvplan.recast import recast
+
+    base = resolve_model(model)
+    specs = ["native" if recast(base, name).attention == base.attention else name for name in RECAST_NAMES]
+    return list(dict.fromkeys(specs if "native" in specs else ["native", *specs])) + list(WINDOWS)
 
 
 def _name(row: dict) -> str:
@@ -190,7 +201,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     contexts, batches = parse_token_list(args.contexts, "--contexts"), parse_token_list(args.batches, "--batches")
-    kinds = _kinds(args.kinds)
+    kinds = _kinds(args.kinds) if args.kinds else matrix(args.model)
 
     print(f"calibrating {device} ...", file=sys.stderr)
     profile = calibrate(device, "auto", args.usd_per_hour, args.repeats,

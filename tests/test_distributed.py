@@ -21,6 +21,7 @@ pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_availa
                                 reason="torch.distributed with gloo is not available")
 
 from kvplan.profilers import distributed as tp_mod  # noqa: E402
+from model_helpers import shard_outputs  # noqa: E402
 
 D, BATCH, CONTEXT, STEPS, F64 = 48, 2, 12, 3, 8  # F64: bytes per cached element (float64 cache)
 _MLA = MLA(n_heads=4, kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10, q_lora_rank=20)
@@ -99,27 +100,13 @@ def test_weights_per_rank_show_what_tp_replicates(rows):
     assert gqa["weights_bytes"] + norms * F64 == gqa["weights_bytes_estimate"]
 
 
-def _prefill_sum(desc, ranks):
-    """Sum over the given ranks' shard prefill outputs for one layer, and the full layer's output."""
-    state = tp_mod.full_layer_states(desc, torch.float64, seed=3)[0]
-    full = tp_mod.build_layers(desc, desc.attention, [state], 1, 8, torch.float64, torch.float64, "cpu")[0]
-    x = torch.randn(1, 8, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
-    spec = tp_mod.shard_spec(desc.attention, 2)
-    total = torch.zeros_like(x)
-    for rank in ranks:
-        shard = tp_mod.build_layers(desc, spec, [tp_mod.shard_state(desc.attention, state, 2, rank)], 1, 8,
-                                    torch.float64, torch.float64, "cpu")[0]
-        total += shard.prefill(x)
-    return total, full.prefill(x)
-
-
 @pytest.mark.parametrize("kind", KINDS)
 def test_slices_sum_to_the_full_layer_in_one_process(kind):
     desc, _ = KINDS[kind]
     desc = tiny(desc.attention, layers=1)
-    total, full = _prefill_sum(desc, ranks=(0, 1))
+    [(total, full)] = shard_outputs(desc, 2, ranks=(0, 1))
     torch.testing.assert_close(total, full, rtol=1e-10, atol=1e-10)
-    wrong, _ = _prefill_sum(desc, ranks=(0, 0))  # rank 0's slice twice: half the heads counted twice
+    [(wrong, _)] = shard_outputs(desc, 2, ranks=(0, 0))  # rank 0's slice twice: half the heads counted twice
     assert (wrong - full).abs().max() > 1e-3
 
 

@@ -9,18 +9,17 @@ import torch
 import torch.nn.functional as F
 
 from kvplan.kinds import DSA, MLA, TPA, DenseAttention, keys_attended_sum
-from kvplan.dtypes import FORMATS
-from kvplan.estimator import Deployment, Estimator
-from kvplan.hardware import get_gpu
+from kvplan.kinds import dsa as dsa_kind
 from kvplan.model import FeedForward, Model
 from kvplan.models import build, sliced
 from kvplan.models import dsa as dsa_module
 from kvplan.models.common import apply_rope, attend_prefill, band_mask
-from kvplan.profilers import flops as profiler_flops
-from kvplan.profilers.flops import count_flops, counted_prefill_flops
+from kvplan.profilers.flops import count_flops
 from kvplan.recast import recast
+from model_helpers import (VOCAB, assert_cache_bytes_equal_the_estimate, assert_cached_decode_equals_forward,
+                           assert_close, assert_counted_prefill_flops, decode_logits, estimator, f64, tokens)
 
-D, VOCAB = 48, 61
+D = 48
 _MLA = MLA(n_heads=4, kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10, q_lora_rank=20)
 # 16 indexer heads: with few heads, relu often zeroes every head for a key and top-k meets exact ties.
 _DSA = DSA(_MLA, index_n_heads=16, index_head_dim=12, index_topk=5)
@@ -48,43 +47,17 @@ KINDS = {
 }
 
 
-def f64(desc, max_batch=2, max_context=16, seed=0):
-    return build(desc, max_batch=max_batch, max_context=max_context, dtype=torch.float64, kv_dtype=None, seed=seed)
-
-
-def tokens(batch, length, seed=1):
-    return torch.randint(0, VOCAB, (batch, length), generator=torch.Generator().manual_seed(seed))
-
-
-def assert_close(a, b):
-    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
-
-
-def decode_logits(net, toks, prompt):
-    """Prefill toks[:, :prompt], then decode the rest one token at a time: logits of every position from prompt-1."""
-    out = [net.prefill(toks[:, :prompt])]
-    for pos in range(prompt, toks.size(1)):
-        out.append(net.decode(toks[:, pos:pos + 1], torch.tensor([pos])))
-    return torch.stack(out, dim=1)
-
-
 @pytest.fixture(autouse=True)
 def small_dsa_chunks(monkeypatch):
     # Chunks of 4 queries so DSA prefill runs several chunks even at 16 tokens (the model and the counted
     # figure must both see the change).
     monkeypatch.setattr(dsa_module, "DSA_QUERY_CHUNK", 4)
-    monkeypatch.setattr(profiler_flops, "DSA_QUERY_CHUNK", 4)
+    monkeypatch.setattr(dsa_kind, "QUERY_CHUNK", 4)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_prefill_then_decode_equals_full_forward(kind):
-    net = f64(KINDS[kind])
-    toks = tokens(2, 16)
-    reference = net.forward(toks)  # [B, T, V], no cache
-    # 6-token prompt, then 10 decode steps: every windowed ring (4..7 slots) wraps at least once.
-    assert_close(decode_logits(net, toks, 6), reference[:, 5:])
-    net.reset_cache()  # a second sequence in the same caches gives the same answer
-    assert_close(decode_logits(net, toks, 3), reference[:, 2:])
+    assert_cached_decode_equals_forward(KINDS[kind])
 
 
 def test_recast_models_build_and_decode():
@@ -211,13 +184,7 @@ CACHE_KINDS = {**{k: KINDS[k] for k in ("mha", "gqa", "mqa", "local-global", "ml
 @pytest.mark.parametrize("kv_dtype", ["bf16", "fp8", "fp32"])
 @pytest.mark.parametrize("kind", CACHE_KINDS)
 def test_cache_bytes_equal_the_estimate(kind, kv_dtype):
-    desc, max_batch, max_context = CACHE_KINDS[kind], 3, 24
-    net = build(desc, max_batch=max_batch, max_context=max_context, dtype=torch.float32, kv_dtype=kv_dtype)
-    estimator = Estimator(desc, Deployment(get_gpu("h100-sxm"), kv_format=FORMATS[kv_dtype]))
-    assert net.cache_bytes_allocated() == estimator.kv_cache_bytes(max_batch, max_context)
-    assert net.cache_bytes_allocated() == sum(t.numel() * t.element_size() for t in net.cache_tensors())
-    for context in (1, 5, 8, 13, 24):
-        assert net.cache_bytes_live(context) == estimator.kv_cache_bytes(max_batch, context)
+    assert_cache_bytes_equal_the_estimate(CACHE_KINDS[kind], kv_dtype)
 
 
 def test_gqa_cache_bytes_by_hand():
@@ -243,8 +210,7 @@ def counted(fn, *args) -> int:
 @pytest.mark.parametrize("kind", FLOP_KINDS)
 def test_prefill_flops_equal_the_estimate(kind):
     desc, B, T = KINDS[kind], 2, 14
-    est = Estimator(desc, Deployment(get_gpu("h100-sxm")))
-    net = f64(desc, max_context=T)
+    est = estimator(desc)
 
     def attention_flops(pairs_per_layer):
         return B * sum(est.pair_flops["prefill"] * pairs + est.token_flops["prefill"] * T
@@ -260,13 +226,13 @@ def test_prefill_flops_equal_the_estimate(kind):
     # in chunks of window_chunk(w) queries against keys (chunk start - w + 1)..chunk end; DSA in chunks of DSA_QUERY_CHUNK
     # queries, its indexer scoring every visible key and attention taking min(visible, top-k) per query.
     # Matrix products only on both sides, so the match is exact.
-    assert counted(net.prefill, tokens(B, T)) == counted_prefill_flops(est, B, T)
+    assert_counted_prefill_flops(desc, B, T)
 
 
 @pytest.mark.parametrize("kind", FLOP_KINDS)
 def test_decode_flops_equal_the_estimate(kind):
     desc, B, S = KINDS[kind], 2, 10
-    est = Estimator(desc, Deployment(get_gpu("h100-sxm")))
+    est = estimator(desc)
     net = f64(desc, max_context=S)
     toks = tokens(B, S)
     net.prefill(toks[:, :S - 1])

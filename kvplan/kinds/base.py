@@ -79,6 +79,18 @@ class AttentionKind:
             return 0
         return int(ceil_div(self.n_heads, tp) * in_flight * prompt * 2 * activation_bytes)
 
+    def decode_scratch_elements(self, cached_tokens: int) -> int:
+        """Elements of the transient tensors one decode step of one sequence holds over `cached_tokens` cached
+        keys in kvplan.models' PyTorch path (no Triton kernel), every temporary counted as if alive at once:
+        the scores and the probabilities of every query head over every key."""
+        return 2 * self.n_heads * cached_tokens
+
+    @property
+    def prefill_query_chunk(self) -> int | None:
+        """Queries per sequence that kvplan.models' prefill hands one attention call whatever the window (None:
+        the whole prompt, or for a window shorter than it chunks of kvplan.models.common.window_chunk)."""
+        return None
+
     # --- FLOPs -----------------------------------------------------------------------------------------------
     def pair_flops(self, phase: str) -> int:
         """FLOPs per (query, key) pair attended in `phase` ("prefill" or "decode")."""

@@ -63,10 +63,11 @@ class DenseAttention(AttentionKind):
         return 3 * self.n_heads * self.head_dim + 3 * self.n_kv_heads * self.head_dim
 
     def check_shardable(self, tp: int) -> str | None:
+        reason = super().check_shardable(tp)  # the query heads, then the KV heads
         kv = self.n_kv_heads
-        if kv % tp and tp % kv:
-            return f"{self.label}: {kv} KV heads neither split over nor replicate evenly on tp={tp} GPUs"
-        return super().check_shardable(tp)
+        if reason is None and kv % tp and tp % kv:
+            reason = f"{self.label}: {kv} KV heads neither split over nor replicate evenly on tp={tp} GPUs"
+        return reason
 
     def shard(self, tp: int) -> "DenseAttention":
         return replace(self, n_heads=self.n_heads // tp, n_kv_heads=ceil_div(self.n_kv_heads, tp))

@@ -100,10 +100,22 @@ class DSA(AttentionKind):
         latent = self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
         return int(tokens * 4 + keys * 8 + keys * latent * activation_bytes + 2 * heads * keys * activation_bytes)
 
+    @property
+    def prefill_query_chunk(self) -> int:
+        return QUERY_CHUNK
+
+    def decode_scratch_elements(self, cached_tokens: int) -> int:
+        """Per cached key the indexer's dequantized key, its per-head scores and their weighted sum; per selected
+        key the gathered latent with its RoPE key, and the scores and probabilities of every head."""
+        selected = min(cached_tokens, self.index_topk)
+        mla = self.mla
+        return (cached_tokens * (self.index_head_dim + self.index_n_heads + 1)
+                + selected * (mla.kv_lora_rank + mla.qk_rope_head_dim + 2 * mla.n_heads))
+
     def prefill_scratch_bytes(self, batch: int, prompt: int, in_flight: int, activation_bytes: float, tp: int,
                               flash: bool) -> int:
-        """Prefill runs in chunks of QUERY_CHUNK queries per sequence, flash or not."""
-        queries = min(batch * min(prompt, QUERY_CHUNK), in_flight)
+        """Prefill runs in chunks of prefill_query_chunk queries per sequence, flash or not."""
+        queries = min(batch * min(prompt, self.prefill_query_chunk), in_flight)
         return self.query_scratch_bytes(prompt, activation_bytes, tp) * queries
 
     def decode_read_bytes(self, cached_tokens: int, attended_keys: int, layer_bytes: int) -> int:

@@ -51,6 +51,11 @@ class TPA(AttentionKind):
         ranks = self.q_rank + self.k_rank + self.v_rank
         return d_model * ranks * (heads + self.head_dim) + heads * self.head_dim * d_model
 
+    def decode_scratch_elements(self, cached_tokens: int) -> int:
+        """Per query head and key: q . B_K per K rank and its product with A_K, the scores, the probabilities,
+        and the probabilities weighted by A_V per V rank."""
+        return (2 * self.k_rank + 2 + self.v_rank) * self.n_heads * cached_tokens
+
     def pair_flops(self, phase: str) -> int:
         h, d_h = self.n_heads, self.head_dim
         if phase == "decode":

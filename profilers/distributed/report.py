@@ -1,0 +1,65 @@
+"""The rows of a tensor-parallel run as a table (rich) or a file (JSON or CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+COLUMNS = [
+    ("attention", "attention"), ("tp", "tp"), ("rank", "rank"), ("batch", "batch"), ("context", "context"),
+    ("cache MiB", "cache_bytes"), ("cache est MiB", "cache_bytes_estimate"), ("cache ok", "cache_matches"),
+    ("weights MiB", "weights_bytes"), ("weights est MiB", "weights_bytes_estimate"),
+    ("peak MiB", "peak_bytes"), ("peak est MiB", "peak_bytes_estimate"), ("peak err", "peak_error"),
+    ("transient MiB", "transient_bytes"), ("transient est MiB", "transient_bytes_estimate"),
+    ("output err", "output_error"), ("output ok", "output_matches"),
+]
+
+
+def _cell(key: str, value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "[green]yes[/]" if value else "[red]no[/]"
+    if key.endswith("_error") and key != "output_error":
+        return f"{value:+.1%}"
+    if key == "output_error":
+        return f"{value:.1e}"
+    if key.endswith("_bytes") or key.endswith("_bytes_estimate"):
+        return f"{value / 2**20:,.3f}"
+    return str(value)
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    if not rows:
+        return
+    first = rows[0]
+    table = Table(title=f"{escape(first['model'])}: tensor-parallel attention, {first['layers']} of "
+                        f"{first['full_layers']} layers, {first['dtype']} compute, {first['kv_dtype']} cache, "
+                        f"{first['backend']} on {escape(first['gpu'])}",
+                  caption="MiB = 2^20 bytes. est: kvplan's Estimator for the attention layers alone at the same tp "
+                          "(err = est / measured - 1). output: max|sharded - unsharded| / max|unsharded| on rank 0.",
+                  caption_justify="left")
+    for header, _ in COLUMNS:
+        table.add_column(header, justify="left" if header == "attention" else "right")
+    for row in rows:
+        table.add_row(*(escape(_cell(key, row[key])) if key == "attention" else _cell(key, row[key])
+                        for _, key in COLUMNS))
+    Console(width=240).print(table)
+
+
+def write_rows(rows: list[dict], path: str) -> None:
+    """JSON (a list of rows) for a .json path, else CSV."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.suffix == ".json":
+        target.write_text(json.dumps(rows, indent=1) + "\n")
+        return
+    with target.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
