@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 import torch.distributed as dist
 
 from kvplan.dtypes import StorageFormat
@@ -88,13 +89,16 @@ def inputs(desc: Model, batch: int, context: int, steps: int, dtype, device, see
 def run_layers(layers: list, prompt: torch.Tensor, steps: list[torch.Tensor], reduce) -> torch.Tensor:
     """Prefill the prompt, then decode each step, through the layers with residual adds; outputs [B, context, d].
 
-    `reduce` sums a layer's output over the tensor-parallel ranks (in place) before it joins the residual.
-    The prompt is the residual stream and is updated in place (no copy, as in kvplan.models' decoder).
+    Each layer sees the RMS-normed residual, as in kvplan.models' decoder, so what is live per token is what the
+    Estimator counts there: the residual stream, the normed input and the layer's intermediates. `reduce` sums
+    a layer's output over the tensor-parallel ranks (in place) before it joins the residual. The prompt is the
+    residual stream and is updated in place (no copy).
     """
     outputs = []
     h = prompt
+    width = (prompt.size(-1),)
     for layer in layers:
-        out = layer.prefill(h)
+        out = layer.prefill(F.rms_norm(h, width))
         reduce(out)
         h.add_(out)
     outputs.append(h)
@@ -102,7 +106,7 @@ def run_layers(layers: list, prompt: torch.Tensor, steps: list[torch.Tensor], re
     for x in steps:
         h = x
         for layer in layers:
-            out = layer.decode(h, position)
+            out = layer.decode(F.rms_norm(h, width), position)
             reduce(out)
             h.add_(out)
         outputs.append(h)
