@@ -1,6 +1,6 @@
 """Bundled model presets: the published config.json values (the fields kvplan reads), with their source.
 
-Each preset is the subset of the model's config.json that kvplan.hf_config reads, so presets and local
+Each preset is the subset of the model's config.json that kvplan.families reads, so presets and local
 config files go through one parser. The T6 presets use the TPA paper's released training configs
 (tensorgi/TPA, config/train_*_medium_adam_80g8.py): GPT-2-medium depth and width, SwiGLU hidden
 floor(8/3 * 1024) = 2730, vocab 50304, tied embeddings, trained at 1024 tokens; the head counts of the
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 
-from .hf_config import model_from_config
+from .families import model_from_config
 from .model import Model
 from .units import InputError
 
@@ -108,7 +108,7 @@ def load_model(name_or_path: str) -> Model:
         return get_preset(name_or_path)
     path = Path(name_or_path)
     if path.exists() or "/" in name_or_path or name_or_path.endswith(".json"):
-        from .hf_config import model_from_file
+        from .families import model_from_file
 
         return model_from_file(path)
     return get_preset(name_or_path)

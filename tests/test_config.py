@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvplan.kinds import DSA, MLA, DenseAttention
-from kvplan.hf_config import model_from_config, model_from_file
+from kvplan.families import model_from_config, model_from_file
 from kvplan.presets import PRESETS, get_preset, load_model
 from kvplan.units import InputError
 
