@@ -1,13 +1,14 @@
-"""DeepSeek-V3 (MLA, MoE) and DeepSeek-V3.2 (DSA: MLA with a top-k key indexer)."""
+"""DeepSeek-V2/V2-Lite and V3 (MLA, MoE after the first dense layers) and DeepSeek-V3.2 (DSA: MLA with a top-k
+key indexer). V2-Lite has no query compression (q_lora_rank null)."""
 
 from __future__ import annotations
 
 from ..kinds import DSA, MLA
-from ..model import FeedForward, Model
+from ..model import Model
 from ..units import InputError
-from .fields import Fields
+from .fields import Fields, moe_feed_forward
 
-MODEL_TYPES = ("deepseek_v3", "deepseek_v32")
+MODEL_TYPES = ("deepseek_v2", "deepseek_v3", "deepseek_v32", "kimi_k2")
 
 
 def model(f: Fields, common: dict) -> Model:
@@ -18,13 +19,8 @@ def model(f: Fields, common: dict) -> Model:
     if common["architecture"] == "deepseek_v32":
         attention = DSA(mla, index_n_heads=f.need("index_n_heads"), index_head_dim=f.need("index_head_dim"),
                         index_topk=f.need("index_topk"))
-    n_experts = f.get("n_routed_experts", 0)
-    if n_experts and not 0 < f.need("num_experts_per_tok") <= n_experts:
-        raise InputError(f"{f.where}: num_experts_per_tok ({f.need('num_experts_per_tok')}) must be between 1 and "
-                         f"n_routed_experts ({n_experts})")
-    ffn = FeedForward(intermediate=f.need("intermediate_size"), n_experts=n_experts,
-                      n_active_experts=f.need("num_experts_per_tok") if n_experts else 0,
-                      n_shared_experts=f.get("n_shared_experts", 0),
-                      moe_intermediate=f.need("moe_intermediate_size") if n_experts else 0,
-                      n_dense_layers=f.get("first_k_dense_replace", 0) if n_experts else None)
+    if f.get("moe_layer_freq", 1) != 1:  # every published DeepSeek model has 1
+        raise InputError(f"{f.where}: moe_layer_freq {f.get('moe_layer_freq')} is not supported; kvplan reads 1")
+    ffn = moe_feed_forward(f, f.get("n_routed_experts", 0), "num_experts_per_tok", f.need("intermediate_size"),
+                           n_dense_layers=f.get("first_k_dense_replace", 0), n_shared_experts=f.get("n_shared_experts", 0))
     return Model(attention=attention, ffn=ffn, tie_embeddings=f.get("tie_word_embeddings", False, bool), **common)

@@ -47,3 +47,60 @@ def common_fields(f: Fields, model_type: str, name: str, source: str) -> dict:
             raise InputError(f"{name}: {key} must be positive")
     return dict(name=name, n_layers=n_layers, d_model=d_model, vocab_size=f.need("vocab_size"),
                 max_positions=f.get("max_position_embeddings"), architecture=model_type, source=source)
+
+
+def moe_feed_forward(f: Fields, n_experts: int, active_key: str, dense_intermediate: int, *, n_dense_layers: int = 0,
+                     moe_step: int = 1, dense_layer_ids: tuple[int, ...] = (), n_shared_experts: int = 0,
+                     shared_intermediate: int = 0, moe_intermediate_key: str = "moe_intermediate_size"):
+    """A FeedForward with `n_experts` routed experts (none: dense), the top-k read from `active_key`."""
+    from ..model import FeedForward
+
+    if not n_experts:
+        return FeedForward(dense_intermediate)
+    active = f.need(active_key)
+    if not 0 < active <= n_experts:
+        raise InputError(f"{f.where}: {active_key} ({active}) must be between 1 and the number of experts ({n_experts})")
+    if moe_step < 1:
+        raise InputError(f"{f.where}: the MoE layer step must be at least 1, not {moe_step}")
+    return FeedForward(intermediate=dense_intermediate, n_experts=n_experts, n_active_experts=active,
+                       n_shared_experts=n_shared_experts, moe_intermediate=f.need(moe_intermediate_key),
+                       n_dense_layers=n_dense_layers, moe_step=moe_step, dense_layer_ids=tuple(dense_layer_ids),
+                       shared_intermediate=shared_intermediate)
+
+
+def layer_spans(f: Fields, n_layers: int, spans: dict[str, str | None]) -> tuple[int | None, ...] | None:
+    """Per-layer window (or chunk) from `layer_types`, None where the config has no such list.
+
+    `spans` maps each layer type the family knows to the field holding its span in tokens (None: full
+    attention); a span field is needed only when some layer has that type, so a config whose layers are all
+    full attention may leave sliding_window null or out (as transformers 5 writes Qwen2 and Qwen3).
+    """
+    layer_types = f.config.get("layer_types")
+    if not (isinstance(layer_types, list) and layer_types):
+        return None
+    if len(layer_types) != n_layers:
+        raise InputError(f"{f.where}: layer_types has {len(layer_types)} entries for {n_layers} layers")
+    unknown = sorted({str(kind) for kind in layer_types} - set(spans))
+    if unknown:
+        raise InputError(f"{f.where}: layer_types holds {', '.join(unknown)}; kvplan knows {' and '.join(spans)} "
+                         f"for model_type {f.config.get('model_type')!r}")
+    sizes = {kind: f.need(key) if key else None for kind, key in spans.items() if kind in layer_types}
+    return tuple(sizes[kind] for kind in layer_types)
+
+
+SLIDING_OR_FULL = {"sliding_attention": "sliding_window", "full_attention": None}
+
+
+def every_layer_window(f: Fields, n_layers: int) -> tuple[int | None, ...]:
+    """One sliding_window on every layer when set (Mistral, Mixtral, Phi-3), from layer_types when listed.
+
+    A window at least max_position_embeddings long never limits attention, so it counts as none
+    (Phi-3.5-mini's 262144 over 131072 positions).
+    """
+    listed = layer_spans(f, n_layers, SLIDING_OR_FULL)
+    if listed is not None:
+        return listed
+    window, positions = f.get("sliding_window"), f.get("max_position_embeddings")
+    if not window or (positions and window >= positions):
+        return (None,) * n_layers
+    return (window,) * n_layers

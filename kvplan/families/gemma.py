@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..model import FeedForward, Model
-from .fields import Fields
-from .llama import dense_attention, layer_types_windows
+from .fields import SLIDING_OR_FULL, Fields, layer_spans
+from .llama import dense_attention
 
 MODEL_TYPES = ("gemma2", "gemma3", "gemma3_text")
 
@@ -19,7 +19,7 @@ CLASS_DEFAULTS["gemma3"] = CLASS_DEFAULTS["gemma3_text"]
 
 
 def windows(f: Fields, model_type: str, n_layers: int) -> tuple[int | None, ...]:
-    listed = layer_types_windows(f, n_layers)
+    listed = layer_spans(f, n_layers, SLIDING_OR_FULL)
     if listed is not None:
         return listed
     if model_type == "gemma2":  # local layers first: 0, 2, 4, ...
