@@ -23,6 +23,16 @@ _T6_MEDIUM = {"num_hidden_layers": 24, "hidden_size": 1024, "head_dim": 64, "int
               "vocab_size": 50304, "max_position_embeddings": 1024, "tie_word_embeddings": True}
 _T6_SOURCE = "TPA paper (arXiv 2501.06425) code, tensorgi/TPA config/{}"
 
+_GPT_OSS = {"model_type": "gpt_oss", "hidden_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8,
+            "head_dim": 64, "intermediate_size": 2880, "num_experts_per_tok": 4, "vocab_size": 201088,
+            "max_position_embeddings": 131072, "sliding_window": 128, "attention_bias": True,
+            "tie_word_embeddings": False}
+_GPT_OSS_SOURCE = "openai/gpt-oss-{} config.json (attention sinks and expert biases left out of the counts)"
+_LLAMA4 = {"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 5120, "num_attention_heads": 40,
+           "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
+           "num_experts_per_tok": 1, "attention_chunk_size": 8192, "vocab_size": 202048, "tie_word_embeddings": False}
+_LLAMA4_SOURCE = "meta-llama/Llama-4-{}-Instruct config.json (text_config; the vision encoder left out)"
+
 PRESETS: dict[str, tuple[dict, str]] = {
     "llama-3.1-8b": ({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
                       "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
@@ -85,18 +95,12 @@ PRESETS: dict[str, tuple[dict, str]] = {
                        "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
                        "vocab_size": 151936, "max_position_embeddings": 40960, "tie_word_embeddings": False},
                       "Qwen/Qwen3-30B-A3B config.json"),
-    "gpt-oss-20b": ({"model_type": "gpt_oss", "num_hidden_layers": 24, "hidden_size": 2880, "num_attention_heads": 64,
-                     "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 2880, "num_local_experts": 32,
-                     "num_experts_per_tok": 4, "vocab_size": 201088, "max_position_embeddings": 131072,
-                     "sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"] * 12,
-                     "attention_bias": True, "tie_word_embeddings": False},
-                    "openai/gpt-oss-20b config.json (attention sinks and expert biases left out of the counts)"),
-    "gpt-oss-120b": ({"model_type": "gpt_oss", "num_hidden_layers": 36, "hidden_size": 2880, "num_attention_heads": 64,
-                      "num_key_value_heads": 8, "head_dim": 64, "intermediate_size": 2880, "num_local_experts": 128,
-                      "num_experts_per_tok": 4, "vocab_size": 201088, "max_position_embeddings": 131072,
-                      "sliding_window": 128, "layer_types": ["sliding_attention", "full_attention"] * 18,
-                      "attention_bias": True, "tie_word_embeddings": False},
-                     "openai/gpt-oss-120b config.json (attention sinks and expert biases left out of the counts)"),
+    "gpt-oss-20b": ({**_GPT_OSS, "num_hidden_layers": 24, "num_local_experts": 32,
+                     "layer_types": ["sliding_attention", "full_attention"] * 12},
+                    _GPT_OSS_SOURCE.format("20b")),
+    "gpt-oss-120b": ({**_GPT_OSS, "num_hidden_layers": 36, "num_local_experts": 128,
+                      "layer_types": ["sliding_attention", "full_attention"] * 18},
+                     _GPT_OSS_SOURCE.format("120b")),
     "deepseek-v2-lite": ({"model_type": "deepseek_v2", "num_hidden_layers": 27, "hidden_size": 2048,
                           "num_attention_heads": 16, "kv_lora_rank": 512, "q_lora_rank": None, "qk_rope_head_dim": 64,
                           "qk_nope_head_dim": 128, "v_head_dim": 128, "intermediate_size": 10944,
@@ -116,19 +120,12 @@ PRESETS: dict[str, tuple[dict, str]] = {
                      "vocab_size": 151552, "max_position_embeddings": 131072, "attention_bias": True,
                      "tie_word_embeddings": False},
                     "zai-org/GLM-4.5-Air config.json (the multi-token-prediction layer is left out)"),
-    "llama-4-scout": ({"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 5120, "num_attention_heads": 40,
-                       "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
-                       "num_local_experts": 16, "num_experts_per_tok": 1, "interleave_moe_layer_step": 1,
-                       "attention_chunk_size": 8192, "vocab_size": 202048, "max_position_embeddings": 10485760,
-                       "tie_word_embeddings": False},
-                      "meta-llama/Llama-4-Scout-17B-16E-Instruct config.json (text_config; the vision encoder left out)"),
-    "llama-4-maverick": ({"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 5120,
-                          "num_attention_heads": 40, "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192,
-                          "intermediate_size_mlp": 16384, "num_local_experts": 128, "num_experts_per_tok": 1,
-                          "interleave_moe_layer_step": 2, "attention_chunk_size": 8192, "vocab_size": 202048,
-                          "max_position_embeddings": 1048576, "tie_word_embeddings": False},
-                         "meta-llama/Llama-4-Maverick-17B-128E-Instruct config.json (text_config; the vision encoder "
-                         "left out)"),
+    "llama-4-scout": ({**_LLAMA4, "num_local_experts": 16, "interleave_moe_layer_step": 1,
+                       "max_position_embeddings": 10485760},
+                      _LLAMA4_SOURCE.format("Scout-17B-16E")),
+    "llama-4-maverick": ({**_LLAMA4, "num_local_experts": 128, "interleave_moe_layer_step": 2,
+                          "max_position_embeddings": 1048576},
+                         _LLAMA4_SOURCE.format("Maverick-17B-128E")),
     "deepseek-v3": ({"model_type": "deepseek_v3", "num_hidden_layers": 61, "hidden_size": 7168, "num_attention_heads": 128,
                      "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
                      "v_head_dim": 128, "intermediate_size": 18432, "moe_intermediate_size": 2048,
