@@ -199,14 +199,25 @@ def get_preset(name: str) -> Model:
 
 
 def load_model(name_or_path: str) -> Model:
-    """A preset by name, or a local config.json (file or folder)."""
+    """A preset by name, a local config.json (file or folder), or a model id (ORG/NAME) in the local Hugging Face
+    cache."""
     from pathlib import Path
 
     if name_or_path.strip().lower() in PRESETS:
         return get_preset(name_or_path)
     path = Path(name_or_path)
+    if not path.exists() and _looks_like_model_id(name_or_path):
+        from .families.hub import cached_snapshot
+
+        path = cached_snapshot(name_or_path.strip())
     if path.exists() or "/" in name_or_path or name_or_path.endswith(".json"):
         from .families import model_from_file
 
         return model_from_file(path)
     return get_preset(name_or_path)
+
+
+def _looks_like_model_id(text: str) -> bool:
+    """ORG/NAME, as the Hugging Face Hub names models (not a relative or absolute path, not a .json file)."""
+    parts = text.strip().split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not text.endswith(".json")
