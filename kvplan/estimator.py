@@ -23,6 +23,10 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
 - Decode reads all dense weights, the MoE experts that the batch's tokens select (uniform routing: of E
   experts each token picking k, E (1 - (1 - k/E)^tokens) are touched), and every cached byte (DSA: every
   indexer key, but only the top-k latents).
+- A chunked layer (Model.chunked, Llama 4) holds at most one chunk of cache per sequence and a query at
+  position p attends p mod chunk + 1 keys; decode reads every slot the layer holds.
+- Parameters: `params` counts every weight; `active_params` every weight but the routed experts a token does
+  not select, embedding table and LM head included (Model.active_params).
 - Cost: $/GPU-hour x GPUs x time / tokens.
 """
 
@@ -34,7 +38,7 @@ from . import parallel
 from .kinds import keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
-from .model import Model
+from .model import Model, chunked_keys_sum
 from .units import InputError, ceil_div
 
 LOGIT_BYTES = 4  # logits are computed in fp32
@@ -103,6 +107,7 @@ class Estimator:
         self._stage_groups = [tuple((w, stage.count(w)) for w in set(stage)) for stage in stages]
 
         self.total_params = model.total_params()
+        self.active_params = model.active_params()
         self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
         stage_bounds = [(i, min(i + stage_size, model.n_layers)) for i in range(0, model.n_layers, stage_size)]
         stage_params = [model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1, ep=dep.ep)
@@ -134,6 +139,7 @@ class Estimator:
         self._linear_flops_per_second = (dep.gpu.fp8_flops * dep.gpu.compute_efficiency if fp8_linear
                                          else dep.gpu.effective_flops)
         self._sparse = attention.sparse_topk is not None  # decode reads part of the cache, not all of it
+        self._chunked = model.chunked
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
         self._kv_bytes_per_token_layer_all_gpus = self.kv_bytes_per_token_layer_per_gpu * tp
 
@@ -206,12 +212,19 @@ class Estimator:
             return batch * (self.pair_flops["prefill"] * pairs + self.model.n_layers * self.token_flops["prefill"] * prompt)
         total = 0
         for window, layers, cap in self._groups:
-            pairs = keys_attended_sum(prompt, cap, start)
+            pairs = self._pairs(prompt, window, cap, start)
             per_layer = self.pair_flops["prefill"] * pairs + self.token_flops["prefill"] * prompt
             if self.indexer_pair_flops:
                 per_layer += self.indexer_pair_flops * keys_attended_sum(prompt, window, start)
             total += layers * per_layer
         return batch * total
+
+    def _pairs(self, n_queries: int, window: int | None, cap: int | None, start: int) -> int:
+        """(query, key) pairs of queries at positions start..start+n_queries-1 in a layer of `window`: a chunked
+        layer attends within its chunk, p mod chunk + 1 keys (Model.chunked), any other min(p + 1, cap)."""
+        if self._chunked and window is not None:
+            return chunked_keys_sum(start + n_queries, window) - chunked_keys_sum(start, window)
+        return keys_attended_sum(n_queries, cap, start)
 
     def prefill_linear_flops(self, batch: int, prompt: int) -> int:
         return batch * (prompt * self.linear_flops_per_token + self.lm_head_flops)
@@ -221,6 +234,8 @@ class Estimator:
         total = 0
         for window, layers, cap in self._groups:
             keys = position + 1 if cap is None else min(position + 1, cap)
+            if self._chunked and window is not None:
+                keys = position % window + 1
             per_layer = self.pair_flops["decode"] * keys + self.token_flops["decode"]
             if self.indexer_pair_flops:
                 per_layer += self.indexer_pair_flops * (position + 1 if window is None else min(position + 1, window))
@@ -371,6 +386,8 @@ class Estimator:
             "prompt": prompt,
             "cached_prefix": cached,
             "kv_dtype": dep.kv_format.name,
+            "params": self.total_params,
+            "active_params": self.active_params,
             "kv_bytes_per_token": self.kv_bytes_per_token,
             "kv_cache_bytes": kv_bytes,
             "kv_cache_bytes_per_gpu": kv_per_gpu,
@@ -407,6 +424,8 @@ COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV head
     "batch": "sequences", "context": "tokens per sequence", "prompt": "prefill tokens per sequence",
     "cached_prefix": "prompt tokens per sequence found in a prefix cache (not recomputed)",
     "kv_dtype": "cache storage format",
+    "params": "weights in all (routed experts included)",
+    "active_params": "weights one token uses: all but the routed experts it does not select (embeddings counted)",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",
     "kv_cache_bytes": "bytes of cache, whole deployment", "kv_cache_bytes_per_gpu": "bytes of cache on the most loaded GPU",
     "weights_bytes": "bytes of weights", "weights_bytes_per_gpu": "bytes of weights per GPU",

@@ -9,12 +9,22 @@ from .kinds import Attention
 from .units import ceil_div
 
 
+def chunked_keys_sum(n: int, chunk: int) -> int:
+    """Sum over positions 0..n-1 of p mod chunk + 1: the keys chunked attention attends (Model.chunked)."""
+    whole, rest = divmod(n, chunk)
+    return whole * chunk * (chunk + 1) // 2 + rest * (rest + 1) // 2
+
+
 @dataclass(frozen=True)
 class FeedForward:
     """Gated feed-forward (SwiGLU/GeGLU: three d_model x intermediate matrices), dense or mixture-of-experts.
 
-    The first `n_dense_layers` layers are dense with `intermediate`; the rest route each token to
-    `n_active_experts` of `n_experts` experts of `moe_intermediate`, plus `n_shared_experts` always-on ones.
+    A layer is MoE when it comes after the first `n_dense_layers`, is every `moe_step`-th layer
+    ((index + 1) % moe_step == 0, as Qwen2-MoE's decoder_sparse_step and Llama 4's interleave_moe_layer_step
+    count), and is not listed in `dense_layer_ids` (Qwen's mlp_only_layers); other layers are dense with
+    `intermediate`. An MoE layer routes each token to `n_active_experts` of `n_experts` experts of
+    `moe_intermediate`, plus always-on shared experts `shared_intermediate` wide in all (0: n_shared_experts x
+    moe_intermediate), and a d_model x n_experts router.
     """
 
     intermediate: int
@@ -23,32 +33,53 @@ class FeedForward:
     n_shared_experts: int = 0
     moe_intermediate: int = 0
     n_dense_layers: int | None = None  # None: every layer dense (no MoE)
+    moe_step: int = 1
+    dense_layer_ids: tuple[int, ...] = ()
+    shared_intermediate: int = 0
 
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
 
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether layer `index` (0-based) routes to experts."""
+        return (self.is_moe and self.n_dense_layers is not None and index >= self.n_dense_layers
+                and (index + 1) % self.moe_step == 0 and index not in self.dense_layer_ids)
+
+    def moe_layer_count(self, first: int, last: int) -> int:
+        """MoE layers among layers first..last-1."""
+        if not self.is_moe or self.n_dense_layers is None:
+            return 0
+        if self.moe_step == 1 and not self.dense_layer_ids:
+            return max(0, last - max(first, self.n_dense_layers))
+        return sum(self.is_moe_layer(i) for i in range(first, last))
+
     def dense_layer_count(self, n_layers: int) -> int:
-        return n_layers if not self.is_moe or self.n_dense_layers is None else min(self.n_dense_layers, n_layers)
+        return n_layers - self.moe_layer_count(0, n_layers)
 
     def expert_params(self, d_model: int) -> int:
         return 3 * d_model * self.moe_intermediate
+
+    def shared_width(self) -> int:
+        """Intermediate width of the shared experts together."""
+        return self.shared_intermediate or self.n_shared_experts * self.moe_intermediate
 
     def dense_params(self, d_model: int) -> int:
         return 3 * d_model * self.intermediate
 
     def moe_layer_params(self, d_model: int) -> int:
         """All weights of one MoE layer: routed and shared experts and the router."""
-        return (self.n_experts + self.n_shared_experts) * self.expert_params(d_model) + d_model * self.n_experts
+        return self.n_experts * self.expert_params(d_model) + 3 * d_model * self.shared_width() + d_model * self.n_experts
 
     def moe_layer_active_params(self, d_model: int) -> int:
         """Weights one token multiplies through in an MoE layer."""
-        return (self.n_active_experts + self.n_shared_experts) * self.expert_params(d_model) + d_model * self.n_experts
+        return (self.n_active_experts * self.expert_params(d_model) + 3 * d_model * self.shared_width()
+                + d_model * self.n_experts)
 
     def activation_elements(self, d_model: int) -> int:
         """Per-token elements live at the feed-forward's peak: gate, up and their product."""
         if self.is_moe:
-            width = (self.n_active_experts + self.n_shared_experts) * self.moe_intermediate
+            width = self.n_active_experts * self.moe_intermediate + self.shared_width()
             return max(3 * self.intermediate, 3 * width)
         return 3 * self.intermediate
 
@@ -57,7 +88,10 @@ class FeedForward:
 class Model:
     """One model: per-layer attention windows over a single attention kind, and a feed-forward.
 
-    `layer_windows[i]` is None for a global (full-context) layer, else the window in tokens.
+    `layer_windows[i]` is None for a global (full-context) layer, else the window in tokens. With `chunked`,
+    a windowed layer attends within fixed chunks of that many tokens instead of a sliding window (Llama 4's
+    chunked attention: position p attends positions from p - p mod chunk to p); its cache never holds more
+    than one chunk.
     """
 
     name: str
@@ -70,6 +104,7 @@ class Model:
     tie_embeddings: bool = False
     max_positions: int | None = None
     is_encoder: bool = False
+    chunked: bool = False
     architecture: str = ""
     source: str = ""
     window_groups: tuple[tuple[int | None, int], ...] = field(init=False, repr=False, compare=False)
@@ -89,6 +124,9 @@ class Model:
         windows = {w for w in self.layer_windows}
         if windows == {None}:
             return base
+        if self.chunked:
+            spans = ','.join(str(w) for w in sorted(w for w in windows if w is not None))
+            return f"{base} chunked({spans})" + ("/global" if None in windows else "")
         if None in windows:
             local = sorted(w for w in windows if w is not None)
             return f"{base} local({','.join(map(str, local))})/global"
@@ -98,8 +136,8 @@ class Model:
         return self.n_layers * self.attention.params(self.d_model)
 
     def ffn_params(self) -> int:
-        dense_layers = self.ffn.dense_layer_count(self.n_layers)
-        moe_layers = self.n_layers - dense_layers
+        moe_layers = self.ffn.moe_layer_count(0, self.n_layers)
+        dense_layers = self.n_layers - moe_layers
         return dense_layers * self.ffn.dense_params(self.d_model) + moe_layers * self.ffn.moe_layer_params(self.d_model)
 
     def embedding_params(self) -> int:
@@ -113,11 +151,19 @@ class Model:
 
     def active_linear_params_per_token(self) -> int:
         """Weights one token multiplies through in the layers (embedding lookup and LM head excluded)."""
-        dense_layers = self.ffn.dense_layer_count(self.n_layers)
-        moe_layers = self.n_layers - dense_layers
+        moe_layers = self.ffn.moe_layer_count(0, self.n_layers)
+        dense_layers = self.n_layers - moe_layers
         ffn = dense_layers * self.ffn.dense_params(self.d_model)
         ffn += moe_layers * self.ffn.moe_layer_active_params(self.d_model)
         return self.n_layers * self.attention.linear_params(self.d_model) + ffn
+
+    def active_params(self) -> int:
+        """Weights one token's forward pass uses: every weight except the routed experts it does not select
+        (embedding table and LM head counted whole, as Mixtral's, Qwen's and DeepSeek's published "activated"
+        counts are)."""
+        unselected = self.ffn.n_experts - self.ffn.n_active_experts
+        return self.total_params() - self.ffn.moe_layer_count(0, self.n_layers) * unselected * self.ffn.expert_params(
+            self.d_model)
 
     def lm_head_params(self) -> int:
         return self.vocab_size * self.d_model
@@ -132,9 +178,8 @@ class Model:
         LM head (with `pipeline`, a tied LM head is a second copy there).
         """
         d, ffn = self.d_model, self.ffn
-        dense_layers = ffn.dense_layer_count(self.n_layers)
-        dense_here = max(0, min(last, dense_layers) - first)
-        moe_here = (last - first) - dense_here
+        moe_here = ffn.moe_layer_count(first, last)
+        dense_here = (last - first) - moe_here
         total = (last - first) * (self.attention.params(d, tp) + 2 * d)
         total += dense_here * ceil_div(ffn.dense_params(d), tp)
         if moe_here and ep > 1:

@@ -1,6 +1,6 @@
 """Bundled model presets: the published config.json values (the fields kvplan reads), with their source.
 
-Each preset is the subset of the model's config.json that kvplan.hf_config reads, so presets and local
+Each preset is the subset of the model's config.json that kvplan.families reads, so presets and local
 config files go through one parser. The T6 presets use the TPA paper's released training configs
 (tensorgi/TPA, config/train_*_medium_adam_80g8.py): GPT-2-medium depth and width, SwiGLU hidden
 floor(8/3 * 1024) = 2730, vocab 50304, tied embeddings, trained at 1024 tokens; the head counts of the
@@ -15,13 +15,23 @@ from __future__ import annotations
 
 import difflib
 
-from .hf_config import model_from_config
+from .families import model_from_config
 from .model import Model
 from .units import InputError
 
 _T6_MEDIUM = {"num_hidden_layers": 24, "hidden_size": 1024, "head_dim": 64, "intermediate_size": 2730,
               "vocab_size": 50304, "max_position_embeddings": 1024, "tie_word_embeddings": True}
 _T6_SOURCE = "TPA paper (arXiv 2501.06425) code, tensorgi/TPA config/{}"
+
+_GPT_OSS = {"model_type": "gpt_oss", "hidden_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8,
+            "head_dim": 64, "intermediate_size": 2880, "num_experts_per_tok": 4, "vocab_size": 201088,
+            "max_position_embeddings": 131072, "sliding_window": 128, "attention_bias": True,
+            "tie_word_embeddings": False}
+_GPT_OSS_SOURCE = "openai/gpt-oss-{} config.json (attention sinks and expert biases left out of the counts)"
+_LLAMA4 = {"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 5120, "num_attention_heads": 40,
+           "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
+           "num_experts_per_tok": 1, "attention_chunk_size": 8192, "vocab_size": 202048, "tie_word_embeddings": False}
+_LLAMA4_SOURCE = "meta-llama/Llama-4-{}-Instruct config.json (text_config; the vision encoder left out)"
 
 PRESETS: dict[str, tuple[dict, str]] = {
     "llama-3.1-8b": ({"model_type": "llama", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
@@ -49,6 +59,73 @@ PRESETS: dict[str, tuple[dict, str]] = {
                      "max_position_embeddings": 131072, "sliding_window": 1024, "sliding_window_pattern": 6,
                      "tie_word_embeddings": True},
                     "google/gemma-3-27b-pt config.json (text_config)"),
+    "qwen3-8b": ({"model_type": "qwen3", "num_hidden_layers": 36, "hidden_size": 4096, "num_attention_heads": 32,
+                  "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 12288, "vocab_size": 151936,
+                  "max_position_embeddings": 40960, "tie_word_embeddings": False},
+                 "Qwen/Qwen3-8B config.json"),
+    "mistral-nemo-12b": ({"model_type": "mistral", "num_hidden_layers": 40, "hidden_size": 5120, "num_attention_heads": 32,
+                          "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 14336, "vocab_size": 131072,
+                          "max_position_embeddings": 1024000, "tie_word_embeddings": False},
+                         "mistralai/Mistral-Nemo-Base-2407 config.json (head_dim 128, not 5120 / 32)"),
+    "mistral-small-24b": ({"model_type": "mistral", "num_hidden_layers": 40, "hidden_size": 5120, "num_attention_heads": 32,
+                           "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 32768, "vocab_size": 131072,
+                           "max_position_embeddings": 32768, "tie_word_embeddings": False},
+                          "mistralai/Mistral-Small-24B-Base-2501 config.json"),
+    "phi-3.5-mini": ({"model_type": "phi3", "num_hidden_layers": 32, "hidden_size": 3072, "num_attention_heads": 32,
+                      "num_key_value_heads": 32, "intermediate_size": 8192, "vocab_size": 32064,
+                      "max_position_embeddings": 131072, "sliding_window": 262144, "tie_word_embeddings": False},
+                     "microsoft/Phi-3.5-mini-instruct config.json (its 262144-token window exceeds the context: none)"),
+    "glm-4-9b": ({"model_type": "glm4", "num_hidden_layers": 40, "hidden_size": 4096, "num_attention_heads": 32,
+                  "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 13696, "vocab_size": 151552,
+                  "max_position_embeddings": 32768, "attention_bias": True, "tie_word_embeddings": False},
+                 "THUDM/GLM-4-9B-0414 config.json"),
+    "mixtral-8x7b": ({"model_type": "mixtral", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+                      "num_key_value_heads": 8, "intermediate_size": 14336, "num_local_experts": 8,
+                      "num_experts_per_tok": 2, "vocab_size": 32000, "max_position_embeddings": 32768,
+                      "tie_word_embeddings": False},
+                     "mistralai/Mixtral-8x7B-v0.1 config.json"),
+    "qwen1.5-moe-a2.7b": ({"model_type": "qwen2_moe", "num_hidden_layers": 24, "hidden_size": 2048,
+                           "num_attention_heads": 16, "num_key_value_heads": 16, "intermediate_size": 5632,
+                           "moe_intermediate_size": 1408, "shared_expert_intermediate_size": 5632, "num_experts": 60,
+                           "num_experts_per_tok": 4, "decoder_sparse_step": 1, "vocab_size": 151936,
+                           "max_position_embeddings": 32768, "tie_word_embeddings": False},
+                          "Qwen/Qwen1.5-MoE-A2.7B config.json (qwen2_moe)"),
+    "qwen3-30b-a3b": ({"model_type": "qwen3_moe", "num_hidden_layers": 48, "hidden_size": 2048, "num_attention_heads": 32,
+                       "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 6144, "moe_intermediate_size": 768,
+                       "num_experts": 128, "num_experts_per_tok": 8, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                       "vocab_size": 151936, "max_position_embeddings": 40960, "tie_word_embeddings": False},
+                      "Qwen/Qwen3-30B-A3B config.json"),
+    "gpt-oss-20b": ({**_GPT_OSS, "num_hidden_layers": 24, "num_local_experts": 32,
+                     "layer_types": ["sliding_attention", "full_attention"] * 12},
+                    _GPT_OSS_SOURCE.format("20b")),
+    "gpt-oss-120b": ({**_GPT_OSS, "num_hidden_layers": 36, "num_local_experts": 128,
+                      "layer_types": ["sliding_attention", "full_attention"] * 18},
+                     _GPT_OSS_SOURCE.format("120b")),
+    "deepseek-v2-lite": ({"model_type": "deepseek_v2", "num_hidden_layers": 27, "hidden_size": 2048,
+                          "num_attention_heads": 16, "kv_lora_rank": 512, "q_lora_rank": None, "qk_rope_head_dim": 64,
+                          "qk_nope_head_dim": 128, "v_head_dim": 128, "intermediate_size": 10944,
+                          "moe_intermediate_size": 1408, "n_routed_experts": 64, "num_experts_per_tok": 6,
+                          "n_shared_experts": 2, "first_k_dense_replace": 1, "vocab_size": 102400,
+                          "max_position_embeddings": 163840, "tie_word_embeddings": False},
+                         "deepseek-ai/DeepSeek-V2-Lite config.json (no query compression: q_lora_rank null)"),
+    "deepseek-v2": ({"model_type": "deepseek_v2", "num_hidden_layers": 60, "hidden_size": 5120, "num_attention_heads": 128,
+                     "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+                     "v_head_dim": 128, "intermediate_size": 12288, "moe_intermediate_size": 1536,
+                     "n_routed_experts": 160, "num_experts_per_tok": 6, "n_shared_experts": 2, "first_k_dense_replace": 1,
+                     "vocab_size": 102400, "max_position_embeddings": 163840, "tie_word_embeddings": False},
+                    "deepseek-ai/DeepSeek-V2 config.json"),
+    "glm-4.5-air": ({"model_type": "glm4_moe", "num_hidden_layers": 46, "hidden_size": 4096, "num_attention_heads": 96,
+                     "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 10944, "moe_intermediate_size": 1408,
+                     "n_routed_experts": 128, "num_experts_per_tok": 8, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                     "vocab_size": 151552, "max_position_embeddings": 131072, "attention_bias": True,
+                     "tie_word_embeddings": False},
+                    "zai-org/GLM-4.5-Air config.json (the multi-token-prediction layer is left out)"),
+    "llama-4-scout": ({**_LLAMA4, "num_local_experts": 16, "interleave_moe_layer_step": 1,
+                       "max_position_embeddings": 10485760},
+                      _LLAMA4_SOURCE.format("Scout-17B-16E")),
+    "llama-4-maverick": ({**_LLAMA4, "num_local_experts": 128, "interleave_moe_layer_step": 2,
+                          "max_position_embeddings": 1048576},
+                         _LLAMA4_SOURCE.format("Maverick-17B-128E")),
     "deepseek-v3": ({"model_type": "deepseek_v3", "num_hidden_layers": 61, "hidden_size": 7168, "num_attention_heads": 128,
                      "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
                      "v_head_dim": 128, "intermediate_size": 18432, "moe_intermediate_size": 2048,
@@ -88,6 +165,27 @@ PRESETS: dict[str, tuple[dict, str]] = {
 _CACHE: dict[str, Model] = {}
 
 
+def preset_rows() -> list[dict]:
+    """One row per preset for `kvplan models`: name, family, attention, depth, parameter counts (params: every
+    weight; active_params: all but the routed experts a token does not select, embeddings counted), MoE shape,
+    bf16 cache bytes per token and the source."""
+    from .estimator import Deployment, Estimator
+    from .hardware import GPUS
+
+    rows = []
+    for name in PRESETS:
+        m = get_preset(name)
+        ffn = m.ffn
+        experts = (f"{ffn.n_active_experts}/{ffn.n_experts}" + (" + shared" if ffn.shared_width() else "")
+                   if ffn.is_moe else "")
+        kv_bytes = Estimator(m, Deployment(GPUS["h100-sxm"])).kv_bytes_per_token  # bf16 cache, one GPU
+        rows.append({"name": name, "architecture": m.architecture, "attention": m.kind_label, "layers": m.n_layers,
+                     "d_model": m.d_model, "params": m.total_params(), "active_params": m.active_params(),
+                     "experts": experts, "kv_bytes_per_token_bf16": kv_bytes, "max_positions": m.max_positions,
+                     "source": m.source})
+    return rows
+
+
 def get_preset(name: str) -> Model:
     key = name.strip().lower()
     if key not in PRESETS:
@@ -101,14 +199,25 @@ def get_preset(name: str) -> Model:
 
 
 def load_model(name_or_path: str) -> Model:
-    """A preset by name, or a local config.json (file or folder)."""
+    """A preset by name, a local config.json (file or folder), or a model id (ORG/NAME) in the local Hugging Face
+    cache."""
     from pathlib import Path
 
     if name_or_path.strip().lower() in PRESETS:
         return get_preset(name_or_path)
     path = Path(name_or_path)
+    if not path.exists() and _looks_like_model_id(name_or_path):
+        from .families.hub import cached_snapshot
+
+        path = cached_snapshot(name_or_path.strip())
     if path.exists() or "/" in name_or_path or name_or_path.endswith(".json"):
-        from .hf_config import model_from_file
+        from .families import model_from_file
 
         return model_from_file(path)
     return get_preset(name_or_path)
+
+
+def _looks_like_model_id(text: str) -> bool:
+    """ORG/NAME, as the Hugging Face Hub names models (not a relative or absolute path, not a .json file)."""
+    parts = text.strip().split("/")
+    return len(parts) == 2 and all(parts) and not text.startswith((".", "~")) and not text.endswith(".json")

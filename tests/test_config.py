@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kvplan.kinds import DSA, MLA, DenseAttention
-from kvplan.hf_config import model_from_config, model_from_file
+from kvplan.families import model_from_config, model_from_file
 from kvplan.presets import PRESETS, get_preset, load_model
 from kvplan.units import InputError
 
@@ -141,7 +141,8 @@ def test_missing_field_is_named(tmp_path, name, field):
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"model_type": "gpt_neox"}, "model_type 'gpt_neox' is not supported"),
+    ({"model_type": "gpt_neox", "vocab_size": None}, "model_type 'gpt_neox' is not supported and the config lacks "
+                                                     "vocab_size"),
     ({"num_attention_heads": 32, "num_key_value_heads": 5}, "must be a multiple of num_key_value_heads"),
     ({"num_hidden_layers": "thirty-two"}, "'num_hidden_layers' must be a non-negative whole number"),
     ({"num_hidden_layers": 0}, "must be positive"),

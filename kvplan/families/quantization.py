@@ -1,0 +1,119 @@
+"""Weight bytes of a checkpoint from its config.json's `quantization_config`, without reading its weights.
+
+Each weight group of the model (attention, dense feed-forward, routed experts, shared experts, router,
+embedding table, LM head, norms) is stored either quantized or in the checkpoint's dtype (torch_dtype/dtype,
+bf16 when absent). Quantized linear layers: those of the decoder layers (attention, feed-forward, experts),
+less the modules the config keeps unconverted (modules_to_not_convert, ignore, llm_int8_skip_modules); the
+router, norms, embedding table and LM head stay unquantized unless a format says otherwise.
+
+Bytes per quantized weight, scales included (formats as their libraries store them):
+- fp8 (DeepSeek-V3, Qwen3-FP8): 1 byte, plus one fp32 scale per weight_block_size block (128 x 128: 4 / 16384),
+  or per tensor when no block size is given (counted as none).
+- gptq / awq, `bits` b with group_size g: b/8 bytes, plus per group an fp16 scale and a b-bit zero point
+  (GPTQ's act-order index, 4 bytes per input row, is left out).
+- compressed-tensors: its config_groups' weights num_bits, plus a 2-byte scale per group_size weights
+  (strategy "group"); per-channel and per-tensor scales count as none.
+- mxfp4 (gpt-oss): 4 bits plus one 8-bit shared exponent per 32 weights, 4.25 bits.
+- bitsandbytes 4-bit (nf4/fp4): 4 bits plus an fp32 absmax per 64 weights (with double quantization an 8-bit
+  absmax per 64 and an fp32 per 256 blocks); 8-bit: 1 byte (its per-row fp32 scale counted as none).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..model import Model
+from ..units import InputError
+
+DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float8_e4m3fn": 1}
+QUANTIZED_GROUPS = ("self_attn", "mlp", "mlp.experts", "mlp.shared_expert")
+
+
+@dataclass(frozen=True)
+class CheckpointWeights:
+    """Weight bytes of a checkpoint and the format that gives them."""
+
+    format: str  # e.g. "fp8 (block 128x128)", "gptq int4 g128", "bf16"
+    weight_bytes: int
+    quantized_params: int  # weights stored in the quantized format
+    params: int
+
+
+def weight_groups(model: Model) -> dict[str, int]:
+    """Parameters per weight group, named by the Hugging Face module path they sit under."""
+    d, ffn, n = model.d_model, model.ffn, model.n_layers
+    moe_layers = ffn.moe_layer_count(0, n)
+    return {
+        "self_attn": model.attention_params(),
+        "mlp": (n - moe_layers) * ffn.dense_params(d),
+        "mlp.experts": moe_layers * ffn.n_experts * ffn.expert_params(d),
+        "mlp.shared_expert": moe_layers * 3 * d * ffn.shared_width(),
+        "mlp.gate": moe_layers * d * ffn.n_experts,
+        "embed_tokens": model.vocab_size * d,
+        "lm_head": 0 if model.tie_embeddings else model.vocab_size * d,
+        "norm": model.norm_params(),
+    }
+
+
+_LAYER_PREFIX = re.compile(r"^model\.(language_model\.)?(layers\.(\*|\d+|\.\*|\[\^.\]\+)\.)?")
+
+
+def _kept(patterns: list[str], group: str) -> bool:
+    """Whether a module pattern (e.g. 'model.layers.*.self_attn', 'lm_head', 're:.*self_attn.*') names the group,
+    the whole of it ('mlp' covers the experts) or a part of it ('self_attn.o_proj'; the router 'mlp.gate' is not
+    part of the dense 'mlp')."""
+    for pattern in patterns:
+        name = _LAYER_PREFIX.sub("", str(pattern).removeprefix("re:")).strip(".*$")
+        if name and (name == group or group.startswith(name + ".")
+                     or (group != "mlp" and name.startswith(group + "."))):
+            return True
+    return False
+
+
+def _quantized_bytes_per_weight(q: dict, where: str) -> tuple[float, str]:
+    method = str(q.get("quant_method", "")).lower()
+    if method == "fp8":
+        block = q.get("weight_block_size")
+        if block:
+            return 1 + 4 / (block[0] * block[1]), f"fp8 (block {block[0]}x{block[1]})"
+        return 1.0, "fp8 (per tensor)"
+    if method in ("gptq", "awq"):
+        bits, group = q.get("bits", q.get("w_bit", 4)), q.get("group_size", q.get("q_group_size", 128))
+        per_group = 2 + bits / 8  # fp16 scale + packed zero point
+        return bits / 8 + (per_group / group if group and group > 0 else 0), f"{method} int{bits} g{group}"
+    if method == "mxfp4":
+        return 4.25 / 8, "mxfp4"
+    if method == "bitsandbytes":
+        if q.get("load_in_4bit"):
+            kind = q.get("bnb_4bit_quant_type", "fp4")
+            absmax = (1 + 4 / 256) / 64 if q.get("bnb_4bit_use_double_quant") else 4 / 64
+            return 0.5 + absmax, f"bitsandbytes {kind}"
+        return 1.0, "bitsandbytes int8"
+    if method == "compressed-tensors":
+        groups = q.get("config_groups") or {}
+        weights = next((g.get("weights") for g in groups.values() if isinstance(g, dict) and g.get("weights")), None)
+        if not weights:
+            raise InputError(f"{where}: compressed-tensors quantization_config has no config_groups weights")
+        bits, size = weights.get("num_bits", 8), weights.get("group_size")
+        scale = 2 / size if weights.get("strategy") == "group" and size else 0
+        label = f"compressed-tensors {weights.get('type', 'int')}{bits}" + (f" g{size}" if scale else "")
+        return bits / 8 + scale, label
+    raise InputError(f"{where}: quant_method {method!r} is not supported; kvplan reads fp8, gptq, awq, "
+                     f"compressed-tensors, mxfp4 and bitsandbytes")
+
+
+def checkpoint_weights(config: dict, model: Model, where: str = "config.json") -> CheckpointWeights:
+    """Weight bytes the checkpoint that `config` describes stores (quantization_config where present)."""
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16").removeprefix("torch.")
+    base = DTYPE_BYTES.get(dtype, 2)
+    groups = weight_groups(model)
+    params = sum(groups.values())
+    q = config.get("quantization_config")
+    if not isinstance(q, dict):
+        return CheckpointWeights(dtype, int(base * params), 0, params)
+    per_weight, label = _quantized_bytes_per_weight(q, where)
+    kept = list(q.get("modules_to_not_convert") or []) + list(q.get("ignore") or [])
+    kept += list(q.get("llm_int8_skip_modules") or [])
+    quantized = sum(n for group, n in groups.items() if group in QUANTIZED_GROUPS and not _kept(kept, group))
+    return CheckpointWeights(label, int(per_weight * quantized + base * (params - quantized)), quantized, params)

@@ -1,0 +1,42 @@
+"""HF transformers as an independent reference: the parameter count of a tiny model of each family, built from
+its config class, equals kvplan's. Skipped where transformers is not installed."""
+
+import pytest
+
+from kvplan.families import model_from_config
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+SMALL = {"hidden_size": 64, "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+         "intermediate_size": 96, "vocab_size": 128, "max_position_embeddings": 256, "tie_word_embeddings": False}
+MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 32}
+
+CASES = {
+    "llama": {},
+    "qwen2": {},
+    "qwen3": {},
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "qwen2_moe": {**MOE, "num_experts": 4, "shared_expert_intermediate_size": 48, "decoder_sparse_step": 2},
+    "qwen3_moe": {**MOE, "num_experts": 4, "mlp_only_layers": [0]},
+    "deepseek_v2": {**MOE, "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1,
+                    "kv_lora_rank": 16, "q_lora_rank": None, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
+                    "v_head_dim": 16},
+    "glm4_moe": {**MOE, "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1},
+}
+
+
+@pytest.mark.parametrize("model_type", list(CASES))
+def test_parameter_count_equals_transformers(model_type):
+    config = {"model_type": model_type, **SMALL, **CASES[model_type]}
+    try:
+        hf_config = transformers.AutoConfig.for_model(**config)
+    except ValueError:
+        pytest.skip(f"transformers {transformers.__version__} lacks {model_type}")
+    with torch.device("meta"):
+        hf_model = transformers.AutoModelForCausalLM.from_config(hf_config)
+    # kvplan leaves out per-head q/k norms (Qwen3, 2 x head_dim per layer) and shared-expert gates (Qwen2-MoE).
+    left_out = sum(p.numel() for name, p in hf_model.named_parameters()
+                   if name.endswith(("q_norm.weight", "k_norm.weight", "shared_expert_gate.weight",
+                                     "e_score_correction_bias")))
+    assert model_from_config(config).total_params() == hf_model.num_parameters() - left_out
