@@ -79,7 +79,7 @@ class Block(nn.Module):
         self.attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], max_batch, max_context, rope,
                                      cache_dtype, **factory)
         self.ffn_norm = RMSNorm(d, **factory)
-        moe = desc.ffn.is_moe and index >= desc.ffn.dense_layer_count(desc.n_layers)
+        moe = desc.ffn.is_moe_layer(index)
         self.ffn = MoE(d, desc.ffn, **factory) if moe else SwiGLU(d, desc.ffn.intermediate, **factory)
 
     def prefill(self, x: torch.Tensor, write_cache: bool) -> torch.Tensor:
