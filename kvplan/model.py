@@ -184,7 +184,7 @@ class Model:
         total += dense_here * ceil_div(ffn.dense_params(d), tp)
         if moe_here and ep > 1:
             routed = ceil_div(ffn.n_experts, ep) * ffn.expert_params(d)
-            total += moe_here * (routed + ceil_div(ffn.n_shared_experts * ffn.expert_params(d), tp) + d * ffn.n_experts)
+            total += moe_here * (routed + ceil_div(3 * d * ffn.shared_width(), tp) + d * ffn.n_experts)
         elif moe_here:
             total += moe_here * ceil_div(ffn.moe_layer_params(d), tp)
         embedding = ceil_div(self.vocab_size * d, tp)
