@@ -8,7 +8,7 @@ import pytest
 
 import kvplan
 from kvplan.units import InputError
-from kvplan.api import plan
+from kvplan.api import estimators
 from kvplan.kinds import keys_attended_sum
 from kvplan.presets import get_preset
 
@@ -18,7 +18,7 @@ BF16, FP8 = 2, 1  # bytes per element
 
 def est(model, **options):
     """The one Estimator for a preset (or a re-cast of it) on an H100 unless told otherwise."""
-    (estimator,) = plan(model, **options)
+    (estimator,) = estimators(model, **options)
     return estimator
 
 
