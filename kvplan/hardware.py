@@ -1,8 +1,8 @@
 """GPU descriptions: memory, bandwidth, dense matrix FLOP/s, interconnect, price, and achieved efficiencies.
 
 Datasheet figures are dense (no 2:4 sparsity). The default efficiencies are what a good kernel reaches on
-an H100 in this workplace's measurements (bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device copy
-3.0 of 3.35 TB/s = 0.90), rounded down for whole models; `kvplan calibrate` measures them per GPU.
+an H100 SXM 80GB (measured: bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device copy 3.0 of 3.35 TB/s =
+0.90), rounded down for whole models; `kvplan calibrate` measures them per GPU.
 """
 
 from __future__ import annotations

@@ -138,7 +138,8 @@ def test_paged_window_holds_one_extra_page():
     e = est("mistral-7b-v0.1", block_size=16)
     per_token = 32 * 2 * 8 * 128 * BF16
     assert e.kv_cache_bytes(1, 10000) == per_token * 257 * 16
-    assert e.kv_cache_bytes(1, 4100) == per_token * min(257, -(-4100 // 16)) * 16
+    # 4100 tokens fill 256 pages and start a 257th (4100 = 256 x 16 + 4): the window's 257 pages, no more.
+    assert e.kv_cache_bytes(1, 4100) == per_token * 257 * 16
     assert e.kv_cache_bytes(1, 4000) == per_token * 4000  # 250 full pages, below the window
 
 
