@@ -350,8 +350,9 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "total_bytes": "bytes in all", "total_bytes_per_gpu": "bytes on the most loaded GPU",
     "gpu_memory_bytes": "bytes of memory per GPU", "fits": "total_bytes_per_gpu <= gpu_memory_bytes",
     "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",
-    "decode_flops_per_token": "FLOPs of one decode step, one sequence",
+    "decode_flops_per_token": "FLOPs of one decode step, one sequence (null for an encoder, as every decode column)",
     "prefill_seconds": "roofline seconds of prefill", "decode_seconds_per_token": "roofline seconds of one decode step",
-    "prefill_tokens_per_second": "tokens/s", "decode_tokens_per_second": "tokens/s, whole batch",
+    "prefill_tokens_per_second": "prompt tokens per second, whole batch",
+    "decode_tokens_per_second": "decoded tokens per second, whole batch",
     "prefill_usd_per_mtok": "$ per million prefill tokens", "decode_usd_per_mtok": "$ per million decoded tokens",
 }

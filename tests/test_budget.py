@@ -92,6 +92,11 @@ def test_cli_says_weights_exceed_plainly(run_cli):
     code, out, err = run_cli("budget", "--model", "llama-3.1-70b", "--gpu", "rtx-4090")
     assert code == 0
     assert "weights alone exceed memory" in out
+    # The note under the table: the estimate's bf16 weights against the RTX 4090's 24564 MiB.
+    (est,) = kvplan.estimators("llama-3.1-70b", "rtx-4090")
+    assert (f"gqa(kv_heads=8), kv bf16: weights alone exceed memory: {est.weights_bytes_per_gpu / GiB:,.2f} GiB of "
+            f"weights per GPU (plus any reserve) vs {24564 * 2**20 / GiB:,.2f} GiB; add GPUs or quantize the weights"
+            in out.splitlines())
 
 
 def test_cli_json_shape(run_json):
@@ -107,6 +112,11 @@ def test_cli_json_shape(run_json):
             assert key in row
         assert isinstance(row["max_context"], int) and row["max_context"] > 0
         assert row["max_context_binding"] in ("cache", "activations")
+    # The same boundaries as the library's searches on each estimator.
+    for row, spec in zip(rows, ["native", "mla", "window:4096"]):
+        (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=spec, memory_bytes=80 * GiB)
+        assert row["max_context"] == longest_context(est, 2).value
+        assert row["max_batch"] == largest_batch(est, 32768).value
 
 
 def test_cli_table_and_plot(run_cli, tmp_path):
@@ -115,6 +125,9 @@ def test_cli_table_and_plot(run_cli, tmp_path):
                              "--plot", str(path))
     assert code == 0, err
     assert "longest context" in out and "mla(kv_lora_rank=512)" in out
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention="mla")
+    (line,) = [line for line in out.splitlines() if line.startswith("│ mla(kv_lora_rank=512)")]
+    assert f" {longest_context(est, 1).value:,} " in line
     assert f"wrote {path}" in err
     assert png_size(path) == (880, 550)  # 8 x 5 inches at 110 dpi
     assert path.stat().st_size > 10_000

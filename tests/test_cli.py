@@ -1,6 +1,7 @@
 """The `kvplan estimate` command: its --json/--csv contract, bad input, and what it imports."""
 
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -8,6 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from kvplan.estimator import COLUMNS
+from kvplan.hardware import GPUS
+from kvplan.presets import PRESETS
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -63,11 +68,23 @@ def test_csv_has_the_same_columns_and_values_as_json(run_cli):
         assert {k: str(v) for k, v in json_row.items()} == csv_row
 
 
-def test_default_output_is_a_table_with_units(run_cli):
+def test_default_output_is_a_table_with_units(run_cli, run_json):
     code, out, _ = run_cli("estimate", "-m", "gemma-3-27b", "-c", "32k")
     assert code == 0
     for unit in ("GiB", "ms", "$/Mtok"):
         assert unit in out
+    # The table's one row shows the JSON row's figures in those units, and the caption names the deployment.
+    (row,) = run_json("estimate", "-m", "gemma-3-27b", "-c", "32k")
+    (line,) = [line for line in out.splitlines() if line.startswith("│ gemma-3-27b")]
+    cells = [cell.strip() for cell in line.strip("│").split("│")]
+    assert cells[3:9] == ["1", "32k", f"{row['kv_cache_bytes'] / 2**30:,.2f}", f"{row['weights_bytes'] / 2**30:,.2f}",
+                          f"{row['activation_bytes'] / 2**30:,.2f}", f"{row['total_bytes_per_gpu'] / 2**30:,.2f}"]
+    assert cells[-3:] == [f"{row['decode_seconds_per_token'] * 1e3:,.2f}", f"{row['prefill_usd_per_mtok']:,.3f}",
+                          f"{row['decode_usd_per_mtok']:,.3f}"]
+    # gemma-3-27b's local/global cache at 32k: 52 layers hold 1024 tokens, 10 hold all 32768; 16 KV heads of 128.
+    assert row["kv_cache_bytes"] == (52 * 1024 + 10 * 32768) * 2 * 16 * 128 * 2
+    assert out.rstrip().splitlines()[-1] == ("h100-sxm x1 (tp 1, pp 1); GiB = 2^30 bytes; roofline at 70% of 989.4 "
+                                             "TFLOP/s and 85% of 3.35 TB/s; $2.99/GPU-hour")
 
 
 def test_config_json_path_as_model(run_cli):
@@ -78,6 +95,8 @@ def test_config_json_path_as_model(run_cli):
 def test_context_beyond_max_positions_warns_and_estimates(run_cli):
     rows, err = estimate_json(run_cli, "-m", "llama-3.1-8b", "-c", "1M")
     assert "warning" in err and "131072" in err
+    assert err == ("kvplan: warning: llama-3.1-8b: context 1048576 exceeds the model's max_position_embeddings "
+                   "(131072); estimated anyway\n")
     assert rows[0]["context"] == 1024 * 1024
 
 
@@ -85,12 +104,17 @@ def test_heads_that_do_not_split_over_tp_warn_and_estimate(run_cli):
     # 32 heads over 3 GPUs: ceil(8 / 3) = 3 KV heads per GPU, so 9 heads' K and V over the 3 GPUs.
     rows, err = estimate_json(run_cli, "-m", "llama-3.1-8b", "-c", "4k", "--gpus", "3")
     assert "tp=3" in err and "warning" in err
+    assert err.startswith("kvplan: warning: llama-3.1-8b: 32 attention heads do not split evenly over tp=3 GPUs")
+    assert err.count("\n") == 1
     assert rows[0]["kv_cache_bytes"] == 3 * 32 * 2 * 3 * 128 * 2 * 4096
 
 
 def test_encoders_warn_that_they_are_costed_causally(run_cli):
     rows, err = estimate_json(run_cli, "-m", "modernbert-base", "-c", "8k")
     assert "is an encoder" in err and rows[0]["context"] == 8192
+    assert err.startswith("kvplan: warning: modernbert-base is an encoder") and err.count("\n") == 1
+    # Nothing is decoded: every decode column is null.
+    assert [rows[0][k] for k in COLUMNS if k.startswith("decode_")] == [None] * 4
 
 
 def test_hardware_overrides_on_the_command_line_and_from_a_file(run_cli, tmp_path):
@@ -154,12 +178,18 @@ def test_missing_config_field_is_named(run_cli, tmp_path):
 
 def test_models_and_gpus_list_presets(run_cli):
     code, out, _ = run_cli("models", "--json")
-    names = [r["name"] for r in json.loads(out)]
+    models = json.loads(out)
+    names = [r["name"] for r in models]
     assert code == 0 and "deepseek-v3.2-exp" in names and "t6-medium" in names
+    assert names == list(PRESETS)
+    (llama,) = [r for r in models if r["name"] == "llama-3.1-8b"]
+    # 32 layers x 2 (K, V) x 8 KV heads x 128 x 2 bytes; 8,030,261,248 parameters as Meta publishes.
+    assert (llama["kv_bytes_per_token_bf16"], llama["params"]) == (32 * 2 * 8 * 128 * 2, 8_030_261_248)
     code, out, _ = run_cli("gpus", "--json")
     gpus = {r["name"] for r in json.loads(out)}
     assert code == 0 and {"h100-sxm", "h100-pcie", "h200", "h800", "a100-40gb", "a100-80gb", "l40s", "b200", "mi300x",
                           "rtx-4090"} <= gpus
+    assert json.loads(out) == [dataclasses.asdict(gpu) for gpu in GPUS.values()]
 
 
 def test_help_states_units(run_cli):

@@ -76,6 +76,9 @@ def test_cli_json_and_plot(run_json, tmp_path):
         assert set(row) >= {"model", "attention", "gpu", "gpus", "kv_dtype", "batch", "chunk", "position",
                             "prefill_usd_per_mtok", "decode_usd_per_mtok", "decode_seconds_per_token"}
     assert [r["position"] for r in rows[:17]] == positions(32768, 17)
+    # Every point is the library's curve: native, then the re-cast, each priced in 8k-token chunks.
+    expected = [cost_curve(estimator(attention=spec), 32768, batch=1, chunk=8192, points=17) for spec in ("native", "mla")]
+    assert rows == expected[0] + expected[1]
     assert png_size(path) == (1430, 550)  # two 6.5 x 5 inch panels at 110 dpi
     assert path.stat().st_size > 10_000
 
@@ -86,6 +89,12 @@ def test_cli_table_warns_when_it_does_not_fit(run_cli):
     assert code == 0
     assert "kvplan cost by token position" in out and "131,071" in out
     assert "does not fit" in err
+    # The warning gives the estimate's memory per GPU at batch 8 and 128k (prefill in 8 x 8k tokens at once).
+    row = estimator(prefill_chunk=8 * 8192).row(8, 131072)
+    assert not row["fits"]
+    assert err.splitlines() == [f"kvplan: warning: gqa(kv_heads=8) at batch 8 and 128k tokens needs "
+                                f"{row['total_bytes_per_gpu'] / 2**30:,.2f} GiB per GPU of 79.65 (does not fit); "
+                                f"costs estimated anyway"]
 
 
 @pytest.mark.parametrize("args", [

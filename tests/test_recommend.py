@@ -115,6 +115,11 @@ def test_nothing_fits_is_said_plainly(run_cli, run_json):
     code, out, err = run_cli("recommend", "--model", "llama-3.1-405b", "--gpu", "rtx-4090", "--context", "128k")
     assert code == 0 and out == ""
     assert err.startswith("kvplan: nothing fits:") and "closest" in err
+    result = recommend(base("llama-3.1-405b", "rtx-4090"), context=131072)
+    closest = result.closest
+    assert err == (f"kvplan: nothing fits: none of {result.considered} options (up to 2 changes) serves 128k tokens at "
+                   f"batch 1 on rtx-4090; the closest, {closest['change']} on {closest['gpus']} GPU(s), needs "
+                   f"{closest['total_bytes_per_gpu'] / GiB:,.2f} GiB per GPU of {24564 / 1024:,.2f}\n")
     rows = run_json("recommend", "--model", "llama-3.1-405b", "--gpu", "rtx-4090", "--context", "128k")
     assert rows == []
 
@@ -129,6 +134,7 @@ def test_cli_json_shape(run_json):
                     "prefill_usd_per_mtok", "prefill_usd_per_mtok_before", "total_bytes_per_gpu"):
             assert key in row
         assert row["fits"] is True and row["decode_usd_per_mtok"] <= 5
+    assert rows == recommend(base(), context=65536, concurrency=16, max_usd_per_mtok=5).options
 
 
 def test_cli_table(run_cli):
@@ -136,6 +142,9 @@ def test_cli_table(run_cli):
                              "--batch", "4", "--top", "3")
     assert code == 0, err
     assert "kvplan recommend" in out and "As given" in out and "->" in out
+    options = recommend(base(), context=131072, batch=4).options
+    shown = [line for line in out.splitlines() if line.startswith("│ ") and line[2].isdigit()]
+    assert [line.split("│")[2].strip() for line in shown] == [o["change"] for o in options[:3]]
 
 
 @pytest.mark.parametrize("args", [

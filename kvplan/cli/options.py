@@ -84,7 +84,7 @@ class DeploymentOptions:
                     block_size=self.block_size, reserve=self.reserve, flash=not self.naive_attention,
                     hardware_profile=self.hardware_profile,
                     prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
-                    **parse_assignments(list(self.gpu_set)), **named)
+                    **{**parse_assignments(list(self.gpu_set)), **named})
 
 
 def _gpu_help() -> str:
@@ -108,7 +108,7 @@ _DECLARED: dict[str, tuple] = {
                "(GiB = 2^30 bytes, GB = 10^9).", {}),
     "kv_dtype": (str, ("--kv-dtype",), _kv_dtype_help(), {}),
     "attention": (Optional[List[str]], ("--attention", "-a"), f"Re-cast attention: KIND[:k=v,...] with KIND[:its options] "
-                  f"one of {recast_help()} (e.g. tpa:k_rank=2,v_rank=2  gqa:kv_heads=4  window:4096). Any kind also "
+                  f"one of {recast_help(option_separator=', ')} (e.g. tpa:k_rank=2,v_rank=2  gqa:kv_heads=4  window:4096). Any kind also "
                   f"takes window=W and global_every=N. Repeat or comma-separate for one row each.", {}),
     "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {}),
     "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", {"min": 0}),
