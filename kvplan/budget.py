@@ -123,7 +123,8 @@ def budget_note(row: dict) -> str:
     return "; ".join(notes)
 
 
-def memory_curves(estimators: list[Estimator], rows: list[dict], batch: int, points: int = 200) -> tuple[list[int], list[dict]]:
+def memory_curves(estimators: list[Estimator], rows: list[dict], batch: int,
+                  points: int = 200) -> tuple[list[int], list[dict]]:
     """(contexts, one curve per estimator): memory per GPU in bytes at `batch` over contexts from 0 to 1.2 x the
     longest budget or asked context (at least 4096 tokens), with the curve's label and its longest fitting
     context (0: none) and the memory there."""
@@ -131,7 +132,8 @@ def memory_curves(estimators: list[Estimator], rows: list[dict], batch: int, poi
     contexts = sorted({max(1, high * i // (points - 1)) for i in range(points)})
     curves = [{"label": f"{row['attention']}, kv {row['kv_dtype']}",
                "total_bytes_per_gpu": [estimator.row(batch, c)["total_bytes_per_gpu"] for c in contexts],
-               "max_context": row["max_context"], "max_context_total_bytes_per_gpu": row["max_context_total_bytes_per_gpu"]}
+               "max_context": row["max_context"],
+               "max_context_total_bytes_per_gpu": row["max_context_total_bytes_per_gpu"]}
               for estimator, row in zip(estimators, rows)]
     return contexts, curves
 

@@ -107,9 +107,10 @@ _DECLARED: dict[str, tuple] = {
     "memory": (Optional[str], ("--memory",), "Memory per GPU replacing the preset's, e.g. 80GiB or 141GB "
                "(GiB = 2^30 bytes, GB = 10^9).", {}),
     "kv_dtype": (str, ("--kv-dtype",), _kv_dtype_help(), {}),
-    "attention": (Optional[List[str]], ("--attention", "-a"), f"Re-cast attention: KIND[:k=v,...] with KIND[:its options] "
-                  f"one of {recast_help(option_separator=', ')} (e.g. tpa:k_rank=2,v_rank=2  gqa:kv_heads=4  window:4096). Any kind also "
-                  f"takes window=W and global_every=N. Repeat or comma-separate for one row each.", {}),
+    "attention": (Optional[List[str]], ("--attention", "-a"), f"Re-cast attention: KIND[:k=v,...] with "
+                  f"KIND[:its options] one of {recast_help(option_separator=', ')} (e.g. tpa:k_rank=2,v_rank=2  "
+                  f"gqa:kv_heads=4  window:4096). Any kind also takes window=W and global_every=N. Repeat or "
+                  f"comma-separate for one row each.", {}),
     "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {}),
     "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", {"min": 0}),
     "reserve": (str, ("--reserve",), "Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB.", {}),

@@ -135,8 +135,8 @@ def cost(
     context: Optional[str] = ContextOpt,
     batch: str = typer.Option("1", "--batch", "-b", help="Sequences decoded together (and prefilled together)."),
     chunk: str = typer.Option(format_tokens(DEFAULT_CHUNK), "--chunk-per-sequence", "--chunk",
-                              help="Prefill chunk priced, tokens per sequence (also --chunk): the prefill curve at p is the per-token "
-                              "cost of a chunk starting at p. Not --prefill-chunk (tokens per prefill forward across "
+                              help="Prefill chunk priced, tokens per sequence (also --chunk): the prefill curve at p "
+                              "is the per-token cost of a chunk starting at p. Not --prefill-chunk (tokens per prefill forward across "
                               "the batch, which bounds activation memory; default here: batch x this)."),
     points: int = typer.Option(65, "--points", help="Positions from 0 to the context (--json, --csv, --plot).", min=2,
                                max=100000),
