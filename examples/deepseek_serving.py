@@ -15,7 +15,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from kvplan.api import plan
+from kvplan.api import estimators
 from kvplan.costcurve import cost_at
 from kvplan.disaggregated import disaggregated
 from kvplan.estimator import Estimator
@@ -51,8 +51,8 @@ def deployments(model: str, attention: str | None = None, overlap: bool = True) 
     """OVERVIEW's layouts: prefill routed experts EP32 with MLA and shared expert DP32 (4 nodes); decode EP144
     / DP144 (18 nodes); fp8 weights, bf16 cache; two micro-batches overlap communication with compute."""
     common = dict(gpu="h800", weight_dtype="fp8", attention=attention, overlap=overlap)
-    (prefill,) = plan(model, gpus=32, dp=32, ep=32, **common)
-    (decode,) = plan(model, gpus=144, dp=144, ep=144, **common)
+    (prefill,) = estimators(model, gpus=32, dp=32, ep=32, **common)
+    (decode,) = estimators(model, gpus=144, dp=144, ep=144, **common)
     return prefill, Estimator(decode.model, replace(decode.deployment, role="decode"))
 
 

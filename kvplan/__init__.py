@@ -3,10 +3,11 @@
 The estimate path (this package minus kvplan.models and kvplan.profilers) never imports torch.
 """
 
-from .api import estimate, plan
+from .api import estimate, estimator_warnings, estimators
 from .estimator import Deployment, Estimator
 from .presets import PRESETS, get_preset, load_model
 from .units import InputError
 
-__all__ = ["estimate", "plan", "Deployment", "Estimator", "PRESETS", "get_preset", "load_model", "InputError"]
+__all__ = ["estimate", "estimators", "estimator_warnings", "Deployment", "Estimator", "PRESETS", "get_preset",
+           "load_model", "InputError"]
 __version__ = "0.1.0"

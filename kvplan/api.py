@@ -1,7 +1,7 @@
 """The Python API: `kvplan.estimate(...)`, one row (a dict) or many (a pandas DataFrame).
 
-Also `plan(...)`, which resolves names, files and overrides into Estimators; the CLI, budget,
-recommend and profile all go through it, so every entry point reads inputs the same way.
+Also `estimators(...)`, which resolves names, files and overrides into Estimators; the CLI, budget,
+recommend, cost and profile all go through it, so every entry point reads inputs the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ from .dtypes import storage_format
 from .estimator import Deployment, Estimator
 from .hardware import GPU, get_gpu, gpu_from_file, with_overrides
 from .model import Model
-from .presets import load_model
+from .presets import PRESETS, get_preset, load_model
+from .output import Report, deployment_caption
 from .recast import recast
 from .units import InputError, parse_bytes, parse_tokens
+
+DEFAULT_CONTEXT = 32768  # tokens, for a model that states no max positions
 
 
 def _as_list(value) -> list:
@@ -90,7 +93,7 @@ def check_depth(model: Model, deployment: Deployment) -> None:
         raise InputError(f"pp ({deployment.pp}) exceeds the model's {model.n_layers} layers")
 
 
-def plan_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
+def estimator_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
     """What is estimated anyway but deserves a word: a context past the model's positions, heads that do not
     split evenly over the tensor-parallel GPUs (serving engines refuse that; the estimate rounds heads up)."""
     model, tp = estimator.model, estimator.deployment.tp
@@ -114,22 +117,63 @@ def plan_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
     return messages
 
 
-def plan(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
-         kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
-         weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0, flash: bool = True,
-         hardware_profile: str | None = None, prefill_chunk: int = 0, dp: int = 1, ep: int = 1,
-         gpus_per_node: int = 0, overlap: bool = False, **gpu_overrides) -> list[Estimator]:
+def estimators(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
+               kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
+               weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0, flash: bool = True,
+               hardware_profile: str | None = None, prefill_chunk: int = 0, dp: int = 1, ep: int = 1,
+               gpus_per_node: int = 0, overlap: bool = False, **gpu_overrides) -> list[Estimator]:
     """One Estimator per (attention re-cast, kv dtype)."""
     base = model if isinstance(model, Model) else load_model(model)
     device = resolve_gpu(gpu, hardware_profile, **gpu_overrides)
-    estimators = []
+    found = []
     for spec, kv in itertools.product(_as_list(attention), _as_list(kv_dtype)):
         resolved = recast(base, spec) if spec else base
         dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash,
                              prefill_chunk, dp, ep, gpus_per_node, overlap)
         check_depth(resolved, dep)
-        estimators.append(Estimator(resolved, dep))
-    return estimators
+        found.append(Estimator(resolved, dep))
+    return found
+
+
+def native_and_recasts(deployment: dict) -> list[Estimator]:
+    """Estimators for keyword arguments of `estimators`: the model's own attention first, then each re-cast
+    once, leaving out a re-cast that comes out the same as an earlier row (e.g. gqa on a model that is GQA)."""
+    specs = _as_list(deployment.get("attention"))
+    others = [s for s in specs if s and s.split(":")[0].strip().lower() != "native"]
+    seen, kept = set(), []
+    for estimator in estimators(**{**deployment, "attention": ["native"] + list(dict.fromkeys(others))}):
+        key = (estimator.model.kind_label, estimator.model.layer_windows, estimator.deployment.kv_format.name)
+        if key not in seen:
+            seen.add(key)
+            kept.append(estimator)
+    return kept
+
+
+def context_or_default(context: int | None, model: Model) -> int:
+    """The context asked for, else the model's max positions, else DEFAULT_CONTEXT."""
+    return context or model.max_positions or DEFAULT_CONTEXT
+
+
+def estimate_rows(found: Sequence[Estimator], contexts: Sequence[int], batches: Sequence[int],
+                  prompt: int | None = None) -> tuple[list[dict], list[str]]:
+    """(rows, warnings): one row per (estimator, context, batch), contexts outermost per estimator, and
+    estimator_warnings for each estimator."""
+    rows, messages = [], []
+    for estimator in found:
+        messages += estimator_warnings(estimator, contexts)
+        row = estimator.row
+        rows += [row(b, c, prompt) for c in contexts for b in batches]
+    return rows, messages
+
+
+def estimate_report(deployment: dict, contexts: Sequence[int], batches: Sequence[int],
+                    prompt: int | None = None) -> Report:
+    """`kvplan estimate`: every (attention, kv dtype, context, batch) row of the deployment given as keyword
+    arguments of `estimators`, its warnings, and the caption saying where the numbers hold."""
+    found = estimators(**deployment)
+    rows, messages = estimate_rows(found, contexts, batches, prompt)
+    return Report(rows, title="kvplan estimate", caption=deployment_caption(found[0].deployment),
+                  messages=[f"warning: {m}" for m in messages])
 
 
 def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str | Sequence = 4096,
@@ -149,13 +193,26 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
                          f"prompt included")
     rows = []
     for name in _as_list(model):
-        for estimator in plan(name, gpu, attention, kv_dtype, **options):
-            for message in plan_warnings(estimator, contexts):
-                warnings.warn(message, stacklevel=2)
-            row = estimator.row
-            rows += [row(b, c, prompt_tokens) for c in contexts for b in batches]
+        found_rows, messages = estimate_rows(estimators(name, gpu, attention, kv_dtype, **options), contexts,
+                                             batches, prompt_tokens)
+        for message in messages:
+            warnings.warn(message, stacklevel=2)
+        rows += found_rows
     if len(rows) == 1:
         return rows[0]
     import pandas as pd  # only the many-row API pays for pandas
 
     return pd.DataFrame.from_records(rows)
+
+
+def preset_rows(gpu: str = "h100-sxm") -> list[dict]:
+    """`kvplan models`: one row per bundled model preset, with its bf16 cache bytes per token and its source."""
+    deployment = deployment_for(get_gpu(gpu))
+    rows = []
+    for name in PRESETS:
+        model = get_preset(name)
+        rows.append({"name": name, "architecture": model.architecture, "attention": model.kind_label,
+                     "layers": model.n_layers, "d_model": model.d_model, "params": model.total_params(),
+                     "kv_bytes_per_token_bf16": Estimator(model, deployment).kv_bytes_per_token,
+                     "max_positions": model.max_positions, "source": model.source})
+    return rows

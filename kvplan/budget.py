@@ -15,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from .api import context_or_default, estimator_warnings, native_and_recasts
 from .estimator import Estimator
-from .units import InputError
+from .output import Report, deployment_caption
+from .units import InputError, format_tokens
 
 SEARCH_LIMIT = 2**40  # tokens or sequences; far beyond any GPU memory, it only guards the doubling loop
 WEIGHTS_EXCEED = "weights alone exceed memory"
@@ -121,27 +123,43 @@ def budget_note(row: dict) -> str:
     return "; ".join(notes)
 
 
-def plot_budget(estimators: list[Estimator], rows: list[dict], batch: int, path: str, points: int = 200) -> str:
-    """Per-GPU memory (GiB) against context for each kind at `batch`, with the memory line and each kind's
-    longest fitting context marked. Writes a PNG to `path` and returns it."""
-    from .plotting import new_figure, save_figure, token_axis
-
-    gib = 2**30
-    memory = estimators[0].deployment.gpu.memory_bytes
+def memory_curves(estimators: list[Estimator], rows: list[dict], batch: int,
+                  points: int = 200) -> tuple[list[int], list[dict]]:
+    """(contexts, one curve per estimator): memory per GPU in bytes at `batch` over contexts from 0 to 1.2 x the
+    longest budget or asked context (at least 4096 tokens), with the curve's label and its longest fitting
+    context (0: none) and the memory there."""
     high = max(4096, int(1.2 * max([r["max_context"] for r in rows] + [r["context"] for r in rows])))
     contexts = sorted({max(1, high * i // (points - 1)) for i in range(points)})
-    figure, axes = new_figure()
-    for estimator, row in zip(estimators, rows):
-        used = [estimator.row(batch, c)["total_bytes_per_gpu"] / gib for c in contexts]
-        line, = axes.plot(contexts, used, label=f"{row['attention']}, kv {row['kv_dtype']}")
-        if row["max_context"]:
-            axes.plot([row["max_context"]], [row["max_context_total_bytes_per_gpu"] / gib], "o", color=line.get_color())
-    axes.axhline(memory / gib, color="black", linestyle="--", linewidth=1, label=f"memory {memory / gib:,.1f} GiB")
-    token_axis(axes, "context (tokens per sequence)")
-    axes.set_ylabel("memory per GPU (GiB)")
-    dep = estimators[0].deployment
-    axes.set_title(f"{rows[0]['model'].split(' [')[0]} on {dep.gpu.name} x{dep.gpus}, batch {batch}: "
-                   f"dots = longest context that fits", fontsize=10)
-    axes.set_ylim(0, max(memory / gib * 1.6, 1))
-    axes.legend(fontsize=8)
-    return save_figure(figure, path)
+    curves = [{"label": f"{row['attention']}, kv {row['kv_dtype']}",
+               "total_bytes_per_gpu": [estimator.row(batch, c)["total_bytes_per_gpu"] for c in contexts],
+               "max_context": row["max_context"],
+               "max_context_total_bytes_per_gpu": row["max_context_total_bytes_per_gpu"]}
+              for estimator, row in zip(estimators, rows)]
+    return contexts, curves
+
+
+def budget_report(deployment: dict, batch: int, context: int | None = None, plot: str | None = None) -> Report:
+    """`kvplan budget`: one budget_row per attention (the model's own, then each re-cast of the deployment
+    given as keyword arguments of kvplan.api.estimators) at `batch` sequences and `context` tokens (default:
+    the model's max positions); with `plot`, a PNG of memory per GPU against context written there."""
+    found = native_and_recasts(deployment)
+    tokens = context_or_default(context, found[0].model)
+    messages = [f"warning: {m}" for e in found for m in estimator_warnings(e, [tokens])]
+    rows = [budget_row(e, batch, tokens) for e in found]
+    if plot:
+        from .plotting import plot_budget
+
+        dep = found[0].deployment
+        contexts, curves = memory_curves(found, rows, batch)
+        title = (f"{rows[0]['model'].split(' [')[0]} on {dep.gpu.name} x{dep.gpus}, batch {batch}: "
+                 f"dots = longest context that fits")
+        messages.append(f"wrote {plot_budget(contexts, curves, dep.gpu.memory_bytes, title, plot)}")
+    notes = [f"{row['attention']}, kv {row['kv_dtype']}: {row['note']}" for row in rows if row["note"]]
+    beyond = [r for r in rows if r["max_positions"] and r["max_context"] > r["max_positions"]]
+    if beyond:
+        notes.append(f"Longest contexts beyond the model's {beyond[0]['max_positions']:,} positions are what memory "
+                     f"allows; the model was not trained that long.")
+    return Report(rows, title=f"kvplan budget, {found[0].model.name}: longest context at batch {batch}, largest batch "
+                              f"at context {format_tokens(tokens)}",
+                  caption=deployment_caption(found[0].deployment, memory_and_weights=True), messages=messages,
+                  notes=notes)

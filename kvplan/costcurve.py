@@ -7,7 +7,7 @@ This is the comparison DeepSeek-V3.2's report draws for dense MLA against DSA on
   rises with p; DSA attends only its top-k (its indexer still scores all p + 1 keys, far more cheaply).
 - prefill at position p: the marginal cost of prompt tokens at p: the roofline time of one prefill chunk of
   `chunk` tokens per sequence starting at p, with the p tokens before it already cached
-  (Estimator.prefill_chunk: linear FLOPs plus attention FLOPs with start = p, the weights read once per chunk),
+  (Estimator.prefill: linear FLOPs plus attention FLOPs with start = p, the weights read once per chunk),
   per token of the chunk. A chunk of a few thousand tokens, as chunked-prefill engines use, keeps prefill
   compute-bound, so the curve shows the attention term growing with p over the constant linear layers.
 Both are $ per million tokens at the GPU price (`--usd-per-hour` or the preset's), whole deployment.
@@ -15,9 +15,13 @@ Both are $ per million tokens at the GPU price (`--usd-per-hour` or the preset's
 
 from __future__ import annotations
 
+from .api import context_or_default, estimator_warnings, native_and_recasts
 from .estimator import Estimator
+from .output import Report, deployment_caption
+from .units import format_gib, format_tokens
 
 DEFAULT_CHUNK = 8192  # tokens per prefill chunk (vLLM's and SGLang's default chunked-prefill budget)
+TABLE_POSITIONS = 5  # rows per kind in the table; JSON, CSV and the plot take every point
 
 
 def positions(context: int, points: int) -> list[int]:
@@ -30,7 +34,7 @@ def positions(context: int, points: int) -> list[int]:
 def cost_at(estimator: Estimator, position: int, batch: int = 1, chunk: int = DEFAULT_CHUNK) -> dict:
     """Prefill and decode $ per million tokens at one 0-based token position."""
     usd_per_second = estimator.usd_per_second()
-    _, prefill_seconds = estimator.prefill_chunk(batch, chunk, start=position)
+    _, prefill_seconds = estimator.prefill(batch, chunk, start=position)
     _, decode_seconds = estimator.decode_step(batch, position + 1)
     return {
         "position": position,
@@ -45,29 +49,37 @@ def cost_curve(estimator: Estimator, context: int, batch: int = 1, chunk: int = 
     """One flat row per position, labelled with the model, kind and deployment."""
     model, dep = estimator.model, estimator.deployment
     label = {"model": model.name, "attention": model.kind_label, "gpu": dep.gpu.name, "gpus": dep.gpus,
-             "usd_per_hour": dep.gpu.usd_per_hour, "kv_dtype": dep.kv_format.name, "weight_dtype": dep.weight_format.name, "batch": batch, "chunk": chunk}
+             "usd_per_hour": dep.gpu.usd_per_hour, "kv_dtype": dep.kv_format.name,
+             "weight_dtype": dep.weight_format.name, "batch": batch, "chunk": chunk}
     return [{**label, **cost_at(estimator, p, batch, chunk)} for p in positions(context, points)]
 
 
-def plot_cost(curves: list[list[dict]], path: str) -> str:
-    """Two panels, prefill and decode $/Mtok against token position, one line per attention kind."""
-    from .plotting import new_figure, save_figure, token_axis
+def cost_report(deployment: dict, context: int | None = None, batch: int = 1, chunk: int = DEFAULT_CHUNK,
+                points: int = 65, plot: str | None = None) -> Report:
+    """`kvplan cost`: cost_curve rows of `points` positions for the model's own attention, then each re-cast of
+    the deployment given as keyword arguments of kvplan.api.estimators, up to `context` (default: the model's
+    max positions), with a warning for each kind that does not fit at that context; the table shows
+    TABLE_POSITIONS positions per kind. With `plot`, a PNG of both curves written there.
 
-    figure, (prefill_ax, decode_ax) = new_figure(columns=2)
-    for curve in curves:
-        xs = [r["position"] for r in curve]
-        label = f"{curve[0]['attention']}, kv {curve[0]['kv_dtype']}"
-        prefill_ax.plot(xs, [r["prefill_usd_per_mtok"] for r in curve], label=label)
-        decode_ax.plot(xs, [r["decode_usd_per_mtok"] for r in curve], label=label)
-    first = curves[0][0]
-    for ax, phase, detail in ((prefill_ax, "prefill", f"{first['chunk']:,}-token chunks"),
-                              (decode_ax, "decode", f"batch {first['batch']}")):
-        token_axis(ax, "token position")
-        ax.set_ylabel(f"{phase} $ per million tokens")
-        ax.set_ylim(bottom=0)
-        ax.set_title(f"{phase}, {detail}", fontsize=10)
-        ax.legend(fontsize=8)
-    figure.suptitle(f"{first['model'].split(' [')[0]} ({first['weight_dtype']} weights) on {first['gpu']} x{first['gpus']} "
-                    f"at ${first['usd_per_hour']:.2f}/GPU-hour: cost by token position",
-                    fontsize=11)
-    return save_figure(figure, path)
+    `chunk` is tokens per sequence of each priced prefill chunk; unless the deployment sets its own prefill
+    chunk (tokens per forward across the batch), batch x chunk tokens are in flight when memory is checked.
+    """
+    found = native_and_recasts({**deployment, "prefill_chunk": deployment.get("prefill_chunk") or batch * chunk})
+    tokens = context_or_default(context, found[0].model)
+    messages = [f"warning: {m}" for e in found for m in estimator_warnings(e, [tokens])]
+    for estimator in found:
+        row = estimator.row(batch, tokens)
+        if not row["fits"]:
+            messages.append(f"warning: {row['attention']} at batch {batch} and {format_tokens(tokens)} tokens needs "
+                            f"{format_gib(row['total_bytes_per_gpu'])} GiB per GPU of "
+                            f"{format_gib(row['gpu_memory_bytes'])} (does not fit); costs estimated anyway")
+    curves = [cost_curve(e, tokens, batch, chunk, points) for e in found]
+    if plot:
+        from .plotting import plot_cost
+
+        messages.append(f"wrote {plot_cost(curves, plot)}")
+    table_rows = [r for e in found for r in cost_curve(e, tokens, batch, chunk, TABLE_POSITIONS)]
+    return Report([row for curve in curves for row in curve], table_rows=table_rows, messages=messages,
+                  title=f"kvplan cost by token position, {found[0].model.name}: batch {batch}",
+                  caption=deployment_caption(found[0].deployment, memory_and_weights=True)
+                  + f"; prefill in {chunk:,}-token chunks")

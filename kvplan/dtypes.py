@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
-from .units import InputError
+from .units import InputError, ceil_div
 
 
 @dataclass(frozen=True)
@@ -22,10 +22,9 @@ class StorageFormat:
 
     def vector_bytes(self, elements: int) -> int:
         """Bytes to store one cached vector of `elements` values, scales included."""
-        data = (elements * self.bits + 7) // 8
+        data = ceil_div(elements * self.bits, 8)
         if self.group_size:
-            groups = -(-elements // self.group_size)
-            data += groups * self.group_overhead_bytes
+            data += ceil_div(elements, self.group_size) * self.group_overhead_bytes
         return data
 
     @property
@@ -43,8 +42,6 @@ FORMATS: dict[str, StorageFormat] = {
     # Asymmetric int4 (KIVI-style) with an fp16 scale and an fp16 zero point per 32 elements.
     "int4": StorageFormat("int4", 4, group_size=32, group_overhead_bytes=4),
 }
-
-KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp32")
 
 
 def storage_format(name: str, what: str = "kv dtype") -> StorageFormat:

@@ -334,13 +334,13 @@ class Estimator:
         bytes_moved = self.weights_read_bytes(batch) + cache_read_bytes
         return flops, self._roofline(flops, bytes_moved, batch, 1, batch * attention_flops_per_token)
 
-    def prefill_chunk(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
+    def prefill(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
         """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
         chunked prefill does; start=0 is the whole prefill of a `tokens`-token prompt."""
-        return self._prefill(batch, tokens, self.prefill_attention_flops(batch, tokens, start),
-                             self.kv_cache_bytes(batch, start + tokens))
+        return self._prefill_cost(batch, tokens, self.prefill_attention_flops(batch, tokens, start),
+                                  self.kv_cache_bytes(batch, start + tokens))
 
-    def _prefill(self, batch: int, tokens: int, attention_flops: int, cache_bytes: int) -> tuple[int, float]:
+    def _prefill_cost(self, batch: int, tokens: int, attention_flops: int, cache_bytes: int) -> tuple[int, float]:
         flops = self.prefill_linear_flops(batch, tokens) + attention_flops
         bytes_moved = self.weights_read_bytes(batch * tokens, batch) + cache_bytes
         return flops, self._roofline(flops, bytes_moved, batch, tokens, attention_flops)
@@ -357,11 +357,11 @@ class Estimator:
         kv_per_gpu = self.kv_cache_bytes_per_gpu(batch, context)
         act_per_gpu = self.activation_bytes_per_gpu(batch, prompt, cached=cached)
         total_per_gpu = self.weights_bytes_per_gpu + kv_per_gpu + act_per_gpu + dep.reserve_bytes
-        # As prefill_chunk(batch, prompt - cached, cached) and decode_step(batch, context), reusing what this
-        # row already has.
+        # As prefill(batch, prompt - cached, cached) and decode_step(batch, context), reusing what this row
+        # already has.
         attn_flops = self.prefill_attention_flops(batch, prompt - cached, cached)
         prefill_cache = kv_bytes if prompt == context else self.kv_cache_bytes(batch, prompt)
-        prefill_flops, prefill_seconds = self._prefill(batch, prompt - cached, attn_flops, prefill_cache)
+        prefill_flops, prefill_seconds = self._prefill_cost(batch, prompt - cached, attn_flops, prefill_cache)
         usd_per_s = self.usd_per_second()
         if model.is_encoder:  # nothing is decoded: the decode columns stay empty (None, null in JSON)
             decode_flops_per_token = decode_seconds = decode_tokens_per_second = decode_usd_per_mtok = None
@@ -416,7 +416,7 @@ class Estimator:
         }
 
 
-COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV header
+COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV header and the README's column table
     "model": "model name ([spec] marks a re-cast)",
     "attention": "attention kind as served",
     "gpu": "GPU preset", "gpus": "GPUs in all (tp x pp x dp)", "tp": "tensor-parallel degree", "pp": "pipeline stages",
@@ -436,9 +436,9 @@ COLUMNS = {  # name -> unit and meaning, for --help, the README and the CSV head
     "total_bytes": "bytes in all", "total_bytes_per_gpu": "bytes on the most loaded GPU",
     "gpu_memory_bytes": "bytes of memory per GPU", "fits": "total_bytes_per_gpu <= gpu_memory_bytes",
     "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",
-    "decode_flops_per_token": "FLOPs of one decode step, one sequence",
+    "decode_flops_per_token": "FLOPs of one decode step, one sequence (null for an encoder, as every decode column)",
     "prefill_seconds": "roofline seconds of prefill", "decode_seconds_per_token": "roofline seconds of one decode step",
-    "prefill_tokens_per_second": "prompt tokens/s, whole batch (a cached prefix counted, as DeepSeek counts it)",
-    "decode_tokens_per_second": "tokens/s, whole batch",
+    "prefill_tokens_per_second": "prompt tokens per second, whole batch (a cached prefix counted, as DeepSeek counts it)",
+    "decode_tokens_per_second": "decoded tokens per second, whole batch",
     "prefill_usd_per_mtok": "$ per million prompt tokens (a cached prefix counted)", "decode_usd_per_mtok": "$ per million decoded tokens",
 }

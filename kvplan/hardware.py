@@ -1,8 +1,8 @@
 """GPU descriptions: memory, bandwidth, dense matrix FLOP/s, interconnect, price, and achieved efficiencies.
 
 Datasheet figures are dense (no 2:4 sparsity). The default efficiencies are what a good kernel reaches on
-an H100 in this workplace's measurements (bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device copy
-3.0 of 3.35 TB/s = 0.90), rounded down for whole models; `kvplan calibrate` measures them per GPU.
+an H100 SXM 80GB (measured: bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device copy 3.0 of 3.35 TB/s =
+0.90), rounded down for whole models; `kvplan calibrate` measures them per GPU.
 """
 
 from __future__ import annotations
@@ -87,21 +87,27 @@ GPUS: dict[str, GPU] = {g.name: g for g in (
                "330 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
 )}
 
-_ALIASES = {"h100": "h100-sxm", "a100": "a100-80gb", "4090": "rtx-4090", "mi300": "mi300x"}
+GPU_ALIASES = {  # other names --gpu accepts -> preset
+    "h100": "h100-sxm", "a100": "a100-80gb", "4090": "rtx-4090", "mi300": "mi300x"}
 
 
 def get_gpu(name: str) -> GPU:
     key = str(name).strip().lower().replace("_", "-").replace(" ", "-")
-    key = _ALIASES.get(key, key)
+    key = GPU_ALIASES.get(key, key)
     if key in GPUS:
         return GPUS[key]
-    near = difflib.get_close_matches(key, list(GPUS) + list(_ALIASES), n=3, cutoff=0.4)
+    near = difflib.get_close_matches(key, list(GPUS) + list(GPU_ALIASES), n=3, cutoff=0.4)
     hint = f"; did you mean {', '.join(near)}?" if near else f"; known GPUs: {', '.join(GPUS)}"
     raise InputError(f"unknown GPU {name!r}{hint}")
 
 
 _FIELD_NAMES = {f.name for f in fields(GPU)}
 _OPTIONAL_FIELDS = {f.name for f in fields(GPU) if f.default is not MISSING}
+
+
+def gpu_rows() -> list[dict]:
+    """`kvplan gpus`: every preset's fields as one flat row each."""
+    return [asdict(gpu) for gpu in GPUS.values()]
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -168,7 +174,3 @@ def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
             base = GPU(**{k: data[k] for k in ("name", "memory_bytes", "bandwidth_bytes_per_s", "bf16_flops",
                                                "fp8_flops", "link_bytes_per_s", "usd_per_hour")})
     return with_overrides(base, data)
-
-
-def gpu_as_dict(gpu: GPU) -> dict:
-    return asdict(gpu)

@@ -1,4 +1,8 @@
-"""Printing rows: a rich table with units for people, JSON or CSV (same columns) for programs."""
+"""Printing rows: a rich table with units for people, JSON or CSV (same columns) for programs.
+
+`emit` is the one printer every command uses. `Report` is what a command's library function hands back:
+the rows and the words around them (title, caption, warnings, notes), so no command words its own outcome.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,23 @@ import csv
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from .units import format_gib, format_tokens
 
-GiB = 2**30
+
+@dataclass
+class Report:
+    """What a command prints, in order: `messages` on stderr, then `rows` (the table shows `table_rows` when
+    set, JSON and CSV always every row), then `notes` on stdout under the table (not with --json/--csv)."""
+
+    rows: list[dict]
+    title: str | None = None
+    caption: str | None = None
+    messages: list[str] = field(default_factory=list)  # one line each, e.g. "warning: ..."
+    notes: list[str] = field(default_factory=list)
+    table_rows: list[dict] | None = None
 
 
 def _clean(value):
@@ -19,23 +35,27 @@ def _clean(value):
     return value
 
 
-def print_json(rows: Sequence[dict]) -> None:
-    json.dump([{k: _clean(v) for k, v in row.items()} for row in rows], sys.stdout, indent=1)
+def print_json(rows: Sequence[dict] | dict) -> None:
+    """A list of flat rows (NaN and infinity as null), or one object as it is."""
+    data = rows if isinstance(rows, dict) else [{k: _clean(v) for k, v in row.items()} for row in rows]
+    json.dump(data, sys.stdout, indent=1)
     sys.stdout.write("\n")
 
 
-def print_csv(rows: Sequence[dict]) -> None:
+def print_csv(rows: Sequence[dict], fields: Sequence[str] | None = None) -> None:
+    """CSV with a header: `fields` in that order, else every key in the order rows first have it."""
     if not rows:
         return
-    columns = list(rows[0])
-    for row in rows[1:]:
-        columns += [key for key in row if key not in columns]
-    writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+    if fields is None:
+        fields = list(rows[0])
+        for row in rows[1:]:
+            fields += [key for key in row if key not in fields]
+    writer = csv.DictWriter(sys.stdout, fieldnames=list(fields), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
 
 
-# (header, function of a row) for the human table of estimate rows.
+# (header, function of a row) for the human table.
 Column = tuple[str, Callable[[dict], str]]
 
 
@@ -73,6 +93,23 @@ ESTIMATE_COLUMNS: list[Column] = [
 ]
 
 
+def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
+    """The line under a table saying where its numbers hold: GPUs and parallelism, (memory per GPU and weight
+    format,) the unit GiB, the roofline's efficiencies and peaks, and the price."""
+    gpu = deployment.gpu
+    layout = f"tp {deployment.tp}, pp {deployment.pp}"
+    if deployment.dp > 1 or deployment.ep > 1:
+        layout += f", dp {deployment.dp}, ep {deployment.ep}"
+    if deployment.overlap:
+        layout += ", communication overlapped"
+    where = f"{gpu.name} x{deployment.gpus} ({layout})"
+    if memory_and_weights:
+        where += f", {format_gib(gpu.memory_bytes)} GiB per GPU, {deployment.weight_format.name} weights"
+    return (f"{where}; GiB = 2^30 bytes; roofline at {gpu.compute_efficiency:.0%} of {gpu.bf16_flops / 1e12:,.4g} "
+            f"TFLOP/s and {gpu.bandwidth_efficiency:.0%} of {gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s; "
+            f"${gpu.usd_per_hour:.2f}/GPU-hour")
+
+
 _TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source")
 
 
@@ -91,11 +128,12 @@ def print_table(rows: Sequence[dict], columns: Sequence[Column], title: str | No
     console.print(table)
 
 
-def emit(rows: Sequence[dict], as_json: bool, as_csv: bool, columns: Sequence[Column], title: str | None = None,
-         caption: str | None = None) -> None:
+def emit(rows: Sequence[dict] | dict, as_json: bool, as_csv: bool, columns: Sequence[Column] = (),
+         title: str | None = None, caption: str | None = None, fields: Sequence[str] | None = None) -> None:
+    """Rows as JSON, as CSV (header `fields` when given), or as a table of `columns`; no rows, no table."""
     if as_json:
         print_json(rows)
     elif as_csv:
-        print_csv(rows)
-    else:
+        print_csv(rows, fields)
+    elif rows:
         print_table(rows, columns, title, caption)

@@ -1,4 +1,7 @@
-"""Figures for --plot: matplotlib's Agg canvas (no display, no pyplot state), imported only when a plot is asked for."""
+"""Figures for --plot: matplotlib's Agg canvas (no display, no pyplot state), imported only when a plot is asked for.
+
+This module only draws: the numbers come computed from kvplan.budget (memory_curves) and kvplan.costcurve.
+"""
 
 from __future__ import annotations
 
@@ -52,3 +55,45 @@ def save_figure(figure, path: str | Path) -> str:
     except OSError as error:
         raise InputError(f"--plot: cannot write {str(path)!r}: {error.strerror or error}") from None
     return str(path)
+
+
+def plot_budget(contexts: list[int], curves: list[dict], memory_bytes: int, title: str, path: str | Path) -> str:
+    """Memory per GPU (GiB) against context, one line per budget.memory_curves curve, a dot at each curve's
+    longest fitting context and a dashed line at the GPU's memory. Writes a PNG to `path` and returns it."""
+    gib = 2**30
+    figure, axes = new_figure()
+    for curve in curves:
+        line, = axes.plot(contexts, [used / gib for used in curve["total_bytes_per_gpu"]], label=curve["label"])
+        if curve["max_context"]:
+            axes.plot([curve["max_context"]], [curve["max_context_total_bytes_per_gpu"] / gib], "o",
+                      color=line.get_color())
+    axes.axhline(memory_bytes / gib, color="black", linestyle="--", linewidth=1,
+                 label=f"memory {memory_bytes / gib:,.1f} GiB")
+    token_axis(axes, "context (tokens per sequence)")
+    axes.set_ylabel("memory per GPU (GiB)")
+    axes.set_title(title, fontsize=10)
+    axes.set_ylim(0, max(memory_bytes / gib * 1.6, 1))
+    axes.legend(fontsize=8)
+    return save_figure(figure, path)
+
+
+def plot_cost(curves: list[list[dict]], path: str | Path) -> str:
+    """Two panels, prefill and decode $/Mtok against token position, one line per costcurve.cost_curve."""
+    figure, (prefill_ax, decode_ax) = new_figure(columns=2)
+    for curve in curves:
+        xs = [r["position"] for r in curve]
+        label = f"{curve[0]['attention']}, kv {curve[0]['kv_dtype']}"
+        prefill_ax.plot(xs, [r["prefill_usd_per_mtok"] for r in curve], label=label)
+        decode_ax.plot(xs, [r["decode_usd_per_mtok"] for r in curve], label=label)
+    first = curves[0][0]
+    for ax, phase, detail in ((prefill_ax, "prefill", f"{first['chunk']:,}-token chunks"),
+                              (decode_ax, "decode", f"batch {first['batch']}")):
+        token_axis(ax, "token position")
+        ax.set_ylabel(f"{phase} $ per million tokens")
+        ax.set_ylim(bottom=0)
+        ax.set_title(f"{phase}, {detail}", fontsize=10)
+        ax.legend(fontsize=8)
+    figure.suptitle(f"{first['model'].split(' [')[0]} ({first['weight_dtype']} weights) on {first['gpu']} x{first['gpus']} "
+                    f"at ${first['usd_per_hour']:.2f}/GPU-hour: cost by token position",
+                    fontsize=11)
+    return save_figure(figure, path)

@@ -24,13 +24,14 @@ from .units import InputError, parse_tokens
 KINDS = ("native", *RECAST_NAMES, "window")
 
 
-def recast_help() -> str:
-    """'native, mha, mqa, gqa[:kv_heads], ...': every --attention name with its options, from the registry."""
+def recast_help(option_separator: str = ",") -> str:
+    """'native, mha, mqa, gqa[:kv_heads], ...': every --attention name with its options, from the registry
+    (", " between options lets a narrow terminal wrap the list rather than cut it)."""
     parts = []
     for name in KINDS:
         cls = RECAST_NAMES.get(name)
         options = list(cls.recast_options(name)) if cls else (["size", "global_every"] if name == "window" else [])
-        parts.append(f"{name}[:{','.join(options)}]" if options else name)
+        parts.append(f"{name}[:{option_separator.join(options)}]" if options else name)
     return ", ".join(parts)
 
 

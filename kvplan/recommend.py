@@ -15,11 +15,13 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, replace
 
-from .api import check_depth
+from .api import check_depth, context_or_default, estimator_warnings, estimators
 from .budget import largest_batch
 from .dtypes import storage_format
 from .estimator import Estimator
+from .output import Report
 from .recast import recast
+from .units import InputError, ceil_div, format_gib, format_tokens
 
 KV_CHOICES = ("fp8", "int8", "int4")
 TP_CHOICES = (2, 4, 8)
@@ -123,7 +125,7 @@ def option_row(change: Change, estimator: Estimator, context: int, batch: int | 
                compare_batch: int, base_row: dict, base_compare_row: dict) -> dict:
     served, row = serving_point(estimator, context, batch, concurrency)
     dep = estimator.deployment
-    copies = -(-concurrency // served) if concurrency and served else (1 if served else 0)
+    copies = ceil_div(concurrency, served) if concurrency and served else (1 if served else 0)
     compare_total = estimator.row(compare_batch, context)["total_bytes_per_gpu"]
     return {
         "change": change.describe(), "changes": change.count, "caveat": change.caveat(),
@@ -169,3 +171,44 @@ def recommend(base: Estimator, context: int, batch: int | None = None, concurren
     for rank, row in enumerate(fitting, 1):
         row["rank"] = rank
     return Recommendation(baseline, fitting, len(rows), closest, cheapest)
+
+
+def recommend_report(deployment: dict, context: int | None = None, batch: int | None = None,
+                     concurrency: int | None = None, max_usd_per_mtok: float | None = None, max_changes: int = 2,
+                     top: int | None = None) -> Report:
+    """`kvplan recommend`: the ranked options for the deployment given as keyword arguments of
+    kvplan.api.estimators (its own attention, one kv dtype) at `context` tokens (default: the model's max
+    positions), with the deployment as given in the caption; the table shows the first `top`. When nothing
+    fits, no rows and one message that says why and names the closest or the cheapest option."""
+    (base_estimator,) = estimators(**deployment)
+    if base_estimator.model.is_encoder:
+        raise InputError(f"{base_estimator.model.name} is an encoder: it has no decode step to rank changes by")
+    device = base_estimator.deployment.gpu
+    tokens = context_or_default(context, base_estimator.model)
+    messages = [f"warning: {m}" for m in estimator_warnings(base_estimator, [tokens])]
+    result = recommend(base_estimator, tokens, batch, concurrency, max_usd_per_mtok, max_changes)
+    base = result.baseline
+    load = f"concurrency {concurrency}" if concurrency else f"batch {batch or 1}"
+    if not result.options:
+        if result.closest is not None:
+            closest = result.closest
+            messages.append(f"nothing fits: none of {result.considered} options (up to {max_changes} changes) serves "
+                            f"{format_tokens(tokens)} tokens at {load if not concurrency else 'batch 1'} on "
+                            f"{device.name}; the closest, {closest['change']} on {closest['gpus']} GPU(s), needs "
+                            f"{format_gib(closest['total_bytes_per_gpu'])} GiB per GPU of "
+                            f"{format_gib(device.memory_bytes)}")
+        else:
+            cheapest = result.cheapest or base
+            messages.append(f"nothing fits under ${max_usd_per_mtok:,.3f} per million decoded tokens at {load}: the "
+                            f"cheapest that fits, {cheapest['change']}, costs ${cheapest['decode_usd_per_mtok']:,.3f}")
+        return Report([], messages=messages)
+    fits = "fits" if base["fits"] else "[red]does not fit[/]"
+    copies = f", {base['copies']} copies for {concurrency} sequences" if concurrency and base["fits"] else ""
+    caption = (f"As given: {base['attention']}, kv {base['kv_dtype']}, {base['gpus']} GPU(s), "
+               f"batch {base['batch'] or batch or 1}: "
+               f"{format_gib(base['total_bytes_per_gpu'])} of {format_gib(device.memory_bytes)} GiB per GPU, {fits}; "
+               f"decode {base['decode_tokens_per_second']:,.0f} tok/s{copies}. Ranked by decode $/Mtok at "
+               f"${device.usd_per_hour:.2f}/GPU-hour; freed = GiB per GPU at the same batch. {len(result.options)} "
+               f"of {result.considered} options fit.")
+    return Report(result.options, table_rows=result.options[:top], messages=messages, caption=caption,
+                  title=f"kvplan recommend: {base['model']} at {format_tokens(tokens)} tokens, {load}")

@@ -79,9 +79,3 @@ def format_tokens(tokens: int) -> str:
 def format_gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:,.2f}"
 
-
-def format_flops(flops: float) -> str:
-    for suffix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6)):
-        if flops >= scale:
-            return f"{flops / scale:,.2f} {suffix}"
-    return f"{flops:,.0f} "

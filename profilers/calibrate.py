@@ -185,7 +185,7 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
         point["predicted_seconds"] = check.decode_step(point["batch"], point["context"])[1]
         point["error"] = point["predicted_seconds"] / point["seconds"] - 1
     for point in prefill:
-        point["predicted_seconds"] = check.prefill_chunk(point["batch"], point["context"])[1]
+        point["predicted_seconds"] = check.prefill(point["batch"], point["context"])[1]
         point["error"] = point["predicted_seconds"] / point["seconds"] - 1
     return {
         "kvplan_profile": PROFILE_FORMAT,

@@ -1,28 +1,8 @@
-"""Helpers shared by the budget, recommend and cost tests: run the CLI in-process, read a PNG header."""
+"""Helpers shared by the budget, recommend and cost tests: read a PNG header, check a one-line error."""
 
-import json
 import struct
 
-from kvplan.cli import main
-
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(capsys, *args: str) -> tuple[int, str, str]:
-    """(exit status, stdout, stderr) of `kvplan ARGS`, run in this process."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def run_json(capsys, *args: str):
-    code, out, err = run_cli(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def png_size(path) -> tuple[int, int]:

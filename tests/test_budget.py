@@ -6,7 +6,7 @@ import pytest
 
 import kvplan
 from kvplan.budget import WEIGHTS_EXCEED, budget_row, largest_fitting, longest_context, largest_batch
-from plan_helpers import assert_one_line_error, png_size, run_cli, run_json
+from plan_helpers import assert_one_line_error, png_size
 
 GiB = 2**30
 
@@ -26,7 +26,7 @@ def test_largest_fitting_search():
 
 @pytest.mark.parametrize("attention", [None, "mla", "tpa", "dsa", "window:4096"])
 def test_longest_context_is_the_boundary(attention):
-    (est,) = kvplan.plan("llama-3.1-8b", "h100", attention=attention)
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=attention)
     boundary = longest_context(est, batch=2)
     kw = dict(model="llama-3.1-8b", gpu="h100", batch=2, attention=attention)
     assert fits(context=boundary.value, **kw)
@@ -35,7 +35,7 @@ def test_longest_context_is_the_boundary(attention):
 
 
 def test_longest_context_in_whole_blocks():
-    (est,) = kvplan.plan("llama-3.1-8b", "h100", block_size=16)
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", block_size=16)
     context = longest_context(est, batch=1).value
     assert context % 16 == 0
     kw = dict(model="llama-3.1-8b", gpu="h100", batch=1, block_size=16)
@@ -50,12 +50,12 @@ def test_longest_context_matches_the_closed_form():
     a = row(1) - b
     assert row(1001) == a + 1001 * b  # linear, as assumed
     memory = kvplan.estimate("llama-3.1-8b", "h100", context=1)["gpu_memory_bytes"]
-    (est,) = kvplan.plan("llama-3.1-8b", "h100")
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100")
     assert longest_context(est, 1).value == (memory - a) // b
 
 
 def test_largest_batch_is_the_boundary():
-    (est,) = kvplan.plan("llama-3.1-8b", "h100", kv_dtype="fp8")
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", kv_dtype="fp8")
     boundary = largest_batch(est, context=32768)
     kw = dict(model="llama-3.1-8b", gpu="h100", context=32768, kv_dtype="fp8")
     assert boundary.value > 1
@@ -69,7 +69,7 @@ def test_largest_batch_is_the_boundary():
 
 def test_memory_override_is_the_budget():
     # 16 GiB + 4 GiB of room: llama-3.1-8b's bf16 weights are 8.03e9 params x 2 bytes ~ 14.96 GiB.
-    (est,) = kvplan.plan("llama-3.1-8b", "h100", memory_bytes=20 * GiB)
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", memory_bytes=20 * GiB)
     context = longest_context(est, 1).value
     row = est.row(1, context)
     assert row["gpu_memory_bytes"] == 20 * GiB and row["total_bytes_per_gpu"] <= 20 * GiB
@@ -78,7 +78,7 @@ def test_memory_override_is_the_budget():
 
 def test_weights_alone_exceed_memory():
     # llama-3.1-70b: ~70.6e9 params x 2 bytes = ~141e9 bytes of bf16 weights > one RTX 4090's 24564 MiB (25.8e9).
-    (est,) = kvplan.plan("llama-3.1-70b", "rtx-4090")
+    (est,) = kvplan.estimators("llama-3.1-70b", "rtx-4090")
     assert est.weights_bytes_per_gpu > 24564 * 2**20
     row = budget_row(est, batch=1, context=4096)
     assert row["weights_exceed_memory"]
@@ -88,14 +88,19 @@ def test_weights_alone_exceed_memory():
     assert row["note"].startswith("weights alone exceed memory")
 
 
-def test_cli_says_weights_exceed_plainly(capsys):
-    code, out, err = run_cli(capsys, "budget", "--model", "llama-3.1-70b", "--gpu", "rtx-4090")
+def test_cli_says_weights_exceed_plainly(run_cli):
+    code, out, err = run_cli("budget", "--model", "llama-3.1-70b", "--gpu", "rtx-4090")
     assert code == 0
     assert "weights alone exceed memory" in out
+    # The note under the table: the estimate's bf16 weights against the RTX 4090's 24564 MiB.
+    (est,) = kvplan.estimators("llama-3.1-70b", "rtx-4090")
+    assert (f"gqa(kv_heads=8), kv bf16: weights alone exceed memory: {est.weights_bytes_per_gpu / GiB:,.2f} GiB of "
+            f"weights per GPU (plus any reserve) vs {24564 * 2**20 / GiB:,.2f} GiB; add GPUs or quantize the weights"
+            in out.splitlines())
 
 
-def test_cli_json_shape(capsys):
-    rows = run_json(capsys, "budget", "--model", "llama-3.1-8b", "--gpu", "h100", "--batch", "2", "--context", "32k",
+def test_cli_json_shape(run_json):
+    rows = run_json("budget", "--model", "llama-3.1-8b", "--gpu", "h100", "--batch", "2", "--context", "32k",
                     "--attention", "gqa,mla,window:4096", "--memory", "80GiB")
     # native first; gqa re-casts llama-3.1-8b into what it already is, so it is not repeated.
     assert [r["attention"] for r in rows] == ["gqa(kv_heads=8)", "mla(kv_lora_rank=512)", "gqa(kv_heads=8)+window(4096)"]
@@ -107,14 +112,22 @@ def test_cli_json_shape(capsys):
             assert key in row
         assert isinstance(row["max_context"], int) and row["max_context"] > 0
         assert row["max_context_binding"] in ("cache", "activations")
+    # The same boundaries as the library's searches on each estimator.
+    for row, spec in zip(rows, ["native", "mla", "window:4096"]):
+        (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=spec, memory_bytes=80 * GiB)
+        assert row["max_context"] == longest_context(est, 2).value
+        assert row["max_batch"] == largest_batch(est, 32768).value
 
 
-def test_cli_table_and_plot(capsys, tmp_path):
+def test_cli_table_and_plot(run_cli, tmp_path):
     path = tmp_path / "budget.png"
-    code, out, err = run_cli(capsys, "budget", "--model", "llama-3.1-8b", "--gpu", "h100", "--attention", "mla",
+    code, out, err = run_cli("budget", "--model", "llama-3.1-8b", "--gpu", "h100", "--attention", "mla",
                              "--plot", str(path))
     assert code == 0, err
     assert "longest context" in out and "mla(kv_lora_rank=512)" in out
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention="mla")
+    (line,) = [line for line in out.splitlines() if line.startswith("│ mla(kv_lora_rank=512)")]
+    assert f" {longest_context(est, 1).value:,} " in line
     assert f"wrote {path}" in err
     assert png_size(path) == (880, 550)  # 8 x 5 inches at 110 dpi
     assert path.stat().st_size > 10_000
@@ -129,5 +142,5 @@ def test_cli_table_and_plot(capsys, tmp_path):
     ["--plot", "/no/such/folder/b.png"],
     ["--plot", "budget.jpg"],
 ])
-def test_cli_bad_input(capsys, args):
-    assert_one_line_error(*run_cli(capsys, "budget", "--model", "llama-3.1-8b", "--gpu", "h100", *args))
+def test_cli_bad_input(run_cli, args):
+    assert_one_line_error(*run_cli("budget", "--model", "llama-3.1-8b", "--gpu", "h100", *args))

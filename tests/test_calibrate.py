@@ -44,7 +44,6 @@ import json  # noqa: E402
 
 import torch  # noqa: E402
 
-from kvplan.cli import main  # noqa: E402
 from kvplan.hardware import gpu_from_file  # noqa: E402
 from kvplan.profilers import calibrate as cal  # noqa: E402
 
@@ -77,7 +76,7 @@ def tiny(tmp_path):
     return str(path)
 
 
-def test_cpu_profile_is_accepted_by_estimate(tiny, tmp_path, capsys):
+def test_cpu_profile_is_accepted_by_estimate(tiny, tmp_path, run_json):
     ref = cal.Reference(tiny, None, 1, ((1, 32), (1, 128)), ((1, 32), (2, 128)), copy_bytes=8 * 2**20, matmul_n=128)
     profile = cal.calibrate(torch.device("cpu"), usd_per_hour=0.5, repeats=2, reference=ref)
     gpu = profile["gpu"]
@@ -94,24 +93,19 @@ def test_cpu_profile_is_accepted_by_estimate(tiny, tmp_path, capsys):
     path.write_text(json.dumps(profile))
     loaded = gpu_from_file(path)
     assert loaded.attention_efficiency == gpu["attention_efficiency"]
-    main(["estimate", "-m", tiny, "-c", "128", "--hardware-profile", str(path), "--json"])  # returns: exit 0
-    (row,) = json.loads(capsys.readouterr().out)
+    (row,) = run_json("estimate", "-m", tiny, "-c", "128", "--hardware-profile", str(path))
     assert row["gpu"] == "cpu"
 
 
-def test_calibrate_cli_on_cpu_writes_a_profile(tmp_path, capsys):
+def test_calibrate_cli_on_cpu_writes_a_profile(tmp_path, run_cli):
     path = tmp_path / "profile.json"
-    try:
-        main(["calibrate", "--device", "cpu", "--usd-per-hour", "0.1", "--repeats", "1", "--out", str(path)])
-    except SystemExit as stop:
-        assert stop.code in (0, None)
-    out = capsys.readouterr().out
+    code, out, _ = run_cli("calibrate", "--device", "cpu", "--usd-per-hour", "0.1", "--repeats", "1", "--out", str(path))
+    assert code == 0
     assert "kvplan calibrate" in out and str(path) in out.replace("\n", "")
     profile = json.loads(path.read_text())
     assert profile["kvplan_profile"] == cal.PROFILE_FORMAT and profile["gpu"]["name"] == "cpu"
 
 
-def test_calibrate_on_cpu_needs_a_price(capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(["calibrate", "--device", "cpu", "--repeats", "1"])
-    assert stop.value.code == 2 and "--usd-per-hour" in capsys.readouterr().err
+def test_calibrate_on_cpu_needs_a_price(run_cli):
+    code, _, err = run_cli("calibrate", "--device", "cpu", "--repeats", "1")
+    assert code == 2 and "--usd-per-hour" in err

@@ -1,6 +1,7 @@
 """The `kvplan estimate` command: its --json/--csv contract, bad input, and what it imports."""
 
 import csv
+import dataclasses
 import io
 import json
 import subprocess
@@ -9,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from kvplan.cli import main
+from kvplan.estimator import COLUMNS
+from kvplan.hardware import GPUS
+from kvplan.presets import PRESETS
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -22,25 +25,14 @@ NUMBERS = ["prefill_flops", "prefill_attention_flops", "decode_flops_per_token",
            "decode_seconds_per_token", "prefill_usd_per_mtok", "decode_usd_per_mtok"]
 
 
-def run(capsys, *args):
-    """Run the CLI in this process: (exit status, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as stop:
-        code = stop.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def estimate_json(capsys, *args):
-    code, out, err = run(capsys, "estimate", *args, "--json")
+def estimate_json(run_cli, *args):
+    code, out, err = run_cli("estimate", *args, "--json")
     assert code == 0, err
     return json.loads(out), err
 
 
-def test_json_is_a_list_of_flat_objects_with_the_contract_columns(capsys):
-    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--context", "128k", "--batch", "8", "--kv-dtype", "fp8")
+def test_json_is_a_list_of_flat_objects_with_the_contract_columns(run_cli):
+    rows, _ = estimate_json(run_cli, "-m", "llama-3.1-8b", "--context", "128k", "--batch", "8", "--kv-dtype", "fp8")
     assert isinstance(rows, list) and len(rows) == 1
     row = rows[0]
     assert set(CONTRACT) <= set(row)
@@ -56,8 +48,8 @@ def test_json_is_a_list_of_flat_objects_with_the_contract_columns(capsys):
     assert row["kv_cache_bytes"] == 8 * 131072 * 32 * 2 * 8 * 128
 
 
-def test_one_row_per_context_attention_dtype_and_batch(capsys):
-    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "-c", "4k,32k,128k", "-b", "1,8",
+def test_one_row_per_context_attention_dtype_and_batch(run_cli):
+    rows, _ = estimate_json(run_cli, "-m", "llama-3.1-8b", "-c", "4k,32k,128k", "-b", "1,8",
                             "-a", "mha", "-a", "tpa:k_rank=2,v_rank=2,window:4096", "--kv-dtype", "bf16,int8")
     assert len(rows) == 3 * 2 * 3 * 2  # contexts x batches x attention specs x kv dtypes
     assert {r["context"] for r in rows} == {4096, 32768, 131072}
@@ -65,10 +57,10 @@ def test_one_row_per_context_attention_dtype_and_batch(capsys):
                                          "llama-3.1-8b [window:4096]"}
 
 
-def test_csv_has_the_same_columns_and_values_as_json(capsys):
+def test_csv_has_the_same_columns_and_values_as_json(run_cli):
     args = ("-m", "deepseek-v3.2-exp", "-c", "8k,64k", "--gpus", "8")
-    rows, _ = estimate_json(capsys, *args)
-    code, out, err = run(capsys, "estimate", *args, "--csv")
+    rows, _ = estimate_json(run_cli, *args)
+    code, out, err = run_cli("estimate", *args, "--csv")
     assert code == 0, err
     table = list(csv.DictReader(io.StringIO(out)))
     assert list(table[0]) == list(rows[0])
@@ -76,43 +68,62 @@ def test_csv_has_the_same_columns_and_values_as_json(capsys):
         assert {k: str(v) for k, v in json_row.items()} == csv_row
 
 
-def test_default_output_is_a_table_with_units(capsys):
-    code, out, _ = run(capsys, "estimate", "-m", "gemma-3-27b", "-c", "32k")
+def test_default_output_is_a_table_with_units(run_cli, run_json):
+    code, out, _ = run_cli("estimate", "-m", "gemma-3-27b", "-c", "32k")
     assert code == 0
     for unit in ("GiB", "ms", "$/Mtok"):
         assert unit in out
+    # The table's one row shows the JSON row's figures in those units, and the caption names the deployment.
+    (row,) = run_json("estimate", "-m", "gemma-3-27b", "-c", "32k")
+    (line,) = [line for line in out.splitlines() if line.startswith("│ gemma-3-27b")]
+    cells = [cell.strip() for cell in line.strip("│").split("│")]
+    assert cells[3:9] == ["1", "32k", f"{row['kv_cache_bytes'] / 2**30:,.2f}", f"{row['weights_bytes'] / 2**30:,.2f}",
+                          f"{row['activation_bytes'] / 2**30:,.2f}", f"{row['total_bytes_per_gpu'] / 2**30:,.2f}"]
+    assert cells[-3:] == [f"{row['decode_seconds_per_token'] * 1e3:,.2f}", f"{row['prefill_usd_per_mtok']:,.3f}",
+                          f"{row['decode_usd_per_mtok']:,.3f}"]
+    # gemma-3-27b's local/global cache at 32k: 52 layers hold 1024 tokens, 10 hold all 32768; 16 KV heads of 128.
+    assert row["kv_cache_bytes"] == (52 * 1024 + 10 * 32768) * 2 * 16 * 128 * 2
+    assert out.rstrip().splitlines()[-1] == ("h100-sxm x1 (tp 1, pp 1); GiB = 2^30 bytes; roofline at 70% of 989.4 "
+                                             "TFLOP/s and 85% of 3.35 TB/s; $2.99/GPU-hour")
 
 
-def test_config_json_path_as_model(capsys):
-    rows, _ = estimate_json(capsys, "-m", str(CONFIGS / "qwen3-8b"), "-c", "8k")
+def test_config_json_path_as_model(run_cli):
+    rows, _ = estimate_json(run_cli, "-m", str(CONFIGS / "qwen3-8b"), "-c", "8k")
     assert rows[0]["kv_bytes_per_token"] == 36 * 2 * 8 * 128 * 2
 
 
-def test_context_beyond_max_positions_warns_and_estimates(capsys):
-    rows, err = estimate_json(capsys, "-m", "llama-3.1-8b", "-c", "1M")
+def test_context_beyond_max_positions_warns_and_estimates(run_cli):
+    rows, err = estimate_json(run_cli, "-m", "llama-3.1-8b", "-c", "1M")
     assert "warning" in err and "131072" in err
+    assert err == ("kvplan: warning: llama-3.1-8b: context 1048576 exceeds the model's max_position_embeddings "
+                   "(131072); estimated anyway\n")
     assert rows[0]["context"] == 1024 * 1024
 
 
-def test_heads_that_do_not_split_over_tp_warn_and_estimate(capsys):
+def test_heads_that_do_not_split_over_tp_warn_and_estimate(run_cli):
     # 32 heads over 3 GPUs: ceil(8 / 3) = 3 KV heads per GPU, so 9 heads' K and V over the 3 GPUs.
-    rows, err = estimate_json(capsys, "-m", "llama-3.1-8b", "-c", "4k", "--gpus", "3")
+    rows, err = estimate_json(run_cli, "-m", "llama-3.1-8b", "-c", "4k", "--gpus", "3")
     assert "tp=3" in err and "warning" in err
+    assert err.startswith("kvplan: warning: llama-3.1-8b: 32 attention heads do not split evenly over tp=3 GPUs")
+    assert err.count("\n") == 1
     assert rows[0]["kv_cache_bytes"] == 3 * 32 * 2 * 3 * 128 * 2 * 4096
 
 
-def test_encoders_warn_that_they_are_costed_causally(capsys):
-    rows, err = estimate_json(capsys, "-m", "modernbert-base", "-c", "8k")
+def test_encoders_warn_that_they_are_costed_causally(run_cli):
+    rows, err = estimate_json(run_cli, "-m", "modernbert-base", "-c", "8k")
     assert "is an encoder" in err and rows[0]["context"] == 8192
+    assert err.startswith("kvplan: warning: modernbert-base is an encoder") and err.count("\n") == 1
+    # Nothing is decoded: every decode column is null.
+    assert [rows[0][k] for k in COLUMNS if k.startswith("decode_")] == [None] * 4
 
 
-def test_hardware_overrides_on_the_command_line_and_from_a_file(capsys, tmp_path):
-    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--gpu-set", "memory_bytes=24GiB", "--usd-per-hour", "1.5")
+def test_hardware_overrides_on_the_command_line_and_from_a_file(run_cli, tmp_path):
+    rows, _ = estimate_json(run_cli, "-m", "llama-3.1-8b", "--gpu-set", "memory_bytes=24GiB", "--usd-per-hour", "1.5")
     assert rows[0]["gpu_memory_bytes"] == 24 * 2**30
     profile = tmp_path / "gpu.json"
     profile.write_text(json.dumps({"name": "my-gpu", "memory_bytes": 48 * 10**9, "bandwidth_bytes_per_s": 1e12,
                                    "bf16_flops": 200e12, "fp8_flops": 0, "link_bytes_per_s": 32e9, "usd_per_hour": 1.0}))
-    rows, _ = estimate_json(capsys, "-m", "llama-3.1-8b", "--hardware-profile", str(profile))
+    rows, _ = estimate_json(run_cli, "-m", "llama-3.1-8b", "--hardware-profile", str(profile))
     assert (rows[0]["gpu"], rows[0]["gpu_memory_bytes"]) == ("my-gpu", 48 * 10**9)
 
 
@@ -149,34 +160,40 @@ def test_hardware_overrides_on_the_command_line_and_from_a_file(capsys, tmp_path
     (["-m", "llama-3.1-8b", "--no-such-option"], "No such option"),
     ([], "Missing option '--model'"),
 ])
-def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, args, needle):
-    code, out, err = run(capsys, "estimate", *args)
+def test_bad_input_is_one_line_and_a_nonzero_exit(run_cli, args, needle):
+    code, out, err = run_cli("estimate", *args)
     assert code != 0
     assert err.count("\n") == 1 and err.startswith("kvplan: error:"), err
     assert needle in err
     assert "Traceback" not in err and out == ""
 
 
-def test_missing_config_field_is_named(capsys, tmp_path):
+def test_missing_config_field_is_named(run_cli, tmp_path):
     config = json.loads((CONFIGS / "deepseek-v3" / "config.json").read_text())
     del config["qk_rope_head_dim"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    code, _, err = run(capsys, "estimate", "-m", str(tmp_path))
+    code, _, err = run_cli("estimate", "-m", str(tmp_path))
     assert code == 2 and "lacks required field 'qk_rope_head_dim'" in err and err.count("\n") == 1
 
 
-def test_models_and_gpus_list_presets(capsys):
-    code, out, _ = run(capsys, "models", "--json")
-    names = [r["name"] for r in json.loads(out)]
+def test_models_and_gpus_list_presets(run_cli):
+    code, out, _ = run_cli("models", "--json")
+    models = json.loads(out)
+    names = [r["name"] for r in models]
     assert code == 0 and "deepseek-v3.2-exp" in names and "t6-medium" in names
-    code, out, _ = run(capsys, "gpus", "--json")
+    assert names == list(PRESETS)
+    (llama,) = [r for r in models if r["name"] == "llama-3.1-8b"]
+    # 32 layers x 2 (K, V) x 8 KV heads x 128 x 2 bytes; 8,030,261,248 parameters as Meta publishes.
+    assert (llama["kv_bytes_per_token_bf16"], llama["params"]) == (32 * 2 * 8 * 128 * 2, 8_030_261_248)
+    code, out, _ = run_cli("gpus", "--json")
     gpus = {r["name"] for r in json.loads(out)}
     assert code == 0 and {"h100-sxm", "h100-pcie", "h200", "h800", "a100-40gb", "a100-80gb", "l40s", "b200", "mi300x",
                           "rtx-4090"} <= gpus
+    assert json.loads(out) == [dataclasses.asdict(gpu) for gpu in GPUS.values()]
 
 
-def test_help_states_units(capsys):
-    code, out, _ = run(capsys, "estimate", "--help")
+def test_help_states_units(run_cli):
+    code, out, _ = run_cli("estimate", "--help")
     assert code == 0
     flat = " ".join(word for word in out.split() if word.strip("│╭╮╰╯─"))  # rich's box drawn around wrapped help
     for phrase in ("Tokens per sequence", "Sequences", "GPU-hour in $", "Fraction of", "tokens (vLLM uses 16)"):
@@ -204,10 +221,10 @@ def test_estimate_imports_neither_torch_nor_pandas():
     assert done.stderr.strip().splitlines()[-1] == "[]"
 
 
-def test_python_api_returns_the_same_rows(capsys):
+def test_python_api_returns_the_same_rows(run_cli):
     import kvplan
 
-    rows, _ = estimate_json(capsys, "-m", "gemma-3-27b", "-c", "8k,128k", "-b", "2", "-a", "native,mqa")
+    rows, _ = estimate_json(run_cli, "-m", "gemma-3-27b", "-c", "8k,128k", "-b", "2", "-a", "native,mqa")
     frame = kvplan.estimate("gemma-3-27b", context=["8k", "128k"], batch=2, attention=["native", "mqa"])
     assert frame.to_dict("records") == rows
     assert kvplan.estimate("gemma-3-27b", context="8k", batch=2) == rows[0]  # one row: a dict

@@ -4,11 +4,11 @@ import pytest
 
 import kvplan
 from kvplan.costcurve import cost_at, cost_curve, positions
-from plan_helpers import assert_one_line_error, png_size, run_cli, run_json
+from plan_helpers import assert_one_line_error, png_size
 
 
 def estimator(model="llama-3.1-8b", gpu="h100", **options):
-    (est,) = kvplan.plan(model, gpu, **options)
+    (est,) = kvplan.estimators(model, gpu, **options)
     return est
 
 
@@ -31,7 +31,7 @@ def test_prefill_chunk_attention_grows_by_hand():
     # 4 x heads x head_dim FLOPs per pair: 32 layers x 4 x 32 x 128 x C x p more FLOPs, nothing else changes.
     est = estimator()
     chunk, start = 1024, 50_000
-    more = est.prefill_chunk(1, chunk, start)[0] - est.prefill_chunk(1, chunk, 0)[0]
+    more = est.prefill(1, chunk, start)[0] - est.prefill(1, chunk, 0)[0]
     assert more == 32 * 4 * 32 * 128 * chunk * start
 
 
@@ -66,9 +66,9 @@ def test_positions_cover_zero_to_context():
     assert positions(1, 65) == [0]
 
 
-def test_cli_json_and_plot(capsys, tmp_path):
+def test_cli_json_and_plot(run_json, tmp_path):
     path = tmp_path / "cost.png"
-    rows = run_json(capsys, "cost", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "32k",
+    rows = run_json("cost", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "32k",
                     "--attention", "mla", "--points", "17", "--plot", str(path))
     assert len(rows) == 2 * 17
     assert {r["attention"] for r in rows} == {"gqa(kv_heads=8)", "mla(kv_lora_rank=512)"}
@@ -76,16 +76,25 @@ def test_cli_json_and_plot(capsys, tmp_path):
         assert set(row) >= {"model", "attention", "gpu", "gpus", "kv_dtype", "batch", "chunk", "position",
                             "prefill_usd_per_mtok", "decode_usd_per_mtok", "decode_seconds_per_token"}
     assert [r["position"] for r in rows[:17]] == positions(32768, 17)
+    # Every point is the library's curve: native, then the re-cast, each priced in 8k-token chunks.
+    expected = [cost_curve(estimator(attention=spec), 32768, batch=1, chunk=8192, points=17) for spec in ("native", "mla")]
+    assert rows == expected[0] + expected[1]
     assert png_size(path) == (1430, 550)  # two 6.5 x 5 inch panels at 110 dpi
     assert path.stat().st_size > 10_000
 
 
-def test_cli_table_warns_when_it_does_not_fit(capsys):
-    code, out, err = run_cli(capsys, "cost", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "128k",
+def test_cli_table_warns_when_it_does_not_fit(run_cli):
+    code, out, err = run_cli("cost", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "128k",
                              "--batch", "8")
     assert code == 0
     assert "kvplan cost by token position" in out and "131,071" in out
     assert "does not fit" in err
+    # The warning gives the estimate's memory per GPU at batch 8 and 128k (prefill in 8 x 8k tokens at once).
+    row = estimator(prefill_chunk=8 * 8192).row(8, 131072)
+    assert not row["fits"]
+    assert err.splitlines() == [f"kvplan: warning: gqa(kv_heads=8) at batch 8 and 128k tokens needs "
+                                f"{row['total_bytes_per_gpu'] / 2**30:,.2f} GiB per GPU of 79.65 (does not fit); "
+                                f"costs estimated anyway"]
 
 
 @pytest.mark.parametrize("args", [
@@ -96,5 +105,5 @@ def test_cli_table_warns_when_it_does_not_fit(capsys):
     ["--attention", "sparse"],
     ["--plot", "cost.svg"],
 ])
-def test_cli_bad_input(capsys, args):
-    assert_one_line_error(*run_cli(capsys, "cost", "--model", "llama-3.1-8b", "--gpu", "h100", *args))
+def test_cli_bad_input(run_cli, args):
+    assert_one_line_error(*run_cli("cost", "--model", "llama-3.1-8b", "--gpu", "h100", *args))

@@ -8,7 +8,7 @@ import pytest
 
 import kvplan
 from kvplan.units import InputError
-from kvplan.api import plan
+from kvplan.api import estimators
 from kvplan.kinds import keys_attended_sum
 from kvplan.presets import get_preset
 
@@ -18,7 +18,7 @@ BF16, FP8 = 2, 1  # bytes per element
 
 def est(model, **options):
     """The one Estimator for a preset (or a re-cast of it) on an H100 unless told otherwise."""
-    (estimator,) = plan(model, **options)
+    (estimator,) = estimators(model, **options)
     return estimator
 
 
@@ -138,7 +138,8 @@ def test_paged_window_holds_one_extra_page():
     e = est("mistral-7b-v0.1", block_size=16)
     per_token = 32 * 2 * 8 * 128 * BF16
     assert e.kv_cache_bytes(1, 10000) == per_token * 257 * 16
-    assert e.kv_cache_bytes(1, 4100) == per_token * min(257, -(-4100 // 16)) * 16
+    # 4100 tokens fill 256 pages and start a 257th (4100 = 256 x 16 + 4): the window's 257 pages, no more.
+    assert e.kv_cache_bytes(1, 4100) == per_token * 257 * 16
     assert e.kv_cache_bytes(1, 4000) == per_token * 4000  # 250 full pages, below the window
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import kvplan
-from kvplan.api import plan
+from kvplan.api import estimators
 from kvplan.estimator import Estimator
 from kvplan.kinds import DenseAttention
 from kvplan.model import FeedForward, Model
@@ -20,7 +20,7 @@ NVLINK_LATENCY, NETWORK_LATENCY = 5e-6, 10e-6  # the assumptions kvplan.parallel
 
 
 def est(model, **options):
-    (estimator,) = plan(model, **options)
+    (estimator,) = estimators(model, **options)
     return estimator
 
 

@@ -11,7 +11,6 @@ import time
 import pytest
 import torch
 
-from kvplan.cli import main
 from kvplan.profilers import store, sweep
 from kvplan.profilers.measure import Settings
 
@@ -29,26 +28,15 @@ def tiny(tmp_path):
     return str(path)
 
 
-def run_cli(args, capsys):
-    """Run `kvplan ARGS`; returns (exit code, stdout, stderr)."""
-    try:
-        main(args)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def profile_json(tiny, capsys, *extra):
-    code, out, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--json", *extra], capsys)
+def profile_json(tiny, run_cli, *extra):
+    code, out, err = run_cli("profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--json", *extra)
     assert code == 0, err
     return json.loads(out)
 
 
-def test_every_kind_cache_and_flops_match_the_estimate(tiny, capsys):
+def test_every_kind_cache_and_flops_match_the_estimate(tiny, run_cli):
     args = [arg for kind in KINDS for arg in ("-a", kind)]
-    rows = profile_json(tiny, capsys, *args, "-c", "16,40", "-b", "1,2")
+    rows = profile_json(tiny, run_cli, *args, "-c", "16,40", "-b", "1,2")
     assert len(rows) == len(KINDS) * 2 * 2
     for row in rows:
         assert row["status"] == "ok"
@@ -68,17 +56,17 @@ def test_every_kind_cache_and_flops_match_the_estimate(tiny, capsys):
             assert row["decode_flops_measured"] + missed == row["decode_flops_estimate"]
 
 
-def test_cache_bytes_by_hand(tiny, capsys):
+def test_cache_bytes_by_hand(tiny, run_cli):
     # GQA with 2 KV heads of 16: 2 layers x (K, V) x 2 heads x 16 x 2 bytes (bf16) x batch 2 x context 40.
-    (row,) = profile_json(tiny, capsys, "-c", "40", "-b", "2")
+    (row,) = profile_json(tiny, run_cli, "-c", "40", "-b", "2")
     assert row["cache_bytes_measured"] == 2 * 2 * 2 * 16 * 2 * 2 * 40
     # Window 8 on both layers: each keeps min(40, 8) token slots.
-    (row,) = profile_json(tiny, capsys, "-a", "window:8", "-c", "40", "-b", "2")
+    (row,) = profile_json(tiny, run_cli, "-a", "window:8", "-c", "40", "-b", "2")
     assert row["cache_bytes_measured"] == 2 * 2 * 2 * 16 * 2 * 2 * 8
 
 
-def test_layers_slice_scales_to_full_depth(tiny, capsys):
-    (row,) = profile_json(tiny, capsys, "--layers", "1", "-c", "32", "-b", "1")
+def test_layers_slice_scales_to_full_depth(tiny, run_cli):
+    (row,) = profile_json(tiny, run_cli, "--layers", "1", "-c", "32", "-b", "1")
     assert (row["layers"], row["full_layers"]) == (1, 2)
     # One layer's cache is measured; the full 2-layer depth doubles it (2 x (K, V) x 2 heads x 16 x 2 bytes x 32).
     assert row["cache_bytes_measured"] == 2 * 2 * 16 * 2 * 32
@@ -191,25 +179,25 @@ def test_killed_process_loses_no_finished_row(tiny, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown where no GPU is present")
-def test_without_a_gpu_profile_says_so_and_fails(tiny, capsys):
-    code, out, err = run_cli(["profile", "-m", tiny], capsys)
+def test_without_a_gpu_profile_says_so_and_fails(tiny, run_cli):
+    code, out, err = run_cli("profile", "-m", tiny)
     assert code != 0 and out == ""
     assert err.count("\n") == 1 and "no CUDA GPU" in err and "--device cpu" in err
 
 
-def test_csv_and_json_give_the_same_rows(tiny, capsys):
-    rows = profile_json(tiny, capsys, "-c", "16", "-b", "1", "--no-flops")
-    code, out, _ = run_cli(["profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--csv", "-c", "16",
-                            "-b", "1", "--no-flops"], capsys)
+def test_csv_and_json_give_the_same_rows(tiny, run_cli):
+    rows = profile_json(tiny, run_cli, "-c", "16", "-b", "1", "--no-flops")
+    code, out, _ = run_cli("profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--csv", "-c", "16",
+                            "-b", "1", "--no-flops")
     assert code == 0
     (parsed,) = list(csv.DictReader(out.splitlines()))
     assert set(parsed) == set(rows[0])
     assert int(parsed["cache_bytes_measured"]) == rows[0]["cache_bytes_measured"]
 
 
-def test_table_names_the_slice(tiny, capsys):
-    code, out, _ = run_cli(["profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--no-flops", "--layers", "1",
-                            "-c", "16"], capsys)
+def test_table_names_the_slice(tiny, run_cli):
+    code, out, _ = run_cli("profile", "-m", tiny, "--device", "cpu", "--repeats", "1", "--no-flops", "--layers", "1",
+                            "-c", "16")
     assert code == 0
     assert "first 1 of 2 layers" in out and "kvplan profile" in out
 
@@ -232,10 +220,10 @@ def test_prefill_too_large_still_times_decode(tiny, tmp_path, monkeypatch):
     assert last["decode_seconds_measured"] > 0 and last["decode_flops_measured"] == last["decode_flops_estimate"]
 
 
-def test_missing_out_folder_is_one_line_and_creates_nothing(tiny, tmp_path, capsys):
+def test_missing_out_folder_is_one_line_and_creates_nothing(tiny, tmp_path, run_cli):
     missing = tmp_path / "no" / "such"
     for command in (["profile", "-m", tiny, "--device", "cpu", "-c", "16"], ["calibrate", "--device", "cpu"]):
-        code, out, err = run_cli([*command, "--out", str(missing / "x.csv")], capsys)
+        code, out, err = run_cli(*command, "--out", str(missing / "x.csv"))
         assert code == 2 and out == ""
         assert err.count("\n") == 1 and "does not exist" in err and str(missing) in err
     assert not (tmp_path / "no").exists()
@@ -255,8 +243,8 @@ ONE_LAYER_BYTES = (36992 + 32832) * 4 + 2048 + 32768 + 1024  # 315136
 TWO_LAYER_BYTES = (2 * 36992 + 32832) * 4 + 2 * 2048 + 32768 + 1024  # 465152
 
 
-def test_cpu_row_too_large_is_refused_before_any_network(tiny, capsys, monkeypatch):
-    from kvplan import cli_profile
+def test_cpu_row_too_large_is_refused_before_any_network(tiny, run_cli, monkeypatch):
+    from kvplan.profilers import memory
     from kvplan.profilers import measure
 
     def no_build(*args, **kwargs):
@@ -265,34 +253,33 @@ def test_cpu_row_too_large_is_refused_before_any_network(tiny, capsys, monkeypat
     monkeypatch.setattr(measure, "build_network", no_build)
     # 420000 bytes free: the 2-layer row (465152) cannot fit; a suggested slice keeps 20% headroom,
     # 0.8 x 420000 = 336000 >= 315136, so one layer is suggested.
-    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: 420_000)
-    code, out, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1"], capsys)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 420_000)
+    code, out, err = run_cli("profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1")
     assert code == 2 and out == ""
     assert err.strip().splitlines()[-1].startswith("kvplan: error:")
     assert "--layers 1" in err and "on the CPU" in err
     # Below one layer's bytes even a slice cannot help: the message says to shrink the row instead.
-    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: ONE_LAYER_BYTES // 2)
-    code, _, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1"], capsys)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: ONE_LAYER_BYTES // 2)
+    code, _, err = run_cli("profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1")
     assert code == 2 and "lower --batch or --context" in err
 
 
-def test_cpu_row_that_fits_runs(tiny, capsys, monkeypatch):
-    from kvplan import cli_profile
+def test_cpu_row_that_fits_runs(tiny, run_cli, monkeypatch):
+    from kvplan.profilers import memory
 
-    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: TWO_LAYER_BYTES)  # exactly enough
-    (row,) = profile_json(tiny, capsys, "-c", "16", "-b", "1", "--no-flops")
+    monkeypatch.setattr(memory, "available_bytes", lambda device: TWO_LAYER_BYTES)  # exactly enough
+    (row,) = profile_json(tiny, run_cli, "-c", "16", "-b", "1", "--no-flops")
     assert row["status"] == "ok"
-    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: TWO_LAYER_BYTES - 1)
-    code, _, err = run_cli(["profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1"], capsys)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: TWO_LAYER_BYTES - 1)
+    code, _, err = run_cli("profile", "-m", tiny, "--device", "cpu", "-c", "16", "-b", "1")
     assert code == 2 and "--layers 1" in err
 
 
-def test_cuda_rows_too_large_still_run(tiny, capsys, monkeypatch):
+def test_cuda_rows_too_large_still_run(tiny, monkeypatch):
     # On a GPU an out-of-memory error ends only its row (recorded as does not fit), so nothing is refused:
     # the check only warns. No GPU is touched: the device object is never used to allocate here.
-    from kvplan import cli_profile
+    from kvplan.profilers import memory
 
-    monkeypatch.setattr(cli_profile, "available_bytes", lambda device: 1)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 1)
     plan = _sweep(tiny, settings=Settings(device=torch.device("cuda"), dtype=torch.bfloat16, repeats=1))
-    cli_profile.check_memory(plan)
-    assert "4 row(s) need more than" in capsys.readouterr().err
+    assert "4 row(s) need more than" in memory.check_memory(plan)

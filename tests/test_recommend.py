@@ -7,13 +7,13 @@ import pytest
 
 import kvplan
 from kvplan.recommend import Change, candidate_changes, recommend
-from plan_helpers import assert_one_line_error, run_cli, run_json
+from plan_helpers import assert_one_line_error
 
 GiB = 2**30
 
 
 def base(model="llama-3.1-8b", gpu="h100", **options):
-    (estimator,) = kvplan.plan(model, gpu, **options)
+    (estimator,) = kvplan.estimators(model, gpu, **options)
     return estimator
 
 
@@ -110,17 +110,22 @@ def test_price_cap_filters():
     assert not recommend(base(), context=32768, batch=8, max_usd_per_mtok=1e-6).options
 
 
-def test_nothing_fits_is_said_plainly(capsys):
+def test_nothing_fits_is_said_plainly(run_cli, run_json):
     # llama-3.1-405b: ~406e9 params x 2 bytes = ~812e9 bytes of weights; 8 RTX 4090s hold 8 x 25.8e9 = 206e9.
-    code, out, err = run_cli(capsys, "recommend", "--model", "llama-3.1-405b", "--gpu", "rtx-4090", "--context", "128k")
+    code, out, err = run_cli("recommend", "--model", "llama-3.1-405b", "--gpu", "rtx-4090", "--context", "128k")
     assert code == 0 and out == ""
     assert err.startswith("kvplan: nothing fits:") and "closest" in err
-    rows = run_json(capsys, "recommend", "--model", "llama-3.1-405b", "--gpu", "rtx-4090", "--context", "128k")
+    result = recommend(base("llama-3.1-405b", "rtx-4090"), context=131072)
+    closest = result.closest
+    assert err == (f"kvplan: nothing fits: none of {result.considered} options (up to 2 changes) serves 128k tokens at "
+                   f"batch 1 on rtx-4090; the closest, {closest['change']} on {closest['gpus']} GPU(s), needs "
+                   f"{closest['total_bytes_per_gpu'] / GiB:,.2f} GiB per GPU of {24564 / 1024:,.2f}\n")
+    rows = run_json("recommend", "--model", "llama-3.1-405b", "--gpu", "rtx-4090", "--context", "128k")
     assert rows == []
 
 
-def test_cli_json_shape(capsys):
-    rows = run_json(capsys, "recommend", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "64k",
+def test_cli_json_shape(run_json):
+    rows = run_json("recommend", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "64k",
                     "--concurrency", "16", "--max-usd-per-mtok", "5")
     assert rows and [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     for row in rows:
@@ -129,13 +134,17 @@ def test_cli_json_shape(capsys):
                     "prefill_usd_per_mtok", "prefill_usd_per_mtok_before", "total_bytes_per_gpu"):
             assert key in row
         assert row["fits"] is True and row["decode_usd_per_mtok"] <= 5
+    assert rows == recommend(base(), context=65536, concurrency=16, max_usd_per_mtok=5).options
 
 
-def test_cli_table(capsys):
-    code, out, err = run_cli(capsys, "recommend", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "128k",
+def test_cli_table(run_cli):
+    code, out, err = run_cli("recommend", "--model", "llama-3.1-8b", "--gpu", "h100", "--context", "128k",
                              "--batch", "4", "--top", "3")
     assert code == 0, err
     assert "kvplan recommend" in out and "As given" in out and "->" in out
+    options = recommend(base(), context=131072, batch=4).options
+    shown = [line for line in out.splitlines() if line.startswith("│ ") and line[2].isdigit()]
+    assert [line.split("│")[2].strip() for line in shown] == [o["change"] for o in options[:3]]
 
 
 @pytest.mark.parametrize("args", [
@@ -146,5 +155,5 @@ def test_cli_table(capsys):
     ["--concurrency", "0"],
     ["--context", "12q"],
 ])
-def test_cli_bad_input(capsys, args):
-    assert_one_line_error(*run_cli(capsys, "recommend", "--model", "llama-3.1-8b", "--gpu", "h100", *args))
+def test_cli_bad_input(run_cli, args):
+    assert_one_line_error(*run_cli("recommend", "--model", "llama-3.1-8b", "--gpu", "h100", *args))
