@@ -1,7 +1,7 @@
 """Build a Model from a Hugging Face config.json (a dict, a file, or a folder holding one), with no network.
 
 Supported model_type values: llama, mistral, qwen2, qwen3, gemma2, gemma3 / gemma3_text, deepseek_v3,
-deepseek_v32, modernbert, and t6 (our own key names for the TPA paper's models, see presets.py).
+deepseek_v32, modernbert, and t6 (our own key names for the TPA paper's models and its baselines, see presets.py).
 """
 
 from __future__ import annotations
@@ -99,10 +99,7 @@ def model_from_config(config: dict, name: str = "config.json", source: str = "")
         return Model(attention=attention, ffn=ffn, tie_embeddings=f.get("tie_word_embeddings", False, bool), **common)
 
     if model_type == "t6":
-        attention = TPA(n_heads=n_heads, head_dim=head_dim, q_rank=f.need("q_rank"), k_rank=f.need("k_rank"),
-                        v_rank=f.need("v_rank"))
-        return Model(attention=attention, ffn=FeedForward(f.need("intermediate_size")),
-                     tie_embeddings=f.get("tie_word_embeddings", False, bool), **common)
+        return _t6_model(f, common, n_heads, head_dim)
 
     n_kv_heads = f.get("num_key_value_heads", n_heads)
     if n_kv_heads == 0 or n_heads % n_kv_heads:
@@ -113,6 +110,32 @@ def model_from_config(config: dict, name: str = "config.json", source: str = "")
     tie = f.get("tie_word_embeddings", model_type in ("gemma2", "gemma3", "gemma3_text", "modernbert"), bool)
     return Model(attention=attention, ffn=FeedForward(f.need("intermediate_size")), layer_windows=windows,
                  tie_embeddings=tie, is_encoder=model_type == "modernbert", **common)
+
+
+def _t6_model(f: _Fields, common: dict, n_heads: int, head_dim: int) -> Model:
+    """The TPA paper's models as its code (tensorgi/TPA) trains them: field "attention" is "tpa" (T6, the
+    default; q_rank, k_rank, v_rank), "dense" (the llama-mha/-gqa baselines; num_key_value_heads) or "mla"
+    (llama-mla; DeepSeek's field names). All of them turn RoPE the reference's way and use unweighted block
+    norms (kvplan.model.Model.rope_convention, block_norm)."""
+    kind = f.get("attention", "tpa", str)
+    if kind == "tpa":
+        attention = TPA(n_heads=n_heads, head_dim=head_dim, q_rank=f.need("q_rank"), k_rank=f.need("k_rank"),
+                        v_rank=f.need("v_rank"))
+    elif kind == "dense":
+        n_kv_heads = f.get("num_key_value_heads", n_heads)
+        if n_kv_heads == 0 or n_heads % n_kv_heads:
+            raise InputError(f"{f.where}: num_attention_heads ({n_heads}) must be a multiple of num_key_value_heads "
+                             f"({n_kv_heads})")
+        attention = DenseAttention(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim)
+    elif kind == "mla":
+        attention = MLA(n_heads=n_heads, kv_lora_rank=f.need("kv_lora_rank"), qk_rope_head_dim=f.need("qk_rope_head_dim"),
+                        qk_nope_head_dim=f.need("qk_nope_head_dim"), v_head_dim=f.need("v_head_dim"),
+                        q_lora_rank=f.get("q_lora_rank", 0))
+    else:
+        raise InputError(f"{f.where}: field 'attention' must be tpa, dense or mla, not {kind!r}")
+    return Model(attention=attention, ffn=FeedForward(f.need("intermediate_size")),
+                 tie_embeddings=f.get("tie_word_embeddings", False, bool), rope_convention="t6",
+                 block_norm="rmsnorm-unweighted", **common)
 
 
 def _layer_windows(model_type: str, f: _Fields, n_layers: int) -> tuple[int | None, ...]:

@@ -117,10 +117,10 @@ def _layer_class(spec):
     return layer_class(spec)
 
 
-def _rope(spec, context: int, device):
+def _rope(spec, context: int, device, convention: str = "hf"):
     from kvplan.models.common import Rope
 
-    return Rope(spec.rope_dim, context, device=device)
+    return Rope(spec.rope_dim, context, device=device, convention=convention)
 
 
 def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -144,7 +144,7 @@ def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[s
 def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int, cache_dtype: torch.dtype,
                  dtype: torch.dtype, device: torch.device) -> list[torch.nn.Module]:
     """Attention layers of kind `spec` (a shard or the full layer) with caches for batch x context, loaded from states."""
-    rope = _rope(spec, context, device)
+    rope = _rope(spec, context, device, desc.rope_convention)
     layers = []
     for window, state in zip(desc.layer_windows, states):
         layer = _layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, dtype=dtype,
