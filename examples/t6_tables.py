@@ -1,5 +1,6 @@
-"""The README's T6 tables: the TPA paper's KV-cache comparison (its Table 1 formulas) at the paper's four sizes,
-with bytes from kvplan.estimate, and TPA's decode FLOPs per cached key in both contraction orders.
+"""The README's T6 tables: the presets' parameter counts, the TPA paper's KV-cache comparison (its Table 1
+formulas) at the paper's four sizes with bytes from kvplan.estimate, and TPA's decode FLOPs per cached key in
+both contraction orders.
 
     python3 examples/t6_tables.py
 """
@@ -25,6 +26,15 @@ def _shape(model) -> str:
     if kind == "mla":
         return f"d_c={a.kv_lora_rank}, d_h^R={a.qk_rope_head_dim}"
     return f"h={a.n_heads}"
+
+
+def params_table() -> list[str]:
+    lines = ["| parameters | " + " | ".join(("T6", "MHA", "MQA", "GQA", "MLA")) + " |",
+             "|---|" + "---:|" * 5]
+    for size in SIZES:
+        counts = [get_preset(f"t6-{size}{s}").total_params() for s in ("", "-mha", "-mqa", "-gqa", "-mla")]
+        lines.append(f"| {size} | " + " | ".join(f"{n:,}" for n in counts) + " |")
+    return lines
 
 
 def kv_table() -> list[str]:
@@ -54,6 +64,4 @@ def flops_table() -> list[str]:
 
 
 if __name__ == "__main__":
-    print("\n".join(kv_table()))
-    print()
-    print("\n".join(flops_table()))
+    print("\n\n".join("\n".join(table()) for table in (params_table, kv_table, flops_table)))
