@@ -84,6 +84,10 @@ class FeedForward:
         return 3 * self.intermediate
 
 
+ROPE_CONVENTIONS = ("hf", "t6")
+BLOCK_NORMS = ("rmsnorm", "rmsnorm-unweighted")
+
+
 @dataclass(frozen=True)
 class Model:
     """One model: per-layer attention windows over a single attention kind, and a feed-forward.
@@ -92,6 +96,13 @@ class Model:
     a windowed layer attends within fixed chunks of that many tokens instead of a sliding window (Llama 4's
     chunked attention: position p attends positions from p - p mod chunk to p); its cache never holds more
     than one chunk.
+    `rope_convention`: which way RoPE turns each pair (x1, x2) of a vector's halves by angle t: "hf" gives
+    (x1 cos t - x2 sin t, x2 cos t + x1 sin t) (transformers' rotate_half: Llama, Qwen, DeepSeek); "t6" the
+    opposite turn, (x1 cos t + x2 sin t, x2 cos t - x1 sin t) (tensorgi/T6 model/T6.py apply_rotary_emb).
+    `block_norm`: the norm before each attention and feed-forward and before the LM head: "rmsnorm" with a
+    learned weight per channel (d_model parameters each); "rmsnorm-unweighted" is
+    torch.nn.functional.rms_norm with no weight and its default eps (the dtype's machine epsilon), as T6's
+    reference blocks call it (model/T6.py Block.forward).
     """
 
     name: str
@@ -107,9 +118,15 @@ class Model:
     chunked: bool = False
     architecture: str = ""
     source: str = ""
+    rope_convention: str = "hf"
+    block_norm: str = "rmsnorm"
     window_groups: tuple[tuple[int | None, int], ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        if self.rope_convention not in ROPE_CONVENTIONS:
+            raise ValueError(f"{self.name}: rope_convention {self.rope_convention!r} is not one of {ROPE_CONVENTIONS}")
+        if self.block_norm not in BLOCK_NORMS:
+            raise ValueError(f"{self.name}: block_norm {self.block_norm!r} is not one of {BLOCK_NORMS}")
         windows = self.layer_windows or (None,) * self.n_layers
         if len(windows) != self.n_layers:
             raise ValueError(f"{self.name}: {len(windows)} layer windows for {self.n_layers} layers")
@@ -143,8 +160,13 @@ class Model:
     def embedding_params(self) -> int:
         return self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
 
+    @property
+    def norm_width(self) -> int:
+        """Weights of one block norm: d_model, or none for unweighted norms."""
+        return self.d_model if self.block_norm == "rmsnorm" else 0
+
     def norm_params(self) -> int:
-        return (2 * self.n_layers + 1) * self.d_model
+        return (2 * self.n_layers + 1) * self.norm_width
 
     def total_params(self) -> int:
         return self.embedding_params() + self.attention_params() + self.ffn_params() + self.norm_params()
@@ -180,7 +202,7 @@ class Model:
         d, ffn = self.d_model, self.ffn
         moe_here = ffn.moe_layer_count(first, last)
         dense_here = (last - first) - moe_here
-        total = (last - first) * (self.attention.params(d, tp) + 2 * d)
+        total = (last - first) * (self.attention.params(d, tp) + 2 * self.norm_width)
         total += dense_here * ceil_div(ffn.dense_params(d), tp)
         if moe_here and ep > 1:
             routed = ceil_div(ffn.n_experts, ep) * ffn.expert_params(d)
@@ -191,5 +213,5 @@ class Model:
         if first == 0:
             total += embedding
         if last == self.n_layers:
-            total += d + (embedding if not self.tie_embeddings or pipeline else 0)
+            total += self.norm_width + (embedding if not self.tie_embeddings or pipeline else 0)
         return total

@@ -1,10 +1,16 @@
 """Bundled model presets: the published config.json values (the fields kvplan reads), with their source.
 
 Each preset is the subset of the model's config.json that kvplan.families reads, so presets and local
-config files go through one parser. The T6 presets use the TPA paper's released training configs
-(tensorgi/TPA, config/train_*_medium_adam_80g8.py): GPT-2-medium depth and width, SwiGLU hidden
-floor(8/3 * 1024) = 2730, vocab 50304, tied embeddings, trained at 1024 tokens; the head counts of the
-comparison models differ because the paper matches parameter counts, not heads.
+config files go through one parser. The T6 presets are the TPA paper's models as its released code trains
+them (tensorgi/TPA, config/train_*_{small,medium,large,xl}*.py read by train_adam.py): GPT-2 small to XL
+depth and width, head_dim 64, SwiGLU hidden floor(8/3 d_model) (model/T6.py MLP), vocab 50304 (train_adam.py's
+default), tied embeddings, trained at 1024 tokens; the head counts of the comparison models differ because
+the paper matches parameter counts, not heads. GQA's config group_size is query heads per KV head.
+The MLA baselines follow train_adam.py, which passes head_dim (the non-RoPE part, 64) but not q_lora_rank,
+kv_lora_rank, qk_rope_head_dim or v_head_dim to the model: it trains with model/llama-mla.py's defaults 512,
+256, 32, 64. The medium, large and XL config files set q_lora_rank 1024 and kv_lora_rank 512 (as the paper's
+Table 10 lists them), values that never reach the model; the defaults are what give the MLA models the
+parameter counts the paper matches (353.86M against MHA's 353.45M at medium; 417.98M with the file's ranks).
 
 Checked against the published files: tests/configs/ holds each config.json in its published form, and
 tests/test_config.py requires it to parse to exactly the preset; parameter counts match the published ones
@@ -14,14 +20,46 @@ tests/test_config.py requires it to parse to exactly the preset; parameter count
 from __future__ import annotations
 
 import difflib
+import math
 
 from .families import model_from_config
 from .model import Model
 from .units import InputError
 
-_T6_MEDIUM = {"num_hidden_layers": 24, "hidden_size": 1024, "head_dim": 64, "intermediate_size": 2730,
-              "vocab_size": 50304, "max_position_embeddings": 1024, "tie_word_embeddings": True}
 _T6_SOURCE = "TPA paper (arXiv 2501.06425) code, tensorgi/TPA config/{}"
+# size: (layers, d_model, config file suffix, heads of T6, MHA, MQA, GQA (2 KV heads), MLA), from the files
+# config/train_{T6,llama,llama_mqa,llama_gqa,llama_mla}_<suffix>.py.
+_T6_SIZES = {"small": (12, 768, "small_adam", 34, 12, 23, 22, 13),
+             "medium": (24, 1024, "medium_adam_80g8", 47, 16, 31, 30, 23),
+             "large": (36, 1280, "large_adam_80g8", 61, 20, 39, 38, 34),
+             "xl": (48, 1600, "xl_adam_80g8", 78, 25, 49, 48, 49)}
+# What train_adam.py builds the MLA baselines with (model/llama-mla.py GPTConfig defaults; see above).
+_T6_MLA = {"attention": "mla", "q_lora_rank": 512, "kv_lora_rank": 256, "qk_rope_head_dim": 32, "qk_nope_head_dim": 64,
+           "v_head_dim": 64}
+
+
+def _t6_presets() -> dict[str, tuple[dict, str]]:
+    """t6-<size> and its -mha, -mqa, -gqa and -mla baselines for the paper's four sizes."""
+    presets = {}
+    for size, (layers, d_model, suffix, tpa, mha, mqa, gqa, mla) in _T6_SIZES.items():
+        shared = {"model_type": "t6", "num_hidden_layers": layers, "hidden_size": d_model, "head_dim": 64,
+                  "intermediate_size": math.floor(8 / 3 * d_model), "vocab_size": 50304,
+                  "max_position_embeddings": 1024, "tie_word_embeddings": True}
+        variants = {
+            "": ({"attention": "tpa", "num_attention_heads": tpa, "q_rank": 6, "k_rank": 2, "v_rank": 2},
+                 f"train_T6_{suffix}.py"),
+            "-mha": ({"attention": "dense", "num_attention_heads": mha}, f"train_llama_{suffix}.py"),
+            "-mqa": ({"attention": "dense", "num_attention_heads": mqa, "num_key_value_heads": 1},
+                     f"train_llama_mqa_{suffix}.py ({mqa} heads in one group)"),
+            "-gqa": ({"attention": "dense", "num_attention_heads": gqa, "num_key_value_heads": 2},
+                     f"train_llama_gqa_{suffix}.py ({gqa} heads in groups of {gqa // 2})"),
+            "-mla": ({**_T6_MLA, "num_attention_heads": mla},
+                     f"train_llama_mla_{suffix}.py as train_adam.py builds it (q_lora_rank 512, kv_lora_rank 256)"),
+        }
+        for name, (fields, source) in variants.items():
+            presets[f"t6-{size}{name}"] = ({**shared, **fields}, _T6_SOURCE.format(source))
+    return presets
+
 
 _GPT_OSS = {"model_type": "gpt_oss", "hidden_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8,
             "head_dim": 64, "intermediate_size": 2880, "num_experts_per_tok": 4, "vocab_size": 201088,
@@ -149,17 +187,7 @@ PRESETS: dict[str, tuple[dict, str]] = {
                           "intermediate_size": 2624, "vocab_size": 50368, "max_position_embeddings": 8192,
                           "global_attn_every_n_layers": 3, "local_attention": 128},
                          "answerdotai/ModernBERT-large config.json (an encoder: its 'cache' is the K/V one forward holds)"),
-    "t6-medium": ({"model_type": "t6", **_T6_MEDIUM, "num_attention_heads": 47, "q_rank": 6, "k_rank": 2, "v_rank": 2},
-                  _T6_SOURCE.format("train_T6_medium_adam_80g8.py")),
-    "t6-medium-mha": ({"model_type": "llama", **_T6_MEDIUM, "num_attention_heads": 16, "num_key_value_heads": 16},
-                      _T6_SOURCE.format("train_llama_medium_adam_80g8.py")),
-    "t6-medium-mqa": ({"model_type": "llama", **_T6_MEDIUM, "num_attention_heads": 31, "num_key_value_heads": 1},
-                      _T6_SOURCE.format("train_llama_mqa_medium_adam_80g8.py (31 heads in one group)")),
-    "t6-medium-gqa": ({"model_type": "llama", **_T6_MEDIUM, "num_attention_heads": 30, "num_key_value_heads": 2},
-                      _T6_SOURCE.format("train_llama_gqa_medium_adam_80g8.py (30 heads in groups of 15)")),
-    "t6-medium-mla": ({"model_type": "deepseek_v3", **_T6_MEDIUM, "num_attention_heads": 23, "q_lora_rank": 1024,
-                       "kv_lora_rank": 512, "qk_rope_head_dim": 32, "qk_nope_head_dim": 64, "v_head_dim": 64},
-                      _T6_SOURCE.format("train_llama_mla_medium_adam_80g8.py")),
+    **_t6_presets(),
 }
 
 _CACHE: dict[str, Model] = {}

@@ -4,8 +4,8 @@
     net = build(sliced(get_preset("llama-3.1-8b"), 2), max_batch=1, max_context=8192, device="cuda")
     net.prefill(tokens); net.decode(next_tokens, input_pos)
 
-Weights are random (no download); the layout of every cache is the one kvplan.kinds describes, so
-`net.cache_bytes_allocated()` equals the estimate's kv_cache_bytes(max_batch, max_context).
+Weights are random (no download), or a TPA paper checkpoint's (from_t6); the layout of every cache is the
+one kvplan.kinds describes, so `net.cache_bytes_allocated()` equals the estimate's kv_cache_bytes(max_batch, max_context).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from kvplan.model import Model
 from kvplan.units import InputError
 
 from .common import cache_storage
+from .t6 import from_t6
 from .transformer import Transformer
 
 
@@ -51,4 +52,4 @@ def build(desc: Model, *, max_batch: int, max_context: int, dtype: torch.dtype =
     return net.eval()
 
 
-__all__ = ["build", "sliced", "Transformer"]
+__all__ = ["build", "from_t6", "sliced", "Transformer"]

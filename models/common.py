@@ -47,13 +47,32 @@ class RMSNorm(nn.Module):
         return out.mul_(self.weight)
 
 
-class Rope(nn.Module):
-    """Rotary embedding tables (half-split convention) for positions 0..max_context-1, one per rotary width."""
+class UnweightedRMSNorm(nn.Module):
+    """torch.nn.functional.rms_norm with no weight and its default eps (the dtype's machine epsilon):
+    x / sqrt(mean(x^2) + eps), the norm of T6's reference blocks (Model.block_norm "rmsnorm-unweighted")."""
 
-    def __init__(self, dim: int, max_context: int, base: float = 10000.0, device=None):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),))
+
+
+def block_norm(style: str, dim: int, **factory) -> nn.Module:
+    """The norm a Model.block_norm names, over `dim` channels."""
+    return RMSNorm(dim, **factory) if style == "rmsnorm" else UnweightedRMSNorm()
+
+
+class Rope(nn.Module):
+    """Rotary embedding tables (half-split convention) for positions 0..max_context-1, one per rotary width.
+
+    convention (kvplan.model.Model.rope_convention): "hf" turns each pair (x1, x2) by +angle, "t6" by -angle
+    (tensorgi/T6's apply_rotary_emb); the table holds the sine of the turn, so apply_rope serves both.
+    """
+
+    def __init__(self, dim: int, max_context: int, base: float = 10000.0, device=None, convention: str = "hf"):
         super().__init__()
         inv_freq = 1.0 / base ** (torch.arange(0, dim, 2, device=device, dtype=torch.float64) / dim)
         angles = torch.outer(torch.arange(max_context, device=device, dtype=torch.float64), inv_freq)
+        if convention == "t6":
+            angles = -angles
         self.register_buffer("cos", angles.cos().float(), persistent=False)
         self.register_buffer("sin", angles.sin().float(), persistent=False)
 

@@ -7,7 +7,10 @@ token-last because h is often odd (47 in T6-medium): a token's R x h row is then
 decode kernel reading it per token falls back to 2-byte loads, while each (rank, head) row over a block of
 tokens is one contiguous, aligned run. Prefill rebuilds Q, K, V
 and calls scaled_dot_product_attention; decode contracts the query with the cached factors directly:
-  score[h, s] = (1/R_K) sum_r A_K[s, r, h] (q[h] . B_K[s, r]),  out[h] = (1/R_V) sum_{s, r} p[h, s] A_V[s, r, h] B_V[s, r].
+  score[h, s] = (1/R_K) sum_r A_K[s, r, h] (q[h] . B_K[s, r]),  out[h] = (1/R_V) sum_{s, r} p[h, s] A_V[s, r, h] B_V[s, r],
+in the order TPA.decode_order picks by shape: "rebuild" forms q[h] = (1/R_Q) sum_j A_Q[j, h] B_Q[j] first;
+"flash" (FlashTPA, tensorgi/T6 decode/flashtpa_decode_torch.py) dots B_Q[j] . B_K[s, r] once for all heads and
+mixes the R_Q x R_K products into each head with A_Q: q[h] . B_K[s, r] = (1/R_Q) sum_j A_Q[j, h] (B_Q[j] . B_K[s, r]).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ class TPALayer(nn.Module, CacheMixin):
         self.w_factors = nn.Linear(d_model, sum(ranks) * (h + d_h), bias=False, **factory)
         self.wo = nn.Linear(h * d_h, d_model, bias=False, **factory)
         self.scale = 1.0 / math.sqrt(d_h)
+        self.decode_order = spec.decode_order  # "flash" or "rebuild"; settable, to time one against the other
         self.slots = min(window, max_context) if window else max_context
         device = factory.get("device")
         for name, shape in (("a_k", (spec.k_rank, h, self.slots)), ("b_k", (self.slots, spec.k_rank, d_h)),
@@ -81,26 +85,52 @@ class TPALayer(nn.Module, CacheMixin):
         B, h, d_h = x.size(0), s.n_heads, s.head_dim
         f = self._factors(x, *self.rope.at(input_pos))
         self._store(f, input_pos)
-        q = rebuild(f["a_q"], f["b_q"])[:, 0] * (self.scale / s.k_rank)  # [B, h, d_h]
-        if triton_decode.enabled(x) and self.a_k.dtype == x.dtype:
-            out = triton_decode.tpa_decode(q, self.a_k[:B], self.b_k[:B], self.a_v[:B], self.b_v[:B], input_pos)
+        kernel = triton_decode.enabled(x) and self.a_k.dtype == x.dtype
+        caches = (self.a_k[:B], self.b_k[:B], self.a_v[:B], self.b_v[:B])
+        if self.decode_order == "flash":
+            # A_Q carries 1/R_Q and the softmax scale / R_K: [B, h, R_Q]; B_Q [B, R_Q, d_h].
+            a_q = f["a_q"][:, 0].transpose(1, 2) * (self.scale / (s.q_rank * s.k_rank))
+            b_q = f["b_q"][:, 0]
+            out = (triton_decode.tpa_decode(a_q, *caches, input_pos, b_q=b_q) if kernel
+                   else self._attend_flash(a_q, b_q, input_pos))
         else:
-            out = self._attend_factors(q, input_pos)
+            q = rebuild(f["a_q"], f["b_q"])[:, 0] * (self.scale / s.k_rank)  # [B, h, d_h]
+            out = triton_decode.tpa_decode(q, *caches, input_pos) if kernel else self._attend_factors(q, input_pos)
         return self.wo(out.mul_(1.0 / s.v_rank).reshape(B, 1, h * d_h))
 
     def _attend_factors(self, q: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        """The factorized attention in PyTorch: q [B, h, d_h] (scaled by softmax scale / R_K) -> [B, h, d_h]
-        (before the 1/R_V scaling)."""
+        """The factorized attention in PyTorch, rebuild order: q [B, h, d_h] (scaled by softmax scale / R_K) ->
+        [B, h, d_h] (before the 1/R_V scaling)."""
         s = self.spec
         B, h, d_h = q.shape
-        a_k, b_k, a_v, b_v = (self.read(n, B, q.dtype) for n in ("a_k", "b_k", "a_v", "b_v"))
+        b_k = self.read("b_k", B, q.dtype)
         # q . B_K for every (slot, rank): [B, h, d_h] @ [B, d_h, slots * R_K].
-        qb = torch.matmul(q, b_k.view(B, self.slots * s.k_rank, d_h).transpose(1, 2)).view(B, h, self.slots, s.k_rank)
+        qb = torch.matmul(q, b_k.view(B, self.slots * s.k_rank, d_h).transpose(1, 2))
+        return self._weigh_and_attend(qb.view(B, h, self.slots, s.k_rank), input_pos)
+
+    def _attend_flash(self, a_q: torch.Tensor, b_q: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """The factorized attention in PyTorch, FlashTPA order: a_q [B, h, R_Q] (scaled by softmax scale /
+        (R_Q R_K)), b_q [B, R_Q, d_h] -> [B, h, d_h] (before the 1/R_V scaling)."""
+        s = self.spec
+        B, h, r_q = a_q.shape
+        b_k = self.read("b_k", B, a_q.dtype)
+        # B_Q . B_K for every (slot, K rank, Q rank), once for all heads: [B, slots * R_K, d_h] @ [B, d_h, R_Q].
+        products = torch.matmul(b_k.view(B, self.slots * s.k_rank, s.head_dim), b_q.transpose(1, 2))
+        # Mixed into each head by A_Q: [B, h, R_Q] @ [B, R_Q, slots * R_K] = q . B_K as in the rebuild order.
+        qb = torch.matmul(a_q, products.transpose(1, 2))
+        return self._weigh_and_attend(qb.view(B, h, self.slots, s.k_rank), input_pos)
+
+    def _weigh_and_attend(self, qb: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
+        """qb [B, h, slots, R_K] (q . B_K per cached key and rank) -> scores weighted by A_K over the ranks,
+        masked softmax, then P weighted by A_V and contracted with B_V: [B, h, d_h] (before the 1/R_V scaling)."""
+        s = self.spec
+        B, h = qb.shape[:2]
+        a_k, a_v, b_v = (self.read(n, B, qb.dtype) for n in ("a_k", "a_v", "b_v"))
         scores = (qb * a_k.permute(0, 2, 3, 1)).sum(-1)  # weight by A_K and sum the ranks: [B, h, slots]
         scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
         p = torch.softmax(scores, dim=-1)
         pa = p.unsqueeze(-1) * a_v.permute(0, 2, 3, 1)  # [B, h, slots, R_V]
-        return torch.matmul(pa.reshape(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, d_h))
+        return torch.matmul(pa.reshape(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, s.head_dim))
 
     @classmethod
     def shard_state(cls, spec: TPA, state: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:

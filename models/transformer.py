@@ -24,7 +24,7 @@ from torch import nn
 from kvplan.kinds import AttentionKind
 from kvplan.model import FeedForward, Model
 
-from .common import RMSNorm, Rope
+from .common import Rope, block_norm
 
 
 class SwiGLU(nn.Module):
@@ -75,10 +75,10 @@ class Block(nn.Module):
                  cache_dtype: torch.dtype, **factory):
         super().__init__()
         d = desc.d_model
-        self.attention_norm = RMSNorm(d, **factory)
+        self.attention_norm = block_norm(desc.block_norm, d, **factory)
         self.attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], max_batch, max_context, rope,
                                      cache_dtype, **factory)
-        self.ffn_norm = RMSNorm(d, **factory)
+        self.ffn_norm = block_norm(desc.block_norm, d, **factory)
         moe = desc.ffn.is_moe_layer(index)
         self.ffn = MoE(d, desc.ffn, **factory) if moe else SwiGLU(d, desc.ffn.intermediate, **factory)
 
@@ -96,10 +96,11 @@ class Transformer(nn.Module):
         super().__init__()
         self.desc, self.max_batch, self.max_context = desc, max_batch, max_context
         self.tok_embeddings = nn.Embedding(desc.vocab_size, desc.d_model, **factory)
-        self.rope = Rope(desc.attention.rope_dim, max_context, device=factory.get("device"))
+        self.rope = Rope(desc.attention.rope_dim, max_context, device=factory.get("device"),
+                         convention=desc.rope_convention)
         self.layers = nn.ModuleList(Block(desc, i, max_batch, max_context, self.rope, cache_dtype, **factory)
                                     for i in range(desc.n_layers))
-        self.norm = RMSNorm(desc.d_model, **factory)
+        self.norm = block_norm(desc.block_norm, desc.d_model, **factory)
         self.lm_head = None if desc.tie_embeddings else nn.Linear(desc.d_model, desc.vocab_size, bias=False, **factory)
 
     @property

@@ -11,7 +11,9 @@ key] rows, and the same latent tile (already on chip) is the value: P x latent a
 In PyTorch the scores and probabilities of all 128 heads go through memory between three kernels. DSA
 runs the same kernel over its top-k gathered latents.
 TPA: plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
-cached token, each written to and read back from memory: more bytes than the factor cache itself.
+cached token, each written to and read back from memory: more bytes than the factor cache itself. The kernel
+runs either contraction order (kvplan.kinds.TPA.decode_order): the rebuilt query dotted with B_K, or FlashTPA's
+B_Q . B_K products mixed into the heads by A_Q, both as tensor-core products over a block of keys.
 DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
 scores (index_n_heads values per cached token) before weighting them; the kernel reads each FP8 key and
 its scales once and writes one fp32 score per token.
@@ -100,15 +102,18 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _tpa_decode_kernel(q_ptr, ak_ptr, bk_ptr, av_ptr, bv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr,
+    def _tpa_decode_kernel(q_ptr, bq_ptr, ak_ptr, bk_ptr, av_ptr, bv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr,
                            slots, keys_per_split, splits,
-                           H: tl.constexpr, D: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr,
-                           H_PAD: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr, EVEN: tl.constexpr):
+                           H: tl.constexpr, D: tl.constexpr, RK: tl.constexpr, RV: tl.constexpr, RQ: tl.constexpr,
+                           H_PAD: tl.constexpr, D_PAD: tl.constexpr, RQ_PAD: tl.constexpr, BLOCK: tl.constexpr,
+                           EVEN: tl.constexpr):
         # EVEN (slots a multiple of BLOCK): every block lies inside the cache, so loads need no mask over keys;
         # keys past input_pos are then read but masked out of the scores. A key mask on the loads would stop
         # Triton from vectorizing the A factors' loads, which run along the keys.
         # A factors are token-last [B, R, h, slots]: each (rank, head) row of a block is one contiguous run.
         # B factors are [B, slots, R, d]: each token's rank-r row is d contiguous elements.
+        # RQ == 0: q_ptr is the rebuilt query [B, H, D]. RQ > 0 (FlashTPA order): q_ptr is A_Q [B, H, RQ] and
+        # bq_ptr B_Q [B, RQ, D]; q . B_K = A_Q (B_Q . B_K), with B_Q . B_K computed once for all heads.
         b = tl.program_id(0)
         split = tl.program_id(1)
         heads = tl.arange(0, H_PAD)
@@ -121,8 +126,16 @@ if HAVE_TRITON:
         bk_ptr += base * RK * D
         av_ptr += base * RV * H
         bv_ptr += base * RV * D
-        q = tl.load(q_ptr + b * H * D + heads[:, None] * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
-                    other=0.0)  # [H_PAD, D_PAD], already scaled by softmax scale / R_K
+        if RQ == 0:
+            q = tl.load(q_ptr + b * H * D + heads[:, None] * D + dims[None, :],
+                        mask=head_ok[:, None] & dim_ok[None, :], other=0.0)  # [H_PAD, D_PAD], scaled by scale / R_K
+        else:
+            ranks = tl.arange(0, RQ_PAD)
+            rank_ok = ranks < RQ
+            a_q = tl.load(q_ptr + b * H * RQ + heads[:, None] * RQ + ranks[None, :],
+                          mask=head_ok[:, None] & rank_ok[None, :], other=0.0)  # [H_PAD, RQ_PAD], scale / (R_Q R_K)
+            b_q = tl.load(bq_ptr + b * RQ * D + ranks[:, None] * D + dims[None, :],
+                          mask=rank_ok[:, None] & dim_ok[None, :], other=0.0)  # [RQ_PAD, D_PAD]
         m = tl.full([H_PAD], -1e30, tl.float32)
         l = tl.zeros([H_PAD], tl.float32)
         acc = tl.zeros([H_PAD, D_PAD], tl.float32)
@@ -141,7 +154,11 @@ if HAVE_TRITON:
                               mask=load_ok[None, :] & dim_ok[:, None], other=0.0)  # [D_PAD, BLOCK]
                 a_k = tl.load(ak_ptr + (r * H + heads[:, None]) * slots + s[None, :],
                               mask=load_ok[None, :] & head_ok[:, None], other=0.0)  # [H_PAD, BLOCK]
-                scores += a_k.to(tl.float32) * tl.dot(q, b_k)
+                if RQ == 0:
+                    qb = tl.dot(q, b_k)
+                else:
+                    qb = tl.dot(a_q, tl.dot(b_q, b_k).to(b_k.dtype))  # [H_PAD, RQ_PAD] x [RQ_PAD, BLOCK]
+                scores += a_k.to(tl.float32) * qb
             scores = tl.where(live[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
             p = tl.exp(scores - m_new[:, None])
@@ -301,15 +318,19 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
 
 
 def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor, b_v: torch.Tensor,
-               input_pos: torch.Tensor) -> torch.Tensor:
+               input_pos: torch.Tensor, b_q: torch.Tensor | None = None) -> torch.Tensor:
     """sum over live slots s of softmax_s(sum_r A_K[r,h,s] (q[h] . B_K[s,r])) sum_r A_V[r,h,s] B_V[s,r] -> [B, h, d].
 
-    q [B, h, d] carries the softmax scale and 1/R_K; the caller applies 1/R_V. A caches [B, R, h, slots],
-    B caches [B, slots, R, d], contiguous. Static shapes and no host reads: capturable in a CUDA graph.
+    q [B, h, d] is the rebuilt query, carrying the softmax scale and 1/R_K; or, given b_q [B, R_Q, d], q is
+    A_Q [B, h, R_Q] carrying the softmax scale and 1/(R_Q R_K), and q[h] . B_K is A_Q[h] . (B_Q B_K^T) (the
+    FlashTPA order). The caller applies 1/R_V. A caches [B, R, h, slots], B caches [B, slots, R, d],
+    contiguous. Static shapes and no host reads: capturable in a CUDA graph.
     """
-    B, H, D = q.shape
-    r_k, r_v, slots = a_k.size(1), a_v.size(1), a_k.size(3)
+    B, H = q.shape[:2]
+    D, r_k, r_v, slots = b_k.size(-1), a_k.size(1), a_v.size(1), a_k.size(3)
+    r_q = 0 if b_q is None else q.size(-1)
     q = q.contiguous()
+    b_q = q if b_q is None else b_q.contiguous()
 
     def launch(config):
         block, warps, stages = config
@@ -317,10 +338,11 @@ def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch
         acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
         l = torch.empty_like(m)
-        _tpa_decode_kernel[(B, splits)](q, a_k, b_k, a_v, b_v, input_pos, acc, m, l, slots, keys_per_split, splits,
-                                        H=H, D=D, RK=r_k, RV=r_v, H_PAD=_pad(H), D_PAD=_pad(D), BLOCK=block,
-                                        EVEN=slots % block == 0, num_warps=warps, num_stages=stages)
+        _tpa_decode_kernel[(B, splits)](q, b_q, a_k, b_k, a_v, b_v, input_pos, acc, m, l, slots, keys_per_split,
+                                        splits, H=H, D=D, RK=r_k, RV=r_v, RQ=r_q, H_PAD=_pad(H), D_PAD=_pad(D),
+                                        RQ_PAD=_pad(r_q), BLOCK=block, EVEN=slots % block == 0, num_warps=warps,
+                                        num_stages=stages)
         return acc, m, l
 
-    config = _fastest(("tpa", B, H, D, r_k, r_v, slots, q.dtype), TPA_CONFIGS, launch)
+    config = _fastest(("tpa", B, H, D, r_q, r_k, r_v, slots, q.dtype), TPA_CONFIGS, launch)
     return _merge(*launch(config), q.dtype)

@@ -11,7 +11,9 @@ every cached byte, DSA only its top-k latents); achieved bandwidth = bytes / ste
 device copy measured here (bytes read + written). TPA and MHA share d_model and heads (t6-medium), so the
 ratio of their step times can be set against the ratio of their cache bytes. MLA, TPA and DSA run twice:
 through the Triton kernels (kvplan.models.triton_decode; the launch config each kernel timed fastest on the
-first call is in the kernel_config column) and through the PyTorch path (the "-torch" rows).
+first call is in the kernel_config column) and through the PyTorch path (the "-torch" rows); TPA also runs
+in the contraction order its shape does not pick (the "tpa-rebuild" rows at t6-medium, where FlashTPA's order
+is the one with fewer FLOPs).
 Writes DIR/bench_decode.csv and prints three tables last: every row, MHA vs TPA, kernels vs PyTorch.
 """
 
@@ -45,6 +47,7 @@ class Case:
     kind: str
     model: Model  # already sliced
     triton: bool = True  # False: MLA/TPA/DSA decode through the PyTorch path even where a Triton kernel could run
+    order: str | None = None  # TPA's decode contraction order; None: the one TPA.decode_order picks
 
 
 def gpu_cases() -> list[Case]:
@@ -55,6 +58,8 @@ def gpu_cases() -> list[Case]:
         Case("mha", sliced(recast(t6, "mha"), 2)),  # t6-medium's 47 heads of 64, as TPA below
         Case("tpa", sliced(t6, 2)),  # the Triton kernel where Triton is installed
         Case("tpa-torch", sliced(t6, 2), triton=False),
+        Case("tpa-rebuild", sliced(t6, 2), order="rebuild"),  # the order t6-medium does not pick, for comparison
+        Case("tpa-rebuild-torch", sliced(t6, 2), triton=False, order="rebuild"),
         Case("mla", sliced(get_preset("deepseek-v3"), 3)),  # its 3 dense layers; the Triton kernel where installed
         Case("mla-torch", sliced(get_preset("deepseek-v3"), 3), triton=False),
         Case("dsa", sliced(get_preset("deepseek-v3.2-exp"), 3)),  # Triton indexer where Triton is installed
@@ -69,6 +74,7 @@ def smoke_cases() -> list[Case]:
                  ffn=FeedForward(128))
     return [Case("gqa", recast(base, "gqa:kv_heads=2")), Case("mqa", recast(base, "mqa")), Case("mha", base),
             Case("tpa", recast(base, "tpa")), Case("tpa-torch", recast(base, "tpa"), triton=False),
+            Case("tpa-rebuild", recast(base, "tpa"), order="rebuild"),
             Case("mla", replace(base, attention=mla)), Case("mla-torch", replace(base, attention=mla), triton=False),
             Case("dsa", recast(base, "dsa:index_topk=32,index_n_heads=4,index_head_dim=16")),
             Case("window", recast(base, "window:48"))]
@@ -103,6 +109,8 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
     net = build(case.model, max_batch=batch, max_context=context, dtype=dtype, device=str(device), kv_dtype="bf16")
     try:
         assert net.cache_bytes_allocated() == row["cache_bytes"]
+        for block in net.layers if case.order else ():
+            block.attention.decode_order = case.order
         fill_cache_randomly(net, seed=context + batch)
         tokens = torch.randint(0, case.model.vocab_size, (batch, 1), device=device)
         position = torch.tensor([context - 1], device=device)

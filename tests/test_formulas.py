@@ -289,12 +289,21 @@ def test_decode_flops_mla_absorbed():
 
 
 def test_decode_flops_tpa_factorized():
-    # Per key: q . B_K per K rank then a weighted sum over A_K (2 h R_K (d_h + 1)); P contracted with B_V per
-    # V rank (2 h R_V d_h). Per token: rebuilding q from 6 factor pairs, 2 x 6 h d_h.
+    # t6-medium decodes in the FlashTPA order (R_Q (h + d_h) = 6 x 111 < h d_h = 47 x 64): per key B_Q . B_K
+    # for 6 x 2 rank pairs (2 x 12 x 64), mixed into 47 heads by A_Q (2 x 47 x 12), P weighted by A_V (not a
+    # matrix product: not counted) and contracted with B_V per V rank (2 x 47 x 2 x 64); no per-token term.
     e = est("t6-medium")
     h, d_h = 47, 64
-    per_key = 2 * h * 2 * (d_h + 1) + 2 * h * 2 * d_h
-    assert e.decode_attention_flops(999) == 24 * (per_key * 1000 + 2 * 6 * h * d_h)
+    flash = 2 * 6 * 2 * d_h + 2 * h * 6 * 2 + 2 * h * 2 * d_h
+    assert e.model.attention.decode_order == "flash"
+    assert e.decode_attention_flops(999) == 24 * flash * 1000
+    # The rebuild order costs 2 h R_K d_h per key for q . B_K (1.6x the flash order here) plus 2 R_Q h d_h per
+    # token to rebuild q; it is the order run once R_Q (h + d_h) >= h d_h, e.g. at R_Q = 28.
+    rebuild = 2 * h * 2 * d_h + 2 * h * 2 * d_h
+    assert e.model.attention.decode_pair_flops("rebuild") == rebuild and round(rebuild / flash, 2) == 1.64
+    wide = est("t6-medium", attention="tpa:q_rank=28")
+    assert wide.model.attention.decode_order == "rebuild"
+    assert wide.decode_attention_flops(999) == 24 * (rebuild * 1000 + 2 * 28 * h * d_h)
 
 
 def test_decode_flops_dsa_topk_and_indexer():

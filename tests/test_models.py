@@ -41,6 +41,8 @@ KINDS = {
     "mla-no-q-lora": tiny(replace(_MLA, q_lora_rank=0)),
     "tpa": tiny(TPA(n_heads=6, head_dim=8, q_rank=3, k_rank=2, v_rank=1)),
     "tpa-window": tiny(TPA(n_heads=6, head_dim=8, q_rank=2, k_rank=1, v_rank=2), windows=(6, None)),
+    # R_Q (h + d_h) = 40 > h d_h = 24: decode rebuilds q (the others run the FlashTPA order).
+    "tpa-rebuild": tiny(TPA(n_heads=3, head_dim=8, q_rank=4, k_rank=2, v_rank=2), windows=(5, None)),
     "dsa": tiny(_DSA),
     "dsa-window": tiny(_DSA, windows=(7, None)),
     "moe": tiny(DenseAttention(4, 2, 12), ffn=_MOE),
@@ -82,21 +84,25 @@ def _explicit_attention(q, k, v, scale):
     return torch.einsum("bhs,bshd->bhd", probs, v)
 
 
-def _layer_after_prefill(desc, x, prompt):
+def _layer_after_prefill(desc, x, prompt, **layer_settings):
     net = f64(desc)
     layer = net.layers[0].attention
+    for name, value in layer_settings.items():
+        setattr(layer, name, value)
     with torch.no_grad():
         layer.prefill(x[:, :prompt])
         out = layer.decode(x[:, prompt:prompt + 1], torch.tensor([prompt]))
     return layer, out
 
 
+@pytest.mark.parametrize("order", ["flash", "rebuild"])
 @torch.no_grad()
-def test_tpa_factorized_decode_equals_attention_over_rebuilt_qkv():
+def test_tpa_factorized_decode_equals_attention_over_rebuilt_qkv(order):
     desc = KINDS["tpa"]
     s, T = desc.attention, 9
+    assert s.decode_order == "flash"  # R_Q (h + d_h) = 42 < h d_h = 48
     x = torch.randn(2, T + 1, D, dtype=torch.float64)
-    layer, out = _layer_after_prefill(desc, x, T)
+    layer, out = _layer_after_prefill(desc, x, T, decode_order=order)
     # Rebuild K and V per head from the cached factors ((1/R) sum_r a_r b_r^T), Q from the new token's factors.
     # A factors are cached token-last [B, R, h, slots], B factors [B, slots, R, d_h].
     a_k, a_v = (getattr(layer, n)[:2, ..., :T + 1] for n in ("a_k", "a_v"))
@@ -198,7 +204,7 @@ def test_gqa_cache_bytes_by_hand():
 
 
 # --- FLOPs ------------------------------------------------------------------------------------------------
-FLOP_KINDS = ("gqa", "mqa", "local-global", "mla", "tpa", "dsa", "moe")
+FLOP_KINDS = ("gqa", "mqa", "local-global", "mla", "tpa", "tpa-rebuild", "dsa", "moe")
 
 
 def counted(fn, *args) -> int:
@@ -239,13 +245,9 @@ def test_decode_flops_equal_the_estimate(kind):
     # Decode attends all S slots of a static cache (masking the unwritten ones), so measure the step at
     # position S-1, where every slot is live and the estimate's min(position + 1, cap) keys are the slots.
     flops = counted(net.decode, toks[:, S - 1:], torch.tensor([S - 1]))
-    expected = B * est.decode_flops_per_token(S - 1)
-    if isinstance(desc.attention, TPA):
-        # The estimate counts 2 h R_K FLOPs per key for weighting q . B_K by A_K and summing the ranks; that
-        # is an elementwise product and sum, which FlopCounterMode does not count.
-        h, r_k = desc.attention.n_heads, desc.attention.k_rank
-        expected -= B * desc.n_layers * 2 * h * r_k * S
-    assert flops == expected
+    # Matrix products only on both sides (TPA weighs by A_K and A_V elementwise, left out by both), so exact;
+    # TPA counts the contraction order its layer runs (TPA.decode_order).
+    assert flops == B * est.decode_flops_per_token(S - 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -64,6 +64,12 @@ def test_tpa_kernel_equals_pytorch_path(shape):
                 expected = layer._attend_factors(q, position)
                 got = triton_decode.tpa_decode(q, layer.a_k, layer.b_k, layer.a_v, layer.b_v, position)
                 _close(got, expected, tol)
+                # The FlashTPA order: A_Q [B, h, R_Q] and B_Q [B, R_Q, d], scaled so q . B_K stays O(1) again.
+                a_q = torch.randn(3, h, r_q, device=device, dtype=dtype) * ((r_q * d) ** -0.5 / r_k)
+                b_q = torch.randn(3, r_q, d, device=device, dtype=dtype)
+                expected = layer._attend_flash(a_q, b_q, position)
+                got = triton_decode.tpa_decode(a_q, layer.a_k, layer.b_k, layer.a_v, layer.b_v, position, b_q=b_q)
+                _close(got, expected, tol)
 
 
 @pytest.mark.parametrize("spec", [_MLA, replace(_MLA, n_heads=20, kv_lora_rank=64, qk_rope_head_dim=16)],
@@ -84,10 +90,15 @@ def test_mla_kernel_equals_pytorch_path(spec):
             _close(got, expected, tol)
 
 
-@pytest.mark.parametrize("attention, windows", [(_MLA, ()), (_MLA, (7, None)), (_DSA, ()), (_DSA, (7, None))],
-                         ids=["mla", "mla-ring", "dsa", "dsa-ring"])
+_TPA_FLASH = TPA(n_heads=6, head_dim=8, q_rank=3, k_rank=2, v_rank=1)  # decode_order "flash"
+_TPA_REBUILD = TPA(n_heads=3, head_dim=8, q_rank=4, k_rank=2, v_rank=2)  # decode_order "rebuild"
+
+
+@pytest.mark.parametrize("attention, windows", [(_MLA, ()), (_MLA, (7, None)), (_DSA, ()), (_DSA, (7, None)),
+                                                (_TPA_FLASH, (7, None)), (_TPA_REBUILD, (7, None))],
+                         ids=["mla", "mla-ring", "dsa", "dsa-ring", "tpa-flash-ring", "tpa-rebuild-ring"])
 def test_layer_decode_with_kernel_equals_without(attention, windows, monkeypatch):
-    """Whole decode steps with the MLA kernel on and off: from a 3-token prompt (DSA's top-5 then holds keys
+    """Whole decode steps with the kernel on and off: from a 3-token prompt (DSA's top-5 then holds keys
     that may not be attended, which the kernel skips by position) to past a ring's wrap."""
     from kvplan.models import triton_decode
 

@@ -56,18 +56,43 @@ class TPA(AttentionKind):
         and the probabilities weighted by A_V per V rank."""
         return (2 * self.k_rank + 2 + self.v_rank) * self.n_heads * cached_tokens
 
+    @property
+    def decode_order(self) -> str:
+        """The contraction decode runs, the one with fewer FLOPs per cached key (decode_pair_flops):
+        "flash" (FlashTPA, tensorgi/T6 decode/flashtpa_decode_torch.py) where R_Q (h + d_h) < h d_h, else
+        "rebuild"."""
+        flash, rebuild = self.decode_pair_flops("flash"), self.decode_pair_flops("rebuild")
+        return "flash" if flash < rebuild else "rebuild"
+
+    def decode_pair_flops(self, order: str) -> int:
+        """FLOPs per cached key of one decoded query in a contraction order (matrix products only; weighting
+        by A_K and by A_V are elementwise products, h R each, left out like softmax).
+
+        rebuild: q = (1/R_Q) A_Q^T B_Q rebuilt per head, then q . B_K per K rank (2 h R_K d_h); P weighted by
+        A_V and contracted with B_V (2 h R_V d_h).
+        flash: B_Q . B_K per (Q rank, K rank), shared by all heads (2 R_Q R_K d_h), mixed into each head by
+        A_Q (2 h R_Q R_K), then the same value side (2 h R_V d_h)."""
+        h, d_h, r_q, r_k, r_v = self.n_heads, self.head_dim, self.q_rank, self.k_rank, self.v_rank
+        values = 2 * h * r_v * d_h
+        if order == "flash":
+            return 2 * r_q * r_k * d_h + 2 * h * r_q * r_k + values
+        return 2 * h * r_k * d_h + values
+
+    def decode_token_flops(self, order: str) -> int:
+        """FLOPs per decoded query beyond the keys: rebuilding q from R_Q factor pairs (2 R_Q h d_h) in the
+        rebuild order; nothing in the flash order."""
+        return 2 * self.q_rank * self.n_heads * self.head_dim if order == "rebuild" else 0
+
     def pair_flops(self, phase: str) -> int:
-        h, d_h = self.n_heads, self.head_dim
         if phase == "decode":
-            # q . B_K for each rank, then a sum over ranks weighted by A_K; P contracted with B_V per rank.
-            return 2 * h * self.k_rank * (d_h + 1) + 2 * h * self.v_rank * d_h
-        return 4 * h * d_h
+            return self.decode_pair_flops(self.decode_order)
+        return 4 * self.n_heads * self.head_dim
 
     def token_flops(self, phase: str) -> int:
-        # Rebuilding a head-by-dim tensor from R factor pairs costs 2 R h d_h per token.
-        h, d_h = self.n_heads, self.head_dim
-        ranks = self.q_rank if phase == "decode" else self.q_rank + self.k_rank + self.v_rank
-        return 2 * ranks * h * d_h
+        if phase == "decode":
+            return self.decode_token_flops(self.decode_order)
+        # Prefill rebuilds Q, K and V, each head-by-dim tensor from R factor pairs: 2 R h d_h per token.
+        return 2 * (self.q_rank + self.k_rank + self.v_rank) * self.n_heads * self.head_dim
 
     def activation_elements(self) -> int:
         """Q, K and V rebuilt from their factors and the output (the factors are freed once cached). Measured

@@ -51,7 +51,7 @@ def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[s
 def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int, cache_dtype: torch.dtype,
                  dtype: torch.dtype, device: torch.device) -> list[torch.nn.Module]:
     """Attention layers of kind `spec` (a shard or the full layer) with caches for batch x context, loaded from states."""
-    rope = Rope(spec.rope_dim, context, device=device)
+    rope = Rope(spec.rope_dim, context, device=device, convention=desc.rope_convention)
     layers = []
     for window, state in zip(desc.layer_windows, states):
         layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, dtype=dtype,
