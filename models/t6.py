@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from kvplan.hf_config import model_from_config
+from kvplan.families import model_from_config
 from kvplan.units import InputError
 
 from .common import cache_storage
@@ -63,7 +63,7 @@ def _embedding(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def t6_config(state: dict[str, torch.Tensor]) -> dict:
-    """The model_type "t6" config (kvplan.hf_config) of a reference state dict, its sizes read off the tensors:
+    """The model_type "t6" config (kvplan.families.t6) of a reference state dict, its sizes read off the tensors:
     rows(W_A_q) = h R_Q, rows(W_B_q) = R_Q d_h, columns(c_proj) = h d_h, so h^2 = rows(W_A_q) columns(c_proj) /
     rows(W_B_q)."""
     vocab, d_model = _embedding(state).shape
