@@ -133,7 +133,7 @@ class Estimator:
         # Attention and feed-forward intermediates are never live together: prefill peaks in one phase or the
         # other, each on top of the residual stream and the normed input (2 d per token).
         self._attention_phase_per_token = self._act_bytes * (
-            2 * d + attention.prefill_buffer_elements(d) + ceil_div(attention.activation_elements(), tp))
+            2 * d + attention.prefill_buffer_elements(d) + attention.activation_elements(tp))
         self._ffn_phase_per_token = self._act_bytes * (2 * d + ceil_div(ffn.activation_elements(d), tp))
         fp8_linear = dep.weight_format.name == "fp8" and dep.gpu.fp8_flops > 0
         self._linear_flops_per_second = (dep.gpu.fp8_flops * dep.gpu.compute_efficiency if fp8_linear

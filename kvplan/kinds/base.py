@@ -63,8 +63,9 @@ class AttentionKind:
         """Weights a token multiplies through (2 FLOPs each)."""
         raise NotImplementedError
 
-    def activation_elements(self) -> int:
-        """Per-token elements live at the attention kernel in prefill (besides residual stream and normed input)."""
+    def activation_elements(self, tp: int = 1) -> int:
+        """Per-token elements live at the attention layer's prefill peak on one of `tp` GPUs (besides the residual
+        stream and the normed input): the parts split over heads shrink with tp, replicated parts do not."""
         raise NotImplementedError
 
     def prefill_buffer_elements(self, d_model: int) -> int:

@@ -57,10 +57,11 @@ class DenseAttention(AttentionKind):
         """QK^T and PV over all heads."""
         return 4 * self.n_heads * self.head_dim
 
-    def activation_elements(self) -> int:
-        """The q/k/v projection (alive through v), rotated q and k, and the output. Measured exactly on an H100
-        (examples/tp1-h100.csv: 19456 elements per token at 32 heads, 8 KV heads of 128, d_model 4096)."""
-        return 3 * self.n_heads * self.head_dim + 3 * self.n_kv_heads * self.head_dim
+    def activation_elements(self, tp: int = 1) -> int:
+        """The q/k/v projection (alive through v), rotated q and k, and the output, for the heads one GPU holds
+        (KV heads replicate where tp exceeds them). Measured exactly on an H100 (examples/tp1-h100.csv: 19456
+        elements per token at 32 heads, 8 KV heads of 128, d_model 4096; examples/tp2-h100.csv at tp 2)."""
+        return 3 * ceil_div(self.n_heads, tp) * self.head_dim + 3 * ceil_div(self.n_kv_heads, tp) * self.head_dim
 
     def check_shardable(self, tp: int) -> str | None:
         reason = super().check_shardable(tp)  # the query heads, then the KV heads

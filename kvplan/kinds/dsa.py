@@ -79,13 +79,14 @@ class DSA(AttentionKind):
         """A dot product per indexer head, then a weighted sum over heads."""
         return 2 * self.index_n_heads * self.index_head_dim + 2 * self.index_n_heads
 
-    def activation_elements(self) -> int:
-        # Sparse prefill never decompresses the latent: it holds the queries, the indexer's queries, weights
-        # and key, and the latent with its RoPE key; the output buffer is prefill_buffer_elements and the
-        # query-chunk scratch prefill_scratch_bytes.
+    def activation_elements(self, tp: int = 1) -> int:
+        # Sparse prefill never decompresses the latent: it holds the queries (split by head), the indexer's
+        # queries, weights and key, and the query latent and the latent with its RoPE key (all replicated under
+        # tp); the output buffer is prefill_buffer_elements and the query-chunk scratch prefill_scratch_bytes.
         mla = self.mla
-        return (mla.q_lora_rank + mla.n_heads * mla.qk_head_dim + self.index_n_heads * (self.index_head_dim + 1)
-                + mla.kv_lora_rank + mla.qk_rope_head_dim + self.index_head_dim)
+        return (mla.q_lora_rank + ceil_div(mla.n_heads, tp) * mla.qk_head_dim
+                + self.index_n_heads * (self.index_head_dim + 1) + mla.kv_lora_rank + mla.qk_rope_head_dim
+                + self.index_head_dim)
 
     def prefill_buffer_elements(self, d_model: int) -> int:
         """The output buffer the query chunks write into."""

@@ -79,12 +79,12 @@ class MLA(AttentionKind):
         # product, which linear_params already holds, so nothing is added in either phase.
         return 0
 
-    def activation_elements(self) -> int:
+    def activation_elements(self, tp: int = 1) -> int:
         """The rotated query and the assembled key (h x qk_head_dim each), the decompressed [k_nope | v] buffer
         that v views (h x (nope + v)), and the output (h x v); the query latent and the cached latent are freed
         by then. Measured exactly on an H100 (examples/tp1-h100.csv: 28672 elements per token at h = 32 with
-        d_model 4096)."""
-        h = self.n_heads
+        d_model 4096). All of it is per head, so it splits over tp."""
+        h = ceil_div(self.n_heads, tp)
         return h * (2 * self.qk_head_dim + self.qk_nope_head_dim + 2 * self.v_head_dim)
 
     @classmethod

@@ -94,10 +94,16 @@ class TPA(AttentionKind):
         # Prefill rebuilds Q, K and V, each head-by-dim tensor from R factor pairs: 2 R h d_h per token.
         return 2 * (self.q_rank + self.k_rank + self.v_rank) * self.n_heads * self.head_dim
 
-    def activation_elements(self) -> int:
-        """Q, K and V rebuilt from their factors and the output (the factors are freed once cached). Measured
-        exactly on an H100 (examples/tp1-h100.csv: 20480 elements per token at h = 32, d_h = 128, d_model 4096)."""
-        return 4 * self.n_heads * self.head_dim
+    def activation_elements(self, tp: int = 1) -> int:
+        """The larger of two moments of prefill on one GPU (h' = heads there): rebuilding Q, K and V, with the
+        factor projection (R (h' + d_h), the B factors replicated), the rotated B_Q and B_K and the three rebuilt
+        tensors alive; or attention, with Q, K, V and the output (4 h' d_h; the factors freed by then). Measured
+        exactly on an H100 (examples/tp1-h100.csv: attention's moment at h = 32, d_h = 128; examples/tp2-h100.csv:
+        the rebuild's at tp 2)."""
+        heads, d_h = ceil_div(self.n_heads, tp), self.head_dim
+        ranks = self.q_rank + self.k_rank + self.v_rank
+        rebuild = ranks * (heads + d_h) + (self.q_rank + self.k_rank) * d_h + 3 * heads * d_h
+        return max(rebuild, 4 * heads * d_h)
 
     @classmethod
     def recast_options(cls, name: str) -> dict[str, int]:

@@ -158,7 +158,15 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
+        # The runtime's own buffers (the cuBLAS workspace a first matrix product allocates) are in place before
+        # the baseline, as after the warm-up of a single-GPU profile; they are not the model's.
+        torch.ones(8, 8, dtype=job.dtype, device=device).matmul(torch.ones(8, 8, dtype=job.dtype, device=device))
+        torch.cuda.synchronize(device)
+        runtime = torch.cuda.memory_allocated(device)
     layers = shard_layers(desc, tp, rank, job.batch, job.context, cache_dtype, job.dtype, device, job.seed)
+    # RoPE tables (fp32 cos and sin per position) are the harness's, outside the estimate: measured, then left out.
+    rope = {id(t): t.nbytes for layer in layers for t in (layer.rope.cos, layer.rope.sin)}
+    rope_bytes = sum(rope.values())
     if cuda:  # weights, cache and RoPE tables; the input hidden states count as activations, as the estimate's do
         torch.cuda.synchronize(device)
         resident = torch.cuda.memory_allocated(device)
@@ -170,7 +178,7 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
     peak = None
     if cuda:
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device)
+        peak = torch.cuda.max_memory_allocated(device) - runtime - rope_bytes
     est = estimator(job, tp, fmt)
     prompt_tokens = job.context - job.decode_steps
     row = {
@@ -182,7 +190,7 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
         "peak_bytes": peak,
         "peak_bytes_estimate": (est.weights_bytes_per_gpu + est.kv_cache_bytes_per_gpu(job.batch, job.context)
                                 + est.activation_bytes_per_gpu(job.batch, prompt_tokens)),
-        "transient_bytes": None if peak is None else peak - resident,
+        "transient_bytes": None if peak is None else peak - (resident - runtime - rope_bytes),
         "transient_bytes_estimate": est.activation_bytes_per_gpu(job.batch, prompt_tokens),
     }
     del layers
