@@ -19,7 +19,7 @@ from kvplan.dtypes import FORMATS  # noqa: E402
 from kvplan.estimator import Deployment, Estimator  # noqa: E402
 from kvplan.grid import frame  # noqa: E402
 from kvplan.hardware import GPUS, get_gpu  # noqa: E402
-from kvplan.plan import Workload, plot_pareto, search  # noqa: E402
+from kvplan.plan import Workload, gpu_counts, layouts, plot_pareto, search  # noqa: E402
 from kvplan.plan import plan as plan_frame  # noqa: E402
 from kvplan.presets import PRESETS, load_model  # noqa: E402
 from kvplan.recast import recast  # noqa: E402
@@ -124,26 +124,21 @@ def test_importing_the_planner_leaves_numpy_out():
 
 
 # --- the search against brute force -------------------------------------------------------------------------------
-def grid_layouts(model, gpus):
-    """The plan's layouts, restated: tp splits the attention, pp has layers, ep is 1 (with dp 1) or tp x dp
-    dividing the routed experts."""
-    found = []
-    for tp in divisors(gpus):
-        if model.attention.check_shardable(tp):
-            continue
-        for pp in divisors(gpus // tp):
-            dp = gpus // (tp * pp)
-            if pp > model.n_layers:
-                continue
-            if dp == 1:
-                found.append((tp, pp, 1, 1))
-            if model.ffn.is_moe and tp * dp > 1 and model.ffn.n_experts % (tp * dp) == 0:
-                found.append((tp, pp, dp, tp * dp))
-    return found
+def test_layouts_are_those_engines_run():
+    # dense: tp x pp = the GPUs, tp dividing 32 heads and 8 KV heads, no dp (it would be replicas)
+    assert layouts(load_model("llama-3.1-8b"), 8) == [(1, 8, 1, 1), (2, 4, 1, 1), (4, 2, 1, 1), (8, 1, 1, 1)]
+    # MoE: besides those, ep = tp x dp over the 256 routed experts (dp ranks hold their own sequences' cache)
+    assert layouts(load_model("deepseek-v3"), 4) == [
+        (1, 1, 4, 4), (1, 2, 2, 2), (1, 4, 1, 1), (2, 1, 2, 4), (2, 2, 1, 1), (2, 2, 1, 2),
+        (4, 1, 1, 1), (4, 1, 1, 4)]
+    # 24 GPUs: ep 24 does not divide 256 experts, so no dp 24 or tp 8 x dp 3 with ep
+    assert all(256 % ep == 0 for *_, ep in layouts(load_model("deepseek-v3"), 24))
+    assert gpu_counts(64, 8) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64] and gpu_counts(6, 8) == [1, 2, 4]
 
 
 def brute_force(model_name, workload, gpus, counts, kv_dtypes, weight_dtypes, max_batch, disaggregated):
-    """The least $ per million output tokens of any feasible candidate, from Estimator.row one batch at a time."""
+    """The least $ per million output tokens of any feasible candidate of the plan's grid (its layouts and
+    batches), from Estimator.row one batch at a time and the plan's definitions written out."""
     model, w = load_model(model_name), workload
     best_aggregated = math.inf
     best_prefill, best_decode = {}, {}  # group -> least GPU-seconds per request
@@ -151,7 +146,7 @@ def brute_force(model_name, workload, gpus, counts, kv_dtypes, weight_dtypes, ma
         gpu = get_gpu(gpu_name)
         usd_per_gpu_second = gpu.usd_per_hour / 3600
         for count in counts:
-            for tp, pp, dp, ep in grid_layouts(model, count):
+            for tp, pp, dp, ep in layouts(model, count):
                 batches = sorted({1} | {dp * n for n in range(1, max_batch + 1)})
                 for kv in kv_dtypes:
                     for weight in weight_dtypes:
@@ -258,7 +253,7 @@ def test_impossible_tpot_names_the_nearest_miss():
     # the least TPOT of any fitting candidate: batch 1 on the fastest layout
     model, gpu = load_model("llama-3.1-70b"), get_gpu("h100-sxm")
     least = min(r["decode_seconds_per_token"] + r["prefill_seconds"] / w.osl
-                for count in (1, 2, 4, 8) for tp, pp, dp, ep in grid_layouts(model, count)
+                for count in (1, 2, 4, 8) for tp, pp, dp, ep in layouts(model, count)
                 for r in [Estimator(model, Deployment(gpu, tp=tp, pp=pp)).row(1, w.context, w.isl)] if r["fits"])
     assert f"best TPOT {least * 1e3:.3g} ms on 8x h100-sxm (tp 8" in message
 
