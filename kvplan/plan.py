@@ -178,6 +178,7 @@ class _Search:
     objective: str
     rate: float | None
     front_by: str
+    several_models: bool
     aggregated: list[Option] = field(default_factory=list)
     prefill: dict[tuple, list[Option]] = field(default_factory=dict)  # group -> options
     decode: dict[tuple, list[Option]] = field(default_factory=dict)
@@ -216,24 +217,28 @@ class _Search:
         miss = np.maximum(ttft / w.ttft_seconds, tpot / w.tpot_seconds)
         group = (estimator.model.name, dep.gpu.name, dep.kv_format.name, dep.weight_format.name)
         self._track_nearest(dep.role, group, np.where(fits, miss, np.inf), estimator, batches, ttft, tpot)
+        # The fronts: every batch that fits and meets TTFT, whatever its TPOT (the x axis).
+        shown = fits & (ttft <= w.ttft_seconds)
+        label = self._label(estimator)
+        if dep.role == "both":
+            self.points.setdefault(label, []).append((1 / tpot[shown], w.osl / gpu_seconds[shown]))
+        elif dep.role == "decode":
+            self.decode_points.setdefault(group, []).append((label, 1 / tpot[shown], gpu_seconds[shown]))
         feasible = fits & (miss <= 1)
         if not feasible.any():
             return
-        label = dep.gpu.name if self.front_by == "gpu" else estimator.model.kind_label
         index = self._best(feasible, gpu_seconds, dep.gpus)
         option = Option(estimator, int(batches[index]), float(ttft[index]), float(tpot[index]),
                         float(gpu_seconds[index]))
-        label = dep.gpu.name if self.front_by == "gpu" else estimator.model.kind_label
-        # The fronts: every batch that fits and meets TTFT, whatever its TPOT (the x axis).
-        shown = fits & (ttft <= w.ttft_seconds)
         if dep.role == "both":
             self.aggregated.append(option)
-            self.points.setdefault(label, []).append((1 / tpot[shown], w.osl / gpu_seconds[shown]))
-        elif dep.role == "prefill":
-            self.prefill.setdefault(group, []).append(option)
         else:
-            self.decode.setdefault(group, []).append(option)
-            self.decode_points.setdefault(group, []).append((label, 1 / tpot[shown], gpu_seconds[shown]))
+            (self.prefill if dep.role == "prefill" else self.decode).setdefault(group, []).append(option)
+
+    def _label(self, estimator: Estimator) -> str:
+        """The Pareto front a candidate belongs to: its GPU or its attention (and its model, with several)."""
+        kind = estimator.deployment.gpu.name if self.front_by == "gpu" else estimator.model.kind_label
+        return f"{estimator.model.name}, {kind}" if self.several_models else kind
 
     def _best(self, feasible: np.ndarray, gpu_seconds: np.ndarray, gpus: int) -> int:
         """Index of the feasible batch that serves the objective best."""
@@ -360,7 +365,8 @@ def _fronts(search: _Search) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         prefill_gpu_seconds = min(o.gpu_seconds for o in prefills)
         for label, x, decode_gpu_seconds in decodes:
             points.setdefault(label, []).append((x, search.workload.osl / (prefill_gpu_seconds + decode_gpu_seconds)))
-    return {label: _pareto(values) for label, values in sorted(points.items())}
+    fronts = {label: _pareto(values) for label, values in sorted(points.items())}
+    return {label: front for label, front in fronts.items() if len(front[0])}
 
 
 def _rows(ranked: list[tuple[tuple[Option, ...], dict]], workload: Workload, objective: str,
@@ -381,8 +387,8 @@ def _rows(ranked: list[tuple[tuple[Option, ...], dict]], workload: Workload, obj
 def _names(value) -> list:
     """'a,b' or ['a', 'b,c'] -> ['a', 'b', 'c']; a GPU or Model stays itself."""
     values = [value] if isinstance(value, (str, GPU, Model)) else list(value)
-    return [part.strip() for v in values for part in (v.split(",") if isinstance(v, str) else [v])
-            if not isinstance(part, str) or part.strip()]
+    return [part for v in values
+            for part in ([p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else [v])]
 
 
 def search(model: str | Model | Sequence[str | Model], workload: Workload,
@@ -417,7 +423,7 @@ def search(model: str | Model | Sequence[str | Model], workload: Workload,
     by = front_by or ("attention" if len(specs) > 1 else "gpu")
     if by not in ("gpu", "attention"):
         raise InputError(f"fronts are drawn per gpu or per attention, not {by!r}")
-    state = _Search(workload, objective, rate, by)
+    state = _Search(workload, objective, rate, by, len(resolved) > len(specs))
     for model in resolved:
         if model.is_encoder:
             raise InputError(f"{model.name} is an encoder: it decodes nothing to plan for")

@@ -11,7 +11,7 @@ import re
 
 def ceil_div(a: int, b: int) -> int:
     """a / b rounded up, for whole numbers (and numpy arrays of them: kvplan.grid)."""
-    if getattr(a, "dtype", None) is not None and a.dtype.kind == "f":
+    if not isinstance(a, int) and getattr(a, "dtype", None) is not None and a.dtype.kind == "f":
         import numpy
 
         return numpy.ceil(a / b)  # exact below 2**52, and floor division of floats is several times slower
@@ -19,27 +19,29 @@ def ceil_div(a: int, b: int) -> int:
 
 
 # Estimator's batch-dependent formulas also run on a numpy array of batch sizes (kvplan.grid): these three
-# take plain numbers as min/max/int do, and arrays elementwise, importing numpy only when given one.
+# take plain numbers as min/max/int do, and arrays elementwise, importing numpy only when given one. (min and
+# max refuse arrays of several elements, whose truth is ambiguous; trying them first keeps plain numbers fast.)
 def minimum(a, b):
     """min(a, b), elementwise for arrays."""
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+    try:
         return min(a, b)
-    import numpy
+    except ValueError:
+        import numpy
 
-    return numpy.minimum(a, b)
+        return numpy.minimum(a, b)
 
 
 def maximum(a, b, *more):
     """max(a, b, ...), elementwise for arrays."""
-    values = (a, b, *more)
-    if all(isinstance(v, (int, float)) for v in values):
-        return max(values)
-    import numpy
+    try:
+        return max(a, b, *more)
+    except ValueError:
+        import numpy
 
-    result = numpy.maximum(a, b)
-    for value in more:
-        result = numpy.maximum(result, value)
-    return result
+        result = numpy.maximum(a, b)
+        for value in more:
+            result = numpy.maximum(result, value)
+        return result
 
 
 def whole(x):

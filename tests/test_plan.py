@@ -305,6 +305,14 @@ def test_plot_writes_a_png(tmp_path):
     assert path == str(tmp_path / "front.png") and png_size(tmp_path / "front.png")[0] > 0
 
 
+def test_models_and_gpus_may_be_objects_and_lists():
+    w = Workload(4096, 512, 1.0, 0.03)
+    by_name = search("llama-3.1-8b,mistral-7b-v0.1", w, gpu="h100-sxm, l40s", max_gpus=2, top=4).rows
+    by_object = search([load_model("llama-3.1-8b"), "mistral-7b-v0.1"], w, gpu=[get_gpu("h100-sxm"), "l40s"],
+                       max_gpus=2, top=4).rows
+    assert by_name == by_object and {r["model"] for r in by_name} <= {"llama-3.1-8b", "mistral-7b-v0.1"}
+
+
 def test_python_api_returns_a_ranked_dataframe():
     frame_ = plan_frame("llama-3.1-8b", "4k", "512", "1s", "30ms", gpu="h100-sxm", max_gpus=4,
                               kv_dtype=["bf16", "fp8"], top=3)
