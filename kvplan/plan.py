@@ -1,10 +1,11 @@
 """The cheapest deployment that meets latency targets: candidate grid -> feasible rows -> ranked.
 
 The grid: GPU type x GPU count (1, 2, 4, ... up to a node, then whole nodes, up to max_gpus) x layout
-(tp x pp x dp = the count; tp divides the attention heads as Estimator's kinds require; ep divides tp x dp and
-the routed experts) x kv dtype x weight dtype x attention (re-casts) x serving x batch. Batches: 1, then each dp
-rank holding 1, 2, ... max_batch sequences (dp, 2 dp, ...). Each deployment and pool is one Estimator, and one
-Estimator.row over all its batches at once (numpy arrays, kvplan.grid): the formulas are Estimator's own.
+(tp x pp x dp = the count; tp splits the attention as its kind requires; ep 1, or tp x dp dividing the routed
+experts; see `layouts`) x kv dtype x weight dtype x attention (re-casts) x serving x batch. Batches: 1, then
+each dp rank holding 1, 2, ... max_batch sequences (dp, 2 dp, ...). Each deployment and pool is one Estimator,
+and one Estimator.row over all its batches at once (a numpy array of batches, which kvplan.units' helpers let
+the formulas take): the formulas are Estimator's own.
 
 A workload is `isl` prompt tokens (`cached` of them from a prefix cache) and `osl` generated tokens per
 request. Every figure reads an Estimator.row at prompt isl and context isl + osl // 2: a sequence halfway
@@ -57,7 +58,6 @@ OBJECTIVES = {
 }
 DEFAULT_GPUS = ("a100-80gb", "h100-sxm", "h200", "b200", "mi300x")
 DEFAULT_MAX_BATCH = 1024  # sequences per data-parallel rank
-DISAGGREGATED_PAIRS = 8  # best prefill pools x best decode pools paired per group
 
 
 @dataclass(frozen=True)
@@ -258,13 +258,14 @@ class _Search:
                                  float(tpot[index]))
 
 
-def _plans(search: _Search) -> list[tuple[Option, ...]]:
-    """Every aggregated option, and per group the pairs of its best prefill and decode pools."""
+def _plans(search: _Search, top: int) -> list[tuple[Option, ...]]:
+    """Every aggregated option, and per group the pairs of its `top` best prefill and decode pools (a pair's
+    value is the sum of its pools', so the `top` best pairs are among them)."""
     plans = [(option,) for option in search.aggregated]
     for group, prefills in search.prefill.items():
         decodes = search.decode.get(group, [])
-        best_prefill = sorted(prefills, key=lambda o: _pool_value(search, o))[:DISAGGREGATED_PAIRS]
-        best_decode = sorted(decodes, key=lambda o: _pool_value(search, o))[:DISAGGREGATED_PAIRS]
+        best_prefill = sorted(prefills, key=lambda o: _pool_value(search, o))[:top]
+        best_decode = sorted(decodes, key=lambda o: _pool_value(search, o))[:top]
         plans += [(p, d) for p in best_prefill for d in best_decode]
     return plans
 
@@ -437,7 +438,7 @@ def search(model: str | Model | Sequence[str | Model], workload: Workload,
                             continue
                         for kv, role in itertools.product(kv_formats, roles):
                             state.add(Estimator(model, replace(deployment, kv_format=kv, role=role)), batches)
-    plans = _plans(state)
+    plans = _plans(state, top)
     if not plans:
         raise InputError(nearest_miss(state))
     ranked = sorted(((p, plan_figures(p, workload, rate)) for p in plans), key=lambda pf: _rank_key(objective, pf[1]))
