@@ -17,6 +17,13 @@ from .estimator import Estimator
 from .units import InputError
 
 
+def kv_transfer_seconds(prefill: Estimator, prompt: int) -> float:
+    """Seconds for one request's prompt cache (one copy) to leave the prefill pool over the network, sent by
+    the tp GPUs of its rank together."""
+    dep = prefill.deployment
+    return prefill.kv_bytes_per_token * prompt / (dep.tp * dep.gpu.network_bytes_per_s)
+
+
 def disaggregated(prefill: Estimator, decode: Estimator, *, prefill_batch: int, decode_batch: int, prompt: int,
                   output: int, decode_context: int, cached: int = 0) -> dict:
     """One flat dict: each pool's figures and the balanced whole (tokens/s, $ per million tokens)."""
@@ -28,7 +35,7 @@ def disaggregated(prefill: Estimator, decode: Estimator, *, prefill_batch: int, 
     d = decode.row(decode_batch, decode_context)
     prefill_dep, decode_dep = prefill.deployment, decode.deployment
     transfer_bytes = prefill.kv_bytes_per_token * prompt
-    transfer_seconds = transfer_bytes / (prefill_dep.tp * prefill_dep.gpu.network_bytes_per_s)
+    transfer_seconds = kv_transfer_seconds(prefill, prompt)
     requests_prefilled_per_gpu = p["prefill_tokens_per_second"] / prompt / prefill_dep.gpus
     requests_decoded_per_gpu = d["decode_tokens_per_second"] / output / decode_dep.gpus
     prefill_gpus_per_decode_gpu = requests_decoded_per_gpu / requests_prefilled_per_gpu

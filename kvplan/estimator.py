@@ -39,7 +39,7 @@ from .kinds import keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model, chunked_keys_sum
-from .units import InputError, ceil_div
+from .units import InputError, ceil_div, maximum, minimum, whole
 
 LOGIT_BYTES = 4  # logits are computed in fp32
 ROLES = ("both", "prefill", "decode")
@@ -188,12 +188,12 @@ class Estimator:
             prompt, cached, flash = 1, 0, True
         in_flight = batch * (prompt - cached)
         if self.deployment.prefill_chunk:
-            in_flight = min(in_flight, self.deployment.prefill_chunk)
+            in_flight = minimum(in_flight, self.deployment.prefill_chunk)
         attention_phase = in_flight * self._attention_phase_per_token + self.model.attention.prefill_scratch_bytes(
             batch, prompt, in_flight, self._act_bytes, self.deployment.tp, flash)
         ffn_phase = in_flight * self._ffn_phase_per_token
         logits = batch * ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
-        return int(max(attention_phase, ffn_phase) + logits)
+        return whole(maximum(attention_phase, ffn_phase) + logits)
 
     # --- FLOPs --------------------------------------------------------------------------------------
     def prefill_attention_flops(self, batch: int, prompt: int, start: int = 0) -> int:
@@ -276,9 +276,9 @@ class Estimator:
         input embedding only the rows its tokens look up."""
         model, dep = self.model, self.deployment
         sequences = tokens if sequences is None else sequences
-        active_ranks = min(dep.dp, sequences)
+        active_ranks = minimum(dep.dp, sequences)
         tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * (tokens // sequences)
-        skipped_rows = 0 if model.tie_embeddings else max(model.vocab_size - tokens_per_rank, 0)
+        skipped_rows = 0 if model.tie_embeddings else maximum(model.vocab_size - tokens_per_rank, 0)
         held = (self.weights_bytes_all_gpus - self._routed_expert_bytes) * active_ranks / dep.dp
         read = held - active_ranks * skipped_rows * model.d_model * dep.weight_format.bytes_per_element
         if not self._moe_layers:
@@ -299,14 +299,14 @@ class Estimator:
         efficiency, the linear layers at its fp8 rate when the weights are fp8 and the GPU has fp8 units
         (fp8 x fp8 products, as fp8 serving on Hopper runs them), else at its bf16 rate."""
         dep = self.deployment
-        gpus = dep.tp * min(dep.dp, sequences)
+        gpus = dep.tp * minimum(dep.dp, sequences)
         compute = ((flops - attention_flops) / self._linear_flops_per_second
                    + attention_flops / dep.gpu.effective_attention_flops) / gpus
         memory = bytes_moved / (gpus * dep.gpu.effective_bandwidth)
         communication = self.communication_seconds(sequences, tokens_per_sequence)
         if dep.overlap:
-            return max(compute, memory, communication)
-        return max(compute, memory) + communication
+            return maximum(compute, memory, communication)
+        return maximum(compute, memory) + communication
 
     def usd_per_second(self) -> float:
         return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600

@@ -20,7 +20,7 @@ Every collective also pays a fixed latency per call.
 
 from __future__ import annotations
 
-from .units import InputError, ceil_div
+from .units import InputError, ceil_div, maximum
 
 LINK_LATENCY_SECONDS = 5e-6  # per collective on NVLink-class links; an assumption, not a measurement
 NETWORK_LATENCY_SECONDS = 10e-6  # per collective across nodes (InfiniBand/RoCE); an assumption
@@ -67,8 +67,8 @@ def all_to_all_seconds(bytes_out_per_gpu: float, ranks: int, gpus_per_node: int,
     same_node = min(ranks, gpus_per_node)
     inside = bytes_out_per_gpu * (same_node - 1) / ranks
     across = bytes_out_per_gpu * (ranks - same_node) / ranks
-    latency = NETWORK_LATENCY_SECONDS if across else LINK_LATENCY_SECONDS
-    return max(inside / link_bytes_per_s, across / network_bytes_per_s) + latency
+    latency = NETWORK_LATENCY_SECONDS if ranks > same_node else LINK_LATENCY_SECONDS
+    return maximum(inside / link_bytes_per_s, across / network_bytes_per_s) + latency
 
 
 def send_seconds(message_bytes: float, bytes_per_s: float, latency: float) -> float:

@@ -10,8 +10,47 @@ import re
 
 
 def ceil_div(a: int, b: int) -> int:
-    """a / b rounded up, for whole numbers."""
+    """a / b rounded up, for whole numbers (and numpy arrays of them: kvplan.grid)."""
+    if not isinstance(a, int) and getattr(a, "dtype", None) is not None and a.dtype.kind == "f":
+        import numpy
+
+        return numpy.ceil(a / b)  # exact below 2**52, and floor division of floats is several times slower
     return -(-a // b)
+
+
+# Estimator's batch-dependent formulas also run on a numpy array of batch sizes (kvplan.grid): these three
+# take plain numbers as min/max/int do, and arrays elementwise, importing numpy only when given one. (min and
+# max refuse arrays of several elements, whose truth is ambiguous; trying them first keeps plain numbers fast.)
+def minimum(a, b):
+    """min(a, b), elementwise for arrays."""
+    try:
+        return min(a, b)
+    except ValueError:
+        import numpy
+
+        return numpy.minimum(a, b)
+
+
+def maximum(a, b, *more):
+    """max(a, b, ...), elementwise for arrays."""
+    try:
+        return max(a, b, *more)
+    except ValueError:
+        import numpy
+
+        result = numpy.maximum(a, b)
+        for value in more:
+            result = numpy.maximum(result, value)
+        return result
+
+
+def whole(x):
+    """int(x) of a non-negative amount; for an array, rounded down elementwise in its own dtype."""
+    if isinstance(x, (int, float)):
+        return int(x)
+    import numpy
+
+    return numpy.floor(x)
 
 
 class InputError(ValueError):
@@ -66,6 +105,18 @@ def parse_bytes(text: str | int | float, what: str = "memory") -> int:
     if value <= 0:
         raise InputError(f"{what} must be positive, not {text!r}")
     return int(value)
+
+
+_SECONDS_SUFFIX = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "min": 60.0}
+
+
+def parse_seconds(text: str | int | float, what: str = "time") -> float:
+    """'2s' -> 2.0, '50ms' -> 0.05; a bare number is seconds."""
+    match = _NUMBER.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if unit not in _SECONDS_SUFFIX or float(match.group(1)) <= 0:
+        raise InputError(f"{what} must be a positive time such as 2s, 50ms or 0.05, not {text!r}")
+    return float(match.group(1)) * _SECONDS_SUFFIX[unit]
 
 
 def format_tokens(tokens: int) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import ClassVar
 
-from ..units import ceil_div
+from ..units import ceil_div, whole
 
 
 class AttentionKind:
@@ -78,7 +78,7 @@ class AttentionKind:
         none with a flash kernel; else the score and probability matrices (2 x heads x in_flight x prompt)."""
         if flash:
             return 0
-        return int(ceil_div(self.n_heads, tp) * in_flight * prompt * 2 * activation_bytes)
+        return whole(ceil_div(self.n_heads, tp) * in_flight * prompt * 2 * activation_bytes)
 
     def decode_scratch_elements(self, cached_tokens: int) -> int:
         """Elements of the transient tensors one decode step of one sequence holds over `cached_tokens` cached

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..units import ceil_div
+from ..units import ceil_div, minimum
 from .base import AttentionKind
 from .mla import MLA, latent_of
 
@@ -116,7 +116,7 @@ class DSA(AttentionKind):
     def prefill_scratch_bytes(self, batch: int, prompt: int, in_flight: int, activation_bytes: float, tp: int,
                               flash: bool) -> int:
         """Prefill runs in chunks of prefill_query_chunk queries per sequence, flash or not."""
-        queries = min(batch * min(prompt, self.prefill_query_chunk), in_flight)
+        queries = minimum(batch * min(prompt, self.prefill_query_chunk), in_flight)
         return self.query_scratch_bytes(prompt, activation_bytes, tp) * queries
 
     def decode_read_bytes(self, cached_tokens: int, attended_keys: int, layer_bytes: int) -> int:
