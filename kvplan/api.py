@@ -14,7 +14,7 @@ from .dtypes import storage_format
 from .estimator import Deployment, Estimator
 from .hardware import GPU, get_gpu, gpu_from_file, with_overrides
 from .model import Model
-from .presets import PRESETS, get_preset, load_model
+from .presets import load_model
 from .output import Report, deployment_caption
 from .recast import recast
 from .units import InputError, parse_bytes, parse_tokens
@@ -191,28 +191,14 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
     if prompt_tokens and prompt_tokens > min(contexts):
         raise InputError(f"prompt ({prompt_tokens}) exceeds context ({min(contexts)}): the cache holds the context, "
                          f"prompt included")
-    rows = []
+    found = []
     for name in _as_list(model):
-        found_rows, messages = estimate_rows(estimators(name, gpu, attention, kv_dtype, **options), contexts,
-                                             batches, prompt_tokens)
-        for message in messages:
-            warnings.warn(message, stacklevel=2)
-        rows += found_rows
-    if len(rows) == 1:
-        return rows[0]
-    import pandas as pd  # only the many-row API pays for pandas
+        for estimator in estimators(name, gpu, attention, kv_dtype, **options):
+            for message in estimator_warnings(estimator, contexts):
+                warnings.warn(message, stacklevel=2)
+            found.append(estimator)
+    if len(found) * len(contexts) * len(batches) == 1:
+        return found[0].row(batches[0], contexts[0], prompt_tokens)
+    from .grid import frame  # only the many-row API pays for numpy and pandas
 
-    return pd.DataFrame.from_records(rows)
-
-
-def preset_rows(gpu: str = "h100-sxm") -> list[dict]:
-    """`kvplan models`: one row per bundled model preset, with its bf16 cache bytes per token and its source."""
-    deployment = deployment_for(get_gpu(gpu))
-    rows = []
-    for name in PRESETS:
-        model = get_preset(name)
-        rows.append({"name": name, "architecture": model.architecture, "attention": model.kind_label,
-                     "layers": model.n_layers, "d_model": model.d_model, "params": model.total_params(),
-                     "kv_bytes_per_token_bf16": Estimator(model, deployment).kv_bytes_per_token,
-                     "max_positions": model.max_positions, "source": model.source})
-    return rows
+    return frame(found, contexts, batches, prompt_tokens)

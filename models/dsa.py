@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kvplan.kinds.dsa import QUERY_CHUNK as DSA_QUERY_CHUNK
+from kvplan.kinds.dsa import DSA, QUERY_CHUNK as DSA_QUERY_CHUNK
 
 from . import triton_decode
 from .common import Rope, apply_rope, band_mask, decode_mask

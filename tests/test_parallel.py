@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import kvplan
 from kvplan.api import estimators
 from kvplan.estimator import Estimator
 from kvplan.kinds import DenseAttention

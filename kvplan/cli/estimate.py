@@ -35,6 +35,7 @@ def estimate(
 
 MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
                  ("layers", lambda r: str(r["layers"])), ("params (B)", lambda r: f"{r['params'] / 1e9:,.2f}"),
+                 ("active (B)", lambda r: f"{r['active_params'] / 1e9:,.2f}"), ("experts", text("experts")),
                  ("KV KiB/token bf16", lambda r: f"{r['kv_bytes_per_token_bf16'] / 1024:,.1f}"),
                  ("source", text("source"))]
 
@@ -42,7 +43,7 @@ MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
 @output_options
 def models(options: OutputFormat) -> None:
     """List the bundled model presets and where their numbers come from."""
-    from ..api import preset_rows
+    from ..presets import preset_rows
 
     show(Report(preset_rows(), title="kvplan models"), options, MODEL_COLUMNS)
 
