@@ -20,6 +20,7 @@ import torch
 BLOCK = 128  # queries and keys per FlexAttention block
 ENABLED = True  # False: attend_prefill takes its PyTorch path on CUDA too (for comparisons)
 _COMPILED = {}  # "flex" -> the compiled flex_attention, built on first use
+RECOMPILE_LIMIT = 64  # shapes compiled before dynamo would fall back to uncompiled flex_attention
 
 
 def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, chunk: int | None) -> torch.Tensor:
@@ -98,8 +99,14 @@ def attend_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
     """Causal attention of q [B, H, T, dq] over k [B, Hkv, T, dq], v [B, Hkv, T, dv] under a window and/or
     chunks, through compiled FlexAttention with the block mask above. Returns [B, H, T, dv]."""
     if "flex" not in _COMPILED:
+        import torch._dynamo.config as dynamo_config
         from torch.nn.attention.flex_attention import flex_attention
 
+        # Each (batch, prompt, heads, window, chunk) compiles once. Past dynamo's recompile limit (8 by default)
+        # a call would run flex_attention uncompiled, which builds the whole T x T score matrix; a profiling
+        # sweep over batches, contexts and windows passes 8.
+        if hasattr(dynamo_config, "recompile_limit"):
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
     mask = block_mask(q.size(2), k.size(2), window, chunk, q.device)
     return _COMPILED["flex"](q, k, v, block_mask=mask, scale=scale, enable_gqa=k.size(1) != q.size(1))
