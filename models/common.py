@@ -18,6 +18,8 @@ from torch import nn
 from kvplan.dtypes import FORMATS, StorageFormat
 from kvplan.units import InputError
 
+from . import flex_prefill
+
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
 
 
@@ -111,24 +113,40 @@ def window_chunk(window: int) -> int:
 
 
 def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None,
-                   chunk: int | None = None) -> torch.Tensor:
-    """Causal (optionally windowed) attention over materialised q [B,H,T,dq], k [B,Hkv,T,dq], v [B,Hkv,T,dv].
+                   chunk: int | None = None, attention_chunk: int | None = None) -> torch.Tensor:
+    """Causal attention over materialised q [B,H,T,dq], k [B,Hkv,T,dq], v [B,Hkv,T,dv], optionally within a
+    sliding `window` and/or within fixed chunks of `attention_chunk` tokens (Llama 4's chunked layers: the
+    query at i sees keys attention_chunk * (i // attention_chunk) .. i).
 
     Full causal attention is one scaled_dot_product_attention call (flash or memory-efficient on the GPU).
-    A window shorter than the prompt runs query chunks of `chunk` (default: window_chunk) against only the
-    keys they can see, under a band mask, so no T x T mask or score matrix is ever built.
+    Local attention on CUDA runs compiled FlexAttention that skips the key blocks outside the band
+    (kvplan.models.flex_prefill). Elsewhere, and as the reference: chunks alone are one causal call per chunk;
+    a window runs query chunks of `chunk` (default: window_chunk) against only the keys they can see, under
+    a band mask, so no T x T mask or score matrix is ever built.
     """
     T = q.size(2)
-    if window is None or window >= T:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=k.size(1) != q.size(1))
+    window = None if window is not None and window >= T else window
+    attention_chunk = None if attention_chunk is not None and attention_chunk >= T else attention_chunk
+    gqa = k.size(1) != q.size(1)
+    if window is None and attention_chunk is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+    if flex_prefill.serves(q, v):
+        return flex_prefill.attend_local(q, k, v, scale, window, attention_chunk)
+    out = q.new_empty(q.shape[:-1] + (v.size(-1),))
+    if window is None:  # chunks alone: each is an independent causal attention
+        for start in range(0, T, attention_chunk):
+            end = min(start + attention_chunk, T)
+            out[:, :, start:end] = F.scaled_dot_product_attention(
+                q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], is_causal=True, scale=scale,
+                enable_gqa=gqa)
+        return out
     chunk = chunk or window_chunk(window)
     group = q.size(1) // k.size(1)
-    out = q.new_empty(q.shape[:-1] + (v.size(-1),))
     positions = torch.arange(T, device=q.device)
     for start in range(0, T, chunk):
         end = min(start + chunk, T)
         first = max(0, start - window + 1)
-        mask = band_mask(positions[start:end], positions[first:end], window)
+        mask = flex_prefill.allowed(positions[start:end, None], positions[None, first:end], window, attention_chunk)
         k_seen, v_seen = k[:, :, first:end], v[:, :, first:end]
         if group > 1:  # masked kernels take no enable_gqa: expand only this chunk's keys
             k_seen, v_seen = k_seen.repeat_interleave(group, 1), v_seen.repeat_interleave(group, 1)

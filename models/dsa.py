@@ -3,7 +3,8 @@
 The indexer has index_n_heads small heads: queries from the query latent, one shared key per token
 (LayerNorm, RoPE on its first qk_rope_head_dim elements), per-head weights from the hidden state;
 score(t, s) = sum_j w[t, j] relu(q[t, j] . k[s]). Its keys are cached in FP8 (e4m3) with one fp32 scale per
-128 elements. Attention runs in MLA's absorbed (MQA) form in prefill and decode alike, over the
+128 elements, and its queries are rounded to FP8 the same way (as DeepSeek-V3.2-Exp's inference code does), so
+the products run on FP8 tensor cores where kvplan.models.triton_dsa serves. Attention runs in MLA's absorbed (MQA) form in prefill and decode alike, over the
 min(i+1, index_topk) keys chosen for each query; prefill goes in query chunks of DSA_QUERY_CHUNK so the
 indexer's score matrix stays chunk x prompt (kvplan.kinds.dsa.DSA.query_scratch_bytes).
 """
@@ -18,7 +19,7 @@ from torch import nn
 
 from kvplan.kinds.dsa import DSA, QUERY_CHUNK as DSA_QUERY_CHUNK
 
-from . import triton_decode
+from . import triton_decode, triton_dsa
 from .common import Rope, apply_rope, band_mask, decode_mask
 from .mla import MLALayer, latent_attention
 
@@ -65,7 +66,9 @@ class DSALayer(MLALayer):
         return q, weights, k_fp8, k_scale
 
     def _quantize(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """FP8 keys and one fp32 scale (amax / 448) per group of 128 elements (the last group may be shorter)."""
+        """FP8 values and one fp32 scale (amax / 448) per group of 128 elements of the last dimension (the last
+        group may be shorter): the indexer's keys, and its queries per head as DeepSeek-V3.2-Exp quantizes them
+        (act_quant, whose scales it folds into the head weights)."""
         d, g = k.size(-1), self.group
         groups = F.pad(k.float(), (0, -d % g)).unflatten(-1, (-1, g))
         scale = groups.abs().amax(-1).clamp_min(1e-12) / FP8_MAX
@@ -106,23 +109,38 @@ class DSALayer(MLALayer):
             self.fill("kv_cache", latent)
             self.fill("index_k", k_fp8)
             self.fill("index_scale", k_scale)
-        index_keys = self._dequantize(k_fp8, k_scale, x.dtype)
-        positions = torch.arange(T, device=x.device)
-        batch_rows = torch.arange(B, device=x.device)[:, None, None]
+        fused = triton_dsa.serves(x)
+        if not fused:
+            index_keys = self._dequantize(k_fp8, k_scale, x.dtype)
+            positions = torch.arange(T, device=x.device)
+            batch_rows = torch.arange(B, device=x.device)[:, None, None]
         out = x.new_empty(B, T, x.size(-1))
         for start in range(0, T, DSA_QUERY_CHUNK):
             end = min(start + DSA_QUERY_CHUNK, T)
             first = max(0, start - self.window + 1) if self.window else 0  # earliest key any query here sees
-            allowed = band_mask(positions[start:end], positions[first:end], self.window)  # [C, S]
-            scores = self._index_scores(index_q[:, start:end], index_w[:, start:end], index_keys[:, first:end])
-            scores.masked_fill_(~allowed, float("-inf"))
-            top = scores.topk(min(self.dsa.index_topk, end - first), dim=-1).indices  # [B, C, k]
-            del scores
-            chosen = latent[:, first:end][batch_rows, top]  # [B, C, k, L + R]
-            chosen_allowed = allowed.expand(B, -1, -1).gather(-1, top)  # early queries have < k keys
-            q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
-            o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, chosen_allowed.unsqueeze(-2))
-            del chosen, q_cat
+            k = min(self.dsa.index_topk, end - first)
+            q_fp8, q_scale = self._quantize(index_q[:, start:end])  # per chunk: the fp32 scratch stays small
+            if fused:  # the kernels of kvplan.models.triton_dsa: no dequantized keys, per-head scores or gathers
+                scores = triton_dsa.index_scores(q_fp8, q_scale, index_w[:, start:end].contiguous(), k_fp8, k_scale,
+                                                 self.group, start, first, self.window)
+                top = scores.topk(k, dim=-1, sorted=False).indices  # [B, C, k]
+                del scores
+                q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
+                o_latent = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first,
+                                                              self.spec.kv_lora_rank, self.window)
+            else:
+                allowed = band_mask(positions[start:end], positions[first:end], self.window)  # [C, S]
+                scores = self._index_scores(self._dequantize(q_fp8, q_scale, x.dtype), index_w[:, start:end],
+                                            index_keys[:, first:end])
+                scores.masked_fill_(~allowed, float("-inf"))
+                top = scores.topk(k, dim=-1).indices  # [B, C, k]
+                del scores
+                chosen = latent[:, first:end][batch_rows, top]  # [B, C, k, L + R]
+                chosen_allowed = allowed.expand(B, -1, -1).gather(-1, top)  # early queries have < k keys
+                q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
+                o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, chosen_allowed.unsqueeze(-2))
+                del chosen
+            del q_cat
             out[:, start:end] = self._absorbed_output(o_latent)
         return out
 
@@ -134,6 +152,7 @@ class DSALayer(MLALayer):
         index_q, index_w, k_fp8, k_scale = self._index_inputs(x, q_latent, cos, sin)
         self.write("index_k", k_fp8, input_pos)
         self.write("index_scale", k_scale, input_pos)
+        index_q = self._dequantize(*self._quantize(index_q), x.dtype)  # FP8 queries, as prefill's
         if triton_decode.enabled(x):
             scores = triton_decode.dsa_index_scores(index_q[:, 0], index_w[:, 0], self.index_k[:B],
                                                     self.index_scale[:B], self.group)

@@ -58,6 +58,40 @@ def enabled(x: torch.Tensor) -> bool:
 
 if HAVE_TRITON:
     @triton.jit
+    def _latent_query(q_ptr, first_row, hb, H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                      R_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+        """Head block hb of one token's absorbed query, rows first_row + head of q_ptr (L + R wide each):
+        (heads [BLOCK_H], latent part [BLOCK_H, L_PAD], rope part [BLOCK_H, R_PAD]), zero past H, L and R."""
+        heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        lat = tl.arange(0, L_PAD)
+        rope = tl.arange(0, R_PAD)
+        q_row = q_ptr + (first_row + heads[:, None]) * (L + R)
+        q_lat = tl.load(q_row + lat[None, :], mask=(heads < H)[:, None] & (lat < L)[None, :], other=0.0)
+        q_rope = tl.load(q_row + L + rope[None, :], mask=(heads < H)[:, None] & (rope < R)[None, :], other=0.0)
+        return heads, q_lat, q_rope
+
+
+    @triton.jit
+    def _latent_block(q_lat, q_rope, row, live, m, l, acc, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                      R_PAD: tl.constexpr):
+        """One block of cached rows (pointers `row` [1, BLOCK] to [latent | rope key] rows; `live` [BLOCK]) of
+        absorbed MLA attention: scores on the tensor cores, then the online-softmax update of (m, l, acc).
+        The latent tile already on chip is the value: P x latent accumulates [heads, L]."""
+        lat = tl.arange(0, L_PAD)
+        rope = tl.arange(0, R_PAD)
+        k_lat = tl.load(row + lat[:, None], mask=live[None, :] & (lat < L)[:, None], other=0.0)  # [L_PAD, BLOCK]
+        k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & (rope < R)[:, None], other=0.0)
+        scores = tl.dot(q_lat, k_lat) + tl.dot(q_rope, k_rope)  # [BLOCK_H, BLOCK]
+        scores = tl.where(live[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        correction = tl.exp(m - m_new)
+        l = l * correction + tl.sum(p, axis=1)
+        acc = acc * correction[:, None] + tl.dot(p.to(k_lat.dtype), tl.trans(k_lat))
+        return m_new, l, acc
+
+
+    @triton.jit
     def _mla_decode_kernel(q_ptr, kv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, slots, keys_per_split, splits,
                            H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
                            R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
@@ -65,16 +99,8 @@ if HAVE_TRITON:
         hb = tl.program_id(0)
         b = tl.program_id(1)
         split = tl.program_id(2)
-        heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
-        lat = tl.arange(0, L_PAD)
-        rope = tl.arange(0, R_PAD)
-        head_ok = heads < H
-        lat_ok = lat < L
-        rope_ok = rope < R
         kv_ptr += b.to(tl.int64) * slots * (L + R)  # this sequence's rows (int64: B x slots x (L+R) can pass 2^31)
-        q_row = q_ptr + (b * H + heads[:, None]) * (L + R)
-        q_lat = tl.load(q_row + lat[None, :], mask=head_ok[:, None] & lat_ok[None, :], other=0.0)  # scaled
-        q_rope = tl.load(q_row + L + rope[None, :], mask=head_ok[:, None] & rope_ok[None, :], other=0.0)
+        heads, q_lat, q_rope = _latent_query(q_ptr, b * H, hb, H, L, R, L_PAD, R_PAD, BLOCK_H)  # scaled
         m = tl.full([BLOCK_H], -1e30, tl.float32)
         l = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, L_PAD], tl.float32)
@@ -83,18 +109,11 @@ if HAVE_TRITON:
         end = tl.minimum(tl.minimum(first + keys_per_split, pos + 1), slots)  # keys past pos: not read at all
         for start in range(first, end, BLOCK):
             s = start + tl.arange(0, BLOCK)
-            live = s < end
-            row = kv_ptr + s[None, :] * (L + R)
-            k_lat = tl.load(row + lat[:, None], mask=live[None, :] & lat_ok[:, None], other=0.0)  # [L_PAD, BLOCK]
-            k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & rope_ok[:, None], other=0.0)
-            scores = tl.dot(q_lat, k_lat) + tl.dot(q_rope, k_rope)  # [BLOCK_H, BLOCK]
-            scores = tl.where(live[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            p = tl.exp(scores - m_new[:, None])
-            correction = tl.exp(m - m_new)
-            l = l * correction + tl.sum(p, axis=1)
-            acc = acc * correction[:, None] + tl.dot(p.to(k_lat.dtype), tl.trans(k_lat))  # values: the latent
-            m = m_new
+            m, l, acc = _latent_block(q_lat, q_rope, kv_ptr + s[None, :] * (L + R), s < end, m, l, acc, L, R, L_PAD,
+                                      R_PAD)
+        lat = tl.arange(0, L_PAD)
+        head_ok = heads < H
+        lat_ok = lat < L
         out = (b * splits + split) * H + heads
         tl.store(acc_ptr + out[:, None] * L + lat[None, :], acc, mask=head_ok[:, None] & lat_ok[None, :])
         tl.store(m_ptr + out, m, mask=head_ok)

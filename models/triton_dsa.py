@@ -1,0 +1,208 @@
+"""Triton kernels for DeepSeek Sparse Attention prefill (used on CUDA tensors when Triton is installed).
+
+Per chunk of queries, the PyTorch path (kvplan.models.dsa) dequantizes every FP8 indexer key, writes each
+indexer head's scores over the whole prompt (index_n_heads values per query and key), gathers the top-k
+latent rows of every query ([queries, k, L + R], about 2.4 MB a query at k = 2048) and runs attention over
+the copies. Here:
+- `index_scores`: one kernel reads the FP8 keys and their scales once per block of queries, computes every
+  head's dot products on the tensor cores ((query, head) rows x keys), applies the ReLU and sums the heads
+  with their weights as a second tensor-core product (a block-diagonal weight matrix), and writes one fp32
+  score per (query, key). Key blocks a query block cannot see (past its last query, before its window) are
+  not read; their scores are written as -inf. torch.topk then picks the keys.
+- `sparse_latent_attention`: absorbed MLA attention of each query over its top-k latent rows, read in place
+  through the indices (no gathered copy), with the online softmax of the decode kernels.
+Both equal the PyTorch path up to rounding (tests/test_triton_dsa.py, on a GPU or Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .triton_decode import HAVE_TRITON, _fastest, _pad, enabled
+
+if HAVE_TRITON:
+    from .triton_decode import _latent_block, _latent_query
+
+if HAVE_TRITON:
+    import triton
+    import triton.language as tl
+
+# (queries per program, keys per step, warps, pipeline stages); the first entry serves where nothing is timed.
+INDEX_CONFIGS = [(2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2), (4, 128, 8, 2)]
+# (heads per program, keys per step, warps, pipeline stages).
+SPARSE_CONFIGS = [(32, 32, 8, 2), (32, 64, 8, 2), (16, 32, 4, 2), (64, 16, 8, 2), (32, 16, 4, 3), (32, 32, 8, 3),
+                  (32, 64, 8, 3), (32, 32, 8, 4)]
+
+
+def serves(x: torch.Tensor) -> bool:
+    """Whether DSA prefill runs these kernels: the decode kernels' conditions (kvplan.models.triton_decode)."""
+    return enabled(x)
+
+
+if HAVE_TRITON:
+    @triton.jit
+    def _fp8_dot(k, q, FP8_DOT: tl.constexpr):
+        """k [BN, d] . q [M, d]^T in fp32: FP8 tensor cores, or fp32 products (exact for FP8 values)."""
+        if FP8_DOT:
+            return tl.dot(k, tl.trans(q))
+        return tl.dot(k.to(tl.float32), tl.trans(q.to(tl.float32)))
+
+
+    @triton.jit
+    def _index_prefill_kernel(q_ptr, qs_ptr, w_ptr, k_ptr, ks_ptr, out_ptr, T, C, S, q_start, k_first, window,
+                              N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
+                              GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr,
+                              WINDOWED: tl.constexpr, FP8_DOT: tl.constexpr):
+        # Columns of the first product: (query, head) pairs, BQ queries of N_PAD heads each; rows: BN keys.
+        # Keys [BN, d] are the first operand and the queries the second, K-major, as FP8 tensor cores take them.
+        qb = tl.program_id(0)
+        b = tl.program_id(1)
+        M: tl.constexpr = BQ * N_PAD
+        cols = tl.arange(0, M)
+        col_q = qb * BQ + cols // N_PAD  # query of each column, within the chunk
+        col_h = cols % N_PAD
+        col_ok = (col_q < C) & (col_h < N)
+        col_row = (b * C + col_q).to(tl.int64) * N + col_h  # (query, head) row of q, q_scale and weights
+        dims0 = tl.arange(0, GROUP_PAD)
+        dims0_ok = (dims0 < D) & (dims0 < GROUP)
+        q0 = tl.load(q_ptr + col_row[:, None] * D + dims0[None, :], mask=col_ok[:, None] & dims0_ok[None, :], other=0.0)
+        # Block-diagonal weights [M, 16]: column i holds query i's head weights in its heads' rows. With one
+        # scale group the query scales fold into them and the key scale multiplies the sum (both are positive,
+        # so they pass through the ReLU).
+        sel = tl.arange(0, 16)
+        w_col = tl.load(w_ptr + col_row, mask=col_ok, other=0.0).to(tl.float32)
+        if GROUPS == 1:
+            w_col = w_col * tl.load(qs_ptr + col_row, mask=col_ok, other=0.0)
+        wmat = tl.where((cols // N_PAD)[:, None] == sel[None, :], w_col[:, None], 0.0).to(w_ptr.dtype.element_ty)
+        out_q = qb * BQ + sel
+        out_ok = (sel < BQ) & (out_q < C)
+        pos_q = q_start + out_q  # absolute positions of the block's queries
+        out_cols = out_ptr + (b * C + out_q).to(tl.int64)[None, :] * S
+        k_base = k_ptr + (b.to(tl.int64) * T + k_first) * D
+        ks_base = ks_ptr + (b.to(tl.int64) * T + k_first) * GROUPS
+        # Keys (relative to k_first) some query of the block may see: [lo, hi).
+        hi = tl.minimum(q_start + qb * BQ + BQ - 1, q_start + C - 1) - k_first + 1
+        lo = 0
+        if WINDOWED:
+            lo = tl.maximum(q_start + qb * BQ - window + 1 - k_first, 0)
+        lo = lo // BN * BN
+        hi_end = lo + tl.cdiv(hi - lo, BN) * BN
+        blank = tl.full([BN, 16], float("-inf"), tl.float32)
+        for start in range(0, lo, BN):
+            s = start + tl.arange(0, BN)
+            tl.store(out_cols + s[:, None], blank, mask=out_ok[None, :] & (s < S)[:, None])
+        for start in range(lo, hi, BN):
+            s = start + tl.arange(0, BN)
+            key_ok = s < S
+            if GROUPS == 1:
+                kg = tl.load(k_base + s[:, None] * D + dims0[None, :], mask=key_ok[:, None] & dims0_ok[None, :],
+                             other=0.0)  # [BN, GROUP_PAD], FP8
+                ks = tl.load(ks_base + s, mask=key_ok, other=0.0)
+                acc = _fp8_dot(kg, q0, FP8_DOT)
+                score = tl.dot(tl.maximum(acc, 0.0).to(wmat.dtype), wmat) * ks[:, None]  # [BN, 16]
+            else:
+                acc = tl.zeros([BN, M], tl.float32)
+                for g in tl.static_range(GROUPS):
+                    dims = g * GROUP + tl.arange(0, GROUP_PAD)
+                    dim_ok = (dims < D) & (dims < (g + 1) * GROUP)
+                    qg = tl.load(q_ptr + col_row[:, None] * D + dims[None, :], mask=col_ok[:, None] & dim_ok[None, :],
+                                 other=0.0)
+                    qs = tl.load(qs_ptr + col_row * GROUPS + g, mask=col_ok, other=0.0)
+                    kg = tl.load(k_base + s[:, None] * D + dims[None, :], mask=key_ok[:, None] & dim_ok[None, :],
+                                 other=0.0)
+                    ks = tl.load(ks_base + s * GROUPS + g, mask=key_ok, other=0.0)
+                    acc += _fp8_dot(kg, qg, FP8_DOT) * ks[:, None] * qs[None, :]
+                score = tl.dot(tl.maximum(acc, 0.0).to(wmat.dtype), wmat)  # [BN, 16]: the heads' weighted sum
+            k_pos = k_first + s
+            ok = (k_pos[:, None] <= pos_q[None, :]) & key_ok[:, None]
+            if WINDOWED:
+                ok = ok & (pos_q[None, :] - k_pos[:, None] < window)
+            tl.store(out_cols + s[:, None], tl.where(ok, score, float("-inf")), mask=out_ok[None, :] & key_ok[:, None])
+        for start in range(hi_end, S, BN):
+            s = start + tl.arange(0, BN)
+            tl.store(out_cols + s[:, None], blank, mask=out_ok[None, :] & (s < S)[:, None])
+
+
+    @triton.jit
+    def _sparse_mla_kernel(q_ptr, kv_ptr, top_ptr, out_ptr, T, C, K, q_start, k_first, window,
+                           H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                           R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, WINDOWED: tl.constexpr):
+        # Queries vary fastest: neighbouring queries, whose top-k sets overlap, run together and share L2.
+        c = tl.program_id(0)
+        hb = tl.program_id(1)
+        b = tl.program_id(2)
+        heads, q_lat, q_rope = _latent_query(q_ptr, (b * C + c).to(tl.int64) * H, hb, H, L, R, L_PAD, R_PAD,
+                                             BLOCK_H)  # scaled
+        pos = q_start + c
+        kv_base = kv_ptr + b.to(tl.int64) * T * (L + R)
+        top_row = top_ptr + (b * C + c).to(tl.int64) * K
+        m = tl.full([BLOCK_H], -1e30, tl.float32)
+        l = tl.zeros([BLOCK_H], tl.float32)
+        acc = tl.zeros([BLOCK_H, L_PAD], tl.float32)
+        for start in range(0, K, BLOCK):
+            n = start + tl.arange(0, BLOCK)
+            k_pos = k_first + tl.load(top_row + n, mask=n < K, other=0)
+            live = (n < K) & (k_pos <= pos)
+            if WINDOWED:
+                live = live & (pos - k_pos < window)
+            m, l, acc = _latent_block(q_lat, q_rope, kv_base + k_pos.to(tl.int64)[None, :] * (L + R), live, m, l, acc,
+                                      L, R, L_PAD, R_PAD)
+        lat = tl.arange(0, L_PAD)
+        out = (b * C + c).to(tl.int64) * H + heads
+        tl.store(out_ptr + out[:, None] * L + lat[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
+                 mask=(heads < H)[:, None] & (lat < L)[None, :])
+
+
+def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor,
+                 k_scale: torch.Tensor, group: int, q_start: int, k_first: int, window: int | None) -> torch.Tensor:
+    """Indexer scores of the C queries at q_start.. over keys k_first..q_start+C-1 -> fp32 [B, C, S], -inf where
+    the key is not visible (after the query, or outside its window).
+
+    q_fp8 [B, C, n, d_i] with q_scale [B, C, n, groups], weights [B, C, n], k_fp8 [B, T, d_i] with k_scale
+    [B, T, groups]: FP8 (e4m3) values and fp32 scales, one per `group` elements. score = sum_j weights[j]
+    relu(dequant(q[j]) . dequant(k)). Every tensor contiguous.
+    """
+    B, C, N, D = q_fp8.shape
+    T, groups = k_fp8.size(1), k_scale.size(-1)
+    S = q_start + C - k_first
+    out = torch.empty(B, C, S, device=q_fp8.device, dtype=torch.float32)
+    n_pad = _pad(N)
+    fp8_dot = q_fp8.is_cuda and torch.cuda.get_device_capability(q_fp8.device) >= (8, 9)
+
+    def launch(config):
+        bq, bn, warps, stages = config
+        bq = min(bq, max(1, 256 // n_pad))
+        _index_prefill_kernel[(triton.cdiv(C, bq), B)](
+            q_fp8, q_scale, weights, k_fp8, k_scale, out, T, C, S, q_start, k_first, window or 0, N=N, D=D,
+            GROUPS=groups, GROUP=group, GROUP_PAD=max(32, _pad(min(group, D))), N_PAD=n_pad, BQ=bq, BN=bn,
+            WINDOWED=window is not None, FP8_DOT=fp8_dot, num_warps=warps, num_stages=stages)
+
+    # One timing per (shape, power-of-two span of keys): spans grow chunk by chunk through a prompt.
+    key = ("dsa-index", B, C, N, D, group, weights.dtype, triton.next_power_of_2(S), window is not None)
+    launch(_fastest(key, INDEX_CONFIGS, launch))
+    return out
+
+
+def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int,
+                            k_first: int, kv_lora_rank: int, window: int | None) -> torch.Tensor:
+    """Absorbed MLA attention of queries q_start.. over their selected latent rows -> [B, C, h, L].
+
+    q_cat [B, C, h, L + R] carries the softmax scale; latent [B, T, L + R] the whole prompt's [latent | rope
+    key] rows; top [B, C, K] the selected keys, as offsets from k_first. A selected key after the query or
+    outside its window (topk's picks among -inf scores when fewer than K keys are visible) is skipped.
+    """
+    B, C, H, W = q_cat.shape
+    T, K, L = latent.size(1), top.size(-1), kv_lora_rank
+    q_cat, latent, top = q_cat.contiguous(), latent.contiguous(), top.contiguous()
+    out = torch.empty(B, C, H, L, device=q_cat.device, dtype=q_cat.dtype)
+
+    def launch(config):
+        block_h, block, warps, stages = config
+        block_h = min(block_h, _pad(H))
+        _sparse_mla_kernel[(C, triton.cdiv(H, block_h), B)](
+            q_cat, latent, top, out, T, C, K, q_start, k_first, window or 0, H=H, L=L, R=W - L, L_PAD=_pad(L),
+            R_PAD=_pad(W - L), BLOCK_H=block_h, BLOCK=block, WINDOWED=window is not None, num_warps=warps,
+            num_stages=stages)
+
+    launch(_fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype), SPARSE_CONFIGS, launch))
+    return out
