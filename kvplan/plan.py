@@ -486,3 +486,28 @@ def plot_pareto(result: Plan, path: str) -> str:
     axes.set_title(f"{first['model']}: {w.isl:,} in / {w.osl:,} out, TTFT <= {_seconds(w.ttft_seconds)}; "
                    "Pareto fronts", fontsize=10)
     return save_figure(figure, path)
+
+
+def plan_report(model: Sequence[str], workload: Workload, plot: str | None = None, **options) -> "Report":
+    """`kvplan plan`: the ranked plans (one table row per plan, every pool's row in JSON/CSV), a caption that
+    says what was searched and how TTFT and TPOT are defined, and the Pareto plot when asked."""
+    from .output import Report
+
+    result = search(model, workload, **options)
+    messages = [f"wrote {plot_pareto(result, plot)}"] if plot else []
+    summaries = {}
+    for row in result.rows:  # one line per plan: its figures and each pool's deployment
+        summary = summaries.setdefault(row["rank"], {**row, "pools": []})
+        layout = " ".join(f"{name} {row[name]}" for name in ("tp", "pp", "dp", "ep") if row[name] > 1)
+        gpus = f"{row['gpus']} GPUs ({layout})" if layout else "1 GPU"
+        where = {"both": "", "prefill": "prefill ", "decode": "decode "}[row["pool"]]
+        summary["pools"].append(f"{where}{gpus}, batch {row['batch']}")
+    table_rows = [{**summary, "pools": "; ".join(summary["pools"])} for summary in summaries.values()]
+    caption = (f"{result.candidates:,} candidates searched ({result.rows_computed:,} fit their weights); ranked by "
+               f"{OBJECTIVES[result.objective]}. TTFT: one request's prompt on its pool (aggregated: alone; "
+               f"disaggregated: with its pool's batch, plus the cache sent to the decode pool). TPOT: the decode "
+               f"step of the batch at {workload.context:,} tokens (aggregated: plus the prompt chunks of the "
+               f"requests joining per step). GiB = 2^30 bytes.")
+    title = (f"kvplan plan: {', '.join(str(m) for m in _names(model))}, {workload.isl:,} in / {workload.osl:,} out, "
+             f"TTFT <= {_seconds(workload.ttft_seconds)}, TPOT <= {_seconds(workload.tpot_seconds)}")
+    return Report(result.rows, title=title, caption=caption, messages=messages, table_rows=table_rows)

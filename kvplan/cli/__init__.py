@@ -1,7 +1,7 @@
 """The `kvplan` command line: the app, its commands and `main`.
 
 Each command lives in one module by group (estimate.py: estimate, models, gpus; planning.py: budget, recommend,
-cost; profiling.py: profile, calibrate); options.py declares what they share. Command modules import
+cost; search.py: plan; profiling.py: profile, calibrate); options.py declares what they share. Command modules import
 options.py and the library, never one another; this module registers them.
 """
 
@@ -15,13 +15,13 @@ from typing import List, Optional
 import typer
 
 from ..units import InputError
-from . import estimate, planning, profiling
+from . import estimate, planning, profiling, search
 from .options import err
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="What a context length costs in memory, compute and money, for every kind of attention.")
 for command in (estimate.estimate, estimate.models, estimate.gpus, planning.budget, planning.recommend, planning.cost,
-                profiling.profile, profiling.calibrate):
+                search.plan, profiling.profile, profiling.calibrate):
     app.command()(command)
 
 
