@@ -21,7 +21,7 @@ from kvplan.units import InputError
 
 CLI = Path(kvplan.cli.__file__).parent
 README = Path(__file__).parent.parent / "README.md"
-COMMAND_MODULES = {"estimate", "planning", "profiling"}
+COMMAND_MODULES = {"estimate", "planning", "profiling", "search"}
 
 
 def cli_imports() -> dict[str, set[str]]:
