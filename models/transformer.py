@@ -41,7 +41,7 @@ class SwiGLU(nn.Module):
 
 class MoE(nn.Module):
     """Softmax router picking n_active_experts of n_experts per token (weights renormalised), plus shared
-    experts as one always-on SwiGLU of n_shared x moe_intermediate. A plain per-expert loop: it reads which
+    experts as one always-on SwiGLU of FeedForward.shared_width(). A plain per-expert loop: it reads which
     tokens chose each expert on the host, so an MoE layer cannot be captured in a CUDA graph."""
 
     def __init__(self, d_model: int, ffn: FeedForward, **factory):
@@ -49,8 +49,7 @@ class MoE(nn.Module):
         self.k = ffn.n_active_experts
         self.router = nn.Linear(d_model, ffn.n_experts, bias=False, **factory)
         self.experts = nn.ModuleList(SwiGLU(d_model, ffn.moe_intermediate, **factory) for _ in range(ffn.n_experts))
-        self.shared = SwiGLU(d_model, ffn.n_shared_experts * ffn.moe_intermediate, **factory) \
-            if ffn.n_shared_experts else None
+        self.shared = SwiGLU(d_model, ffn.shared_width(), **factory) if ffn.shared_width() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.view(-1, x.size(-1))
