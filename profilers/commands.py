@@ -43,17 +43,20 @@ def estimate_gpu(device, gpu: str, hardware_profile: str | None, warn: Callable[
 def profile(model: str, attentions: list[str], contexts: list[int], batches: list[int], kv_dtype: str = "bf16",
             layers: int | None = None, device_name: str = "cuda", gpu: str = "auto",
             hardware_profile: str | None = None, out: str | None = None, resume: bool = False, repeats: int = 5,
-            cuda_graph: bool = True, count_flops: bool = True, gpus: int = 1,
+            cuda_graph: bool = True, count_flops: bool = True, gpus: int = 1, dp: int = 1, ep: int = 1,
             warn: Callable[[str], None] = _ignore) -> list[dict]:
     """Measured rows beside their estimates: the single-device sweep (kvplan.profilers.sweep), or with gpus > 1
-    the tensor-parallel attention layers under torch.distributed (kvplan.profilers.distributed). Rows go to
-    `out` as they finish."""
+    layers over that many processes under torch.distributed (kvplan.profilers.distributed): the attention
+    layers tensor-parallel, or data-parallel with dp = gpus, or with ep = gpus one MoE layer expert-parallel
+    for each batch's tokens. Rows go to `out` as they finish."""
     if out:
         from .store import check_out_folder
 
         check_out_folder(out)
+    parallel = distributed_layout(gpus, dp, ep)
     if gpus > 1:
-        return profile_tensor_parallel(model, attentions, contexts, batches, layers, kv_dtype, device_name, gpus, out)
+        return profile_distributed(model, attentions, contexts, batches, layers, kv_dtype, device_name, gpus, out,
+                                   parallel, gpu)
     if resume and not out:
         raise InputError("--resume needs --out FILE (the file to continue)")
     if "," in kv_dtype:
@@ -79,10 +82,23 @@ def profile(model: str, attentions: list[str], contexts: list[int], batches: lis
     return run(sweep, out, resume)
 
 
-def profile_tensor_parallel(model: str, attentions: list[str], contexts: list[int], batches: list[int],
-                            layers: int | None, kv_dtype: str, device_name: str, gpus: int,
-                            out: str | None = None) -> list[dict]:
-    """Rows of `gpus` local processes under torchrun (kvplan.profilers.distributed), written to `out` too."""
+def distributed_layout(gpus: int, dp: int, ep: int) -> str:
+    """The layout a profile over `gpus` processes runs: "tp", "dp" (dp = gpus) or "ep" (ep = gpus), one per run."""
+    if dp > 1 and ep > 1:
+        raise InputError("profile measures one layout per run: --dp N (attention on N data-parallel ranks) or "
+                         "--ep N (one MoE layer over N expert-parallel ranks), not both")
+    for name, value in (("dp", dp), ("ep", ep)):
+        if value > 1 and value != gpus:
+            raise InputError(f"--{name} {value} profiles {value} processes, one per GPU: give --gpus {value}")
+    return "dp" if dp > 1 else "ep" if ep > 1 else "tp"
+
+
+def profile_distributed(model: str, attentions: list[str], contexts: list[int], batches: list[int],
+                        layers: int | None, kv_dtype: str, device_name: str, gpus: int, out: str | None = None,
+                        parallel: str = "tp", gpu: str = "auto") -> list[dict]:
+    """Rows of `gpus` local processes under torchrun (kvplan.profilers.distributed), written to `out` too. Under
+    ep each batch is the tokens of one forward (a decode step of that many sequences); `gpu` is the preset of
+    its communication estimate."""
     from . import distributed
     from .timing import pick_device
 
@@ -92,8 +108,14 @@ def profile_tensor_parallel(model: str, attentions: list[str], contexts: list[in
 
         if torch.cuda.device_count() < gpus:
             raise InputError(f"--gpus {gpus} needs {gpus} CUDA GPUs; this machine has {torch.cuda.device_count()}")
-    argv = ["--model", model, "--context", ",".join(map(str, contexts)), "--batch", ",".join(map(str, batches)),
-            "--layers", str(layers or 1), "--device", device.type, "--kv-dtype", kv_dtype]
+    argv = ["--model", model, "--batch", ",".join(map(str, batches)), "--device", device.type,
+            "--parallel", parallel]
+    if parallel == "ep":
+        if attentions:
+            raise InputError("--ep profiles the model's MoE layer: it takes no --attention")
+        argv += ["--gpu", gpu]
+    else:
+        argv += ["--context", ",".join(map(str, contexts)), "--layers", str(layers or 1), "--kv-dtype", kv_dtype]
     for spec in attentions:
         argv += ["--attention", spec]
     rows = distributed.launch(gpus, argv)

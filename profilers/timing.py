@@ -68,7 +68,8 @@ def allocated_bytes(device: torch.device) -> int | None:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
 
-def _one_sample(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+def one_sample(fn: Callable[[], object], device: torch.device, inner: int) -> float:
+    """Seconds per call of `inner` calls back to back."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
@@ -83,13 +84,18 @@ def _one_sample(fn: Callable[[], object], device: torch.device, inner: int) -> f
     return (time.perf_counter() - begin) / inner
 
 
+def inner_calls(first_seconds: float) -> int:
+    """Calls per timed sample (1 to 1000) so that a sample holds at least SAMPLE_SECONDS of work."""
+    return max(1, min(1000, int(SAMPLE_SECONDS / max(first_seconds, 1e-7))))
+
+
 def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
     """(median seconds per call, all samples). The first call sizes the inner loop of short calls; it is a
     warm-up (not kept) unless warmup=0, for calls already warmed by the caller."""
-    first = _one_sample(fn, device, 1)
+    first = one_sample(fn, device, 1)
     for _ in range(warmup - 1):
-        first = _one_sample(fn, device, 1)
-    inner = max(1, min(1000, int(SAMPLE_SECONDS / max(first, 1e-7))))
+        first = one_sample(fn, device, 1)
+    inner = inner_calls(first)
     kept = [first] if warmup == 0 and inner == 1 else []
-    samples = kept + [_one_sample(fn, device, inner) for _ in range(max(repeats, 1) - len(kept))]
+    samples = kept + [one_sample(fn, device, inner) for _ in range(max(repeats, 1) - len(kept))]
     return statistics.median(samples), samples

@@ -15,7 +15,7 @@ from .options import DeploymentOptions, deployment_options, err
 DeviceOpt = typer.Option("cuda", "--device", help="cuda (the GPU) or cpu (small sizes, for tests).")
 
 
-@deployment_options(include=("model", "gpu", "gpus", "kv_dtype", "attention", "hardware_profile"), gpu="auto")
+@deployment_options(include=("model", "gpu", "gpus", "dp", "ep", "kv_dtype", "attention", "hardware_profile"), gpu="auto")
 def profile(
     options: DeploymentOptions,
     context: str = typer.Option("4k", "--context", "-c", help="Tokens per sequence, comma-separated (4k = 4096)."),
@@ -34,7 +34,9 @@ def profile(
 
     --gpu is the preset the estimate uses. --gpus N > 1 runs the attention layers sharded over N tensor-parallel
     processes under torch.distributed (torchrun; NCCL on cuda, gloo on cpu) and compares per-GPU cache bytes and
-    peak memory with the estimate.
+    peak memory with the estimate; with --dp N (= --gpus) each process runs whole attention layers on its share of
+    the batch; with --ep N (= --gpus) one MoE layer runs with its experts spread over the processes, each --batch
+    value the tokens of one forward, and the all-to-all time is set beside the estimate.
     """
     from kvplan.profilers.commands import profile as measure
 
@@ -44,7 +46,7 @@ def profile(
     rows = measure(options.model, split_specs(options.attention), parse_token_list(context, "--context"),
                    parse_token_list(batch, "--batch"), options.kv_dtype, layers, device_name, options.gpu,
                    options.hardware_profile, out, resume, repeats, cuda_graph, flops, options.gpus,
-                   warn=lambda message: err(f"warning: {message}"))
+                   dp=options.dp, ep=options.ep, warn=lambda message: err(f"warning: {message}"))
     output = options.output
     if options.gpus > 1 and not (output.as_json or output.as_csv):
         from kvplan.profilers.distributed import print_table

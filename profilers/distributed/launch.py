@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from kvplan.hardware import get_gpu
 from kvplan.units import InputError
 
-from .measure import Job, cache_format, run_jobs
+from .expert import ExpertJob, moe_model
+from .measure import LAYOUTS, Job, cache_format, run_jobs
 from .report import print_table, write_rows
 
 # NVLink multicast (NCCL's NVLS, torch's symmetric-memory multicast) stays off in every launch here.
@@ -25,8 +27,13 @@ LAUNCH_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1"}
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+PARALLEL = (*LAYOUTS, "ep")
+
+
 def jobs_for(model: str, attentions: list[str], contexts: list[int], batches: list[int], layers: int,
-             dtype: torch.dtype, kv_dtype: str | None, decode_steps: int, seed: int) -> list[Job]:
+             dtype: torch.dtype, kv_dtype: str | None, decode_steps: int, seed: int, parallel: str = "tp") -> list[Job]:
+    """Attention jobs: every attention x context x batch, the model's first `layers` layers, laid out as `parallel`
+    says (tp or dp)."""
     from kvplan.api import resolve_model
     from kvplan.models import sliced
 
@@ -34,8 +41,18 @@ def jobs_for(model: str, attentions: list[str], contexts: list[int], batches: li
     for spec in attentions or ["native"]:
         desc = resolve_model(model, None if spec == "native" else spec)
         part = sliced(desc, layers)
-        jobs += [Job(part, b, c, dtype, kv_dtype, decode_steps, seed, desc.n_layers) for c in contexts for b in batches]
+        jobs += [Job(part, b, c, dtype, kv_dtype, decode_steps, seed, desc.n_layers, parallel)
+                 for c in contexts for b in batches]
     return jobs
+
+
+def expert_jobs_for(model: str, tokens: list[int], dtype: torch.dtype, seed: int, repeats: int,
+                    gpu: str) -> list[ExpertJob]:
+    """Expert-parallel jobs: one MoE layer of the model per token count."""
+    from kvplan.api import resolve_model
+
+    desc = resolve_model(model, None)
+    return [ExpertJob(moe_model(desc), t, dtype, seed, repeats, gpu, desc.n_layers) for t in tokens]
 
 
 def init_process_group(device_type: str, rank: int | None = None, world_size: int | None = None,
@@ -65,6 +82,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m kvplan.profilers.distributed",
                                      description=sys.modules[__package__].__doc__.split("\n\n")[0])
     parser.add_argument("--model", "-m", required=True, help="preset name or config.json path")
+    parser.add_argument("--parallel", choices=PARALLEL, default="tp", help="tp: attention layers split over the "
+                        "ranks' heads; dp: whole attention layers, each rank its share of the batch; ep: one MoE "
+                        "layer, its routed experts spread whole over the ranks (default tp)")
+    parser.add_argument("--tokens", "-t", help="ep: tokens of one forward over all ranks, comma-separated "
+                        "(default: the --batch values, a decode step of that many sequences)")
     parser.add_argument("--attention", "-a", action="append", help="re-cast(s), as kvplan estimate's --attention")
     parser.add_argument("--context", "-c", default="4k", help="tokens per sequence, comma-separated")
     parser.add_argument("--batch", "-b", default="1", help="sequences, comma-separated")
@@ -75,23 +97,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "compute dtype)")
     parser.add_argument("--decode-steps", type=int, default=3, help="decode steps after the prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=10, help="ep: timed samples per all-to-all (median)")
+    parser.add_argument("--gpu", default="auto", help="ep: GPU preset of the communication estimate (auto: the "
+                        "local GPU's; h100-sxm on the CPU)")
     parser.add_argument("--out", "-o", help="write the rows here: .json, else CSV")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     return parser.parse_args(argv)
 
 
-def _jobs_from_args(args: argparse.Namespace) -> list[Job]:
+def _jobs_from_args(args: argparse.Namespace) -> list:
     from kvplan.recast import split_specs
     from kvplan.units import parse_token_list
 
-    if args.layers < 1 or args.decode_steps < 1:
-        raise InputError("--layers and --decode-steps must be at least 1")
+    if args.layers < 1 or args.decode_steps < 1 or args.repeats < 1:
+        raise InputError("--layers, --decode-steps and --repeats must be at least 1")
     dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp64")]
+    if args.parallel == "ep":
+        if args.attention:
+            raise InputError("--parallel ep runs the model's MoE layer: it takes no --attention")
+        tokens = parse_token_list(args.tokens or args.batch, "--tokens")
+        if args.gpu != "auto":
+            get_gpu(args.gpu)  # an unknown preset fails here, in one line
+        return expert_jobs_for(args.model, tokens, dtype, args.seed, args.repeats, args.gpu)
+    if args.tokens:
+        raise InputError(f"--tokens is for --parallel ep; --parallel {args.parallel} takes --batch and --context")
     kv_dtype = None if args.kv_dtype == "auto" else args.kv_dtype
     cache_format(kv_dtype, dtype)  # an unknown kv dtype fails here, in one line
     return jobs_for(args.model, split_specs(args.attention), parse_token_list(args.context, "--context"),
                     parse_token_list(args.batch, "--batch"), args.layers, dtype, kv_dtype, args.decode_steps,
-                    args.seed)
+                    args.seed, args.parallel)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +178,7 @@ def launch(nproc: int, argv: list[str], timeout: float | None = None) -> list[di
         return json.loads(Path(out).read_text())
 
 
-def _spawned(rank: int, nproc: int, port: int, jobs: list[Job], out: str) -> None:
+def _spawned(rank: int, nproc: int, port: int, jobs: list, out: str) -> None:
     torch.set_num_threads(1)  # nproc processes share the host's cores
     device = init_process_group("cpu", rank, nproc, f"tcp://127.0.0.1:{port}")
     try:
@@ -155,8 +189,9 @@ def _spawned(rank: int, nproc: int, port: int, jobs: list[Job], out: str) -> Non
         Path(out).write_text(json.dumps(rows))
 
 
-def spawn_cpu(jobs: list[Job], nproc: int = 2) -> list[dict]:
-    """Run jobs on `nproc` CPU processes (gloo) started with torch.multiprocessing; rank 0's rows."""
+def spawn_cpu(jobs: list, nproc: int = 2) -> list[dict]:
+    """Run jobs (Job or ExpertJob) on `nproc` CPU processes (gloo) started with torch.multiprocessing; rank 0's
+    rows."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as folder:

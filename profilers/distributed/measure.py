@@ -1,8 +1,14 @@
-"""One configuration measured on every rank: build this rank's shard of the attention layers, prefill and
-decode through them with the partial outputs all-reduced, and set what it holds beside the Estimator.
+"""One configuration of attention layers measured on every rank, and what each rank holds set beside the
+Estimator. Two layouts:
 
-Every rank draws the same full layers (same seed) on the host and keeps its slice (shard.py); rank 0 then
-checks the all-reduced output against the unsharded layers run on the same inputs.
+- tp (tensor parallelism): each rank builds its shard of the layers (shard.py), prefills and decodes the whole
+  batch through them with the partial outputs all-reduced; rank 0 checks the all-reduced output against the
+  unsharded layers run on the same inputs.
+- dp (data-parallel attention): each rank holds the whole layers and runs its own share of the batch's
+  sequences (rank_sequences), with nothing to reduce; each rank checks its rows against the unsharded layers
+  run on the whole batch.
+
+Every rank draws the same full layers (same seed) on the host.
 """
 
 from __future__ import annotations
@@ -115,9 +121,13 @@ def run_layers(layers: list, prompt: torch.Tensor, steps: list[torch.Tensor], re
 
 
 # --- one measurement --------------------------------------------------------------------------------------
+LAYOUTS = ("tp", "dp")
+
+
 @dataclass(frozen=True)
 class Job:
-    """One configuration to measure on every rank: a model slice (its first `layers` layers), batch, context."""
+    """One configuration to measure on every rank: a model slice (its first `layers` layers), batch (sequences
+    in the whole deployment), context, and how the ranks share it (LAYOUTS)."""
 
     desc: Model  # already sliced to the layers that run
     batch: int
@@ -127,13 +137,44 @@ class Job:
     decode_steps: int = 3
     seed: int = 0
     full_layers: int = 0  # depth of the whole model, for the report
+    parallel: str = "tp"  # "tp": every rank a shard of every sequence; "dp": every rank whole layers, its sequences
+
+    def __post_init__(self) -> None:
+        if self.parallel not in LAYOUTS:
+            raise InputError(f"attention layout must be one of {', '.join(LAYOUTS)}, not {self.parallel!r}")
+
+    def check(self, ranks: int) -> None:
+        """InputError when the job cannot run on `ranks` ranks (before any collective, alike on every rank)."""
+        if self.parallel == "tp":
+            shard_spec(self.desc.attention, ranks)
+        else:
+            rank_sequences(self.batch, ranks, 0)
+
+    def run(self, device: torch.device) -> list[dict]:
+        return profile_job(self, device)
+
+
+def rank_sequences(batch: int, ranks: int, rank: int) -> tuple[int, int]:
+    """(first, end) of the sequences data-parallel rank `rank` of `ranks` runs: batch // ranks each, one more on
+    the first batch % ranks ranks, so the most loaded holds ceil(batch / ranks), as
+    kvplan.parallel.sequences_per_rank counts."""
+    if batch < ranks:
+        raise InputError(f"{batch} sequences (or tokens) leave some of the {ranks} data-parallel ranks without one")
+    share, extra = divmod(batch, ranks)
+    first = rank * share + min(rank, extra)
+    return first, first + share + (rank < extra)
+
+
+def compute_format(dtype: torch.dtype) -> StorageFormat:
+    """The kvplan StorageFormat of a torch compute dtype (weights and activations as the ranks hold them)."""
+    return StorageFormat(str(dtype).removeprefix("torch."), torch.finfo(dtype).bits)
 
 
 def cache_format(kv_dtype: str | None, dtype: torch.dtype) -> tuple[torch.dtype, StorageFormat]:
     """(torch dtype of the cache, its kvplan StorageFormat); a float64 cache gets a 64-bit format for the estimate."""
     cache_dtype, fmt = cache_storage(kv_dtype, dtype)
     if fmt is None:
-        fmt = StorageFormat(str(cache_dtype).removeprefix("torch."), torch.finfo(cache_dtype).bits)
+        fmt = compute_format(cache_dtype)
     return cache_dtype, fmt
 
 
@@ -143,15 +184,36 @@ def attention_only(desc: Model) -> Model:
     return replace(desc, ffn=FeedForward(0), vocab_size=0)
 
 
-def estimator(job: Job, tp: int, fmt: StorageFormat) -> Estimator:
-    compute = StorageFormat(str(job.dtype).removeprefix("torch."), torch.finfo(job.dtype).bits)
-    return Estimator(attention_only(job.desc), Deployment(gpu=get_gpu("h100-sxm"), tp=tp, kv_format=fmt,
-                                                          weight_format=compute, activation_format=compute))
+def estimator(job: Job, ranks: int, fmt: StorageFormat) -> Estimator:
+    """The Estimator of the attention layers alone on `ranks` GPUs laid out as the job says."""
+    compute = compute_format(job.dtype)
+    layout = {"tp": ranks} if job.parallel == "tp" else {"dp": ranks}
+    return Estimator(attention_only(job.desc), Deployment(gpu=get_gpu("h100-sxm"), kv_format=fmt,
+                                                          weight_format=compute, activation_format=compute, **layout))
+
+
+def rank_layers(job: Job, ranks: int, rank: int, batch: int, cache_dtype: torch.dtype,
+                device: torch.device) -> list[torch.nn.Module]:
+    """This rank's layers with caches for `batch` sequences: its tensor-parallel shard, or under dp the whole layers."""
+    if job.parallel == "tp":
+        return shard_layers(job.desc, ranks, rank, batch, job.context, cache_dtype, job.dtype, device, job.seed)
+    return build_layers(job.desc, job.desc.attention, full_layer_states(job.desc, job.dtype, job.seed), batch,
+                        job.context, cache_dtype, job.dtype, device)
+
+
+def rank_inputs(job: Job, first: int, end: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Rows first..end-1 of the whole batch's inputs (drawn as `inputs` draws them), each a tensor of its own."""
+    prompt, steps = inputs(job.desc, job.batch, job.context, job.decode_steps, job.dtype, device, job.seed)
+    if (first, end) == (0, job.batch):
+        return prompt, steps
+    return prompt[first:end].clone(), [x[first:end].clone() for x in steps]
 
 
 def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
-    """This rank's shard: its row (cache bytes, weights, peak memory) and the all-reduced output."""
-    tp, rank = dist.get_world_size(), dist.get_rank()
+    """This rank's layers: its row (cache bytes, weights, peak memory) and its output (all-reduced under tp;
+    its own sequences' rows under dp)."""
+    ranks, rank = dist.get_world_size(), dist.get_rank()
+    first, end = (0, job.batch) if job.parallel == "tp" else rank_sequences(job.batch, ranks, rank)
     desc = job.desc
     cache_dtype, fmt = cache_format(job.kv_dtype, job.dtype)
     cuda = device.type == "cuda"
@@ -163,26 +225,28 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
         torch.ones(8, 8, dtype=job.dtype, device=device).matmul(torch.ones(8, 8, dtype=job.dtype, device=device))
         torch.cuda.synchronize(device)
         runtime = torch.cuda.memory_allocated(device)
-    layers = shard_layers(desc, tp, rank, job.batch, job.context, cache_dtype, job.dtype, device, job.seed)
+    layers = rank_layers(job, ranks, rank, end - first, cache_dtype, device)
     # RoPE tables (fp32 cos and sin per position) are the harness's, outside the estimate: measured, then left out.
     rope = {id(t): t.nbytes for layer in layers for t in (layer.rope.cos, layer.rope.sin)}
     rope_bytes = sum(rope.values())
     if cuda:  # weights, cache and RoPE tables; the input hidden states count as activations, as the estimate's do
         torch.cuda.synchronize(device)
         resident = torch.cuda.memory_allocated(device)
-    prompt, steps = inputs(desc, job.batch, job.context, job.decode_steps, job.dtype, device, job.seed)
+    prompt, steps = rank_inputs(job, first, end, device)
     if cuda:
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # under dp the whole batch's inputs, drawn and sliced, are gone
         torch.cuda.reset_peak_memory_stats(device)
-    output = run_layers(layers, prompt, steps, dist.all_reduce)
+    output = run_layers(layers, prompt, steps, dist.all_reduce if job.parallel == "tp" else lambda out: None)
     peak = None
     if cuda:
         torch.cuda.synchronize(device)
         peak = torch.cuda.max_memory_allocated(device) - runtime - rope_bytes
-    est = estimator(job, tp, fmt)
+    est = estimator(job, ranks, fmt)
     prompt_tokens = job.context - job.decode_steps
     row = {
         "rank": rank,
+        "rank_batch": end - first,
         "cache_bytes": cache_bytes(layers),
         "cache_bytes_estimate": est.kv_cache_bytes_per_gpu(job.batch, job.context),
         "weights_bytes": sum(p.nbytes for layer in layers for p in layer.parameters()),
@@ -206,38 +270,47 @@ def reference_output(job: Job, device: torch.device) -> torch.Tensor:
     return run_layers(layers, prompt, steps, lambda out: None)
 
 
+def output_error(output: torch.Tensor, job: Job, device: torch.device, rows: slice = slice(None)) -> float | None:
+    """max|output - unsharded| / max|unsharded| over the given batch rows of the unsharded layers' output; None
+    when the unsharded layers do not fit on the GPU (they need what the ranks split between them)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        reference = reference_output(job, device)[rows]
+        return ((output - reference).abs().max() / reference.abs().max()).item()
+    except torch.cuda.OutOfMemoryError:
+        return None
+
+
 def profile_job(job: Job, device: torch.device) -> list[dict]:
     """Run one job on every rank (call on all of them); rank 0 returns one row per rank, the others []."""
-    tp, rank = dist.get_world_size(), dist.get_rank()
+    ranks, rank = dist.get_world_size(), dist.get_rank()
     if job.decode_steps >= job.context:
         raise InputError(f"context {job.context} leaves no prompt before {job.decode_steps} decode steps")
     row, output = measure_rank(job, device)
-    rows = [None] * tp if rank == 0 else None
+    if job.parallel == "dp":  # each rank checks its own sequences
+        row["output_error"] = output_error(output, job, device, slice(*rank_sequences(job.batch, ranks, rank)))
+    rows = [None] * ranks if rank == 0 else None
     dist.gather_object(row, rows, dst=0)
     if rank != 0:
         return []
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    tolerance = TOLERANCE[job.dtype]
-    try:
-        reference = reference_output(job, device)
-        error = ((output - reference).abs().max() / reference.abs().max()).item()
-        del reference
-    except torch.cuda.OutOfMemoryError:  # the unsharded layers need tp times the split parts: may not fit
-        error = None
+    error = output_error(output, job, device) if job.parallel == "tp" else None
     del output
+    tolerance = TOLERANCE[job.dtype]
     _, fmt = cache_format(job.kv_dtype, job.dtype)
+    tp, dp = (ranks, 1) if job.parallel == "tp" else (1, ranks)
     common = {
-        "model": job.desc.name, "attention": job.desc.kind_label, "tp": tp, "batch": job.batch,
-        "context": job.context, "layers": job.desc.n_layers, "full_layers": job.full_layers or job.desc.n_layers,
+        "model": job.desc.name, "attention": job.desc.kind_label, "parallel": job.parallel, "tp": tp, "dp": dp,
+        "batch": job.batch, "context": job.context, "layers": job.desc.n_layers, "full_layers": job.full_layers or job.desc.n_layers,
         "dtype": str(job.dtype).removeprefix("torch."), "kv_dtype": fmt.name, "device": device.type,
         "backend": dist.get_backend(), "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "output_error": error, "output_tolerance": tolerance,
-        "output_matches": None if error is None else error <= tolerance,  # None: the unsharded check did not fit
+        "output_error": error, "output_tolerance": tolerance, "output_matches": None,
     }
     out = []
     for r in rows:
         r = {**common, **r}
+        # None: the unsharded check did not fit
+        r["output_matches"] = None if r["output_error"] is None else r["output_error"] <= tolerance
         r["cache_matches"] = r["cache_bytes"] == r["cache_bytes_estimate"]
         for figure in ("weights", "peak", "transient"):  # error of the estimate relative to the measurement
             measured = r[f"{figure}_bytes"]
@@ -246,12 +319,13 @@ def profile_job(job: Job, device: torch.device) -> list[dict]:
     return out
 
 
-def run_jobs(jobs: list[Job], device: torch.device, progress: bool = False, on_rows=None) -> list[dict]:
-    """Every job on every rank of the initialised process group; rank 0 returns all rows (and hands each job's
-    rows to on_rows as they finish, so a run killed later loses nothing done)."""
-    tp = dist.get_world_size()
-    for job in jobs:  # fail on every rank alike, before any collective, on a layer that cannot be split
-        shard_spec(job.desc.attention, tp)
+def run_jobs(jobs: list, device: torch.device, progress: bool = False, on_rows=None) -> list[dict]:
+    """Every job (a Job or an expert.ExpertJob: anything with check(ranks) and run(device)) on every rank of the
+    initialised process group; rank 0 returns all rows (and hands each job's rows to on_rows as they finish, so
+    a run killed later loses nothing done)."""
+    ranks = dist.get_world_size()
+    for job in jobs:  # fail on every rank alike, before any collective, on a job that cannot be split
+        job.check(ranks)
     rows: list[dict] = []
     bar = None
     if progress and dist.get_rank() == 0:
@@ -259,11 +333,11 @@ def run_jobs(jobs: list[Job], device: torch.device, progress: bool = False, on_r
         from rich.progress import Progress
 
         bar = Progress(console=Console(stderr=True), transient=True)
-        task = bar.add_task(f"tp={tp} attention layers", total=len(jobs))
+        task = bar.add_task(f"{ranks} ranks", total=len(jobs))
         bar.start()
     try:
         for job in jobs:
-            done = profile_job(job, device)
+            done = job.run(device)
             rows += done
             if on_rows and done:
                 on_rows(rows)
