@@ -214,31 +214,35 @@ class Estimator:
         for window, layers, cap in self._groups:
             pairs = self._pairs(prompt, window, cap, start)
             per_layer = self.pair_flops["prefill"] * pairs + self.token_flops["prefill"] * prompt
-            if self.indexer_pair_flops:
-                per_layer += self.indexer_pair_flops * keys_attended_sum(prompt, window, start)
+            if self.indexer_pair_flops:  # the indexer scores every key the query sees
+                per_layer += self.indexer_pair_flops * self._pairs(prompt, window, window, start)
             total += layers * per_layer
         return batch * total
 
     def _pairs(self, n_queries: int, window: int | None, cap: int | None, start: int) -> int:
         """(query, key) pairs of queries at positions start..start+n_queries-1 in a layer of `window`: a chunked
-        layer attends within its chunk, p mod chunk + 1 keys (Model.chunked), any other min(p + 1, cap)."""
+        layer attends within its chunk, min(p mod chunk + 1, cap) keys (Model.chunked), any other min(p + 1, cap)."""
         if self._chunked and window is not None:
-            return chunked_keys_sum(start + n_queries, window) - chunked_keys_sum(start, window)
+            return chunked_keys_sum(start + n_queries, window, cap) - chunked_keys_sum(start, window, cap)
         return keys_attended_sum(n_queries, cap, start)
+
+    def _decode_keys(self, position: int, window: int | None, cap: int | None) -> int:
+        """Keys the token at 0-based `position` attends in a layer of `window`: min(position + 1, cap), or in a
+        chunked layer min(position mod chunk + 1, cap)."""
+        seen = position % window + 1 if self._chunked and window is not None else position + 1
+        return seen if cap is None else min(seen, cap)
 
     def prefill_linear_flops(self, batch: int, prompt: int) -> int:
         return batch * (prompt * self.linear_flops_per_token + self.lm_head_flops)
 
     def decode_attention_flops(self, position: int) -> int:
-        """Attention FLOPs of one token at 0-based `position` (it attends min(position + 1, cap) keys)."""
+        """Attention FLOPs of one token at 0-based `position` (the keys it attends: _decode_keys)."""
         total = 0
         for window, layers, cap in self._groups:
-            keys = position + 1 if cap is None else min(position + 1, cap)
-            if self._chunked and window is not None:
-                keys = position % window + 1
+            keys = self._decode_keys(position, window, cap)
             per_layer = self.pair_flops["decode"] * keys + self.token_flops["decode"]
-            if self.indexer_pair_flops:
-                per_layer += self.indexer_pair_flops * (position + 1 if window is None else min(position + 1, window))
+            if self.indexer_pair_flops:  # the indexer scores every key the token sees
+                per_layer += self.indexer_pair_flops * self._decode_keys(position, window, window)
             total += layers * per_layer
         return total
 
@@ -318,7 +322,7 @@ class Estimator:
             return self.kv_cache_bytes(batch, context)
         attention, layer_bytes = self.model.attention, self.kv_bytes_per_token_layer_per_gpu
         per_sequence = sum(n * attention.decode_read_bytes(self.cached_tokens(context, w),
-                                                           context if cap is None else min(context, cap), layer_bytes)
+                                                           self._decode_keys(context - 1, w, cap), layer_bytes)
                            for w, n, cap in self._groups)
         return batch * self.deployment.tp * per_sequence
 

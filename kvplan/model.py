@@ -5,14 +5,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .kinds import Attention
+from .kinds import Attention, keys_attended_sum
 from .units import ceil_div
 
 
-def chunked_keys_sum(n: int, chunk: int) -> int:
-    """Sum over positions 0..n-1 of p mod chunk + 1: the keys chunked attention attends (Model.chunked)."""
+def chunked_keys_sum(n: int, chunk: int, cap: int | None = None) -> int:
+    """Sum over positions 0..n-1 of min(p mod chunk + 1, cap): the keys chunked attention attends
+    (Model.chunked), at most `cap` per query (a sparse kind's top-k; None: no cap)."""
     whole, rest = divmod(n, chunk)
-    return whole * chunk * (chunk + 1) // 2 + rest * (rest + 1) // 2
+    return whole * keys_attended_sum(chunk, cap) + keys_attended_sum(rest, cap)
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def recast(model: Model, spec: str) -> Model:
     else:
         _ints(spec, options, {})
 
-    windows = model.layer_windows
+    windows, chunked = model.layer_windows, model.chunked
     if kind == "window" and "size" not in window_options:
         raise InputError(f"--attention {spec!r}: give the window, e.g. window:4096")
     size_text = window_options.get("size") or window_options.get("window")
@@ -96,11 +96,12 @@ def recast(model: Model, spec: str) -> Model:
         every = _ints(spec, {"global_every": window_options["global_every"]}, {"global_every": 1})["global_every"] \
             if "global_every" in window_options else 0
         windows = tuple(None if every and (i + 1) % every == 0 else size for i in range(model.n_layers))
+        chunked = False  # the windows asked for slide, whatever the model's own layers did (Llama 4's chunks)
     elif "global_every" in window_options:
         raise InputError(f"--attention {spec!r}: global_every needs a window size")
 
     name = model.name if kind == "native" else f"{model.name} [{spec}]"
-    return replace(model, name=name, attention=attention, layer_windows=windows)
+    return replace(model, name=name, attention=attention, layer_windows=windows, chunked=chunked)
 
 
 def split_specs(values: Sequence[str] | str | None) -> list[str]:

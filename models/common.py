@@ -1,10 +1,13 @@
 """Pieces every attention kind shares: RMSNorm, RoPE, static cache buffers, the prefill attention call.
 
 Conventions (kvplan/kinds/base.py docstring): a query at 0-based position i attends keys
-max(0, i - window + 1)..i. Caches are preallocated per layer with `slots` token slots, slots =
-min(window, max_context) for a windowed layer, else max_context; position p lives in slot p % slots (a ring
-for windowed layers, the identity otherwise). After a token at position p is written, slot s holds a key the
-query may attend exactly when s <= p, for full and ring caches alike, so decode masks with one comparison.
+max(0, i - window + 1)..i; in a chunked layer (kvplan.model.Model.chunked, Llama 4) it attends keys
+C * (i // C)..i of its own chunk of C = window tokens instead. Caches are preallocated per layer with `slots`
+token slots, slots = min(window, max_context) for a windowed or chunked layer, else max_context; position p
+lives in slot p % slots (a ring for windowed and chunked layers, the identity otherwise). After a token at
+position p is written, slot s holds a key the query may attend exactly when s <= p, for full and ring caches
+alike, and when s <= p % C in a chunked layer (the slots after it still hold the previous chunk's keys, so a
+chunk start clears the cache without writing it), so decode masks with one comparison (decode_limit).
 """
 
 from __future__ import annotations
@@ -112,6 +115,23 @@ def window_chunk(window: int) -> int:
     return min(window, max(64, window // 4))
 
 
+def query_pieces(T: int, step: int, window: int | None = None, attention_chunk: int | None = None):
+    """(start, end, first) for pieces of at most `step` queries of a T-token prompt: queries start..end-1 see
+    keys first..end-1 at most, `first` being the earliest key the piece's first query sees in its window. With
+    attention_chunk a piece also ends where its chunk ends and `first` is the chunk's start, so every query of
+    the piece sees each key from `first` to itself: the plain causal pattern over keys first..end-1."""
+    start = 0
+    while start < T:
+        end = min(start + step, T)
+        if attention_chunk:
+            first = start - start % attention_chunk
+            end = min(end, first + attention_chunk)
+        else:
+            first = max(0, start - window + 1) if window else 0
+        yield start, end, first
+        start = end
+
+
 def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None,
                    chunk: int | None = None, attention_chunk: int | None = None) -> torch.Tensor:
     """Causal attention over materialised q [B,H,T,dq], k [B,Hkv,T,dq], v [B,Hkv,T,dv], optionally within a
@@ -143,9 +163,7 @@ def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     chunk = chunk or window_chunk(window)
     group = q.size(1) // k.size(1)
     positions = torch.arange(T, device=q.device)
-    for start in range(0, T, chunk):
-        end = min(start + chunk, T)
-        first = max(0, start - window + 1)
+    for start, end, first in query_pieces(T, chunk, window):
         mask = flex_prefill.allowed(positions[start:end, None], positions[None, first:end], window, attention_chunk)
         k_seen, v_seen = k[:, :, first:end], v[:, :, first:end]
         if group > 1:  # masked kernels take no enable_gqa: expand only this chunk's keys
@@ -176,6 +194,22 @@ class CacheMixin:
 
     slots: int
     token_dims: dict[str, int]
+    window: int | None  # sliding window in tokens (None: none)
+    attention_chunk: int | None  # tokens per chunk of a chunked layer (None: not chunked)
+
+    def set_span(self, window: int | None, chunked: bool, max_context: int) -> None:
+        """The keys this layer attends (a layer window of a chunked model is its chunk) and its cache slots."""
+        self.window, self.attention_chunk = (None, window) if chunked else (window, None)
+        self.slots = min(window, max_context) if window else max_context
+
+    def decode_limit(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """The token at input_pos attends slots 0..decode_limit: its position, or in a chunked layer its offset
+        in its chunk (see the module docstring)."""
+        return input_pos if self.attention_chunk is None else input_pos % self.attention_chunk
+
+    def decode_slots(self, input_pos: torch.Tensor) -> torch.Tensor:
+        """Bool [slots]: the slots the token at input_pos attends."""
+        return decode_mask(self.slots, self.decode_limit(input_pos))
 
     def cache_buffers(self) -> list[torch.Tensor]:
         return [getattr(self, name) for name in self.token_dims]

@@ -10,19 +10,19 @@ from torch import nn
 from kvplan.kinds import DenseAttention
 from kvplan.units import ceil_div
 
-from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask, head_block
+from .common import CacheMixin, Rope, apply_rope, attend_prefill, head_block
 
 
 class DenseAttentionLayer(nn.Module, CacheMixin):
     def __init__(self, spec: DenseAttention, d_model: int, window: int | None, max_batch: int, max_context: int,
-                 rope: Rope, cache_dtype: torch.dtype, **factory):
+                 rope: Rope, cache_dtype: torch.dtype, chunked: bool = False, **factory):
         super().__init__()
-        self.spec, self.window, self.rope = spec, window, rope
+        self.spec, self.rope = spec, rope
         h, kv, d_h = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.wqkv = nn.Linear(d_model, (h + 2 * kv) * d_h, bias=spec.qkv_bias, **factory)
         self.wo = nn.Linear(h * d_h, d_model, bias=False, **factory)
         self.scale = 1.0 / math.sqrt(d_h)
-        self.slots = min(window, max_context) if window else max_context
+        self.set_span(window, chunked, max_context)
         shape = (max_batch, kv, self.slots, d_h)
         self.register_buffer("k_cache", torch.zeros(shape, dtype=cache_dtype, device=factory.get("device")),
                              persistent=False)
@@ -43,7 +43,7 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         if write_cache:
             self.fill("k_cache", k)
             self.fill("v_cache", v)
-        out = attend_prefill(q, k, v, self.scale, self.window)
+        out = attend_prefill(q, k, v, self.scale, self.window, attention_chunk=self.attention_chunk)
         del q, k, v  # free the projections before the output projection
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -57,7 +57,7 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         # Each KV head serves its group of query heads as the rows of one matrix product over the cache.
         q = (q.view(B, kv, h // kv, d_h) * self.scale)
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, kv, group, slots]
-        scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
+        scores.masked_fill_(~self.decode_slots(input_pos), float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values)  # [B, kv, group, d_h]
         return self.wo(out.reshape(B, 1, h * d_h))
 

@@ -6,7 +6,9 @@ score(t, s) = sum_j w[t, j] relu(q[t, j] . k[s]). Its keys are cached in FP8 (e4
 128 elements, and its queries are rounded to FP8 the same way (as DeepSeek-V3.2-Exp's inference code does), so
 the products run on FP8 tensor cores where kvplan.models.triton_dsa serves. Attention runs in MLA's absorbed (MQA) form in prefill and decode alike, over the
 min(i+1, index_topk) keys chosen for each query; prefill goes in query chunks of DSA_QUERY_CHUNK so the
-indexer's score matrix stays chunk x prompt (kvplan.kinds.dsa.DSA.query_scratch_bytes).
+indexer's score matrix stays chunk x prompt (kvplan.kinds.dsa.DSA.query_scratch_bytes). In a chunked layer
+the indexer scores, and attention takes its top-k from, the keys of the query's own chunk; query chunks then
+also end where an attention chunk ends (common.query_pieces).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from torch import nn
 from kvplan.kinds.dsa import DSA, QUERY_CHUNK as DSA_QUERY_CHUNK
 
 from . import triton_decode, triton_dsa
-from .common import Rope, apply_rope, band_mask, decode_mask
+from .common import Rope, apply_rope, band_mask, query_pieces
 from .mla import MLALayer, latent_attention
 
 FP8_MAX = 448.0  # largest finite float8_e4m3fn
@@ -29,8 +31,8 @@ INDEX_ROWS = 1024  # (query, indexer head) rows scored per matrix product in pre
 
 class DSALayer(MLALayer):
     def __init__(self, spec: DSA, d_model: int, window: int | None, max_batch: int, max_context: int,
-                 rope: Rope, cache_dtype: torch.dtype, **factory):
-        super().__init__(spec.mla, d_model, window, max_batch, max_context, rope, cache_dtype, **factory)
+                 rope: Rope, cache_dtype: torch.dtype, chunked: bool = False, **factory):
+        super().__init__(spec.mla, d_model, window, max_batch, max_context, rope, cache_dtype, chunked, **factory)
         self.dsa = spec
         n, d_i, q_in = spec.index_n_heads, spec.index_head_dim, spec.mla.q_lora_rank or d_model
         self.index_wq = nn.Linear(q_in, n * d_i, bias=False, **factory)
@@ -115,9 +117,7 @@ class DSALayer(MLALayer):
             positions = torch.arange(T, device=x.device)
             batch_rows = torch.arange(B, device=x.device)[:, None, None]
         out = x.new_empty(B, T, x.size(-1))
-        for start in range(0, T, DSA_QUERY_CHUNK):
-            end = min(start + DSA_QUERY_CHUNK, T)
-            first = max(0, start - self.window + 1) if self.window else 0  # earliest key any query here sees
+        for start, end, first in query_pieces(T, DSA_QUERY_CHUNK, self.window, self.attention_chunk):
             k = min(self.dsa.index_topk, end - first)
             q_fp8, q_scale = self._quantize(index_q[:, start:end])  # per chunk: the fp32 scratch stays small
             if fused:  # the kernels of kvplan.models.triton_dsa: no dequantized keys, per-head scores or gathers
@@ -159,16 +159,16 @@ class DSALayer(MLALayer):
         else:
             index_keys = self._dequantize(self.index_k[:B], self.index_scale[:B], x.dtype)
             scores = self._index_scores(index_q, index_w, index_keys)[:, 0]  # [B, slots]
-        allowed = decode_mask(self.slots, input_pos)
+        allowed = self.decode_slots(input_pos)
         scores.masked_fill_(~allowed, float("-inf"))
         top = scores.topk(min(self.dsa.index_topk, self.slots), dim=-1, sorted=True).indices  # [B, k], static k
         keys = self.read("kv_cache", B, x.dtype)
         chosen = keys.gather(1, top.unsqueeze(-1).expand(-1, -1, keys.size(-1)))  # [B, k, L + R]
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
         if triton_decode.enabled(x):
-            # topk lists the keys by descending score, so the min(input_pos + 1, k) attendable ones (finite
-            # scores) come first: exactly the "keys 0..input_pos" the MLA kernel attends.
-            o_latent = triton_decode.mla_decode(q_cat, chosen, input_pos, self.spec.kv_lora_rank)
+            # topk lists the keys by descending score, so the min(limit + 1, k) attendable ones (finite
+            # scores) come first: exactly the "keys 0..limit" the MLA kernel attends.
+            o_latent = triton_decode.mla_decode(q_cat, chosen, self.decode_limit(input_pos), self.spec.kv_lora_rank)
         else:
             o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed[top].unsqueeze(1))
         return self._absorbed_output(o_latent.unsqueeze(1))

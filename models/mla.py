@@ -18,7 +18,7 @@ from torch import nn
 from kvplan.kinds import MLA
 
 from . import triton_decode
-from .common import CacheMixin, RMSNorm, Rope, apply_rope, attend_prefill, decode_mask, head_block
+from .common import CacheMixin, RMSNorm, Rope, apply_rope, attend_prefill, head_block
 
 
 def latent_attention(q_cat: torch.Tensor, keys: torch.Tensor, kv_lora_rank: int, allowed: torch.Tensor) -> torch.Tensor:
@@ -31,9 +31,9 @@ def latent_attention(q_cat: torch.Tensor, keys: torch.Tensor, kv_lora_rank: int,
 
 class MLALayer(nn.Module, CacheMixin):
     def __init__(self, spec: MLA, d_model: int, window: int | None, max_batch: int, max_context: int,
-                 rope: Rope, cache_dtype: torch.dtype, **factory):
+                 rope: Rope, cache_dtype: torch.dtype, chunked: bool = False, **factory):
         super().__init__()
-        self.spec, self.window, self.rope = spec, window, rope
+        self.spec, self.rope = spec, rope
         h = spec.n_heads
         if spec.q_lora_rank:
             self.wq_a = nn.Linear(d_model, spec.q_lora_rank, bias=False, **factory)
@@ -46,7 +46,7 @@ class MLALayer(nn.Module, CacheMixin):
         self.wkv_b = nn.Linear(spec.kv_lora_rank, h * (spec.qk_nope_head_dim + spec.v_head_dim), bias=False, **factory)
         self.wo = nn.Linear(h * spec.v_head_dim, d_model, bias=False, **factory)
         self.scale = 1.0 / math.sqrt(spec.qk_head_dim)
-        self.slots = min(window, max_context) if window else max_context
+        self.set_span(window, chunked, max_context)
         width = spec.kv_lora_rank + spec.qk_rope_head_dim
         self.register_buffer("kv_cache", torch.zeros(max_batch, self.slots, width, dtype=cache_dtype,
                                                      device=factory.get("device")), persistent=False)
@@ -112,7 +112,8 @@ class MLALayer(nn.Module, CacheMixin):
         k_rope = latent[..., s.kv_lora_rank:].unsqueeze(2).expand(B, T, s.n_heads, s.qk_rope_head_dim)
         k = torch.cat([k_nope, k_rope], dim=-1)
         del kv, k_nope, k_rope, latent
-        out = attend_prefill(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.window)
+        out = attend_prefill(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), self.scale, self.window,
+                             attention_chunk=self.attention_chunk)
         del q, k, v
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -123,10 +124,11 @@ class MLALayer(nn.Module, CacheMixin):
         _, q = self._query(x)
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
         if triton_decode.enabled(x) and self.kv_cache.dtype == x.dtype:
-            o_latent = triton_decode.mla_decode(q_cat, self.kv_cache[:B], input_pos, self.spec.kv_lora_rank)
+            o_latent = triton_decode.mla_decode(q_cat, self.kv_cache[:B], self.decode_limit(input_pos),
+                                                self.spec.kv_lora_rank)
         else:
             keys = self.read("kv_cache", B, x.dtype)  # [B, slots, L + R]
-            o_latent = latent_attention(q_cat, keys, self.spec.kv_lora_rank, decode_mask(self.slots, input_pos))
+            o_latent = latent_attention(q_cat, keys, self.spec.kv_lora_rank, self.decode_slots(input_pos))
         return self._absorbed_output(o_latent.unsqueeze(1))
 
     @classmethod

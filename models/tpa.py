@@ -23,7 +23,7 @@ from torch import nn
 from kvplan.kinds import TPA
 
 from . import triton_decode
-from .common import CacheMixin, Rope, apply_rope, attend_prefill, decode_mask, head_block
+from .common import CacheMixin, Rope, apply_rope, attend_prefill, head_block
 
 
 def rebuild(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -33,9 +33,9 @@ def rebuild(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class TPALayer(nn.Module, CacheMixin):
     def __init__(self, spec: TPA, d_model: int, window: int | None, max_batch: int, max_context: int,
-                 rope: Rope, cache_dtype: torch.dtype, **factory):
+                 rope: Rope, cache_dtype: torch.dtype, chunked: bool = False, **factory):
         super().__init__()
-        self.spec, self.window, self.rope = spec, window, rope
+        self.spec, self.rope = spec, rope
         h, d_h = spec.n_heads, spec.head_dim
         ranks = (spec.q_rank, spec.k_rank, spec.v_rank)
         # Output columns: A_Q, A_K, A_V (rank x h each), then B_Q, B_K, B_V (rank x d_h each).
@@ -43,7 +43,7 @@ class TPALayer(nn.Module, CacheMixin):
         self.wo = nn.Linear(h * d_h, d_model, bias=False, **factory)
         self.scale = 1.0 / math.sqrt(d_h)
         self.decode_order = spec.decode_order  # "flash" or "rebuild"; settable, to time one against the other
-        self.slots = min(window, max_context) if window else max_context
+        self.set_span(window, chunked, max_context)
         device = factory.get("device")
         for name, shape in (("a_k", (spec.k_rank, h, self.slots)), ("b_k", (self.slots, spec.k_rank, d_h)),
                             ("a_v", (spec.v_rank, h, self.slots)), ("b_v", (self.slots, spec.v_rank, d_h))):
@@ -76,7 +76,7 @@ class TPALayer(nn.Module, CacheMixin):
             self._store(f)
         q, k, v = (rebuild(f["a_" + n], f["b_" + n]).transpose(1, 2) for n in "qkv")  # [B, h, T, d_h]
         del f
-        out = attend_prefill(q, k, v, self.scale, self.window)
+        out = attend_prefill(q, k, v, self.scale, self.window, attention_chunk=self.attention_chunk)
         del q, k, v
         return self.wo(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -86,16 +86,17 @@ class TPALayer(nn.Module, CacheMixin):
         f = self._factors(x, *self.rope.at(input_pos))
         self._store(f, input_pos)
         kernel = triton_decode.enabled(x) and self.a_k.dtype == x.dtype
+        limit = self.decode_limit(input_pos)  # the kernels attend slots 0..limit
         caches = (self.a_k[:B], self.b_k[:B], self.a_v[:B], self.b_v[:B])
         if self.decode_order == "flash":
             # A_Q carries 1/R_Q and the softmax scale / R_K: [B, h, R_Q]; B_Q [B, R_Q, d_h].
             a_q = f["a_q"][:, 0].transpose(1, 2) * (self.scale / (s.q_rank * s.k_rank))
             b_q = f["b_q"][:, 0]
-            out = (triton_decode.tpa_decode(a_q, *caches, input_pos, b_q=b_q) if kernel
+            out = (triton_decode.tpa_decode(a_q, *caches, limit, b_q=b_q) if kernel
                    else self._attend_flash(a_q, b_q, input_pos))
         else:
             q = rebuild(f["a_q"], f["b_q"])[:, 0] * (self.scale / s.k_rank)  # [B, h, d_h]
-            out = triton_decode.tpa_decode(q, *caches, input_pos) if kernel else self._attend_factors(q, input_pos)
+            out = triton_decode.tpa_decode(q, *caches, limit) if kernel else self._attend_factors(q, input_pos)
         return self.wo(out.mul_(1.0 / s.v_rank).reshape(B, 1, h * d_h))
 
     def _attend_factors(self, q: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
@@ -127,7 +128,7 @@ class TPALayer(nn.Module, CacheMixin):
         B, h = qb.shape[:2]
         a_k, a_v, b_v = (self.read(n, B, qb.dtype) for n in ("a_k", "a_v", "b_v"))
         scores = (qb * a_k.permute(0, 2, 3, 1)).sum(-1)  # weight by A_K and sum the ranks: [B, h, slots]
-        scores.masked_fill_(~decode_mask(self.slots, input_pos), float("-inf"))
+        scores.masked_fill_(~self.decode_slots(input_pos), float("-inf"))
         p = torch.softmax(scores, dim=-1)
         pa = p.unsqueeze(-1) * a_v.permute(0, 2, 3, 1)  # [B, h, slots, R_V]
         return torch.matmul(pa.reshape(B, h, self.slots * s.v_rank), b_v.view(B, self.slots * s.v_rank, s.head_dim))

@@ -1,7 +1,7 @@
 """The decoder: embedding, layers of (RMSNorm, attention, RMSNorm, SwiGLU or MoE feed-forward), LM head.
 
-Built from a kvplan.model.Model, layer by layer (attention kind, per-layer window, dense or MoE
-feed-forward), with random weights. Every method runs without autograd.
+Built from a kvplan.model.Model, layer by layer (attention kind, per-layer window, or chunk where the model
+is chunked, dense or MoE feed-forward), with random weights. Every method runs without autograd.
 
 Activation memory (kvplan.estimator.Estimator.activation_bytes_per_gpu): the residual stream is updated in
 place, each block holds its normed input while its attention or feed-forward runs, and attention layers
@@ -75,8 +75,8 @@ class Block(nn.Module):
         super().__init__()
         d = desc.d_model
         self.attention_norm = block_norm(desc.block_norm, d, **factory)
-        self.attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], max_batch, max_context, rope,
-                                     cache_dtype, **factory)
+        self.attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], max_batch,
+                                                     max_context, rope, cache_dtype, chunked=desc.chunked, **factory)
         self.ffn_norm = block_norm(desc.block_norm, d, **factory)
         moe = desc.ffn.is_moe_layer(index)
         self.ffn = MoE(d, desc.ffn, **factory) if moe else SwiGLU(d, desc.ffn.intermediate, **factory)

@@ -8,6 +8,9 @@ prefill_seconds               prefill_seconds (roofline of the whole prompt)
 decode_seconds                decode_seconds_per_token (roofline of the step writing the context-th token)
 prefill_flops_counted         profilers.flops.counted_prefill_flops (what FlopCounterMode sees: full rectangles)
 decode_flops                  batch x decode_flops_per_token(context - 1)
+                              (a chunked layer's decode scores every slot of its one-chunk cache and masks those
+                              after the token's, so below a whole number of chunks it counts more than the
+                              p mod chunk + 1 keys the estimate counts)
 The exact causal prefill FLOPs (what the roofline uses) are reported beside the counted ones.
 
 error = estimate / measured - 1 (positive: the estimate is higher than what was measured).

@@ -16,7 +16,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from kvplan.estimator import Estimator
-from kvplan.models.common import window_chunk
+from kvplan.models.common import query_pieces, window_chunk
 
 aten = torch.ops.aten
 
@@ -43,16 +43,11 @@ def count_flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def _chunked_pairs(prompt: int, chunk: int, window: int | None, cap: int | None = None) -> int:
-    """(query, key) pairs the prefill kernels of one layer are handed: queries go in chunks of `chunk`, each
-    chunk against every key from the earliest one its queries may see (window) to its last query, at most
-    `cap` of them per query (DSA's top-k)."""
-    total = 0
-    for start in range(0, prompt, chunk):
-        end = min(start + chunk, prompt)
-        keys = end - (max(0, start - window + 1) if window else 0)
-        total += (end - start) * (keys if cap is None else min(keys, cap))
-    return total
+def _pieces_pairs(pieces, cap: int | None = None) -> int:
+    """(query, key) pairs the prefill kernels of one layer are handed over (start, end, first) query pieces
+    (kvplan.models.common.query_pieces): each piece's queries against keys first..end-1, at most `cap` of them
+    per query (DSA's top-k)."""
+    return sum((end - start) * (end - first if cap is None else min(end - first, cap)) for start, end, first in pieces)
 
 
 def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
@@ -60,15 +55,18 @@ def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
     estimate; attention over the rectangles the kernels are handed: queries in chunks of the kind's
     prefill_query_chunk (DSA), else one prompt x prompt call, or for a window shorter than the prompt chunks of
     window_chunk(window) queries (kvplan.models.common.attend_prefill), each chunk against the keys it can
-    see; a key selector (DSA's indexer) scores every visible key and attention takes a fixed
-    min(visible, top-k) keys per query."""
+    see, or for a chunked layer (Model.chunked) shorter than the prompt one causal call per chunk; a key
+    selector (DSA's indexer) scores every visible key and attention takes a fixed min(visible, top-k) keys
+    per query."""
     attention = est.model.attention
     topk = attention.sparse_topk
     total = 0
     for window, layers in est.model.window_groups:
         whole = window is None or window >= prompt
-        chunk = attention.prefill_query_chunk or (prompt if whole else window_chunk(window))
-        per_layer = (est.pair_flops["prefill"] * _chunked_pairs(prompt, chunk, window, topk)
-                     + est.indexer_pair_flops * _chunked_pairs(prompt, chunk, window))
+        chunk = window if est.model.chunked and not whole else None
+        step = attention.prefill_query_chunk or (prompt if whole else chunk or window_chunk(window))
+        pieces = list(query_pieces(prompt, step, None if chunk else window, chunk))
+        per_layer = (est.pair_flops["prefill"] * _pieces_pairs(pieces, topk)
+                     + est.indexer_pair_flops * _pieces_pairs(pieces))
         total += layers * (per_layer + est.token_flops["prefill"] * prompt)
     return est.prefill_linear_flops(batch, prompt) + batch * total

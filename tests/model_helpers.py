@@ -70,6 +70,15 @@ def assert_counted_prefill_flops(desc: Model, batch: int = 2, prompt: int = 14) 
     assert count_flops(lambda: net.prefill(toks)) == counted_prefill_flops(estimator(desc), batch, prompt)
 
 
+def decode_step_flops(desc: Model, batch: int, context: int) -> int:
+    """FlopCounterMode's count of the decode step at position context - 1 after a (context - 1)-token prefill,
+    in caches of `context` tokens."""
+    net = f64(desc, max_context=context)
+    toks = tokens(batch, context)
+    net.prefill(toks[:, :context - 1])
+    return count_flops(lambda: net.decode(toks[:, context - 1:], torch.tensor([context - 1])))
+
+
 def shard_outputs(desc: Model, tp: int, ranks, length: int = 8, seed: int = 3):
     """Per attention layer of desc, on one input [1, length, d_model]: the sum over `ranks` of the tp-way
     shards' prefill outputs (before any all-reduce), and the unsharded layer's output."""
@@ -77,3 +86,19 @@ def shard_outputs(desc: Model, tp: int, ranks, length: int = 8, seed: int = 3):
     full = build_layers(desc, desc.attention, full_layer_states(desc, F64, seed), 1, length, F64, F64, "cpu")
     shards = [shard_layers(desc, tp, rank, 1, length, F64, F64, "cpu", seed) for rank in ranks]
     return [(sum(layers[i].prefill(x) for layers in shards), layer.prefill(x)) for i, layer in enumerate(full)]
+
+
+def decode_graph(net, token, position):
+    """A CUDA graph of one decode step of `net`, captured after a warm-up off the default stream (which writes
+    `position`; each replay rewrites it): (graph, static token [B, 1], static position [1], static logits [B, V]).
+    Copy a token and a position into the static tensors, then replay."""
+    static_tok, static_pos = token.clone(), position.clone()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        net.decode(static_tok, static_pos)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = net.decode(static_tok, static_pos)
+    return graph, static_tok, static_pos, static_out

@@ -14,10 +14,10 @@ from kvplan.model import FeedForward, Model
 from kvplan.models import build, sliced
 from kvplan.models import dsa as dsa_module
 from kvplan.models.common import apply_rope, attend_prefill, band_mask
-from kvplan.profilers.flops import count_flops
 from kvplan.recast import recast
 from model_helpers import (VOCAB, assert_cache_bytes_equal_the_estimate, assert_cached_decode_equals_forward,
-                           assert_close, assert_counted_prefill_flops, decode_logits, estimator, f64, tokens)
+                           assert_close, assert_counted_prefill_flops, decode_graph, decode_logits, decode_step_flops,
+                           estimator, f64, tokens)
 
 D = 48
 _MLA = MLA(n_heads=4, kv_lora_rank=24, qk_rope_head_dim=8, qk_nope_head_dim=12, v_head_dim=10, q_lora_rank=20)
@@ -207,12 +207,6 @@ def test_gqa_cache_bytes_by_hand():
 FLOP_KINDS = ("gqa", "mqa", "local-global", "mla", "tpa", "tpa-rebuild", "dsa", "moe")
 
 
-def counted(fn, *args) -> int:
-    # kvplan.profilers.flops counts scaled_dot_product_attention as FlopCounterMode's GPU formulas do, as the
-    # whole q x k rectangle it is handed (causal or not), also for the CPU kernel, which torch leaves uncounted.
-    return count_flops(lambda: fn(*args))
-
-
 @pytest.mark.parametrize("kind", FLOP_KINDS)
 def test_prefill_flops_equal_the_estimate(kind):
     desc, B, T = KINDS[kind], 2, 14
@@ -239,12 +233,9 @@ def test_prefill_flops_equal_the_estimate(kind):
 def test_decode_flops_equal_the_estimate(kind):
     desc, B, S = KINDS[kind], 2, 10
     est = estimator(desc)
-    net = f64(desc, max_context=S)
-    toks = tokens(B, S)
-    net.prefill(toks[:, :S - 1])
     # Decode attends all S slots of a static cache (masking the unwritten ones), so measure the step at
     # position S-1, where every slot is live and the estimate's min(position + 1, cap) keys are the slots.
-    flops = counted(net.decode, toks[:, S - 1:], torch.tensor([S - 1]))
+    flops = decode_step_flops(desc, B, S)
     # Matrix products only on both sides (TPA weighs by A_K and A_V elementwise, left out by both), so exact;
     # TPA counts the contraction order its layer runs (TPA.decode_order).
     assert flops == B * est.decode_flops_per_token(S - 1)
@@ -257,15 +248,7 @@ def test_decode_in_a_cuda_graph_equals_eager(kind):
     net = build(desc, max_batch=2, max_context=S, dtype=torch.float32, kv_dtype="fp32", device="cuda")
     toks = tokens(2, S).cuda()
     net.prefill(toks[:, :20])
-    static_tok, static_pos = toks[:, 20:21].clone(), torch.tensor([20], device="cuda")
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        net.decode(static_tok, static_pos)  # warm-up writes position 20; the graph rewrites it
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = net.decode(static_tok, static_pos)
+    graph, static_tok, static_pos, static_out = decode_graph(net, toks[:, 20:21], torch.tensor([20], device="cuda"))
     eager = build(desc, max_batch=2, max_context=S, dtype=torch.float32, kv_dtype="fp32", device="cuda")
     _same_weights(net, eager)
     eager.prefill(toks[:, :20])

@@ -60,8 +60,8 @@ def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int
     rope = Rope(spec.rope_dim, context, device=device, convention=desc.rope_convention)
     layers = []
     for window, state in zip(desc.layer_windows, states):
-        layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, dtype=dtype,
-                                  device=device)
+        layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, chunked=desc.chunked,
+                                  dtype=dtype, device=device)
         layer.load_state_dict(state, strict=True)  # a slice of the wrong shape or a missing weight fails here
         layers.append(layer.eval().requires_grad_(False))
     return layers
