@@ -229,8 +229,14 @@ def get_preset(name: str) -> Model:
 def load_model(name_or_path: str) -> Model:
     """A preset by name, a local config.json (file or folder), or a model id (ORG/NAME) in the local Hugging Face
     cache."""
+    import os
     from pathlib import Path
 
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise InputError(f"model must be a preset name (see `kvplan models`), a config.json path or a "
+                         f"kvplan.model.Model, not {name_or_path!r}", "model")
     if name_or_path.strip().lower() in PRESETS:
         return get_preset(name_or_path)
     path = Path(name_or_path)
