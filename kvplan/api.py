@@ -116,18 +116,26 @@ def check_depth(model: Model, deployment: Deployment) -> None:
 
 
 def estimator_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
-    """What is estimated anyway but deserves a word: a context past the model's positions, heads that do not
-    split evenly over the tensor-parallel GPUs (serving engines refuse that; the estimate rounds heads up)."""
-    model, tp = estimator.model, estimator.deployment.tp
+    """What is estimated anyway but deserves a word: a context past the model's positions, a paged-cache block
+    longer than a context, heads that do not split evenly over the tensor-parallel GPUs (serving engines refuse
+    that; the estimate rounds heads up per GPU, one head per GPU where there are more GPUs than heads)."""
+    model, tp, block = estimator.model, estimator.deployment.tp, estimator.deployment.block_size
     messages = []
-    longest = max(contexts)
+    longest, shortest = max(contexts), min(contexts)
     if model.max_positions and longest > model.max_positions:
         messages.append(f"{model.name}: context {longest} exceeds the model's max_position_embeddings "
                         f"({model.max_positions}); estimated anyway")
     if model.is_encoder:
         messages.append(f"{model.name} is an encoder: prefill attends both ways and nothing is decoded (decode "
                         f"columns are empty)")
-    if tp > 1 and model.attention.n_heads % tp:
+    if block > shortest:
+        messages.append(f"{model.name}: block size {block} exceeds the context {shortest}: each sequence holds one "
+                        f"whole {block}-token block per layer, and the estimate counts it so")
+    heads = model.attention.n_heads
+    if tp > heads:
+        messages.append(f"{model.name}: tp={tp} is more GPUs than its {heads} attention heads (engines such as vLLM "
+                        f"refuse this): estimated with one head per GPU, {tp - heads} of them copies")
+    elif tp > 1 and heads % tp:
         messages.append(f"{model.name}: {model.attention.n_heads} attention heads do not split evenly over tp={tp} "
                         f"GPUs (engines such as vLLM refuse this); estimated with heads rounded up per GPU")
     ep = estimator.deployment.ep

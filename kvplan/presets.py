@@ -235,8 +235,8 @@ def load_model(name_or_path: str) -> Model:
     if isinstance(name_or_path, os.PathLike):
         name_or_path = os.fspath(name_or_path)
     if not isinstance(name_or_path, str) or not name_or_path.strip():
-        raise InputError(f"model must be a preset name (see `kvplan models`), a config.json path or a "
-                         f"kvplan.model.Model, not {name_or_path!r}", "model")
+        raise InputError(f"model must name a preset (see `kvplan models`) or a config.json file, not {name_or_path!r}",
+                         "model")
     if name_or_path.strip().lower() in PRESETS:
         return get_preset(name_or_path)
     path = Path(name_or_path)

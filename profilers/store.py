@@ -1,8 +1,11 @@
-"""The results file of a sweep: one CSV row per finished configuration, written the moment it is done.
+"""Output files of profile and calibrate: checked before any measuring starts, and written atomically.
 
-Each row goes out as one `write` of a whole line, then flush + fsync, so a kill at any moment leaves every
-finished row on disk and at worst a torn last line, which `open_results` cuts off before appending.
-`--resume` reads the rows already there and the sweep skips their keys.
+`check_writable` refuses an output path that cannot be written (no such folder, a folder, no permission)
+before a run spends minutes measuring. `write_atomically` writes a temporary file beside the target and
+renames it over the target, so a reader (or a killed run) sees the old file or the new one, never half.
+A sweep's results file holds one CSV row per finished configuration, rewritten that way the moment each row
+is done, so a kill at any moment leaves every finished row on disk. `--resume` reads the rows already there
+and the sweep skips their keys; a torn last line (left by older versions, which appended) is cut off.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import tempfile
 from pathlib import Path
 
 from kvplan.units import InputError
@@ -52,60 +56,83 @@ def parse_cell(text: str):
     return text
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a CSV text file; choose another --out") from None
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """Complete rows of a results file, typed (a torn last line, from a kill mid-write, is left out)."""
     path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0:
         return []
-    text = path.read_text()
+    text = _text(path)
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     rows = list(csv.DictReader(io.StringIO(text)))
     return [{k: parse_cell(v) for k, v in row.items()} for row in rows if None not in row and None not in row.values()]
 
 
-def check_out_folder(path: str | Path) -> None:
-    """A results path must name a file in a folder that exists: a typo in --out creates no folders."""
-    folder = Path(path).parent
+def check_writable(path: str | Path, flag: str = "--out") -> Path:
+    """`path` if a file can be written there: its folder exists (a typo creates no folders), it is no folder,
+    and the folder (and the file, where it exists) take writes. Checked by creating and removing a file."""
+    path = Path(path)
+    folder = path.parent
     if not folder.is_dir():
-        raise InputError(f"--out {path}: folder {folder} does not exist; create it first or choose another --out")
+        raise InputError(f"{flag} {path}: folder {folder} does not exist; create it first or choose another {flag}")
+    if path.is_dir():
+        raise InputError(f"{flag} {path} is a folder; give a file name in it")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"{flag} {path}: the file is not writable")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
+            pass
+    except OSError as error:
+        raise InputError(f"{flag} {path}: cannot write in {folder} ({error.strerror or error})") from None
+    return path
+
+
+def write_atomically(path: str | Path, text: str) -> None:
+    """Write `text` to a temporary file in `path`'s folder, flush it to disk, and rename it over `path`."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
+            out.write(text)
+            out.flush()
+            os.fsync(out.fileno())
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o777)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 class ResultsFile:
-    """Appends rows with a fixed header; `done` holds the keys already in the file."""
+    """Rows with a fixed header, the whole file rewritten atomically per row; `done` holds the keys in it."""
 
     def __init__(self, path: str | Path, columns: list[str], resume: bool):
-        self.path, self.columns = Path(path), list(columns)
+        self.path, self.columns = check_writable(path), list(columns)
         self.done: set[tuple[str, ...]] = set()
-        check_out_folder(self.path)
-        if self.path.exists() and self.path.stat().st_size and not resume:
+        has_rows = self.path.exists() and self.path.stat().st_size > 0
+        if has_rows and not resume:
             raise InputError(f"{self.path} already holds results: pass --resume to continue it, or choose another --out")
-        if resume and self.path.exists() and self.path.stat().st_size:
-            self._check_header()
-            self._cut_torn_line()
+        self.text = _line(self.columns)
+        if has_rows:
+            text = _text(self.path)
+            if next(csv.reader(io.StringIO(text)), []) != self.columns:
+                raise InputError(f"{self.path} has different columns from this version of kvplan profile; "
+                                 f"use another --out")
+            self.text = text[: text.rfind("\n") + 1]  # a torn last line is measured again
             self.done = {row_key(row) for row in read_rows(self.path)}
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            self._write(_line(self.columns))
-
-    def _check_header(self) -> None:
-        with self.path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-        if header != self.columns:
-            raise InputError(f"{self.path} has different columns from this version of kvplan profile; "
-                             f"use another --out")
-
-    def _cut_torn_line(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-
-    def _write(self, text: str) -> None:
-        with self.path.open("a", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_atomically(self.path, self.text)
 
     def append(self, row: dict) -> None:
-        self._write(_line(row, self.columns))
+        self.text += _line(row, self.columns)
+        write_atomically(self.path, self.text)
         self.done.add(row_key(row))

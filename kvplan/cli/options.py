@@ -86,7 +86,8 @@ class DeploymentOptions:
         return dict(model=self.model, gpu=self.gpu, attention=split_specs(self.attention) or None,
                     kv_dtype=self.kv_dtypes(), gpus=self.gpus, pp=self.pp, dp=self.dp, ep=self.ep,
                     gpus_per_node=self.gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
-                    block_size=self.block_size, reserve=self.reserve, flash=not self.naive_attention,
+                    block_size=self.block_size, reserve=parse_bytes(self.reserve, "--reserve", minimum=0),
+                    flash=not self.naive_attention,
                     hardware_profile=self.hardware_profile,
                     prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
                     **{**parse_assignments(list(self.gpu_set)), **named})

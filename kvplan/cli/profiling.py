@@ -60,17 +60,20 @@ def profile(
         print_rows(rows, output.as_json, output.as_csv)
 
 
-@deployment_options(include=("gpu", "usd_per_hour"), gpu="auto", csv=False)
+@deployment_options(include=("gpu", "usd_per_hour"), gpu="auto")
 def calibrate(
     options: DeploymentOptions,
     device_name: str = DeviceOpt,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the profile JSON here (for --hardware-profile)."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed samples per figure (the median is used)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the profile JSON here (for "
+                                      "--hardware-profile); checked before measuring starts, written whole."),
+    repeats: int = typer.Option(5, "--repeats", min=1, metavar="N", help="Timed samples per figure (the median is "
+                                "used; on a CPU the peaks take the fastest)."),
 ) -> None:
     """Measure memory bandwidth, matmul FLOP/s and the profiler's kernel efficiencies; write a hardware profile.
 
     The efficiencies are fractions of --gpu's datasheet peaks; on a CPU, where there is no preset, of the
-    measured peaks, and --usd-per-hour is required.
+    fastest rates measured, and --usd-per-hour is required. --json prints the whole profile, --csv the
+    calibrated GPU's fields as one row (the columns of `kvplan gpus --csv`).
     """
     from rich.console import Console
 
@@ -82,7 +85,7 @@ def calibrate(
     with Console(stderr=True).status("calibrating") as status:
         result = measure(device_name, options.gpu, options.usd_per_hour, repeats, out,
                          progress=lambda message: status.update(f"calibrating: {message}"))
-    if options.output.as_json:
-        emit(result, True, False)
+    if options.output.as_json or options.output.as_csv:
+        emit(result if options.output.as_json else [result["gpu"]], options.output.as_json, options.output.as_csv)
     else:
         print_profile(result, out)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
-from pathlib import Path
 
 COLUMNS = [
     ("attention", "attention"), ("tp", "tp"), ("rank", "rank"), ("batch", "batch"), ("context", "context"),
@@ -53,13 +53,15 @@ def print_table(rows: list[dict]) -> None:
 
 
 def write_rows(rows: list[dict], path: str) -> None:
-    """JSON (a list of rows) for a .json path, else CSV."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """JSON (a list of rows) for a .json path, else CSV; written atomically into a folder that exists."""
+    from ..store import check_writable, write_atomically
+
+    target = check_writable(path)
     if target.suffix == ".json":
-        target.write_text(json.dumps(rows, indent=1) + "\n")
+        write_atomically(target, json.dumps(rows, indent=1) + "\n")
         return
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(target, buffer.getvalue())
