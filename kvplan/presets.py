@@ -215,6 +215,8 @@ def preset_rows() -> list[dict]:
 
 
 def get_preset(name: str) -> Model:
+    if not isinstance(name, str):
+        raise InputError(f"model must name a preset (see `kvplan models`), not {name!r}", "model")
     key = name.strip().lower()
     if key not in PRESETS:
         near = difflib.get_close_matches(key, PRESETS, n=3, cutoff=0.4)

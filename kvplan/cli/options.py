@@ -76,21 +76,24 @@ class DeploymentOptions:
         """Keyword arguments of kvplan.api.estimators. Named options win over --gpu-set."""
         from ..hardware import parse_assignments
         from ..recast import split_specs
-        from ..units import parse_bytes, parse_tokens
+        from ..units import parse_bytes, parse_count, parse_tokens
 
         named = {k: getattr(self, k) for k in ("usd_per_hour", "compute_efficiency", "bandwidth_efficiency")
                  if getattr(self, k) is not None}
         if self.memory:
             named["memory_bytes"] = parse_bytes(self.memory, "--memory")
         chunk = str(self.prefill_chunk or "0")
+        overrides = parse_assignments(list(self.gpu_set))
+        node = overrides.pop("gpus_per_node", None)  # a GPU field and a deployment option: the option wins
+        gpus_per_node = self.gpus_per_node or (parse_count(node, "--gpu-set gpus_per_node") if node else 0)
         return dict(model=self.model, gpu=self.gpu, attention=split_specs(self.attention) or None,
                     kv_dtype=self.kv_dtypes(), gpus=self.gpus, pp=self.pp, dp=self.dp, ep=self.ep,
-                    gpus_per_node=self.gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
+                    gpus_per_node=gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
                     block_size=self.block_size, reserve=parse_bytes(self.reserve, "--reserve", minimum=0),
                     flash=not self.naive_attention,
                     hardware_profile=self.hardware_profile,
                     prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
-                    **{**parse_assignments(list(self.gpu_set)), **named})
+                    **{**overrides, **named})
 
 
 def _gpu_help() -> str:

@@ -31,25 +31,22 @@ def _cell(key: str, value) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
+    """The rows as a table that fits the terminal and never cuts a number (kvplan.output.print_table)."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from kvplan.output import print_table as show
 
     if not rows:
         return
     first = rows[0]
-    table = Table(title=f"{escape(first['model'])}: tensor-parallel attention, {first['layers']} of "
-                        f"{first['full_layers']} layers, {first['dtype']} compute, {first['kv_dtype']} cache, "
-                        f"{first['backend']} on {escape(first['gpu'])}",
-                  caption="MiB = 2^20 bytes. est: kvplan's Estimator for the attention layers alone at the same tp "
-                          "(err = est / measured - 1). output: max|sharded - unsharded| / max|unsharded| on rank 0.",
-                  caption_justify="left")
-    for header, _ in COLUMNS:
-        table.add_column(header, justify="left" if header == "attention" else "right")
-    for row in rows:
-        table.add_row(*(escape(_cell(key, row[key])) if key == "attention" else _cell(key, row[key])
-                        for _, key in COLUMNS))
-    Console(width=240).print(table)
+    columns = [(header, (lambda key: lambda row: escape(_cell(key, row[key])) if key == "attention"
+                         else _cell(key, row[key]))(key)) for header, key in COLUMNS]
+    show(rows, columns,
+         title=f"{escape(first['model'])}: tensor-parallel attention, {first['layers']} of {first['full_layers']} "
+               f"layers, {first['dtype']} compute, {first['kv_dtype']} cache, {first['backend']} on "
+               f"{escape(first['gpu'])}",
+         caption="MiB = 2^20 bytes. est: kvplan's Estimator for the attention layers alone at the same tp (err = est / "
+                 "measured - 1). output: max|sharded - unsharded| / max|unsharded| on rank 0.")
 
 
 def write_rows(rows: list[dict], path: str) -> None:
