@@ -49,7 +49,7 @@ def profile(model: str, attentions: list[str], contexts: list[int], batches: lis
     the tensor-parallel attention layers under torch.distributed (kvplan.profilers.distributed). Rows go to
     `out` as they finish."""
     if out:
-        from .store import check_writable
+        from kvplan.files import check_writable
 
         check_writable(out)
     if gpus > 1:
@@ -112,12 +112,12 @@ def calibrate(device_name: str = "cuda", gpu: str = "auto", usd_per_hour: float 
     if usd_per_hour is not None and not 0 < usd_per_hour < math.inf:
         raise InputError(f"--usd-per-hour must be a positive price in $, not {usd_per_hour}")
     if out:
-        from .store import check_writable
+        from kvplan.files import check_writable
 
         check_writable(out)
     result = measure(pick_device(device_name), gpu, usd_per_hour, repeats, progress=progress)
     if out:
-        from .store import write_atomically
+        from kvplan.files import write_atomically
 
         write_atomically(out, json.dumps(result, indent=1) + "\n")
     return result

@@ -1,21 +1,18 @@
-"""Output files of profile and calibrate: checked before any measuring starts, and written atomically.
+"""The results file of a sweep: one CSV row per finished configuration, on disk the moment it is done.
 
-`check_writable` refuses an output path that cannot be written (no such folder, a folder, no permission)
-before a run spends minutes measuring. `write_atomically` writes a temporary file beside the target and
-renames it over the target, so a reader (or a killed run) sees the old file or the new one, never half.
-A sweep's results file holds one CSV row per finished configuration, rewritten that way the moment each row
-is done, so a kill at any moment leaves every finished row on disk. `--resume` reads the rows already there
-and the sweep skips their keys; a torn last line (left by older versions, which appended) is cut off.
+The file is checked before any measuring starts and rewritten whole through kvplan.files.write_atomically
+after each row, so a kill at any moment leaves every finished row on disk and never half a file. `--resume`
+reads the rows already there and the sweep skips their keys; a torn last line (left by versions that
+appended) is cut off.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
-import tempfile
 from pathlib import Path
 
+from kvplan.files import check_writable, write_atomically
 from kvplan.units import InputError
 
 # What makes two rows the same measurement: a resumed run skips rows whose key it already holds.
@@ -75,42 +72,6 @@ def read_rows(path: str | Path) -> list[dict]:
         text = text[: text.rfind("\n") + 1]
     rows = list(csv.DictReader(io.StringIO(text)))
     return [{k: parse_cell(v) for k, v in row.items()} for row in rows if None not in row and None not in row.values()]
-
-
-def check_writable(path: str | Path, flag: str = "--out") -> Path:
-    """`path` if a file can be written there: its folder exists (a typo creates no folders), it is no folder,
-    and the folder (and the file, where it exists) take writes. Checked by creating and removing a file."""
-    path = Path(path)
-    folder = path.parent
-    if not folder.is_dir():
-        raise InputError(f"{flag} {path}: folder {folder} does not exist; create it first or choose another {flag}")
-    if path.is_dir():
-        raise InputError(f"{flag} {path} is a folder; give a file name in it")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise InputError(f"{flag} {path}: the file is not writable")
-    try:
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}.", suffix=".check"):
-            pass
-    except OSError as error:
-        raise InputError(f"{flag} {path}: cannot write in {folder} ({error.strerror or error})") from None
-    return path
-
-
-def write_atomically(path: str | Path, text: str) -> None:
-    """Write `text` to a temporary file in `path`'s folder, flush it to disk, and rename it over `path`."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", newline="", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        if path.exists():
-            os.chmod(temporary, path.stat().st_mode & 0o777)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 class ResultsFile:

@@ -145,7 +145,8 @@ def test_calibrate_refuses_a_bad_price_and_an_unwritable_out_before_measuring(ru
 
 def test_calibrate_writes_the_profile_whole(tmp_path, monkeypatch):
     # The profile goes to a temporary file renamed over --out: a failure mid-write leaves the old file.
-    from kvplan.profilers import commands, store
+    from kvplan import files
+    from kvplan.profilers import commands
 
     out = tmp_path / "p.json"
     out.write_text("old")
@@ -154,7 +155,7 @@ def test_calibrate_writes_the_profile_whole(tmp_path, monkeypatch):
     def broken(self, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store.os, "fsync", lambda fd: broken(None))
+    monkeypatch.setattr(files.os, "fsync", lambda fd: broken(None))
     with pytest.raises(OSError):
         commands.calibrate("cpu", "auto", 1.0, 1, str(out))
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["p.json"]

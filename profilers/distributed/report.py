@@ -51,7 +51,7 @@ def print_table(rows: list[dict]) -> None:
 
 def write_rows(rows: list[dict], path: str) -> None:
     """JSON (a list of rows) for a .json path, else CSV; written atomically into a folder that exists."""
-    from ..store import check_writable, write_atomically
+    from kvplan.files import check_writable, write_atomically
 
     target = check_writable(path)
     if target.suffix == ".json":
