@@ -201,8 +201,8 @@ def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
     if named is None:
         missing = _FIELD_NAMES - _OPTIONAL_FIELDS - {key for key, value in data.items() if value is not None}
         if missing:
-            raise InputError(f"hardware file {path} describes a new GPU {name!r} but lacks {', '.join(sorted(missing))} "
-                             f"(every figure but {', '.join(sorted(_OPTIONAL_FIELDS))} is needed)")
+            raise InputError(f"hardware file {path} describes a new GPU {name!r} but lacks "
+                             f"{', '.join(sorted(missing))} (every figure but {', '.join(sorted(_OPTIONAL_FIELDS))} is needed)")
         defaulted = sorted(_OPTIONAL_FIELDS - {"source"} - {key for key, value in data.items() if value is not None})
         note = ""
         if defaulted:
@@ -211,6 +211,7 @@ def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
             warnings.warn(f"hardware file {path} (new GPU {name!r}): {note}", stacklevel=2)
         required = {key: data[key] for key in _FIELD_NAMES - _OPTIONAL_FIELDS}
         source = str(data.get("source") or f"hardware file {path}")
-        base = with_overrides(GPU(**{**{k: 1 for k in required}, "name": name}), required)
+        placeholders = {**{key: 1 for key in required}, "name": name}  # each replaced, and checked, by the file's
+        base = with_overrides(GPU(**placeholders), required)
         data = {**data, "source": f"{source}; {note}" if note else source}
     return with_overrides(base, data)

@@ -74,7 +74,7 @@ def _yes_no(value: bool) -> str:
     return "[green]yes[/]" if value else "[red]no[/]"
 
 
-ESTIMATE_COLUMNS: list[Column] = [  # every column (--wide); headers break where a narrow table needs them to
+ESTIMATE_COLUMNS: list[Column] = [  # every column (--wide); headers on two lines keep the columns narrow
     ("model", text("model")),
     ("attention", text("attention")),
     ("kv", text("kv_dtype")),
@@ -100,14 +100,12 @@ _ESTIMATE_KEYS = {"kv": "kv_dtype", "batch": "batch", "context": "context"}  # h
 def estimate_columns(rows: Sequence[dict], wide: bool = False) -> tuple[list[Column], str]:
     """(columns, title) of the estimate table: every column with `wide`; else the compact set, plus kv, batch
     and context where rows differ in them (where they do not, the title states them once)."""
-    if wide:
+    if wide or not rows:
         return list(ESTIMATE_COLUMNS), "kvplan estimate"
-    varying = {header for header, key in _ESTIMATE_KEYS.items() if len({row[key] for row in rows}) > 1}
-    columns = [c for c in ESTIMATE_COLUMNS if c[0] in ESTIMATE_COMPACT or c[0] in varying]
-    first = rows[0] if rows else {}
-    same = [f"{header} {fn(first)}" for header, fn in ESTIMATE_COLUMNS if header in _ESTIMATE_KEYS
-            and header not in varying and rows]
-    return columns, "kvplan estimate" + (f": {', '.join(same)}" if same else "")
+    same = {header for header, key in _ESTIMATE_KEYS.items() if len({row[key] for row in rows}) == 1}
+    columns = [c for c in ESTIMATE_COLUMNS if c[0] in ESTIMATE_COMPACT or c[0] in set(_ESTIMATE_KEYS) - same]
+    stated = [f"{header} {fn(rows[0])}" for header, fn in ESTIMATE_COLUMNS if header in same]
+    return columns, "kvplan estimate" + (f": {', '.join(stated)}" if stated else "")
 
 
 def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
@@ -195,10 +193,10 @@ def _rich_table(grid: list[list[str]], widths: list[int], header: bool, justify:
 
 def print_table(rows: Sequence[dict], columns: Sequence[Column], title: str | None = None,
                 caption: str | None = None, width: int | None = None) -> None:
-    """Rows as a table `width` columns wide (default: terminal_width()) in which no value is ever cut: text
-    wraps at spaces; where even the longest words do not fit, the table turns (one column per row, headers
-    down the left) if that fits, else keeps every cell on one line, wider than the terminal. The caption
-    follows, wrapped to the width."""
+    """Rows as a table `width` columns wide (default: terminal_width()) in which no value is ever cut: cells wrap
+    at spaces (fit_widths); where even the longest words do not fit, the table turns (one column per row,
+    headers down the left) if that fits, else is printed as narrow as its longest words allow, wider than the
+    terminal. The caption follows, wrapped to the width."""
     from rich.console import Console
 
     width = width or terminal_width()

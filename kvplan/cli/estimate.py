@@ -53,7 +53,8 @@ def models(options: OutputFormat) -> None:
     show(Report(preset_rows(), title="kvplan models"), options, MODEL_COLUMNS)
 
 
-GPU_COLUMNS = [("gpu", text("name")), ("aliases", text("aliases")), ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
+GPU_COLUMNS = [("gpu", text("name")), ("aliases", text("aliases")),
+               ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
                ("TB/s", lambda r: f"{r['bandwidth_bytes_per_s'] / 1e12:,.2f}"),
                ("bf16 TFLOP/s", lambda r: f"{r['bf16_flops'] / 1e12:,.0f}"),
                ("fp8 TFLOP/s", lambda r: f"{r['fp8_flops'] / 1e12:,.0f}" if r["fp8_flops"] else "-"),

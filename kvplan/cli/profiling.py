@@ -12,21 +12,26 @@ import typer
 
 from .options import DeploymentOptions, deployment_options, err
 
-DeviceOpt = typer.Option("cuda", "--device", help="cuda (the GPU) or cpu (small sizes, for tests).")
+DeviceOpt = typer.Option("cuda", "--device", metavar="cuda|cpu", help="cuda (the GPU) or cpu (small sizes, for "
+                         "tests).")
 
 
 @deployment_options(include=("model", "gpu", "gpus", "kv_dtype", "attention", "hardware_profile"), gpu="auto")
 def profile(
     options: DeploymentOptions,
-    context: str = typer.Option("4k", "--context", "-c", help="Tokens per sequence, comma-separated (4k = 4096)."),
-    batch: str = typer.Option("1", "--batch", "-b", help="Sequences, comma-separated."),
-    layers: Optional[int] = typer.Option(None, "--layers", min=1, help="Run only the first N layers (a slice); "
-                                         "errors compare the slice with its own estimate, full-depth figures are scaled."),
+    context: str = typer.Option("4k", "--context", "-c", metavar="TOKENS", help="Tokens per sequence, "
+                                "comma-separated (4k = 4096)."),
+    batch: str = typer.Option("1", "--batch", "-b", metavar="N", help="Sequences, comma-separated."),
+    layers: Optional[int] = typer.Option(None, "--layers", metavar="N", min=1, help="Run only the first N layers (a "
+                                         "slice); errors compare the slice with its own estimate, full-depth figures "
+                                         "are scaled."),
     device_name: str = DeviceOpt,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="CSV file each finished row is appended to at once."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE", help="CSV file holding each finished row "
+                                      "at once (checked before measuring starts, rewritten whole per row)."),
     resume: bool = typer.Option(False, "--resume", help="Skip rows already in --out (same model, attention, batch, "
                                 "context, kv dtype, layers)."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed samples per latency (the median is reported)."),
+    repeats: int = typer.Option(5, "--repeats", metavar="N", min=1, help="Timed samples per latency (the median is "
+                                "reported)."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay decode steps as a CUDA graph."),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs with FlopCounterMode (one more prefill)."),
 ) -> None:
