@@ -163,3 +163,13 @@ def test_calibrate_writes_the_profile_whole(tmp_path, monkeypatch):
     monkeypatch.setattr(cal, "calibrate", lambda *args, **kwargs: {"gpu": {"name": "cpu"}})
     commands.calibrate("cpu", "auto", 1.0, 1, str(out))
     assert json.loads(out.read_text()) == {"gpu": {"name": "cpu"}}
+
+
+def test_the_h100_profile_in_examples_is_below_every_peak():
+    # examples/validation-h100-profile.json, measured on an H100: every rate is a fraction of the datasheet's.
+    from pathlib import Path
+
+    profile = json.loads((Path(__file__).parents[1] / "examples" / "validation-h100-profile.json").read_text())
+    measured = profile["measured"]
+    cal._check_below_peaks(GPUS["h100-sxm"], measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops"],
+                           measured["decode_points"], measured["prefill_points"])
