@@ -7,6 +7,8 @@ recommend, cost and profile all go through it, so every entry point reads inputs
 from __future__ import annotations
 
 import itertools
+import numbers
+import os
 import warnings
 from typing import Iterable, Sequence
 
@@ -17,31 +19,53 @@ from .model import Model
 from .presets import load_model
 from .output import Report, deployment_caption
 from .recast import recast
-from .units import InputError, parse_bytes, parse_tokens
+from .units import MAX_TOKENS, InputError, parse_bytes, parse_count, parse_token_list, parse_tokens
 
 DEFAULT_CONTEXT = 32768  # tokens, for a model that states no max positions
 
 
 def _as_list(value) -> list:
-    if value is None:
-        return [None]
-    if isinstance(value, (str, int, Model, GPU)):
+    """One value as [value], several (a list, tuple or other iterable) as a list."""
+    if value is None or isinstance(value, (str, numbers.Number, Model, GPU, os.PathLike)):
         return [value]
-    return list(value)
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
 
 
 def _sizes(values, what: str) -> list[int]:
+    """Token counts from a number, a text ('4k', '4k,32k') or a list of them; `what` names the argument."""
     out = []
     for value in _as_list(values):
         if isinstance(value, str) and "," in value:
-            out += [parse_tokens(v, what) for v in value.split(",") if v.strip()]
+            out += parse_token_list(value, what)
         else:
             out.append(parse_tokens(value, what))
+    if not out:
+        raise InputError(f"{what} is empty", what)
     return out
+
+
+MAX_GPUS = 2**20  # past the largest clusters built (about 10^5 GPUs): a typo, not a deployment
+
+
+def _count(value, what: str, minimum: int = 1, maximum: int = MAX_GPUS) -> int:
+    return parse_count(value, what, minimum, maximum)
+
+
+def _flag(value, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"{what} must be True or False, not {value!r}", what)
+    return value
 
 
 def resolve_gpu(gpu: str | GPU = "h100-sxm", hardware_profile: str | None = None, **overrides) -> GPU:
     """A GPU preset (or a GPU), then a hardware file or calibration profile, then single-field overrides."""
+    if gpu is not None and not isinstance(gpu, (str, GPU)):
+        raise InputError(f"gpu must be a GPU preset name or a kvplan.hardware.GPU, not {gpu!r}", "gpu")
+    if hardware_profile is not None and not isinstance(hardware_profile, (str, os.PathLike)):
+        raise InputError(f"hardware_profile must be a file path, not {hardware_profile!r}", "hardware_profile")
     base = gpu if isinstance(gpu, GPU) else get_gpu(gpu) if gpu and gpu != "auto" else None
     if gpu == "auto":
         from .gpu_detect import detect_gpu  # pynvml; only when asked
@@ -50,7 +74,8 @@ def resolve_gpu(gpu: str | GPU = "h100-sxm", hardware_profile: str | None = None
     if hardware_profile:
         base = gpu_from_file(hardware_profile, base)
     if base is None:
-        raise InputError("no GPU given: use --gpu NAME or --hardware-profile FILE")
+        raise InputError("gpu names no GPU and no hardware profile describes one: give a preset (see `kvplan gpus`)",
+                         "gpu")
     clean = {k: v for k, v in overrides.items() if v is not None}
     return with_overrides(base, clean) if clean else base
 
@@ -65,25 +90,22 @@ def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, 
                    flash: bool = True, prefill_chunk: int = 0, dp: int = 1, ep: int = 1, gpus_per_node: int = 0,
                    overlap: bool = False) -> Deployment:
     """`gpus` alone means tensor parallelism over all the GPUs that pp and dp leave; tp x pp x dp must equal
-    gpus when tp is given too. ep divides tp x dp (kvplan.parallel)."""
-    for name, value in (("gpus", gpus), ("pp", pp), ("dp", dp), ("ep", ep)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive whole number, not {value!r}")
+    gpus when tp is given too. ep divides tp x dp (kvplan.parallel). Each argument is checked, its name in
+    the message."""
+    gpus, pp, dp, ep = (_count(v, name) for v, name in ((gpus, "gpus"), (pp, "pp"), (dp, "dp"), (ep, "ep")))
+    gpus_per_node = _count(gpus_per_node, "gpus_per_node", minimum=0)
+    block_size = _count(block_size, "block_size", minimum=0, maximum=MAX_TOKENS)
+    prefill_chunk = _count(prefill_chunk, "prefill_chunk", minimum=0, maximum=MAX_TOKENS)
+    flash, overlap = _flag(flash, "flash"), _flag(overlap, "overlap")
     if tp is None:
         if gpus % (pp * dp):
-            raise InputError(f"gpus ({gpus}) must be a multiple of pp x dp ({pp} x {dp})")
+            raise InputError(f"gpus ({gpus}) must be a multiple of pp x dp ({pp} x {dp})", "gpus")
         tp = gpus // (pp * dp)
-    elif tp < 1 or tp * pp * dp != gpus and gpus != 1:
-        raise InputError(f"tp ({tp}) x pp ({pp}) x dp ({dp}) must equal gpus ({gpus})")
-    if gpus_per_node < 0:
-        raise InputError(f"gpus per node must be positive, not {gpus_per_node}")
-    if prefill_chunk < 0:
-        raise InputError(f"prefill chunk must be positive, not {prefill_chunk}")
-    if block_size < 0:
-        raise InputError(f"block size must be positive, not {block_size}")
-    reserve_bytes = parse_bytes(reserve, "reserve") if reserve not in (0, "0", None) else 0
+    elif _count(tp, "tp") * pp * dp != gpus and gpus != 1:
+        raise InputError(f"tp ({tp}) x pp ({pp}) x dp ({dp}) must equal gpus ({gpus})", "tp")
+    reserve_bytes = parse_bytes(reserve, "reserve", minimum=0) if reserve is not None else 0
     return Deployment(gpu=gpu, tp=tp, pp=pp, dp=dp, ep=ep, kv_format=storage_format(kv_dtype),
-                      weight_format=storage_format(weight_dtype, "weight dtype"), block_size=block_size,
+                      weight_format=storage_format(weight_dtype, "weight_dtype"), block_size=block_size,
                       reserve_bytes=reserve_bytes, flash=flash, prefill_chunk=prefill_chunk,
                       gpus_per_node=gpus_per_node, overlap=overlap)
 
@@ -94,18 +116,26 @@ def check_depth(model: Model, deployment: Deployment) -> None:
 
 
 def estimator_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[str]:
-    """What is estimated anyway but deserves a word: a context past the model's positions, heads that do not
-    split evenly over the tensor-parallel GPUs (serving engines refuse that; the estimate rounds heads up)."""
-    model, tp = estimator.model, estimator.deployment.tp
+    """What is estimated anyway but deserves a word: a context past the model's positions, a paged-cache block
+    longer than a context, heads that do not split evenly over the tensor-parallel GPUs (serving engines refuse
+    that; the estimate rounds heads up per GPU, one head per GPU where there are more GPUs than heads)."""
+    model, tp, block = estimator.model, estimator.deployment.tp, estimator.deployment.block_size
     messages = []
-    longest = max(contexts)
+    longest, shortest = max(contexts), min(contexts)
     if model.max_positions and longest > model.max_positions:
         messages.append(f"{model.name}: context {longest} exceeds the model's max_position_embeddings "
                         f"({model.max_positions}); estimated anyway")
     if model.is_encoder:
         messages.append(f"{model.name} is an encoder: prefill attends both ways and nothing is decoded (decode "
                         f"columns are empty)")
-    if tp > 1 and model.attention.n_heads % tp:
+    if block > shortest:
+        messages.append(f"{model.name}: block size {block} exceeds the context {shortest}: each sequence holds one "
+                        f"whole {block}-token block per layer, and the estimate counts it so")
+    heads = model.attention.n_heads
+    if tp > heads:
+        messages.append(f"{model.name}: tp={tp} is more GPUs than its {heads} attention heads (engines such as vLLM "
+                        f"refuse this): estimated with one head per GPU, {tp - heads} of them copies")
+    elif tp > 1 and heads % tp:
         messages.append(f"{model.name}: {model.attention.n_heads} attention heads do not split evenly over tp={tp} "
                         f"GPUs (engines such as vLLM refuse this); estimated with heads rounded up per GPU")
     ep = estimator.deployment.ep
@@ -127,7 +157,7 @@ def estimators(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str |
     device = resolve_gpu(gpu, hardware_profile, **gpu_overrides)
     found = []
     for spec, kv in itertools.product(_as_list(attention), _as_list(kv_dtype)):
-        resolved = recast(base, spec) if spec else base
+        resolved = recast(base, spec) if spec is not None else base
         dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash,
                              prefill_chunk, dp, ep, gpus_per_node, overlap)
         check_depth(resolved, dep)

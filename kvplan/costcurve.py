@@ -67,6 +67,10 @@ def cost_report(deployment: dict, context: int | None = None, batch: int = 1, ch
     found = native_and_recasts({**deployment, "prefill_chunk": deployment.get("prefill_chunk") or batch * chunk})
     tokens = context_or_default(context, found[0].model)
     messages = [f"warning: {m}" for e in found for m in estimator_warnings(e, [tokens])]
+    if chunk > tokens:
+        messages.append(f"warning: the priced prefill chunk ({chunk:,} tokens per sequence) is longer than the "
+                        f"context ({tokens:,}): every chunk is priced at {chunk:,} tokens all the same, reaching past "
+                        f"the context")
     for estimator in found:
         row = estimator.row(batch, tokens)
         if not row["fits"]:

@@ -44,10 +44,12 @@ FORMATS: dict[str, StorageFormat] = {
 }
 
 
-def storage_format(name: str, what: str = "kv dtype") -> StorageFormat:
+def storage_format(name: str, what: str = "kv_dtype") -> StorageFormat:
+    """The format called `name`; `what` names the argument in the message."""
     key = str(name).strip().lower()
     if key not in FORMATS:
         near = difflib.get_close_matches(key, FORMATS, n=3)
         hint = f" (did you mean {', '.join(near)}?)" if near else ""
-        raise InputError(f"unknown {what} {name!r}{hint}; choose one of {', '.join(FORMATS)}")
+        raise InputError(f"{what} {name!r} is not a storage format{hint}; choose one of {', '.join(FORMATS)}",
+                         what if what.isidentifier() else None)
     return FORMATS[key]

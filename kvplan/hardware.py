@@ -8,8 +8,9 @@ an H100 SXM 80GB (measured: bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device
 from __future__ import annotations
 
 import difflib
-import math
 import json
+import math
+import warnings
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -103,11 +104,14 @@ def get_gpu(name: str) -> GPU:
 
 _FIELD_NAMES = {f.name for f in fields(GPU)}
 _OPTIONAL_FIELDS = {f.name for f in fields(GPU) if f.default is not MISSING}
+_DEFAULTS = {f.name: "compute_efficiency's" if f.default is None else f"{f.default:g}" for f in fields(GPU)
+             if f.default is not MISSING and f.name != "source"}
 
 
 def gpu_rows() -> list[dict]:
-    """`kvplan gpus`: every preset's fields as one flat row each."""
-    return [asdict(gpu) for gpu in GPUS.values()]
+    """`kvplan gpus`: every preset's fields as one flat row each, and the other names --gpu takes for it."""
+    return [{**asdict(gpu), "aliases": ", ".join(a for a, name in GPU_ALIASES.items() if name == gpu.name)}
+            for gpu in GPUS.values()]
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -121,37 +125,49 @@ def parse_assignments(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+_WHOLE_FIELDS = ("memory_bytes", "gpus_per_node")
+
+
 def with_overrides(gpu: GPU, overrides: dict) -> GPU:
-    """Replace fields (as in GPU) from a dict, e.g. a hardware profile written by `kvplan calibrate`."""
+    """Replace fields (as in GPU) from a dict, e.g. a hardware profile written by `kvplan calibrate`. An optional
+    field given as None (JSON null) keeps its value."""
     unknown = set(overrides) - _FIELD_NAMES
     if unknown:
         raise InputError(f"unknown hardware field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_FIELD_NAMES))}")
     clean = {}
     for key, value in overrides.items():
+        if value is None and key in _OPTIONAL_FIELDS:
+            continue
         if key in ("name", "source"):
-            clean[key] = str(value)
+            if not isinstance(value, str) or (key == "name" and not value.strip()):
+                raise InputError(f"hardware field {key} must be a non-empty string, not {value!r}")
+            clean[key] = value
             continue
         if key == "memory_bytes" and isinstance(value, str):
             value = parse_bytes(value, "hardware field memory_bytes")  # accepts 80GiB, 141GB
         try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise InputError(f"hardware field {key} must be a number, not {value!r}") from None
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError, OverflowError):
+            number = math.nan
         if not math.isfinite(number) or number < 0 or (number == 0 and key != "fp8_flops"):
             raise InputError(f"hardware field {key} must be a positive finite number, not {value!r}")
         if key.endswith("efficiency") and number > 1:
             raise InputError(f"hardware field {key} is a fraction in (0, 1], not {value!r}")
-        clean[key] = int(number) if key == "memory_bytes" else number
+        if key in _WHOLE_FIELDS and number != int(number):
+            raise InputError(f"hardware field {key} must be a whole number, not {value!r}")
+        clean[key] = int(number) if key in _WHOLE_FIELDS else number
     return replace(gpu, **clean)
 
 
 def load_hardware_file(path: str | Path) -> dict:
     """Read a hardware JSON file: either GPU fields, or a calibration profile with a "gpu" object in it."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"hardware file {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except IsADirectoryError:
+        raise InputError(f"hardware file {path} is a folder, not a JSON file") from None
+    except (OSError, ValueError) as error:  # ValueError: JSON errors and bytes that are not UTF-8 text
         raise InputError(f"hardware file {path} is not valid JSON: {error}") from None
     if isinstance(data, dict) and isinstance(data.get("gpu"), dict):
         data = data["gpu"]
@@ -160,17 +176,42 @@ def load_hardware_file(path: str | Path) -> dict:
     return data
 
 
+def _preset(name: str) -> GPU | None:
+    try:
+        return get_gpu(name)
+    except InputError:
+        return None
+
+
 def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
+    """`base` with the file's figures, or, where the file names another GPU, that GPU with them: a preset's
+    datasheet, or for a new name every required figure from the file (missing ones named) and the optional
+    ones' defaults, which a warning and the GPU's source list."""
     data = load_hardware_file(path)
-    if base is None:
-        if "name" not in data:
-            raise InputError(f"hardware file {path} names no GPU ('name') and no --gpu was given")
-        try:
-            base = get_gpu(data["name"])
-        except InputError:
-            missing = _FIELD_NAMES - set(data) - _OPTIONAL_FIELDS
-            if missing:
-                raise InputError(f"hardware file {path} describes a new GPU but lacks {', '.join(sorted(missing))}") from None
-            base = GPU(**{k: data[k] for k in ("name", "memory_bytes", "bandwidth_bytes_per_s", "bf16_flops",
-                                               "fp8_flops", "link_bytes_per_s", "usd_per_hour")})
+    name = data.get("name")
+    if name is None:
+        if base is None:
+            raise InputError(f"hardware file {path} names no GPU ('name') and no GPU preset was given")
+        return with_overrides(base, data)
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"hardware file {path}: name must be a GPU's name, not {name!r}")
+    named = _preset(name)
+    if named is not None and (base is None or named.name != base.name):
+        base = named
+    if named is None:
+        missing = _FIELD_NAMES - _OPTIONAL_FIELDS - {key for key, value in data.items() if value is not None}
+        if missing:
+            raise InputError(f"hardware file {path} describes a new GPU {name!r} but lacks "
+                             f"{', '.join(sorted(missing))} (every figure but {', '.join(sorted(_OPTIONAL_FIELDS))} is needed)")
+        defaulted = sorted(_OPTIONAL_FIELDS - {"source"} - {key for key, value in data.items() if value is not None})
+        note = ""
+        if defaulted:
+            note = (f"defaults for what the file leaves out: "
+                    + ", ".join(f"{key}={_DEFAULTS[key]}" for key in defaulted))
+            warnings.warn(f"hardware file {path} (new GPU {name!r}): {note}", stacklevel=2)
+        required = {key: data[key] for key in _FIELD_NAMES - _OPTIONAL_FIELDS}
+        source = str(data.get("source") or f"hardware file {path}")
+        placeholders = {**{key: 1 for key in required}, "name": name}  # each replaced, and checked, by the file's
+        base = with_overrides(GPU(**placeholders), required)
+        data = {**data, "source": f"{source}; {note}" if note else source}
     return with_overrides(base, data)

@@ -74,23 +74,38 @@ def _yes_no(value: bool) -> str:
     return "[green]yes[/]" if value else "[red]no[/]"
 
 
-ESTIMATE_COLUMNS: list[Column] = [
+ESTIMATE_COLUMNS: list[Column] = [  # every column (--wide); headers on two lines keep the columns narrow
     ("model", text("model")),
     ("attention", text("attention")),
     ("kv", text("kv_dtype")),
     ("batch", lambda r: str(r["batch"])),
     ("context", lambda r: format_tokens(r["context"])),
-    ("KV cache GiB", _gib("kv_cache_bytes")),
-    ("weights GiB", _gib("weights_bytes")),
-    ("activations GiB", _gib("activation_bytes")),
-    ("GiB per GPU", _gib("total_bytes_per_gpu")),
+    ("KV\nGiB", _gib("kv_cache_bytes")),
+    ("weights\nGiB", _gib("weights_bytes")),
+    ("activations\nGiB", _gib("activation_bytes")),
+    ("GiB per\nGPU", _gib("total_bytes_per_gpu")),
     ("fits", lambda r: _yes_no(r["fits"])),
-    ("prefill TFLOP", lambda r: f"{r['prefill_flops'] / 1e12:,.1f}"),
-    ("prefill s", lambda r: f"{r['prefill_seconds']:,.3f}"),
-    ("decode ms/step", lambda r: "-" if r["decode_seconds_per_token"] is None else f"{r['decode_seconds_per_token'] * 1e3:,.2f}"),
-    ("$/Mtok prefill", lambda r: f"{r['prefill_usd_per_mtok']:,.3f}"),
-    ("$/Mtok decode", lambda r: "-" if r["decode_usd_per_mtok"] is None else f"{r['decode_usd_per_mtok']:,.3f}"),
+    ("prefill\nTFLOP", lambda r: f"{r['prefill_flops'] / 1e12:,.1f}"),
+    ("prefill\ns", lambda r: f"{r['prefill_seconds']:,.3f}"),
+    ("decode\nms/step", lambda r: "-" if r["decode_seconds_per_token"] is None else f"{r['decode_seconds_per_token'] * 1e3:,.2f}"),
+    ("$/Mtok\nprefill", lambda r: f"{r['prefill_usd_per_mtok']:,.3f}"),
+    ("$/Mtok\ndecode", lambda r: "-" if r["decode_usd_per_mtok"] is None else f"{r['decode_usd_per_mtok']:,.3f}"),
 ]
+# The default table: what a reader compares between rows, narrow enough for a 100-column terminal.
+ESTIMATE_COMPACT = ("model", "attention", "KV\nGiB", "GiB per\nGPU", "fits", "prefill\ns", "decode\nms/step",
+                    "$/Mtok\nprefill", "$/Mtok\ndecode")
+_ESTIMATE_KEYS = {"kv": "kv_dtype", "batch": "batch", "context": "context"}  # header -> row key
+
+
+def estimate_columns(rows: Sequence[dict], wide: bool = False) -> tuple[list[Column], str]:
+    """(columns, title) of the estimate table: every column with `wide`; else the compact set, plus kv, batch
+    and context where rows differ in them (where they do not, the title states them once)."""
+    if wide or not rows:
+        return list(ESTIMATE_COLUMNS), "kvplan estimate"
+    same = {header for header, key in _ESTIMATE_KEYS.items() if len({row[key] for row in rows}) == 1}
+    columns = [c for c in ESTIMATE_COLUMNS if c[0] in ESTIMATE_COMPACT or c[0] in set(_ESTIMATE_KEYS) - same]
+    stated = [f"{header} {fn(rows[0])}" for header, fn in ESTIMATE_COLUMNS if header in same]
+    return columns, "kvplan estimate" + (f": {', '.join(stated)}" if stated else "")
 
 
 def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
@@ -110,22 +125,101 @@ def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
             f"${gpu.usd_per_hour:.2f}/GPU-hour")
 
 
-_TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source")
+_TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source", "aliases", "change", "caveat",
+                 "binding", "figure", "measured")
+
+
+def terminal_width() -> int:
+    """Columns a table may fill: the terminal's; for output that is not a terminal, $COLUMNS, else 100."""
+    import os
+    import shutil
+
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size().columns
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else 100
+
+
+def fit_widths(spans: Sequence[tuple[int, int, int]], room: int, text_columns: Sequence[int] = ()) -> list[int] | None:
+    """Column widths summing to at most `room`, or None where the longest words alone need more.
+
+    spans: (longest word, longest line below the header, longest line) per column. Every column starts at its
+    longest line; while too wide, the widest column that may still narrow loses one character, first down to
+    its cells (headers wrap), then text columns down to their longest word, then any column (its cells wrap
+    at spaces). No column is narrower than its longest word, so no number is ever cut.
+    """
+    if sum(low for low, _, _ in spans) > room:
+        return None
+    widths = [high for _, _, high in spans]
+    cells = [max(low, body) for low, body, _ in spans]
+    for floor in (cells, [low if i in text_columns else cells[i] for i, (low, _, _) in enumerate(spans)],
+                  [low for low, _, _ in spans]):
+        while sum(widths) > room:
+            narrowable = [i for i, width in enumerate(widths) if width > floor[i]]
+            if not narrowable:
+                break
+            widths[max(narrowable, key=lambda i: widths[i])] -= 1
+    return widths
+
+
+def _spans(console, grid: list[list[str]]) -> list[tuple[int, int, int]]:
+    """fit_widths' spans of the columns of cells grid[row][column] (row 0: the headers)."""
+    from rich.measure import Measurement
+    from rich.text import Text
+
+    spans = []
+    for column in zip(*grid):
+        measured = [Measurement.get(console, console.options, Text.from_markup(cell)) for cell in column]
+        spans.append((max(m.minimum for m in measured), max([m.maximum for m in measured[1:]], default=0),
+                      max(m.maximum for m in measured)))
+    return spans
+
+
+def _borders(grid: list[list[str]]) -> int:
+    """Characters of a table's rules and padding: one rule between columns and at each edge, a space each side."""
+    return 3 * len(grid[0]) + 1
+
+
+def _rich_table(grid: list[list[str]], widths: list[int], header: bool, justify: list[str], title: str | None):
+    from rich.table import Table
+
+    table = Table(title=title, show_header=header)
+    for width, how, head in zip(widths, justify, grid[0]):
+        table.add_column(head if header else None, justify=how, width=width, overflow="fold")
+    for cells in grid[1:] if header else grid:
+        table.add_row(*cells)
+    return table
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[Column], title: str | None = None,
-                caption: str | None = None) -> None:
+                caption: str | None = None, width: int | None = None) -> None:
+    """Rows as a table `width` columns wide (default: terminal_width()) in which no value is ever cut: cells wrap
+    at spaces (fit_widths); where even the longest words do not fit, the table turns (one column per row,
+    headers down the left) if that fits, else is printed as narrow as its longest words allow, wider than the
+    terminal. The caption follows, wrapped to the width."""
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title=title, caption=caption, caption_justify="left")
-    for header, _ in columns:
-        table.add_column(header, justify="left" if header in _TEXT_HEADERS else "right")
-    for row in rows:
-        table.add_row(*(fn(row) for _, fn in columns))
-    # Piped output has no terminal width; keep every column readable rather than folding to 80.
-    console = Console() if sys.stdout.isatty() else Console(width=240)
-    console.print(table)
+    width = width or terminal_width()
+    console = Console(width=width)
+    headers = [header for header, _ in columns]
+    grid = [headers] + [[fn(row) for _, fn in columns] for row in rows]
+    text_columns = [i for i, h in enumerate(headers) if h.strip() in _TEXT_HEADERS]
+    header, justify = True, ["left" if i in text_columns else "right" for i in range(len(headers))]
+    spans = _spans(console, grid)
+    widths = fit_widths(spans, width - _borders(grid), text_columns)
+    if widths is None:
+        turned = [[h.replace("\n", " ")] + [cells[i] for cells in grid[1:]] for i, h in enumerate(headers)]
+        turned_spans = _spans(console, turned)
+        turned_widths = fit_widths(turned_spans, width - _borders(turned), [0])
+        if turned_widths is not None:
+            grid, widths, header, justify = turned, turned_widths, False, ["left"] + ["right"] * len(rows)
+    if widths is None:  # wider than the terminal (whose lines then wrap), but no narrower than its longest words
+        narrowest = sum(low for low, _, _ in spans)
+        widths = fit_widths(spans, narrowest, text_columns)
+        console = Console(width=narrowest + _borders(grid))
+    console.print(_rich_table(grid, widths, header, justify, title))
+    if caption:
+        console.print(caption, style="table.caption", highlight=False)
 
 
 def emit(rows: Sequence[dict] | dict, as_json: bool, as_csv: bool, columns: Sequence[Column] = (),

@@ -45,13 +45,18 @@ def _KiLocator():
 
 def save_figure(figure, path: str | Path) -> str:
     """Write a PNG; an unwritable path is bad input, not a crash."""
+    import io
+
+    from .files import check_writable, write_atomically
+
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise InputError(f"--plot writes PNG files: give a name ending in .png, not {str(path)!r}")
-    if not path.parent.is_dir():
-        raise InputError(f"--plot: folder {str(path.parent)!r} does not exist")
+    check_writable(path, "--plot")
+    png = io.BytesIO()
+    figure.savefig(png, dpi=110, format="png")
     try:
-        figure.savefig(path, dpi=110)
+        write_atomically(path, png.getvalue())
     except OSError as error:
         raise InputError(f"--plot: cannot write {str(path)!r}: {error.strerror or error}") from None
     return str(path)

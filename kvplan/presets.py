@@ -215,6 +215,8 @@ def preset_rows() -> list[dict]:
 
 
 def get_preset(name: str) -> Model:
+    if not isinstance(name, str):
+        raise InputError(f"model must name a preset (see `kvplan models`), not {name!r}", "model")
     key = name.strip().lower()
     if key not in PRESETS:
         near = difflib.get_close_matches(key, PRESETS, n=3, cutoff=0.4)
@@ -229,8 +231,14 @@ def get_preset(name: str) -> Model:
 def load_model(name_or_path: str) -> Model:
     """A preset by name, a local config.json (file or folder), or a model id (ORG/NAME) in the local Hugging Face
     cache."""
+    import os
     from pathlib import Path
 
+    if isinstance(name_or_path, os.PathLike):
+        name_or_path = os.fspath(name_or_path)
+    if not isinstance(name_or_path, str) or not name_or_path.strip():
+        raise InputError(f"model must name a preset (see `kvplan models`) or a config.json file, not {name_or_path!r}",
+                         "model")
     if name_or_path.strip().lower() in PRESETS:
         return get_preset(name_or_path)
     path = Path(name_or_path)

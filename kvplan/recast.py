@@ -19,7 +19,7 @@ from typing import Sequence
 
 from .kinds import RECAST_NAMES
 from .model import Model
-from .units import InputError, parse_tokens
+from .units import InputError, parse_count
 
 KINDS = ("native", *RECAST_NAMES, "window")
 
@@ -35,47 +35,51 @@ def recast_help(option_separator: str = ",") -> str:
     return ", ".join(parts)
 
 
+def _bad(spec: str, message: str) -> InputError:
+    return InputError(f"attention {spec!r}: {message}", "attention")
+
+
 def _parse_options(spec: str, text: str) -> dict[str, str]:
     options = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise InputError(f"--attention {spec!r}: expected key=value, got {part!r}")
-        key, value = (s.strip() for s in part.split("=", 1))
+        key, sep, value = (s.strip() for s in part.partition("="))
+        if not sep or not key or not value:
+            raise _bad(spec, f"expected key=value, got {part!r}")
+        if key in options:
+            raise _bad(spec, f"{key} is given twice")
         options[key] = value
     return options
 
 
 def _ints(spec: str, options: dict[str, str], allowed: dict[str, int]) -> dict[str, int]:
-    """Whole-number options, each at least its minimum in `allowed`."""
+    """Whole-number options (4096, 4k, 1e6), each at least its minimum in `allowed`."""
     unknown = set(options) - set(allowed)
     if unknown:
-        raise InputError(f"--attention {spec!r}: unknown option(s) {', '.join(sorted(unknown))}; "
-                         f"allowed: {', '.join(allowed) or 'none'}")
-    values = {}
-    for key, value in options.items():
-        try:
-            number = int(value)
-        except ValueError:
-            raise InputError(f"--attention {spec!r}: {key} must be a whole number, not {value!r}") from None
-        if number < allowed[key]:
-            raise InputError(f"--attention {spec!r}: {key} must be positive, not {value!r}")
-        values[key] = number
-    return values
+        raise _bad(spec, f"unknown option(s) {', '.join(sorted(unknown))}; allowed: {', '.join(allowed) or 'none'}")
+    try:
+        return {key: parse_count(value, key, minimum=allowed[key]) for key, value in options.items()}
+    except InputError as error:
+        raise _bad(spec, str(error)) from None
 
 
 def recast(model: Model, spec: str) -> Model:
     """The model with its attention re-cast as `spec` says; the returned Model's name notes the change."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"attention must name a kind ({', '.join(KINDS)}), not {spec!r}", "attention")
     spec = spec.strip()
     kind, _, rest = spec.partition(":")
     kind = kind.strip().lower()
     if kind not in KINDS:
-        raise InputError(f"unknown attention kind {kind!r} in --attention {spec!r}; choose from {', '.join(KINDS)}")
+        hint = f"; options follow a kind and a colon: KIND:{kind}" if "=" in kind else ""
+        raise _bad(spec, f"unknown kind {kind!r}; choose from {', '.join(KINDS)}{hint}")
     if kind == "window" and rest and "=" not in rest.split(",")[0]:
         rest = "size=" + rest
     options = _parse_options(spec, rest)
     window_options = {k: options.pop(k) for k in ("window", "size", "global_every") if k in options}
     if kind != "window" and "size" in window_options:
-        raise InputError(f"--attention {spec!r}: unknown option size (use window=W)")
+        raise _bad(spec, "unknown option size (use window=W)")
+    if "window" in window_options and "size" in window_options:
+        raise _bad(spec, "give the window once (size or window)")
     attention = model.attention
     if kind in RECAST_NAMES:
         cls = RECAST_NAMES[kind]
@@ -83,22 +87,22 @@ def recast(model: Model, spec: str) -> Model:
         try:
             attention = cls.recast_from(kind, model.attention, values)
         except InputError as error:
-            raise InputError(f"--attention {spec!r}: {error}") from None
+            raise _bad(spec, str(error)) from None
     else:
         _ints(spec, options, {})
 
     windows, chunked = model.layer_windows, model.chunked
     if kind == "window" and "size" not in window_options:
-        raise InputError(f"--attention {spec!r}: give the window, e.g. window:4096")
+        raise _bad(spec, "give the window, e.g. window:4096")
     size_text = window_options.get("size") or window_options.get("window")
     if size_text is not None:
-        size = parse_tokens(size_text, f"--attention {spec!r} window")
+        size = _ints(spec, {"window": size_text}, {"window": 1})["window"]
         every = _ints(spec, {"global_every": window_options["global_every"]}, {"global_every": 1})["global_every"] \
             if "global_every" in window_options else 0
         windows = tuple(None if every and (i + 1) % every == 0 else size for i in range(model.n_layers))
         chunked = False  # the windows asked for slide, whatever the model's own layers did (Llama 4's chunks)
     elif "global_every" in window_options:
-        raise InputError(f"--attention {spec!r}: global_every needs a window size")
+        raise _bad(spec, "global_every needs a window size")
 
     name = model.name if kind == "native" else f"{model.name} [{spec}]"
     return replace(model, name=name, attention=attention, layer_windows=windows, chunked=chunked)
@@ -107,14 +111,23 @@ def recast(model: Model, spec: str) -> Model:
 def split_specs(values: Sequence[str] | str | None) -> list[str]:
     """'mha,gqa,tpa:k_rank=2,v_rank=2,window:4096' -> ['mha', 'gqa', 'tpa:k_rank=2,v_rank=2', 'window:4096'].
 
-    A comma-separated piece of the form key=value continues the previous spec's options.
+    A comma-separated piece of the form key=value continues the previous spec's options. A value naming no
+    kind ('' or ',') and options with no kind before them ('mla,kv_lora_rank=256') are refused.
     """
     if values is None:
         return []
     specs: list[str] = []
     for value in [values] if isinstance(values, str) else values:
-        for piece in filter(None, (p.strip() for p in value.split(","))):
-            if "=" in piece and ":" not in piece and specs and ":" in specs[-1]:
+        pieces = [p.strip() for p in str(value).split(",") if p.strip()]
+        if not pieces:
+            raise InputError(f"attention {value!r} names no attention kind; choose from {', '.join(KINDS)}",
+                             "attention")
+        for piece in pieces:
+            if "=" in piece and ":" not in piece:
+                if not specs or ":" not in specs[-1]:
+                    after = f"; did you mean {specs[-1]}:{piece}?" if specs else ""
+                    raise InputError(f"attention {value!r}: option {piece!r} has no kind before it (write "
+                                     f"KIND:key=value){after}", "attention")
                 specs[-1] += "," + piece
             else:
                 specs.append(piece)

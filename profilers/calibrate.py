@@ -9,9 +9,10 @@ What is measured
 What the profile holds, and why
 The roofline is seconds = max(linear FLOPs / (peak x compute_efficiency) + attention FLOPs / (peak x
 attention_efficiency), bytes / (bandwidth x bandwidth_efficiency)). The peaks stay the datasheet's (on a CPU,
-which has no datasheet here, the measured copy bandwidth and matmul rate), and the efficiencies are the
-fractions of those peaks that the profiler's kernels reach on the reference model, so that the roofline of
-the reference rows reproduces their measured times:
+which has no datasheet here, the fastest rates measured: copy bandwidth and decode bytes/s, matmul and prefill
+FLOP/s, each benchmark at its fastest sample, since a shared CPU's noise only ever slows a sample), and the
+efficiencies are the fractions of those peaks that the profiler's kernels reach on the reference model, so
+that the roofline of the reference rows reproduces their measured times:
 - bandwidth_efficiency: geometric mean over the decode points of (bytes the estimate says a step reads /
   measured seconds) / peak bandwidth. It includes what a step spends beyond streaming bytes (kernel launch
   gaps, small kernels), which a copy benchmark does not see.
@@ -20,6 +21,8 @@ the reference rows reproduces their measured times:
   not a pair of fractions in (0, 1] (noise), e_lin is the matmul benchmark's and e_attn is solved from the
   long prefill alone.
 The micro-benchmarks and every reference point (measured, predicted by the profile, error) are stored beside.
+A rate above its peak (more than 100% of it) is a timing or a model error, never a result: on a GPU the run
+stops with MeasurementError naming the point.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from kvplan.api import resolve_model
 from kvplan.estimator import Estimator
 from kvplan.hardware import GPU, get_gpu
-from kvplan.units import InputError
+from kvplan.units import InputError, MeasurementError
 
 from .measure import Settings, measure_row
 from .timing import default_dtype, free_memory, local_gpu, median_seconds
@@ -65,20 +68,41 @@ CPU_REFERENCE = Reference("t6-medium-mha", None, 1, ((1, 128), (1, 1024)), ((1, 
                           copy_bytes=64 * 2**20, matmul_n=512)
 
 
-def copy_bandwidth(device: torch.device, nbytes: int, repeats: int) -> float:
-    """Bytes/s of dst.copy_(src): nbytes read plus nbytes written per copy."""
+def _seconds(fn, device: torch.device, repeats: int, fastest: bool) -> float:
+    median, samples = median_seconds(fn, device, repeats, warmup=3)
+    return min(samples) if fastest else median
+
+
+def copy_bandwidth(device: torch.device, nbytes: int, repeats: int, fastest: bool = False) -> float:
+    """Bytes/s of dst.copy_(src): nbytes read plus nbytes written per copy (the median sample, or the fastest)."""
     src = torch.rand(nbytes // 4, device=device)
     dst = torch.empty_like(src)
-    seconds, _ = median_seconds(lambda: dst.copy_(src), device, repeats, warmup=3)
-    return 2 * src.nbytes / seconds
+    return 2 * src.nbytes / _seconds(lambda: dst.copy_(src), device, repeats, fastest)
 
 
-def matmul_flops(device: torch.device, n: int, dtype: torch.dtype, repeats: int) -> float:
-    """FLOP/s of an n x n x n matrix product on random data (2 n^3 FLOPs)."""
+def matmul_flops(device: torch.device, n: int, dtype: torch.dtype, repeats: int, fastest: bool = False) -> float:
+    """FLOP/s of an n x n x n matrix product on random data (2 n^3 FLOPs; the median sample, or the fastest)."""
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     out = torch.empty(n, n, device=device, dtype=dtype)
-    seconds, _ = median_seconds(lambda: torch.mm(a, b, out=out), device, repeats, warmup=3)
-    return 2 * n**3 / seconds
+    return 2 * n**3 / _seconds(lambda: torch.mm(a, b, out=out), device, repeats, fastest)
+
+
+def _flops(point: dict) -> float:
+    return point["linear_flops"] + point["attention_flops"]
+
+
+def _check_below_peaks(gpu: GPU, copy_bw: float, mm_flops: float, decode: list[dict], prefill: list[dict]) -> None:
+    """Raise MeasurementError where a rate exceeds the peak it is a fraction of: a timing or model error."""
+    rates = [("copy bandwidth", copy_bw, gpu.bandwidth_bytes_per_s, "B/s"),
+             ("matmul", mm_flops, gpu.bf16_flops, "FLOP/s")]
+    rates += [(f"decode at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
+               gpu.bandwidth_bytes_per_s, "B/s") for p in decode]
+    rates += [(f"prefill at batch {p['batch']}, context {p['context']}", _flops(p) / p["seconds"], gpu.bf16_flops,
+               "FLOP/s") for p in prefill]
+    for what, rate, peak, unit in rates:
+        if rate > peak * (1 + 1e-9):
+            raise MeasurementError(f"calibrate: {what} ran at {rate:.4g} {unit}, {rate / peak:.0%} of {gpu.name}'s "
+                                   f"peak {peak:.4g} {unit}: a timing or FLOP/byte count is wrong; no profile written")
 
 
 def _geometric_mean(values: list[float]) -> float:
@@ -107,18 +131,25 @@ def _cpu_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _base_gpu(device: torch.device, gpu: str, usd_per_hour: float | None, copy_bw: float, mm_flops: float,
-              env: dict) -> GPU:
-    """Datasheet description of the device (a preset on a GPU; measured peaks on a CPU)."""
+def _check_request(device: torch.device, gpu: str, usd_per_hour: float | None) -> None:
+    """Refuse what would fail after measuring: a GPU preset on the CPU, a CPU run without a price."""
     if device.type == "cpu":
         if gpu not in ("auto", "cpu"):
             raise InputError("--device cpu measures this CPU; --gpu names a GPU preset and needs --device cuda")
         if usd_per_hour is None:
             raise InputError("a CPU has no preset price: pass --usd-per-hour")
-        # No datasheet: the measured rates are the peaks; one host has no GPU link, so the memory copy rate
-        # stands in for it (only tp > 1 estimates would use it).
+    elif gpu != "auto":
+        get_gpu(gpu)
+
+
+def _base_gpu(device: torch.device, gpu: str, usd_per_hour: float | None, copy_bw: float, mm_flops: float,
+              env: dict) -> GPU:
+    """Datasheet description of the device (a preset on a GPU; on a CPU, the peaks given: measured)."""
+    if device.type == "cpu":
+        # One host has no GPU link, so the memory copy rate stands in for it (only tp > 1 estimates use it).
         return GPU("cpu", _cpu_memory_bytes(), copy_bw, mm_flops, 0.0, copy_bw, usd_per_hour,
-                   source="measured on this CPU by kvplan calibrate (float32 matmul rate in bf16_flops)")
+                   source="measured on this CPU by kvplan calibrate: peaks are the fastest rates measured (float32 "
+                          "matmul and prefill FLOP/s in bf16_flops; copy and decode bytes/s)")
     if gpu == "auto":
         base = local_gpu(device)
     else:
@@ -149,12 +180,14 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     from .sweep import deployment, device_environment
 
     ref = reference or (GPU_REFERENCE if device.type == "cuda" else CPU_REFERENCE)
+    _check_request(device, gpu, usd_per_hour)
+    cpu = device.type == "cpu"
     dtype = default_dtype(device)
     env = device_environment(device)
     progress("copy bandwidth")
-    copy_bw = copy_bandwidth(device, ref.copy_bytes, repeats)
+    copy_bw = copy_bandwidth(device, ref.copy_bytes, repeats, fastest=cpu)
     progress("matmul FLOP/s")
-    mm_flops = matmul_flops(device, ref.matmul_n, dtype, repeats)
+    mm_flops = matmul_flops(device, ref.matmul_n, dtype, repeats, fastest=cpu)
     free_memory(device)
     base = _base_gpu(device, gpu, usd_per_hour, copy_bw, mm_flops, env)
 
@@ -166,14 +199,19 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     for batch, context in ref.decode_points:
         seconds = measured[(batch, context)]["decode_seconds_measured"]
         read = est.weights_read_bytes(batch) + est.decode_cache_read_bytes(batch, context)
-        decode.append({"batch": batch, "context": context, "seconds": seconds, "bytes": read,
-                       "efficiency": read / seconds / base.bandwidth_bytes_per_s})
+        decode.append({"batch": batch, "context": context, "seconds": seconds, "bytes": read})
     prefill = []
     for batch, context in ref.prefill_points:
         prefill.append({"batch": batch, "context": context,
                         "seconds": measured[(batch, context)]["prefill_seconds_measured"],
                         "linear_flops": est.prefill_linear_flops(batch, context),
                         "attention_flops": est.prefill_attention_flops(batch, context)})
+    if cpu:  # the peaks are the fastest rates seen, the reference model's included
+        base = replace(base, bandwidth_bytes_per_s=max([copy_bw] + [p["bytes"] / p["seconds"] for p in decode]),
+                       bf16_flops=max([mm_flops] + [_flops(p) / p["seconds"] for p in prefill]))
+    for point in decode:
+        point["efficiency"] = point["bytes"] / point["seconds"] / base.bandwidth_bytes_per_s
+    _check_below_peaks(base, copy_bw, mm_flops, decode, prefill)
     bandwidth_eff = min(1.0, _geometric_mean([p["efficiency"] for p in decode]))
     compute_eff, attention_eff, how = _solve_prefill(prefill, base.bf16_flops, min(1.0, mm_flops / base.bf16_flops))
     calibrated = replace(base, compute_efficiency=compute_eff, bandwidth_efficiency=bandwidth_eff,

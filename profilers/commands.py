@@ -4,7 +4,7 @@ profile) out. The CLI parses, calls one of these and prints; warnings reach it t
 from __future__ import annotations
 
 import json
-from pathlib import Path
+import math
 from typing import Callable
 
 from kvplan.hardware import GPU
@@ -50,9 +50,9 @@ def profile(model: str, attentions: list[str], contexts: list[int], batches: lis
     layers tensor-parallel, or data-parallel with dp = gpus, or with ep = gpus one MoE layer expert-parallel
     for each batch's tokens. Rows go to `out` as they finish."""
     if out:
-        from .store import check_out_folder
+        from kvplan.files import check_writable
 
-        check_out_folder(out)
+        check_writable(out)
     parallel = distributed_layout(gpus, dp, ep)
     if gpus > 1:
         return profile_distributed(model, attentions, contexts, batches, layers, kv_dtype, device_name, gpus, out,
@@ -131,11 +131,15 @@ def calibrate(device_name: str = "cuda", gpu: str = "auto", usd_per_hour: float 
     from .calibrate import calibrate as measure
     from .timing import pick_device
 
+    if usd_per_hour is not None and not 0 < usd_per_hour < math.inf:
+        raise InputError(f"--usd-per-hour must be a positive price in $, not {usd_per_hour}")
     if out:
-        from .store import check_out_folder
+        from kvplan.files import check_writable
 
-        check_out_folder(out)
+        check_writable(out)
     result = measure(pick_device(device_name), gpu, usd_per_hour, repeats, progress=progress)
     if out:
-        Path(out).write_text(json.dumps(result, indent=1) + "\n")
+        from kvplan.files import write_atomically
+
+        write_atomically(out, json.dumps(result, indent=1) + "\n")
     return result

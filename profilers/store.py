@@ -1,17 +1,18 @@
-"""The results file of a sweep: one CSV row per finished configuration, written the moment it is done.
+"""The results file of a sweep: one CSV row per finished configuration, on disk the moment it is done.
 
-Each row goes out as one `write` of a whole line, then flush + fsync, so a kill at any moment leaves every
-finished row on disk and at worst a torn last line, which `open_results` cuts off before appending.
-`--resume` reads the rows already there and the sweep skips their keys.
+The file is checked before any measuring starts and rewritten whole through kvplan.files.write_atomically
+after each row, so a kill at any moment leaves every finished row on disk and never half a file. `--resume`
+reads the rows already there and the sweep skips their keys; a torn last line (left by versions that
+appended) is cut off.
 """
 
 from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
+from kvplan.files import check_writable, write_atomically
 from kvplan.units import InputError
 
 # What makes two rows the same measurement: a resumed run skips rows whose key it already holds.
@@ -52,60 +53,47 @@ def parse_cell(text: str):
     return text
 
 
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise InputError(f"{path} is not a CSV text file; choose another --out") from None
+    except OSError as error:
+        raise InputError(f"cannot read {path}: {error.strerror or error}") from None
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """Complete rows of a results file, typed (a torn last line, from a kill mid-write, is left out)."""
     path = Path(path)
-    if not path.exists() or path.stat().st_size == 0:
+    if not path.is_file() or path.stat().st_size == 0:
         return []
-    text = path.read_text()
+    text = _text(path)
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
     rows = list(csv.DictReader(io.StringIO(text)))
     return [{k: parse_cell(v) for k, v in row.items()} for row in rows if None not in row and None not in row.values()]
 
 
-def check_out_folder(path: str | Path) -> None:
-    """A results path must name a file in a folder that exists: a typo in --out creates no folders."""
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise InputError(f"--out {path}: folder {folder} does not exist; create it first or choose another --out")
-
-
 class ResultsFile:
-    """Appends rows with a fixed header; `done` holds the keys already in the file."""
+    """Rows with a fixed header, the whole file rewritten atomically per row; `done` holds the keys in it."""
 
     def __init__(self, path: str | Path, columns: list[str], resume: bool):
-        self.path, self.columns = Path(path), list(columns)
+        self.path, self.columns = check_writable(path), list(columns)
         self.done: set[tuple[str, ...]] = set()
-        check_out_folder(self.path)
-        if self.path.exists() and self.path.stat().st_size and not resume:
+        has_rows = self.path.exists() and self.path.stat().st_size > 0
+        if has_rows and not resume:
             raise InputError(f"{self.path} already holds results: pass --resume to continue it, or choose another --out")
-        if resume and self.path.exists() and self.path.stat().st_size:
-            self._check_header()
-            self._cut_torn_line()
+        self.text = _line(self.columns)
+        if has_rows:
+            text = _text(self.path)
+            if next(csv.reader(io.StringIO(text)), []) != self.columns:
+                raise InputError(f"{self.path} has different columns from this version of kvplan profile; "
+                                 f"use another --out")
+            self.text = text[: text.rfind("\n") + 1]  # a torn last line is measured again
             self.done = {row_key(row) for row in read_rows(self.path)}
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            self._write(_line(self.columns))
-
-    def _check_header(self) -> None:
-        with self.path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-        if header != self.columns:
-            raise InputError(f"{self.path} has different columns from this version of kvplan profile; "
-                             f"use another --out")
-
-    def _cut_torn_line(self) -> None:
-        data = self.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            with self.path.open("r+b") as handle:
-                handle.truncate(data.rfind(b"\n") + 1)
-
-    def _write(self, text: str) -> None:
-        with self.path.open("a", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write_atomically(self.path, self.text)
 
     def append(self, row: dict) -> None:
-        self._write(_line(row, self.columns))
+        self.text += _line(row, self.columns)
+        write_atomically(self.path, self.text)
         self.done.add(row_key(row))

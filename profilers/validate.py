@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from kvplan.files import write_atomically
 from kvplan.hardware import gpu_from_file
 from kvplan.units import format_tokens, parse_token_list
 
@@ -207,7 +208,7 @@ def main(argv=None) -> int:
     profile = calibrate(device, "auto", args.usd_per_hour, args.repeats,
                         progress=lambda message: print(f"  {message}", file=sys.stderr))
     profile_path = out / f"{args.name}-profile.json"
-    profile_path.write_text(json.dumps(profile, indent=1) + "\n")
+    write_atomically(profile_path, json.dumps(profile, indent=1) + "\n")
     estimate_gpu = gpu_from_file(profile_path)
 
     settings = Settings(device=device, dtype=default_dtype(device), repeats=args.repeats)
@@ -231,7 +232,7 @@ def main(argv=None) -> int:
                if (r["attention"], r["batch"], r["context"]) not in done]
     command = "python3 -m kvplan.profilers.validate " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report_path = out / f"{args.name}.md"
-    report_path.write_text(report(rows, profile, command, not_run))
+    write_atomically(report_path, report(rows, profile, command, not_run))
     print(f"wrote {csv_path}, {report_path}, {profile_path} in {time.monotonic() - started:,.0f} s", file=sys.stderr)
     return 0
 

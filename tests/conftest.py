@@ -8,8 +8,10 @@ from kvplan.cli import main
 
 
 @pytest.fixture
-def run_cli(capsys):
-    """run_cli(*args) -> (exit status, stdout, stderr) of `kvplan ARGS`, run in this process."""
+def run_cli(capsys, monkeypatch):
+    """run_cli(*args) -> (exit status, stdout, stderr) of `kvplan ARGS`, run in this process, its tables as a
+    400-column terminal shows them (a test may set COLUMNS again)."""
+    monkeypatch.setenv("COLUMNS", "400")
 
     def run(*args: str) -> tuple[int, str, str]:
         try:

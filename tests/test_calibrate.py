@@ -81,14 +81,21 @@ def test_cpu_profile_is_accepted_by_estimate(tiny, tmp_path, run_json):
     profile = cal.calibrate(torch.device("cpu"), usd_per_hour=0.5, repeats=2, reference=ref)
     gpu = profile["gpu"]
     assert gpu["name"] == "cpu" and gpu["usd_per_hour"] == 0.5
-    # On a CPU the peaks are the measured copy and matmul rates; efficiencies are fractions of them.
-    assert gpu["bandwidth_bytes_per_s"] == profile["measured"]["copy_bandwidth_bytes_per_s"]
-    assert gpu["bf16_flops"] == profile["measured"]["matmul_flops"]
+    # On a CPU the peaks are the fastest rates measured: the copy benchmark or a decode step (bytes/s), the
+    # matmul benchmark or a prefill (FLOP/s); every efficiency is a fraction of them, none above 1.
+    measured = profile["measured"]
+    decode_rates = [p["bytes"] / p["seconds"] for p in measured["decode_points"]]
+    prefill_rates = [(p["linear_flops"] + p["attention_flops"]) / p["seconds"] for p in measured["prefill_points"]]
+    assert gpu["bandwidth_bytes_per_s"] == max([measured["copy_bandwidth_bytes_per_s"]] + decode_rates)
+    assert gpu["bf16_flops"] == max([measured["matmul_flops"]] + prefill_rates)
     for key in ("compute_efficiency", "bandwidth_efficiency", "attention_efficiency"):
         assert 0 < gpu[key] <= 1
+    assert 0 < measured["copy_efficiency"] <= 1 and 0 < measured["matmul_efficiency"] <= 1
+    assert all(rate <= gpu["bf16_flops"] for rate in prefill_rates)
     # Each decode point's efficiency is bytes / seconds / peak, as stored.
-    for point in profile["measured"]["decode_points"]:
+    for point in measured["decode_points"]:
         assert point["efficiency"] == pytest.approx(point["bytes"] / point["seconds"] / gpu["bandwidth_bytes_per_s"])
+        assert 0 < point["efficiency"] <= 1
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps(profile))
     loaded = gpu_from_file(path)
@@ -109,3 +116,60 @@ def test_calibrate_cli_on_cpu_writes_a_profile(tmp_path, run_cli):
 def test_calibrate_on_cpu_needs_a_price(run_cli):
     code, _, err = run_cli("calibrate", "--device", "cpu", "--repeats", "1")
     assert code == 2 and "--usd-per-hour" in err
+
+
+def test_a_rate_above_the_peak_is_refused_not_printed():
+    # A prefill of 2e12 FLOPs in 1 ms is 2e15 FLOP/s, above the h100-sxm's 989.4e12 peak: a timing or count error.
+    from kvplan.units import MeasurementError
+
+    gpu = GPUS["h100-sxm"]
+    prefill = [{"batch": 1, "context": 4096, "seconds": 1e-3, "linear_flops": 1.5e12, "attention_flops": 0.5e12}]
+    with pytest.raises(MeasurementError, match="prefill at batch 1, context 4096 ran at 2e\\+15 FLOP/s, 202%"):
+        cal._check_below_peaks(gpu, 3e12, 8e14, [], prefill)
+    cal._check_below_peaks(gpu, 3e12, 8e14, [], [{**prefill[0], "seconds": 4e-3}])  # 5e14 FLOP/s: fine
+
+
+def test_calibrate_refuses_a_bad_price_and_an_unwritable_out_before_measuring(run_cli, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("measured although the request was bad")
+
+    monkeypatch.setattr(cal, "copy_bandwidth", never)
+    for args, needle in ((["--usd-per-hour", "-1"], "--usd-per-hour must be a positive price"),
+                         (["--usd-per-hour", "nan"], "--usd-per-hour must be a positive price"),
+                         (["--usd-per-hour", "1", "--out", str(tmp_path)], "is a folder"),
+                         (["--usd-per-hour", "1", "--out", str(tmp_path / "no" / "p.json")], "does not exist"),
+                         (["--gpu", "h100", "--usd-per-hour", "1"], "--gpu names a GPU preset")):
+        code, out, err = run_cli("calibrate", "--device", "cpu", *args)
+        assert code == 2 and out == "" and err.count("\n") == 1 and needle in err, (args, err)
+
+
+def test_calibrate_writes_the_profile_whole(tmp_path, monkeypatch):
+    # The profile goes to a temporary file renamed over --out: a failure mid-write leaves the old file.
+    from kvplan import files
+    from kvplan.profilers import commands
+
+    out = tmp_path / "p.json"
+    out.write_text("old")
+    monkeypatch.setattr(cal, "calibrate", lambda *args, **kwargs: {"gpu": {"name": "cpu"}})
+
+    def broken(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(files.os, "fsync", lambda fd: broken(None))
+    with pytest.raises(OSError):
+        commands.calibrate("cpu", "auto", 1.0, 1, str(out))
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["p.json"]
+    monkeypatch.undo()
+    monkeypatch.setattr(cal, "calibrate", lambda *args, **kwargs: {"gpu": {"name": "cpu"}})
+    commands.calibrate("cpu", "auto", 1.0, 1, str(out))
+    assert json.loads(out.read_text()) == {"gpu": {"name": "cpu"}}
+
+
+def test_the_h100_profile_in_examples_is_below_every_peak():
+    # examples/validation-h100-profile.json, measured on an H100: every rate is a fraction of the datasheet's.
+    from pathlib import Path
+
+    profile = json.loads((Path(__file__).parents[1] / "examples" / "validation-h100-profile.json").read_text())
+    measured = profile["measured"]
+    cal._check_below_peaks(GPUS["h100-sxm"], measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops"],
+                           measured["decode_points"], measured["prefill_points"])

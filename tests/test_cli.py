@@ -77,10 +77,18 @@ def test_default_output_is_a_table_with_units(run_cli, run_json):
     (row,) = run_json("estimate", "-m", "gemma-3-27b", "-c", "32k")
     (line,) = [line for line in out.splitlines() if line.startswith("│ gemma-3-27b")]
     cells = [cell.strip() for cell in line.strip("│").split("│")]
-    assert cells[3:9] == ["1", "32k", f"{row['kv_cache_bytes'] / 2**30:,.2f}", f"{row['weights_bytes'] / 2**30:,.2f}",
-                          f"{row['activation_bytes'] / 2**30:,.2f}", f"{row['total_bytes_per_gpu'] / 2**30:,.2f}"]
-    assert cells[-3:] == [f"{row['decode_seconds_per_token'] * 1e3:,.2f}", f"{row['prefill_usd_per_mtok']:,.3f}",
-                          f"{row['decode_usd_per_mtok']:,.3f}"]
+    # The default (compact) table: kv, batch and context are the same in every row, so the title states them.
+    assert "kvplan estimate: kv bf16, batch 1, context 32k" in out
+    assert cells[2:] == [f"{row['kv_cache_bytes'] / 2**30:,.2f}", f"{row['total_bytes_per_gpu'] / 2**30:,.2f}", "yes",
+                         f"{row['prefill_seconds']:,.3f}", f"{row['decode_seconds_per_token'] * 1e3:,.2f}",
+                         f"{row['prefill_usd_per_mtok']:,.3f}", f"{row['decode_usd_per_mtok']:,.3f}"]
+    # --wide: every column, kv, batch and context among them.
+    code, out, _ = run_cli("estimate", "-m", "gemma-3-27b", "-c", "32k", "--wide")
+    (line,) = [line for line in out.splitlines() if line.startswith("│ gemma-3-27b")]
+    cells = [cell.strip() for cell in line.strip("│").split("│")]
+    assert cells[2:9] == ["bf16", "1", "32k", f"{row['kv_cache_bytes'] / 2**30:,.2f}",
+                          f"{row['weights_bytes'] / 2**30:,.2f}", f"{row['activation_bytes'] / 2**30:,.2f}",
+                          f"{row['total_bytes_per_gpu'] / 2**30:,.2f}"]
     # gemma-3-27b's local/global cache at 32k: 52 layers hold 1024 tokens, 10 hold all 32768; 16 KV heads of 128.
     assert row["kv_cache_bytes"] == (52 * 1024 + 10 * 32768) * 2 * 16 * 128 * 2
     assert out.rstrip().splitlines()[-1] == ("h100-sxm x1 (tp 1, pp 1); GiB = 2^30 bytes; roofline at 70% of 989.4 "
@@ -134,18 +142,18 @@ def test_hardware_overrides_on_the_command_line_and_from_a_file(run_cli, tmp_pat
     (["-m", str(CONFIGS / "broken")], "not valid JSON"),
     (["-m", str(CONFIGS / "nothing-here")], "no such file"),
     (["-m", "llama-3.1-8b", "-c", "0"], "--context must be positive"),
-    (["-m", "llama-3.1-8b", "-c", "-4k"], "--context must be a positive number"),
-    (["-m", "llama-3.1-8b", "-c", "lots"], "--context must be a positive number"),
+    (["-m", "llama-3.1-8b", "-c", "-4k"], "--context must be a number such as"),
+    (["-m", "llama-3.1-8b", "-c", "lots"], "--context must be a number such as"),
     (["-m", "llama-3.1-8b", "-b", "0"], "--batch must be positive"),
     (["-m", "llama-3.1-8b", "-b", "2.5"], "--batch must be a whole number"),
-    (["-m", "llama-3.1-8b", "--prompt", "x"], "--prompt must be a positive number"),
+    (["-m", "llama-3.1-8b", "--prompt", "x"], "--prompt must be a number such as"),
     (["-m", "llama-3.1-8b", "--gpus", "0"], "--gpus"),
     (["-m", "llama-3.1-8b", "--gpus", "two"], "--gpus"),
     (["-m", "llama-3.1-8b", "--reserve", "-1GiB"], "reserve must be"),
-    (["-m", "llama-3.1-8b", "--kv-dtype", "fp9"], "unknown kv dtype 'fp9' (did you mean fp8?)"),
-    (["-m", "llama-3.1-8b", "-a", "banana"], "unknown attention kind 'banana'"),
+    (["-m", "llama-3.1-8b", "--kv-dtype", "fp9"], "--kv-dtype 'fp9' is not a storage format (did you mean fp8?)"),
+    (["-m", "llama-3.1-8b", "-a", "banana"], "--attention 'banana': unknown kind 'banana'"),
     (["-m", "llama-3.1-8b", "-a", "gqa:kv_heads=5"], "must divide the model's 32 heads"),
-    (["-m", "llama-3.1-8b", "-a", "tpa:k_rank=two"], "k_rank must be a whole number"),
+    (["-m", "llama-3.1-8b", "-a", "tpa:k_rank=two"], "k_rank must be a number such as"),
     (["-m", "llama-3.1-8b", "-a", "tpa:rank=2"], "unknown option(s) rank"),
     (["-m", "llama-3.1-8b", "-a", "window:0"], "window must be positive"),
     (["-m", "llama-3.1-8b", "--usd-per-hour", "-2"], "usd_per_hour must be a positive"),
@@ -189,7 +197,9 @@ def test_models_and_gpus_list_presets(run_cli):
     gpus = {r["name"] for r in json.loads(out)}
     assert code == 0 and {"h100-sxm", "h100-pcie", "h200", "h800", "a100-40gb", "a100-80gb", "l40s", "b200", "mi300x",
                           "rtx-4090"} <= gpus
-    assert json.loads(out) == [dataclasses.asdict(gpu) for gpu in GPUS.values()]
+    assert [{k: v for k, v in row.items() if k != "aliases"} for row in json.loads(out)] == \
+        [dataclasses.asdict(gpu) for gpu in GPUS.values()]
+    assert {row["name"]: row["aliases"] for row in json.loads(out)}["h100-sxm"] == "h100"
 
 
 def test_help_states_units(run_cli):

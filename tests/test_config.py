@@ -144,11 +144,11 @@ def test_missing_field_is_named(tmp_path, name, field):
     ({"model_type": "gpt_neox", "vocab_size": None}, "model_type 'gpt_neox' is not supported and the config lacks "
                                                      "vocab_size"),
     ({"num_attention_heads": 32, "num_key_value_heads": 5}, "must be a multiple of num_key_value_heads"),
-    ({"num_hidden_layers": "thirty-two"}, "'num_hidden_layers' must be a non-negative whole number"),
+    ({"num_hidden_layers": "thirty-two"}, "'num_hidden_layers' must be a whole number"),
     ({"num_hidden_layers": 0}, "must be positive"),
     ({"tie_word_embeddings": "yes"}, "'tie_word_embeddings' must be true or false"),
-    ({"vocab_size": 0}, "vocab_size must be positive"),
-    ({"intermediate_size": 0}, "intermediate_size must be positive"),
+    ({"vocab_size": 0}, "'vocab_size' must be positive"),
+    ({"intermediate_size": 0}, "'intermediate_size' must be positive"),
     ({"layer_types": ["chunked_attention"] * 32, "sliding_window": 4096}, "layer_types holds chunked_attention"),
 ])
 def test_malformed_fields_are_named(change, message):

@@ -149,7 +149,7 @@ def test_cached_prefix_skips_its_compute_not_its_memory():
     (dict(gpus=8, dp=3), "multiple of pp x dp"),
     (dict(gpus=8, tp=2, dp=2), "must equal gpus"),
     (dict(gpus=8, dp=8, ep=3), "ep (3) must divide"),
-    (dict(gpus=4, dp=0), "dp must be a positive"),
+    (dict(gpus=4, dp=0), "dp must be positive"),
 ])
 def test_bad_layouts_are_refused(options, message):
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):

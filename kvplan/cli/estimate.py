@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ..output import ESTIMATE_COLUMNS, Report, text
+from ..output import Report, estimate_columns, text
 from ..units import InputError
 from .options import DeploymentOptions, OutputFormat, deployment_options, output_options, show
 
@@ -14,9 +14,14 @@ from .options import DeploymentOptions, OutputFormat, deployment_options, output
 @deployment_options()
 def estimate(
     options: DeploymentOptions,
-    context: str = typer.Option("4k", "--context", "-c", help="Tokens per sequence: 4096, 4k, 128k, 1M (k = 1024); comma-separate for several."),
-    batch: str = typer.Option("1", "--batch", "-b", help="Sequences served together; comma-separate for several."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", help="Prefill tokens per sequence (default: the whole context)."),
+    context: str = typer.Option("4k", "--context", "-c", metavar="TOKENS", help="Tokens per sequence: 4096, 4k, "
+                                "128k, 1M (k = 1024); comma-separate for several."),
+    batch: str = typer.Option("1", "--batch", "-b", metavar="N", help="Sequences served together; comma-separate "
+                              "for several."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", metavar="TOKENS", help="Prefill tokens per sequence "
+                                         "(default: the whole context)."),
+    wide: bool = typer.Option(False, "--wide", help="Every column (weights, activations, prefill TFLOP, kv, batch, "
+                              "context); the default table shows kv, batch and context only where rows differ."),
 ) -> None:
     """KV cache, weights, activations (GiB), FLOPs, roofline latency (s) and $ per million tokens."""
     from ..api import estimate_report
@@ -30,7 +35,8 @@ def estimate(
         raise InputError(f"--prompt ({prompt_tokens}) exceeds --context ({min(contexts)}): the cache holds the context, "
                          f"prompt included")
     report = estimate_report(options.estimator_arguments(), contexts, batches, prompt_tokens)
-    show(report, options.output, ESTIMATE_COLUMNS, fields=list(COLUMNS))
+    columns, report.title = estimate_columns(report.rows, wide)
+    show(report, options.output, columns, fields=list(COLUMNS))
 
 
 MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
@@ -48,7 +54,8 @@ def models(options: OutputFormat) -> None:
     show(Report(preset_rows(), title="kvplan models"), options, MODEL_COLUMNS)
 
 
-GPU_COLUMNS = [("gpu", text("name")), ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
+GPU_COLUMNS = [("gpu", text("name")), ("aliases", text("aliases")),
+               ("memory GiB", lambda r: f"{r['memory_bytes'] / 2**30:,.1f}"),
                ("TB/s", lambda r: f"{r['bandwidth_bytes_per_s'] / 1e12:,.2f}"),
                ("bf16 TFLOP/s", lambda r: f"{r['bf16_flops'] / 1e12:,.0f}"),
                ("fp8 TFLOP/s", lambda r: f"{r['fp8_flops'] / 1e12:,.0f}" if r["fp8_flops"] else "-"),
@@ -58,7 +65,8 @@ GPU_COLUMNS = [("gpu", text("name")), ("memory GiB", lambda r: f"{r['memory_byte
 
 @output_options
 def gpus(options: OutputFormat) -> None:
-    """List the bundled GPU presets (memory, bandwidth, dense FLOP/s, price) and their sources."""
+    """List the bundled GPU presets (memory, bandwidth, dense FLOP/s, price), the other names --gpu takes for
+    them, and their sources."""
     from ..hardware import gpu_rows
 
     show(Report(gpu_rows(), title="kvplan gpus"), options, GPU_COLUMNS)

@@ -76,20 +76,24 @@ class DeploymentOptions:
         """Keyword arguments of kvplan.api.estimators. Named options win over --gpu-set."""
         from ..hardware import parse_assignments
         from ..recast import split_specs
-        from ..units import parse_bytes, parse_tokens
+        from ..units import parse_bytes, parse_count, parse_tokens
 
         named = {k: getattr(self, k) for k in ("usd_per_hour", "compute_efficiency", "bandwidth_efficiency")
                  if getattr(self, k) is not None}
         if self.memory:
             named["memory_bytes"] = parse_bytes(self.memory, "--memory")
         chunk = str(self.prefill_chunk or "0")
+        overrides = parse_assignments(list(self.gpu_set))
+        node = overrides.pop("gpus_per_node", None)  # a GPU field and a deployment option: the option wins
+        gpus_per_node = self.gpus_per_node or (parse_count(node, "--gpu-set gpus_per_node") if node else 0)
         return dict(model=self.model, gpu=self.gpu, attention=split_specs(self.attention) or None,
                     kv_dtype=self.kv_dtypes(), gpus=self.gpus, pp=self.pp, dp=self.dp, ep=self.ep,
-                    gpus_per_node=self.gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
-                    block_size=self.block_size, reserve=self.reserve, flash=not self.naive_attention,
+                    gpus_per_node=gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
+                    block_size=self.block_size, reserve=parse_bytes(self.reserve, "--reserve", minimum=0),
+                    flash=not self.naive_attention,
                     hardware_profile=self.hardware_profile,
                     prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
-                    **{**parse_assignments(list(self.gpu_set)), **named})
+                    **{**overrides, **named})
 
 
 def _gpu_help() -> str:
@@ -105,48 +109,54 @@ def _kv_dtype_help() -> str:
 
 # name -> (typer annotation, flags, help, other typer.Option arguments); defaults are DeploymentOptions'.
 _DECLARED: dict[str, tuple] = {
-    "model": (str, ("--model", "-m"), "Preset name (see `kvplan models`) or a local config.json file or folder.", {}),
-    "gpu": (str, ("--gpu", "-g"), _gpu_help(), {}),
+    "model": (str, ("--model", "-m"), "Preset name (see `kvplan models`) or a local config.json file or folder.",
+              {"metavar": "NAME|PATH"}),
+    "gpu": (str, ("--gpu", "-g"), _gpu_help(), {"metavar": "NAME"}),
     "gpus": (int, ("--gpus",), "GPUs in all = tp x pp x dp; tensor parallelism over gpus / (pp x dp) (vLLM "
-             "--tensor-parallel-size, SGLang --tp).", {"min": 1}),
-    "pp": (int, ("--pp",), "Pipeline-parallel stages (vLLM --pipeline-parallel-size).", {"min": 1}),
+             "--tensor-parallel-size, SGLang --tp).", {"min": 1, "metavar": "N"}),
+    "pp": (int, ("--pp",), "Pipeline-parallel stages (vLLM --pipeline-parallel-size).", {"min": 1, "metavar": "N"}),
     "dp": (int, ("--dp",), "Data-parallel attention ranks: each holds the attention weights and the cache of its "
            "own share of the --batch sequences (vLLM --data-parallel-size, SGLang --dp with "
-           "--enable-dp-attention).", {"min": 1}),
+           "--enable-dp-attention).", {"min": 1, "metavar": "N"}),
     "ep": (int, ("--ep",), "Expert parallelism: routed experts spread whole over ep GPUs, tokens dispatched to them "
            "(fp8) and combined back (bf16) per MoE layer; must divide tp x dp (vLLM --enable-expert-parallel, "
-           "SGLang --ep). 1 = experts split over tp.", {"min": 1}),
+           "SGLang --ep). 1 = experts split over tp.", {"min": 1, "metavar": "N"}),
     "gpus_per_node": (int, ("--gpus-per-node",), "GPUs sharing the GPU link (NVLink domain); groups larger than "
-                      "this talk over the network. 0 = the GPU preset's (8).", {"min": 0}),
+                      "this talk over the network. 0 = the GPU preset's (8).", {"min": 0, "metavar": "N"}),
     "overlap": (bool, ("--overlap",), "Communication hidden behind compute (two micro-batches, as DeepSeek "
                 "serves); without it the step pays both.", {}),
     "memory": (Optional[str], ("--memory",), "Memory per GPU replacing the preset's, e.g. 80GiB or 141GB "
-               "(GiB = 2^30 bytes, GB = 10^9).", {}),
-    "kv_dtype": (str, ("--kv-dtype",), _kv_dtype_help(), {}),
+               "(GiB = 2^30 bytes, GB = 10^9).", {"metavar": "SIZE"}),
+    "kv_dtype": (str, ("--kv-dtype",), _kv_dtype_help(), {"metavar": "FORMAT"}),
     "attention": (Optional[List[str]], ("--attention", "-a"), f"Re-cast attention: KIND[:k=v,...] with "
                   f"KIND[:its options] one of {recast_help(option_separator=', ')} (e.g. tpa:k_rank=2,v_rank=2  "
                   f"gqa:kv_heads=4  window:4096). Any kind also takes window=W and global_every=N. Repeat or "
-                  f"comma-separate for one row each.", {}),
-    "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {}),
-    "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", {"min": 0}),
-    "reserve": (str, ("--reserve",), "Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB.", {}),
+                  f"comma-separate for one row each.", {"metavar": "KIND[:k=v]"}),
+    "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {"metavar": "FORMAT"}),
+    "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.",
+                   {"min": 0, "metavar": "TOKENS"}),
+    "reserve": (str, ("--reserve",), "Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB (a "
+                "bare number is bytes).", {"metavar": "SIZE"}),
     "naive_attention": (bool, ("--naive-attention",), "Attention materialises the score matrix (memory quadratic in "
                         "context).", {}),
     "prefill_chunk": (str, ("--prefill-chunk",), "Chunked prefill: tokens per prefill forward across the batch (e.g. "
                       "8k, as vLLM's max_num_batched_tokens); bounds activation memory. 0 = whole prompts at once. "
-                      "Not cost's --chunk-per-sequence (tokens per sequence of each priced prefill chunk).", {}),
+                      "Not cost's --chunk-per-sequence (tokens per sequence of each priced prefill chunk).",
+                      {"metavar": "TOKENS"}),
     "hardware_profile": (Optional[str], ("--hardware-profile",), "JSON file replacing datasheet figures: a `kvplan "
                          "calibrate` profile, or an object of GPU fields (memory_bytes, bandwidth_bytes_per_s, "
                          "bf16_flops and fp8_flops in FLOP/s, link_bytes_per_s, usd_per_hour, compute_efficiency, "
-                         "bandwidth_efficiency); a new GPU needs a name and every figure.", {}),
+                         "bandwidth_efficiency). A GPU of a new name needs every figure but the efficiencies, "
+                         "gpus_per_node and network_bytes_per_s, which default (with a warning).", {"metavar": "FILE"}),
     "gpu_set": (Optional[List[str]], ("--gpu-set",), "Override one GPU field, FIELD=VALUE (repeatable), e.g. "
                 "memory_bytes=80GiB, bandwidth_bytes_per_s=3.0e12 (bytes/s), bf16_flops=800e12 (FLOP/s), "
-                "usd_per_hour=2.5 ($).", {}),
-    "usd_per_hour": (Optional[float], ("--usd-per-hour",), "Price of one GPU-hour in $ (default: the preset's).", {}),
+                "usd_per_hour=2.5 ($).", {"metavar": "FIELD=VALUE"}),
+    "usd_per_hour": (Optional[float], ("--usd-per-hour",), "Price of one GPU-hour in $ (default: the preset's).",
+                     {"metavar": "USD"}),
     "compute_efficiency": (Optional[float], ("--compute-efficiency",), f"Fraction of dense bf16 FLOP/s reached "
-                           f"(default {DEFAULT_COMPUTE_EFFICIENCY}).", {}),
+                           f"(default {DEFAULT_COMPUTE_EFFICIENCY}).", {"metavar": "FRACTION"}),
     "bandwidth_efficiency": (Optional[float], ("--bandwidth-efficiency",), f"Fraction of memory bandwidth reached "
-                             f"(default {DEFAULT_BANDWIDTH_EFFICIENCY}).", {}),
+                             f"(default {DEFAULT_BANDWIDTH_EFFICIENCY}).", {"metavar": "FRACTION"}),
 }
 _OUTPUT: dict[str, tuple] = {
     "as_json": (bool, ("--json",), "Print a JSON list of flat objects, one per row.", {}),

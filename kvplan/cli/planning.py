@@ -14,9 +14,10 @@ from ..costcurve import DEFAULT_CHUNK
 from ..units import InputError, format_gib, format_tokens
 from .options import ALL, DeploymentOptions, deployment_options, show
 
-PlotOpt = typer.Option(None, "--plot", help="Write a PNG figure to this file (needs matplotlib).")
-ContextOpt = typer.Option(None, "--context", "-c", help="Tokens per sequence: 4096, 4k, 128k (k = 1024); default: the model's "
-                          "max positions, else 32k.")
+PlotOpt = typer.Option(None, "--plot", metavar="FILE.png", help="Write a PNG figure to this file (needs "
+                       "matplotlib), whole or not at all.")
+ContextOpt = typer.Option(None, "--context", "-c", metavar="TOKENS", help="Tokens per sequence: 4096, 4k, 128k (k = "
+                          "1024); default: the model's max positions, else 32k.")
 
 
 def _tokens(text: str | None, flag: str) -> int | None:
@@ -52,7 +53,8 @@ BUDGET_COLUMNS = [  # the model is in the title: one model per table
 @deployment_options()
 def budget(
     options: DeploymentOptions,
-    batch: str = typer.Option("1", "--batch", "-b", help="Sequences served together, for the longest-context column."),
+    batch: str = typer.Option("1", "--batch", "-b", metavar="N", help="Sequences served together, for the "
+                              "longest-context column."),
     context: Optional[str] = ContextOpt,
     plot: Optional[str] = PlotOpt,
 ) -> None:
@@ -93,13 +95,17 @@ COPIES_COLUMN = ("copies (GPUs)", lambda r: f"{r['copies']} ({r['gpus_in_all']})
 def recommend(
     options: DeploymentOptions,
     context: Optional[str] = ContextOpt,
-    batch: Optional[str] = typer.Option(None, "--batch", "-b", help="Sequences served together (default 1)."),
-    concurrency: Optional[str] = typer.Option(None, "--concurrency", help="Sequences to serve at once: each option "
-                                              "uses the largest batch that fits, up to this, and as many copies as needed."),
-    max_usd_per_mtok: Optional[float] = typer.Option(None, "--max-usd-per-mtok", help="Keep options whose decode $ per "
-                                                     "million tokens is at most this."),
-    max_changes: int = typer.Option(2, "--max-changes", help="Changes combined in one option.", min=1, max=4),
-    top: int = typer.Option(10, "--top", help="Options shown in the table (--json and --csv give all).", min=1),
+    batch: Optional[str] = typer.Option(None, "--batch", "-b", metavar="N", help="Sequences served together "
+                                        "(default 1)."),
+    concurrency: Optional[str] = typer.Option(None, "--concurrency", metavar="N", help="Sequences to serve at once: "
+                                              "each option uses the largest batch that fits, up to this, and as many "
+                                              "copies as needed."),
+    max_usd_per_mtok: Optional[float] = typer.Option(None, "--max-usd-per-mtok", metavar="USD", help="Keep options "
+                                                     "whose decode $ per million tokens is at most this."),
+    max_changes: int = typer.Option(2, "--max-changes", metavar="N", help="Changes combined in one option.", min=1,
+                                    max=4),
+    top: int = typer.Option(10, "--top", metavar="N", help="Options shown in the table (--json and --csv give all).",
+                            min=1),
 ) -> None:
     """Changes (kv dtype, tensor parallelism, paging, window, attention re-cast) that fit, cheapest decode first.
 
@@ -133,13 +139,15 @@ COST_COLUMNS = [("attention", lambda r: r["attention"]), ("kv", lambda r: r["kv_
 def cost(
     options: DeploymentOptions,
     context: Optional[str] = ContextOpt,
-    batch: str = typer.Option("1", "--batch", "-b", help="Sequences decoded together (and prefilled together)."),
-    chunk: str = typer.Option(format_tokens(DEFAULT_CHUNK), "--chunk-per-sequence", "--chunk",
+    batch: str = typer.Option("1", "--batch", "-b", metavar="N", help="Sequences decoded together (and prefilled "
+                              "together)."),
+    chunk: str = typer.Option(format_tokens(DEFAULT_CHUNK), "--chunk-per-sequence", "--chunk", metavar="TOKENS",
                               help="Prefill chunk priced, tokens per sequence (also --chunk): the prefill curve at p "
-                              "is the per-token cost of a chunk starting at p. Not --prefill-chunk (tokens per prefill forward across "
-                              "the batch, which bounds activation memory; default here: batch x this)."),
-    points: int = typer.Option(65, "--points", help="Positions from 0 to the context (--json, --csv, --plot).", min=2,
-                               max=100000),
+                              "is the per-token cost of a chunk starting at p. Not --prefill-chunk (tokens per "
+                              "prefill forward across the batch, which bounds activation memory; default here: batch "
+                              "x this)."),
+    points: int = typer.Option(65, "--points", metavar="N", help="Positions from 0 to the context (--json, --csv, "
+                               "--plot).", min=2, max=100000),
     plot: Optional[str] = PlotOpt,
 ) -> None:
     """$ per million tokens of prefill and of decode against token position 0..context, one curve per kind.

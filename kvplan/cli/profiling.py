@@ -12,21 +12,26 @@ import typer
 
 from .options import DeploymentOptions, deployment_options, err
 
-DeviceOpt = typer.Option("cuda", "--device", help="cuda (the GPU) or cpu (small sizes, for tests).")
+DeviceOpt = typer.Option("cuda", "--device", metavar="cuda|cpu", help="cuda (the GPU) or cpu (small sizes, for "
+                         "tests).")
 
 
 @deployment_options(include=("model", "gpu", "gpus", "dp", "ep", "kv_dtype", "attention", "hardware_profile"), gpu="auto")
 def profile(
     options: DeploymentOptions,
-    context: str = typer.Option("4k", "--context", "-c", help="Tokens per sequence, comma-separated (4k = 4096)."),
-    batch: str = typer.Option("1", "--batch", "-b", help="Sequences, comma-separated."),
-    layers: Optional[int] = typer.Option(None, "--layers", min=1, help="Run only the first N layers (a slice); "
-                                         "errors compare the slice with its own estimate, full-depth figures are scaled."),
+    context: str = typer.Option("4k", "--context", "-c", metavar="TOKENS", help="Tokens per sequence, "
+                                "comma-separated (4k = 4096)."),
+    batch: str = typer.Option("1", "--batch", "-b", metavar="N", help="Sequences, comma-separated."),
+    layers: Optional[int] = typer.Option(None, "--layers", metavar="N", min=1, help="Run only the first N layers (a "
+                                         "slice); errors compare the slice with its own estimate, full-depth figures "
+                                         "are scaled."),
     device_name: str = DeviceOpt,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="CSV file each finished row is appended to at once."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE", help="CSV file holding each finished row "
+                                      "at once (checked before measuring starts, rewritten whole per row)."),
     resume: bool = typer.Option(False, "--resume", help="Skip rows already in --out (same model, attention, batch, "
                                 "context, kv dtype, layers)."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed samples per latency (the median is reported)."),
+    repeats: int = typer.Option(5, "--repeats", metavar="N", min=1, help="Timed samples per latency (the median is "
+                                "reported)."),
     cuda_graph: bool = typer.Option(True, "--cuda-graph/--no-cuda-graph", help="Replay decode steps as a CUDA graph."),
     flops: bool = typer.Option(True, "--flops/--no-flops", help="Count FLOPs with FlopCounterMode (one more prefill)."),
 ) -> None:
@@ -62,17 +67,20 @@ def profile(
         print_rows(rows, output.as_json, output.as_csv)
 
 
-@deployment_options(include=("gpu", "usd_per_hour"), gpu="auto", csv=False)
+@deployment_options(include=("gpu", "usd_per_hour"), gpu="auto")
 def calibrate(
     options: DeploymentOptions,
     device_name: str = DeviceOpt,
-    out: Optional[str] = typer.Option(None, "--out", "-o", help="Write the profile JSON here (for --hardware-profile)."),
-    repeats: int = typer.Option(5, "--repeats", min=1, help="Timed samples per figure (the median is used)."),
+    out: Optional[str] = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the profile JSON here (for "
+                                      "--hardware-profile); checked before measuring starts, written whole."),
+    repeats: int = typer.Option(5, "--repeats", min=1, metavar="N", help="Timed samples per figure (the median is "
+                                "used; on a CPU the peaks take the fastest)."),
 ) -> None:
     """Measure memory bandwidth, matmul FLOP/s and the profiler's kernel efficiencies; write a hardware profile.
 
     The efficiencies are fractions of --gpu's datasheet peaks; on a CPU, where there is no preset, of the
-    measured peaks, and --usd-per-hour is required.
+    fastest rates measured, and --usd-per-hour is required. --json prints the whole profile, --csv the
+    calibrated GPU's fields as one row (the columns of `kvplan gpus --csv`).
     """
     from rich.console import Console
 
@@ -84,7 +92,7 @@ def calibrate(
     with Console(stderr=True).status("calibrating") as status:
         result = measure(device_name, options.gpu, options.usd_per_hour, repeats, out,
                          progress=lambda message: status.update(f"calibrating: {message}"))
-    if options.output.as_json:
-        emit(result, True, False)
+    if options.output.as_json or options.output.as_csv:
+        emit(result if options.output.as_json else [result["gpu"]], options.output.as_json, options.output.as_csv)
     else:
         print_profile(result, out)

@@ -2,51 +2,81 @@
 
 from __future__ import annotations
 
+import math
+
 from ..units import InputError
 
 
+MAX_FIELD = 2**40  # whole-number fields past this describe no model (the widest hidden sizes are about 2^15)
+MAX_LAYERS = 2**16  # per-layer tuples are built; published models have at most a few hundred layers
+
+
 class Fields:
-    """Reads required and optional fields of one config dict, naming the missing one in the error."""
+    """Reads required and optional fields of one config dict, naming the missing or malformed one in the error.
+
+    Whole-number fields must be finite whole numbers (5 or 5.0, not 5.5, NaN or "5") from `minimum` (required
+    fields: 1; optional ones: 0 unless the call says otherwise) to MAX_FIELD.
+    """
 
     def __init__(self, config: dict, where: str):
         self.config, self.where = config, where
 
-    def need(self, key: str, kind=int):
+    def need(self, key: str, kind=int, minimum: int = 1, maximum: int = MAX_FIELD):
         if key not in self.config or self.config[key] is None:
             raise InputError(f"{self.where}: config lacks required field {key!r}")
-        return self._cast(key, self.config[key], kind)
+        return self._cast(key, self.config[key], kind, minimum, maximum)
 
-    def get(self, key: str, default=None, kind=int):
+    def get(self, key: str, default=None, kind=int, minimum: int = 0, maximum: int = MAX_FIELD):
         value = self.config.get(key)
-        return default if value is None else self._cast(key, value, kind)
+        return default if value is None else self._cast(key, value, kind, minimum, maximum)
 
-    def _cast(self, key, value, kind):
+    def _cast(self, key, value, kind, minimum: int, maximum: int):
         if kind is bool:
             if not isinstance(value, bool):
                 raise InputError(f"{self.where}: field {key!r} must be true or false, not {value!r}")
             return value
         if kind is int:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 0:
-                raise InputError(f"{self.where}: field {key!r} must be a non-negative whole number, not {value!r}")
+            if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                    or value != int(value)):
+                raise InputError(f"{self.where}: field {key!r} must be a whole number, not {value!r}")
+            if value < minimum:
+                wanted = "positive" if minimum == 1 else f"at least {minimum}"
+                raise InputError(f"{self.where}: field {key!r} must be {wanted}, not {value!r}")
+            if value > maximum:
+                raise InputError(f"{self.where}: field {key!r} is beyond {maximum:,}: {value!r}")
             return int(value)
+        if kind is str and not isinstance(value, str):
+            raise InputError(f"{self.where}: field {key!r} must be a string, not {value!r}")
         return value
 
+    def layer_ids(self, key: str, n_layers: int) -> tuple[int, ...]:
+        """A list of 0-based layer indices (mlp_only_layers, moe_layers); absent or null: none."""
+        value = self.config.get(key)
+        if value is None:
+            return ()
+        if not isinstance(value, list):
+            raise InputError(f"{self.where}: field {key!r} must be a list of layer indices, not {value!r}")
+        return tuple(self._cast(f"{key}[{i}]", item, int, 0, n_layers - 1) for i, item in enumerate(value))
+
     def head_dim(self) -> int:
-        """Explicit head_dim, else hidden_size / num_attention_heads."""
-        return self.get("head_dim") or self.need("hidden_size") // self.need("num_attention_heads")
+        """Explicit head_dim, else hidden_size / num_attention_heads (rounded down, as transformers does)."""
+        explicit = self.get("head_dim", minimum=1)
+        if explicit:
+            return explicit
+        hidden, heads = self.need("hidden_size"), self.need("num_attention_heads")
+        if hidden < heads:
+            raise InputError(f"{self.where}: hidden_size ({hidden}) / num_attention_heads ({heads}) gives head_dim 0; "
+                             f"a config with fewer channels than heads must give head_dim")
+        return hidden // heads
 
 
 def common_fields(f: Fields, model_type: str, name: str, source: str) -> dict:
     """The Model arguments every family reads the same way (depth, width, vocabulary, positions)."""
-    n_layers, d_model = f.need("num_hidden_layers"), f.need("hidden_size")
-    n_heads = f.need("num_attention_heads")
-    if min(n_layers, d_model, n_heads) == 0:
-        raise InputError(f"{name}: num_hidden_layers, hidden_size and num_attention_heads must be positive")
-    for key in ("vocab_size", "intermediate_size"):
-        if key in f.config and f.get(key) == 0:
-            raise InputError(f"{name}: {key} must be positive")
+    n_layers, d_model = f.need("num_hidden_layers", maximum=MAX_LAYERS), f.need("hidden_size")
+    f.need("num_attention_heads")
+    f.get("intermediate_size", minimum=1)
     return dict(name=name, n_layers=n_layers, d_model=d_model, vocab_size=f.need("vocab_size"),
-                max_positions=f.get("max_position_embeddings"), architecture=model_type, source=source)
+                max_positions=f.get("max_position_embeddings", minimum=1), architecture=model_type, source=source)
 
 
 def moe_feed_forward(f: Fields, n_experts: int, active_key: str, dense_intermediate: int, *, n_dense_layers: int = 0,

@@ -25,7 +25,7 @@ def windows(f: Fields, model_type: str, n_layers: int) -> tuple[int | None, ...]
     if model_type == "gemma2":  # local layers first: 0, 2, 4, ...
         window = f.need("sliding_window")
         return tuple(window if i % 2 == 0 else None for i in range(n_layers))
-    window, pattern = f.need("sliding_window"), f.get("sliding_window_pattern", 6)
+    window, pattern = f.need("sliding_window"), f.get("sliding_window_pattern", 6, minimum=1)
     return tuple(None if (i + 1) % pattern == 0 else window for i in range(n_layers))
 
 

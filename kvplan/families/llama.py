@@ -20,7 +20,7 @@ MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "qwen2_vl", "qwen2_
 def dense_attention(f: Fields, qkv_bias: bool = False) -> DenseAttention:
     """GQA/MQA/MHA from num_attention_heads, num_key_value_heads (default: as many as heads) and head_dim."""
     n_heads = f.need("num_attention_heads")
-    n_kv_heads = f.get("num_key_value_heads", n_heads)
+    n_kv_heads = f.get("num_key_value_heads", n_heads, minimum=1)
     if n_kv_heads == 0 or n_heads % n_kv_heads:
         raise InputError(f"{f.where}: num_attention_heads ({n_heads}) must be a multiple of num_key_value_heads "
                          f"({n_kv_heads})")
@@ -36,7 +36,7 @@ def windows(f: Fields, model_type: str, n_layers: int) -> tuple[int | None, ...]
         if not f.get("use_sliding_window", False, bool):
             return (None,) * n_layers
         # Qwen applies the window from layer max_window_layers upward.
-        window, first = f.need("sliding_window"), f.get("max_window_layers", n_layers)
+        window, first = f.need("sliding_window"), f.get("max_window_layers", n_layers, maximum=n_layers)
         return tuple(window if i >= first else None for i in range(n_layers))
     return every_layer_window(f, n_layers)
 

@@ -12,13 +12,10 @@ MODEL_TYPES = ("qwen2_moe", "qwen3_moe", "qwen3_vl_moe", "qwen3_vl_moe_text")
 
 def model(f: Fields, common: dict) -> Model:
     model_type = common["architecture"]
-    only_dense = f.config.get("mlp_only_layers") or []
-    if not isinstance(only_dense, list):
-        only_dense = []
     shared = f.get("shared_expert_intermediate_size", 0)
     ffn = moe_feed_forward(f, f.get("num_experts", 0), "num_experts_per_tok", f.get("intermediate_size", 0),
-                           moe_step=f.get("decoder_sparse_step", 1),
-                           dense_layer_ids=tuple(int(i) for i in only_dense),
+                           moe_step=f.get("decoder_sparse_step", 1, minimum=1),
+                           dense_layer_ids=f.layer_ids("mlp_only_layers", common["n_layers"]),
                            n_shared_experts=1 if shared else 0, shared_intermediate=shared)
     return Model(attention=dense_attention(f, qkv_bias=model_type in QKV_BIAS), ffn=ffn,
                  layer_windows=windows(f, model_type, common["n_layers"]),

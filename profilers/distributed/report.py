@@ -4,8 +4,8 @@ rows (ep), each with its own columns."""
 from __future__ import annotations
 
 import csv
+import io
 import json
-from pathlib import Path
 
 COLUMNS = [
     ("attention", "attention"), ("tp", "tp"), ("dp", "dp"), ("rank", "rank"), ("batch", "batch"),
@@ -44,51 +44,49 @@ def _cell(key: str, value) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    from rich.console import Console
+    """The rows as a table that fits the terminal and never cuts a number (kvplan.output.print_table)."""
     from rich.markup import escape
-    from rich.table import Table
+
+    from kvplan.output import print_table as show
 
     if not rows:
         return
     first = rows[0]
     where = f"{first['dtype']} compute, {first['backend']} on {escape(first['gpu'])}"
     if first["parallel"] == "ep":
-        columns = EXPERT_COLUMNS
-        table = Table(title=f"{escape(first['model'])}: one MoE layer over {first['ep']} expert-parallel ranks "
-                            f"({first['experts']} experts, top-{first['top_k']}), {where}",
-                      caption="MiB = 2^20 bytes, us = microseconds. weights est: kvplan's Estimator for the MoE "
-                              "layer at tp 1, dp = ep (the most loaded GPU). dispatch/combine: bytes this rank sends "
-                              "(remote: to other ranks) in the compute dtype, and the median time of each "
-                              "all-to-all; a2a est: kvplan.parallel.all_to_all_seconds of the same bytes on "
-                              f"{escape(str(first['estimate_gpu']))} (err = est / measured - 1); estimator: "
-                              "Estimator.communication_seconds (fp8 dispatch, bf16 combine). output: "
-                              "max|sharded - unsharded| / max|unsharded| on rank 0.",
-                      caption_justify="left")
+        keys = EXPERT_COLUMNS
+        title = (f"{escape(first['model'])}: one MoE layer over {first['ep']} expert-parallel ranks "
+                 f"({first['experts']} experts, top-{first['top_k']}), {where}")
+        caption = ("MiB = 2^20 bytes, us = microseconds. weights est: kvplan's Estimator for the MoE layer at tp 1, "
+                   "dp = ep (the most loaded GPU). dispatch/combine: bytes this rank sends (remote: to other ranks) "
+                   "in the compute dtype, and the median time of each all-to-all; a2a est: "
+                   "kvplan.parallel.all_to_all_seconds of the same bytes on "
+                   f"{escape(str(first['estimate_gpu']))} (err = est / measured - 1); estimator: "
+                   "Estimator.communication_seconds (fp8 dispatch, bf16 combine). output: "
+                   "max|sharded - unsharded| / max|unsharded| on rank 0.")
     else:
-        columns = COLUMNS
+        keys = COLUMNS
         layout = "tensor-parallel" if first["parallel"] == "tp" else "data-parallel"
-        table = Table(title=f"{escape(first['model'])}: {layout} attention, {first['layers']} of "
-                            f"{first['full_layers']} layers, {first['kv_dtype']} cache, {where}",
-                      caption="MiB = 2^20 bytes. est: kvplan's Estimator for the attention layers alone at the same "
-                              "tp and dp (err = est / measured - 1). output: max|sharded - unsharded| / "
-                              "max|unsharded| (tp: on rank 0; dp: each rank's own sequences).",
-                      caption_justify="left")
-    for header, _ in columns:
-        table.add_column(header, justify="left" if header == "attention" else "right")
-    for row in rows:
-        table.add_row(*(escape(_cell(key, row[key])) if key == "attention" else _cell(key, row[key])
-                        for _, key in columns))
-    Console(width=240).print(table)
+        title = (f"{escape(first['model'])}: {layout} attention, {first['layers']} of {first['full_layers']} "
+                 f"layers, {first['kv_dtype']} cache, {where}")
+        caption = ("MiB = 2^20 bytes. est: kvplan's Estimator for the attention layers alone at the same tp and dp "
+                   "(err = est / measured - 1). output: max|sharded - unsharded| / max|unsharded| (tp: on rank 0; "
+                   "dp: each rank's own sequences).")
+    columns = [(header, (lambda key: lambda row: escape(_cell(key, row[key])) if key == "attention"
+                         else _cell(key, row[key]))(key)) for header, key in keys]
+    show(rows, columns, title=title, caption=caption)
 
 
 def write_rows(rows: list[dict], path: str) -> None:
-    """JSON (a list of rows) for a .json path, else CSV."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """JSON (a list of rows) for a .json path, else CSV; written atomically into a folder that exists."""
+    from kvplan.files import check_writable, write_atomically
+
+    target = check_writable(path)
     if target.suffix == ".json":
-        target.write_text(json.dumps(rows, indent=1) + "\n")
+        write_atomically(target, json.dumps(rows, indent=1) + "\n")
         return
-    with target.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else [], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(target, buffer.getvalue())
