@@ -162,6 +162,8 @@ def estimators(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str |
                              prefill_chunk, dp, ep, gpus_per_node, overlap)
         check_depth(resolved, dep)
         found.append(Estimator(resolved, dep))
+    if not found:
+        raise InputError("attention and kv_dtype must each name at least one choice, not an empty list")
     return found
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from .api import context_or_default, estimator_warnings, native_and_recasts
 from .estimator import Estimator
 from .output import Report, deployment_caption
-from .units import format_gib, format_tokens
+from .units import ceil_div, format_gib, format_tokens
 
 DEFAULT_CHUNK = 8192  # tokens per prefill chunk (vLLM's and SGLang's default chunked-prefill budget)
 TABLE_POSITIONS = 5  # rows per kind in the table; JSON, CSV and the plot take every point
@@ -62,9 +62,11 @@ def cost_report(deployment: dict, context: int | None = None, batch: int = 1, ch
     TABLE_POSITIONS positions per kind. With `plot`, a PNG of both curves written there.
 
     `chunk` is tokens per sequence of each priced prefill chunk; unless the deployment sets its own prefill
-    chunk (tokens per forward across the batch), batch x chunk tokens are in flight when memory is checked.
+    chunk (tokens per forward of one engine: a data-parallel rank), its sequences x chunk tokens are in flight
+    when memory is checked.
     """
-    found = native_and_recasts({**deployment, "prefill_chunk": deployment.get("prefill_chunk") or batch * chunk})
+    in_flight = ceil_div(batch, deployment.get("dp", 1)) * chunk
+    found = native_and_recasts({**deployment, "prefill_chunk": deployment.get("prefill_chunk") or in_flight})
     tokens = context_or_default(context, found[0].model)
     messages = [f"warning: {m}" for e in found for m in estimator_warnings(e, [tokens])]
     if chunk > tokens:

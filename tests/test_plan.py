@@ -270,7 +270,7 @@ def test_impossible_ttft_and_nothing_fitting_are_one_line_each():
     (dict(objective="gpus"), "needs a request rate"),
     (dict(max_batch=0), "max batch must be a positive whole number"),
     (dict(gpu="h100-sm"), "unknown GPU"),
-    (dict(kv_dtype="fp7"), "unknown kv dtype"),
+    (dict(kv_dtype="fp7"), "is not a storage format"),
 ])
 def test_bad_options_are_input_errors(options, needle):
     with pytest.raises(InputError, match=needle):

@@ -298,7 +298,7 @@ def test_estimate_table_never_cuts_a_number(case, wide, width, capsys):
 
 @pytest.mark.parametrize("width", [80, 100, 120])
 def test_every_command_table_never_cuts_a_number(width, capsys):
-    from kvplan.api import preset_rows
+    from kvplan.presets import preset_rows
     from kvplan.budget import budget_report
     from kvplan.cli import estimate, planning
     from kvplan.costcurve import cost_report
