@@ -54,8 +54,9 @@ def print_rows(rows: list[dict], as_json: bool, as_csv: bool) -> None:
     notes = sorted({scaling_note(int(r["layers"]), int(r["full_layers"])) for r in rows})
     caption = (f"measured / estimate (error = estimate / measured - 1) on {first.get('gpu_name')} "
                f"({first.get('device')}, {first.get('dtype')}); estimate: {first.get('estimate_gpu')} at "
-               f"compute {first.get('compute_efficiency'):.0%}, attention {first.get('attention_efficiency'):.0%}, "
-               f"bandwidth {first.get('bandwidth_efficiency'):.0%}; GiB = 2^30 bytes. FLOPs counted = as "
+               f"GEMM compute {float(first.get('compute_efficiency')):.0%}, attention "
+               f"{float(first.get('attention_efficiency')):.0%}, GEMM bandwidth "
+               f"{float(first.get('bandwidth_efficiency')):.0%} (per-operation roofline); GiB = 2^30 bytes. FLOPs counted = as "
                f"FlopCounterMode sees them (whole query x key rectangles); causal = what is computed. "
                + "; ".join(notes))
     emit(rows, as_json, as_csv, COLUMNS, title="kvplan profile", caption=caption)

@@ -24,18 +24,21 @@ def test_tied_embedding_is_read_whole_by_the_lm_head():
     assert est.weights_read_bytes(1) == est.weights_bytes
 
 
-def test_attention_efficiency_splits_the_compute_roofline():
-    # Prefill is compute-bound here, so seconds = linear / (peak x compute_eff) + attention / (peak x attention_eff).
+def test_single_efficiencies_replace_every_operations():
+    # compute_efficiency 0.8 and attention_efficiency 0.4 (a profile or --compute-efficiency) replace the
+    # kernels' compute figures: dense GEMMs at 0.8 of peak, prefill attention at 0.4 whatever the length.
     gpu = replace(GPUS["h100-sxm"], compute_efficiency=0.8, attention_efficiency=0.4)
     est = Estimator(get_preset("llama-3.1-8b"), deployment_for(gpu))
     batch, prompt = 1, 32768
     attention = est.prefill_attention_flops(batch, prompt)
-    linear = est.prefill_linear_flops(batch, prompt)
-    expected = linear / (989.4e12 * 0.8) + attention / (989.4e12 * 0.4)
-    assert est.row(batch, prompt)["prefill_seconds"] == pytest.approx(expected, rel=1e-12)
-    # Unset, attention runs at the compute efficiency: the plain roofline (linear + attention) / (peak x 0.8).
+    linear = est.prefill_linear_flops(batch, prompt) - 2 * get_preset("llama-3.1-8b").lm_head_params()
+    row = est.row(batch, prompt)
+    assert row["prefill_attention_seconds"] == pytest.approx(attention / (989.4e12 * 0.4), rel=1e-12)
+    calls = 4 * 32 * 3.2e-6  # the H100 GEMM kernel's time per call stays
+    assert row["prefill_gemm_seconds"] == pytest.approx(calls + linear / (989.4e12 * 0.8), rel=1e-12)
+    # Unset, attention runs at the compute efficiency.
     plain = Estimator(get_preset("llama-3.1-8b"), deployment_for(replace(gpu, attention_efficiency=None)))
-    assert plain.row(batch, prompt)["prefill_seconds"] == pytest.approx((linear + attention) / (989.4e12 * 0.8), rel=1e-12)
+    assert plain.row(batch, prompt)["prefill_attention_seconds"] == pytest.approx(attention / (989.4e12 * 0.8), rel=1e-12)
 
 
 # --- kvplan calibrate on the CPU ------------------------------------------------------------------------

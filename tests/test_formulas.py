@@ -344,41 +344,78 @@ def test_deepseek_v3_total_and_active_parameters():
 
 # --- latency and cost -----------------------------------------------------------------------------------
 
-def test_decode_roofline_and_cost_by_hand():
-    # One sequence, 32k context on an H100 SXM at the default efficiencies: decode is memory bound.
-    e = est("llama-3.1-8b")
-    row = e.row(1, 32 * K)
-    # Decode reads every weight except the untied input embedding's rows other than the one token looked up.
-    weights = 8_030_261_248 * BF16 - (128256 - 1) * 4096 * BF16
+# The H100 SXM preset's kernels (kvplan.hardware.KERNELS, fitted to aiconfigurator's vLLM tables):
+PEAK, HBM = 989.4e12, 3.35e12
+GEMM_C, GEMM_B, GEMM_CALL = 0.794, 0.860, 3.2e-6  # bf16 GEMM: compute, bandwidth, seconds per call
+ATTN_C, ATTN_HALF = 0.779, 2159  # prefill attention at 128-wide heads: e(L) = 0.779 L / (L + 2159)
+DECODE_B, DECODE_CALL = 0.860, 11.0e-6
+ELEM_B, ELEM_CALL = 0.8, 3e-6
+LLAMA_8B_WEIGHTS = 8_030_261_248
+LLAMA_8B_ELEMENTWISE = BF16 * (10 * 4096 + 3 * 14336)  # bytes per token per layer: norms, adds, activation
+
+
+def test_decode_roofline_per_operation_by_hand():
+    # One sequence, 32k context on an H100 SXM: every operation streams its bytes.
+    row = est("llama-3.1-8b").row(1, 32 * K)
+    lm_head = LLAMA_8B_LM_HEAD * BF16
+    # Dense GEMMs read every weight but the LM head and the untied embedding's rows other than the one looked up.
+    dense = LLAMA_8B_WEIGHTS * BF16 - (128256 - 1) * 4096 * BF16 - lm_head
+    gemm = 4 * 32 * GEMM_CALL + max(2 * LLAMA_8B_LINEAR / (PEAK * GEMM_C), dense / (HBM * GEMM_B))
     cache = 131072 * 32 * K
-    memory_s = (weights + cache) / (3.35e12 * 0.85)
-    compute_s = (2 * LLAMA_8B_LINEAR + 2 * LLAMA_8B_LM_HEAD + 32 * 4 * 32 * 128 * 32 * K) / (989.4e12 * 0.7)
-    assert memory_s > compute_s
-    assert row["decode_seconds_per_token"] == pytest.approx(memory_s, rel=1e-12)
-    assert row["decode_usd_per_mtok"] == pytest.approx(2.99 / 3600 * memory_s * 1e6, rel=1e-12)
+    attention = 32 * DECODE_CALL + max(32 * 4 * 32 * 128 * 32 * K / (PEAK * ATTN_C), cache / (HBM * DECODE_B))
+    elementwise = 4 * 32 * ELEM_CALL + 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
+    logits = GEMM_CALL + max(2 * LLAMA_8B_LM_HEAD / (PEAK * GEMM_C), (lm_head + 128256 * 4) / (HBM * GEMM_B))
+    assert row["decode_gemm_seconds"] == pytest.approx(gemm, rel=1e-12)
+    assert row["decode_attention_seconds"] == pytest.approx(attention, rel=1e-12)
+    assert row["decode_elementwise_seconds"] == pytest.approx(elementwise, rel=1e-12)
+    assert row["decode_logits_seconds"] == pytest.approx(logits, rel=1e-12)
+    assert row["decode_moe_seconds"] == row["decode_indexer_seconds"] == row["decode_communication_seconds"] == 0
+    seconds = gemm + attention + elementwise + logits
+    assert row["decode_seconds_per_token"] == pytest.approx(seconds, rel=1e-12)
+    assert row["decode_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds * 1e6, rel=1e-12)
 
 
-def test_prefill_roofline_is_compute_bound_and_priced_per_token():
+def test_prefill_roofline_per_operation_by_hand():
     e = est("llama-3.1-8b")
     row = e.row(1, 32 * K)
-    flops = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD) + 32 * 4 * 32 * 128 * causal_pairs(32 * K)
+    attention_flops = 32 * 4 * 32 * 128 * causal_pairs(32 * K)
+    flops = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD) + attention_flops
     assert row["prefill_flops"] == flops
-    seconds = flops / (989.4e12 * 0.7)
+    gemm = 4 * 32 * GEMM_CALL + 2 * 32 * K * LLAMA_8B_LINEAR / (PEAK * GEMM_C)  # compute bound
+    efficiency = ATTN_C * 32 * K / (32 * K + ATTN_HALF)  # 128-wide heads: no head-shape factor
+    attention = attention_flops / (PEAK * efficiency)
+    elementwise = 4 * 32 * ELEM_CALL + 32 * K * 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
+    lm_head = LLAMA_8B_LM_HEAD * BF16
+    logits = GEMM_CALL + max(2 * LLAMA_8B_LM_HEAD / (PEAK * GEMM_C), (lm_head + 128256 * 4) / (HBM * GEMM_B))
+    for name, seconds in (("gemm", gemm), ("attention", attention), ("elementwise", elementwise), ("logits", logits)):
+        assert row[f"prefill_{name}_seconds"] == pytest.approx(seconds, rel=1e-12), name
+    seconds = gemm + attention + elementwise + logits
     assert row["prefill_seconds"] == pytest.approx(seconds, rel=1e-12)
     assert row["prefill_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds / (32 * K) * 1e6, rel=1e-12)
 
 
 def test_fp8_weights_run_linear_layers_at_the_fp8_rate():
-    # fp8 weights on an H100: linear FLOPs at 1978.9 TFLOP/s x 0.7, attention still at the bf16 rate.
-    e = est("llama-3.1-8b", weight_dtype="fp8")
-    row = e.row(1, 32 * K)
-    linear = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD)
-    attention = 32 * 4 * 32 * 128 * causal_pairs(32 * K)
-    seconds = linear / (1978.9e12 * 0.7) + attention / (989.4e12 * 0.7)
-    assert row["prefill_seconds"] == pytest.approx(seconds, rel=1e-12)
-    # An A100 has no fp8 units: its fp8 weights multiply at the bf16 rate.
+    # fp8 weights on an H100: dense GEMMs at 1978.9 TFLOP/s x 0.532 (the fp8 GEMM kernel), attention at bf16's.
+    row = est("llama-3.1-8b", weight_dtype="fp8").row(1, 32 * K)
+    assert row["prefill_gemm_seconds"] == pytest.approx(4 * 32 * 5.9e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (1978.9e12 * 0.532),
+                                                        rel=1e-12)
+    # An A100 has no fp8 units: its fp8 weights multiply at its bf16 GEMM's rate (0.910 of 312 TFLOP/s).
     a100 = est("llama-3.1-8b", gpu="a100-80gb", weight_dtype="fp8").row(1, 32 * K)
-    assert a100["prefill_seconds"] == pytest.approx((linear + attention) / (312e12 * 0.7), rel=1e-12)
+    assert a100["prefill_gemm_seconds"] == pytest.approx(4 * 32 * 4.4e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (312e12 * 0.910),
+                                                         rel=1e-12)
+
+
+def test_dsa_prefill_prices_indexer_topk_and_latent_reads():
+    # deepseek-v3.2-exp on one H100 at 8k: the indexer (64 heads x 128, fp8) scores every visible key on every
+    # tp rank; top-k reads 4 bytes per score; each query reads min(position + 1, 2048) latent rows of 576 x 2 bytes.
+    row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
+    scores = 61 * causal_pairs(8 * K)
+    indexer = 61 * 0.0 + scores * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.276)
+    topk = scores * 4 / (HBM * 0.087)
+    assert row["prefill_indexer_seconds"] == pytest.approx(indexer + topk, rel=1e-12)
+    latent_reads = 61 * keys_attended_sum(8 * K, 2048) * 576 * BF16 / (HBM * 0.417)
+    dense_part = row["prefill_attention_seconds"] - latent_reads
+    assert 0 < dense_part < latent_reads  # the rest: the MLA FLOPs of its 16 heads per GPU
 
 
 def test_naive_attention_score_matrix_is_quadratic():

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional
 import typer
 
 from ..dtypes import FORMATS
-from ..hardware import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY, GPU_ALIASES, GPUS
+from ..hardware import GPU_ALIASES, GPUS
 from ..output import Column, Report, emit
 from ..recast import recast_help
 from ..units import InputError
@@ -143,10 +143,12 @@ _DECLARED: dict[str, tuple] = {
                 "memory_bytes=80GiB, bandwidth_bytes_per_s=3.0e12 (bytes/s), bf16_flops=800e12 (FLOP/s), "
                 "usd_per_hour=2.5 ($).", {}),
     "usd_per_hour": (Optional[float], ("--usd-per-hour",), "Price of one GPU-hour in $ (default: the preset's).", {}),
-    "compute_efficiency": (Optional[float], ("--compute-efficiency",), f"Fraction of dense bf16 FLOP/s reached "
-                           f"(default {DEFAULT_COMPUTE_EFFICIENCY}).", {}),
-    "bandwidth_efficiency": (Optional[float], ("--bandwidth-efficiency",), f"Fraction of memory bandwidth reached "
-                             f"(default {DEFAULT_BANDWIDTH_EFFICIENCY}).", {}),
+    "compute_efficiency": (Optional[float], ("--compute-efficiency",), f"Fraction of peak FLOP/s that every "
+                           "operation reaches, replacing the GPU's per-operation figures (default: each operation's; "
+                           "`kvplan gpus --json`).", {}),
+    "bandwidth_efficiency": (Optional[float], ("--bandwidth-efficiency",), f"Fraction of memory bandwidth that "
+                             "every operation reaches, replacing the GPU's per-operation figures (default: each "
+                             "operation's).", {}),
 }
 _OUTPUT: dict[str, tuple] = {
     "as_json": (bool, ("--json",), "Print a JSON list of flat objects, one per row.", {}),
