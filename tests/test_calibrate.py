@@ -1,5 +1,6 @@
 """`kvplan calibrate` and the estimate fields a calibration profile sets (attention efficiency)."""
 
+import dataclasses
 from dataclasses import replace
 
 import pytest
@@ -51,23 +52,31 @@ from kvplan.hardware import gpu_from_file  # noqa: E402
 from kvplan.profilers import calibrate as cal  # noqa: E402
 
 
-def test_prefill_fit_recovers_both_efficiencies():
-    # peak 1e15 FLOP/s, linear at 0.8 and attention at 0.4 of it:
-    # short prompt: L = 1e12, A = 1e11 -> t = 1e12 / 8e14 + 1e11 / 4e14 = 1.25e-3 + 0.25e-3 = 1.5e-3 s
-    # long prompt:  L = 1e12, A = 1e12 -> t = 1.25e-3 + 2.5e-3 = 3.75e-3 s
-    points = [{"linear_flops": 1e12, "attention_flops": 1e11, "seconds": 1.5e-3},
-              {"linear_flops": 1e12, "attention_flops": 1e12, "seconds": 3.75e-3}]
-    linear, attention, how = cal._solve_prefill(points, 1e15, fallback_linear=0.5)
-    assert linear == pytest.approx(0.8) and attention == pytest.approx(0.4) and how.startswith("solved")
+def test_calibration_recovers_known_kernels_from_synthetic_timings():
+    # Timings made from known figures on a GPU of 1e15 FLOP/s and 2e12 B/s: GEMM compute 0.75, bandwidth 0.8,
+    # 4 us a call; prefill attention e(L) = 0.6 L / (L + 2000); decode attention 0.9 + 10 us; copies 0.85 + 2 us.
+    peak, hbm = 1e15, 2e12
+    gemm = [{"m": m, "n": n, "k": k, "bytes_per_element": 2,
+             "seconds": 4e-6 + max(2 * m * n * k / (peak * 0.75), n * k * 2 / (hbm * 0.8))}
+            for n, k in ((4096, 4096), (8192, 8192), (4096, 14336)) for m in (1, 8, 4096)]
+    attention = [{"tokens": n, "flops": 4 * 32 * 128 * n * (n + 1) // 2,
+                  "seconds": 4 * 32 * 128 * n * (n + 1) // 2 / (peak * 0.6 * n / (n + 2000))} for n in (1024, 4096, 16384)]
+    decode = [{"bytes": b, "seconds": 10e-6 + b / (hbm * 0.9)} for b in (1e7, 1e8, 1e9)]
+    copies = [{"bytes": b, "seconds": 2e-6 + b / (hbm * 0.85)} for b in (2**17, 2**32)]
+    base = replace(GPUS["h100-sxm"], bf16_flops=peak, bandwidth_bytes_per_s=hbm)
+    k = cal.solve_kernels(base, gemm, attention, decode, copies)
+    assert (k.gemm.compute, k.gemm.bandwidth, k.gemm.call_seconds) == (pytest.approx(0.75), pytest.approx(0.8),
+                                                                       pytest.approx(4e-6))
+    assert k.prefill_attention.compute == pytest.approx(0.6) and k.attention_half_tokens == pytest.approx(2000)
+    assert (k.decode_attention.bandwidth, k.decode_attention.call_seconds) == (pytest.approx(0.9), pytest.approx(10e-6))
+    assert (k.elementwise.bandwidth, k.elementwise.call_seconds) == (pytest.approx(0.85), pytest.approx(2e-6))
+    assert k.moe_gemm_fp8 == GPUS["h100-sxm"].kernels.moe_gemm_fp8  # not measured: the preset's
 
 
-def test_prefill_fit_falls_back_when_noise_gives_no_fractions():
-    # A long prompt faster than the short one has no solution in (0, 1]: linear takes the matmul efficiency
-    # (0.5: 1e12 / 5e14 = 2e-3 s) and attention what is left of the long prompt: 1e12 / (1e15 x (3e-3 - 2e-3)) = 1.
-    points = [{"linear_flops": 1e12, "attention_flops": 1e11, "seconds": 4e-3},
-              {"linear_flops": 1e12, "attention_flops": 1e12, "seconds": 3e-3}]
-    linear, attention, how = cal._solve_prefill(points, 1e15, fallback_linear=0.5)
-    assert (linear, attention) == (0.5, pytest.approx(1.0)) and "matmul" in how
+def test_prefill_attention_fit_falls_back_to_the_longest_prompt_on_noise():
+    # Efficiency falling with length has no e(L) = e L / (L + h) with h >= 0: the longest prompt's, flat.
+    points = [{"tokens": 1024, "flops": 1e12, "seconds": 2e-3}, {"tokens": 4096, "flops": 1e12, "seconds": 4e-3}]
+    assert cal.solve_prefill_attention(points, 1e15) == (pytest.approx(0.25), 0.0)
 
 
 @pytest.fixture
@@ -87,15 +96,16 @@ def test_cpu_profile_is_accepted_by_estimate(tiny, tmp_path, run_json):
     # On a CPU the peaks are the measured copy and matmul rates; efficiencies are fractions of them.
     assert gpu["bandwidth_bytes_per_s"] == profile["measured"]["copy_bandwidth_bytes_per_s"]
     assert gpu["bf16_flops"] == profile["measured"]["matmul_flops"]
-    for key in ("compute_efficiency", "bandwidth_efficiency", "attention_efficiency"):
-        assert 0 < gpu[key] <= 1
-    # Each decode point's efficiency is bytes / seconds / peak, as stored.
-    for point in profile["measured"]["decode_points"]:
-        assert point["efficiency"] == pytest.approx(point["bytes"] / point["seconds"] / gpu["bandwidth_bytes_per_s"])
+    for kind in ("gemm", "prefill_attention", "decode_attention", "elementwise"):
+        for key in ("compute", "bandwidth"):
+            assert 0 < gpu["kernels"][kind][key] <= 1
+    # The profile's predictions use its kernels: every reference point has a prediction and an error.
+    for point in profile["measured"]["decode_points"] + profile["measured"]["prefill_points"]:
+        assert point["predicted_seconds"] > 0 and point["error"] == pytest.approx(point["predicted_seconds"] / point["seconds"] - 1)
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps(profile))
     loaded = gpu_from_file(path)
-    assert loaded.attention_efficiency == gpu["attention_efficiency"]
+    assert dataclasses.asdict(loaded.kernels) == gpu["kernels"]
     (row,) = run_json("estimate", "-m", tiny, "-c", "128", "--hardware-profile", str(path))
     assert row["gpu"] == "cpu"
 
