@@ -54,7 +54,7 @@ class Boundary:
 
 def weights_exceed(estimator: Estimator) -> bool:
     dep = estimator.deployment
-    return estimator.weights_bytes_per_gpu + dep.reserve_bytes > dep.gpu.memory_bytes
+    return estimator.weights_bytes_per_gpu + dep.reserve_bytes > dep.usable_memory_bytes
 
 
 def _boundary(estimator: Estimator, value: int, row: dict) -> Boundary:
@@ -62,7 +62,7 @@ def _boundary(estimator: Estimator, value: int, row: dict) -> Boundary:
         binding = WEIGHTS_EXCEED
     else:
         binding = "cache" if row["kv_cache_bytes_per_gpu"] >= row["activation_bytes_per_gpu"] else "activations"
-    return Boundary(value, row, binding, row["gpu_memory_bytes"] - row["total_bytes_per_gpu"])
+    return Boundary(value, row, binding, row["usable_memory_bytes"] - row["total_bytes_per_gpu"])
 
 
 def longest_context(estimator: Estimator, batch: int) -> Boundary:
@@ -87,7 +87,7 @@ def budget_row(estimator: Estimator, batch: int, context: int) -> dict:
     row = {
         "model": model.name, "attention": model.kind_label, "gpu": dep.gpu.name, "gpus": dep.gpus, "tp": dep.tp,
         "pp": dep.pp, "kv_dtype": dep.kv_format.name, "block_size": dep.block_size,
-        "gpu_memory_bytes": dep.gpu.memory_bytes, "weights_bytes_per_gpu": estimator.weights_bytes_per_gpu,
+        "gpu_memory_bytes": dep.gpu.memory_bytes, "usable_memory_bytes": dep.usable_memory_bytes, "weights_bytes_per_gpu": estimator.weights_bytes_per_gpu,
         "kv_bytes_per_token": estimator.kv_bytes_per_token, "max_positions": model.max_positions,
         "weights_exceed_memory": weights_exceed(estimator),
     }
@@ -114,7 +114,7 @@ def budget_note(row: dict) -> str:
     gib = 2**30
     if row["weights_exceed_memory"]:
         return (f"weights alone exceed memory: {row['weights_bytes_per_gpu'] / gib:,.2f} GiB of weights per GPU "
-                f"(plus any reserve) vs {row['gpu_memory_bytes'] / gib:,.2f} GiB; add GPUs or quantize the weights")
+                f"(plus the reserve) vs {row['usable_memory_bytes'] / gib:,.2f} GiB usable; add GPUs or quantize the weights")
     notes = []
     if not row["max_context"]:
         notes.append(f"not even 1 token fits at batch {row['batch']}")
@@ -153,7 +153,7 @@ def budget_report(deployment: dict, batch: int, context: int | None = None, plot
         contexts, curves = memory_curves(found, rows, batch)
         title = (f"{rows[0]['model'].split(' [')[0]} on {dep.gpu.name} x{dep.gpus}, batch {batch}: "
                  f"dots = longest context that fits")
-        messages.append(f"wrote {plot_budget(contexts, curves, dep.gpu.memory_bytes, title, plot)}")
+        messages.append(f"wrote {plot_budget(contexts, curves, dep.usable_memory_bytes, title, plot)}")
     notes = [f"{row['attention']}, kv {row['kv_dtype']}: {row['note']}" for row in rows if row["note"]]
     beyond = [r for r in rows if r["max_positions"] and r["max_context"] > r["max_positions"]]
     if beyond:

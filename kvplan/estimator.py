@@ -47,6 +47,9 @@ GEMM_CALLS_PER_LAYER = 4  # query/key/value, output, gate/up, down projections
 MOE_CALLS_PER_LAYER = 2  # grouped gate/up and down over the selected experts
 ELEMENTWISE_CALLS_PER_LAYER = 4  # two fused residual-add + norms, the gated activation, RoPE
 ROLES = ("both", "prefill", "decode")
+# Memory and prefill as vLLM decides them by default:
+VLLM_PREFILL_CHUNK = 8192  # max_num_batched_tokens with chunked prefill: tokens per step across the batch
+VLLM_MEMORY_UTILIZATION = 0.9  # --gpu-memory-utilization: the fraction of each GPU's memory it fills
 
 
 @dataclass(frozen=True)
@@ -62,21 +65,31 @@ class Deployment:
     weight_format: StorageFormat = FORMATS["bf16"]
     activation_format: StorageFormat = FORMATS["bf16"]
     block_size: int = 0  # paged KV cache block in tokens; 0 = contiguous
-    reserve_bytes: int = 0  # per GPU, for the CUDA context and workspaces
+    reserve_bytes: int | None = None  # per GPU for the runtime; None: parallel.runtime_reserve_bytes (CUDA context, NCCL)
     flash: bool = True  # False: attention materialises the score matrix (quadratic in context)
-    prefill_chunk: int = 0  # tokens per prefill forward across the batch (chunked prefill); 0 = whole prompts
+    prefill_chunk: int = VLLM_PREFILL_CHUNK  # tokens per prefill forward across the batch; 0 = whole prompts
     gpus_per_node: int = 0  # GPUs on one link domain; 0 = the GPU's own figure
     overlap: bool = False  # communication hidden behind compute (two micro-batches)
     role: str = "both"  # "both" prefill and decode, or a disaggregated pool: "prefill" or "decode" only
+    memory_utilization: float = VLLM_MEMORY_UTILIZATION  # of each GPU's memory the engine may use
 
     def __post_init__(self) -> None:
         parallel.check_layout(self.tp, self.pp, self.dp, self.ep)
         if self.role not in ROLES:
             raise InputError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if not 0 < self.memory_utilization <= 1:
+            raise InputError(f"GPU memory utilization is a fraction in (0, 1], not {self.memory_utilization}")
+        if self.reserve_bytes is None:
+            object.__setattr__(self, "reserve_bytes", parallel.runtime_reserve_bytes(self.gpus))
 
     @property
     def gpus(self) -> int:
         return self.tp * self.pp * self.dp
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        """Bytes of each GPU the engine may fill: memory x memory_utilization, as vLLM budgets it."""
+        return int(self.gpu.memory_bytes * self.memory_utilization)
 
     @property
     def node_gpus(self) -> int:
@@ -500,7 +513,10 @@ class Estimator:
             "total_bytes": self.weights_bytes_all_gpus + kv_bytes + (act_per_gpu + dep.reserve_bytes) * dep.gpus,
             "total_bytes_per_gpu": total_per_gpu,
             "gpu_memory_bytes": dep.gpu.memory_bytes,
-            "fits": total_per_gpu <= dep.gpu.memory_bytes,
+            "usable_memory_bytes": dep.usable_memory_bytes,
+            "reserve_bytes_per_gpu": dep.reserve_bytes,
+            "prefill_chunk": dep.prefill_chunk,
+            "fits": total_per_gpu <= dep.usable_memory_bytes,
             "prefill_flops": prefill_flops,
             "prefill_attention_flops": attn_flops,
             "decode_flops_per_token": decode_flops_per_token,
@@ -533,7 +549,11 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "activation_bytes_flash_per_gpu": "prefill peak per GPU with FlashAttention-style attention (linear in context)",
     "activation_bytes_naive_per_gpu": "prefill peak per GPU with attention that materialises the scores (quadratic)",
     "total_bytes": "bytes in all", "total_bytes_per_gpu": "bytes on the most loaded GPU",
-    "gpu_memory_bytes": "bytes of memory per GPU", "fits": "total_bytes_per_gpu <= gpu_memory_bytes",
+    "gpu_memory_bytes": "bytes of memory per GPU",
+    "usable_memory_bytes": "bytes per GPU the engine may use: gpu_memory_bytes x --gpu-memory-utilization",
+    "reserve_bytes_per_gpu": "of total_bytes_per_gpu: runtime reserve (CUDA context, NCCL buffers; --reserve)",
+    "prefill_chunk": "tokens per prefill forward across the batch (chunked prefill); 0: whole prompts at once",
+    "fits": "total_bytes_per_gpu <= usable_memory_bytes",
     "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",
     "decode_flops_per_token": "FLOPs of one decode step, one sequence (null for an encoder, as every decode column)",
     "prefill_seconds": "roofline seconds of prefill", "decode_seconds_per_token": "roofline seconds of one decode step",

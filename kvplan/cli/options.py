@@ -56,9 +56,10 @@ class DeploymentOptions:
     attention: tuple[str, ...] = ()  # --attention values as given (each may hold several comma-separated specs)
     weight_dtype: str = "bf16"
     block_size: int = 0
-    reserve: str = "0"
+    reserve: str = "auto"
     naive_attention: bool = False
-    prefill_chunk: str = "0"
+    prefill_chunk: str = "8k"
+    gpu_memory_utilization: float = 0.9
     hardware_profile: Optional[str] = None
     gpu_set: tuple[str, ...] = ()  # FIELD=VALUE overrides
     usd_per_hour: Optional[float] = None
@@ -87,6 +88,7 @@ class DeploymentOptions:
                     kv_dtype=self.kv_dtypes(), gpus=self.gpus, pp=self.pp, dp=self.dp, ep=self.ep,
                     gpus_per_node=self.gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
                     block_size=self.block_size, reserve=self.reserve, flash=not self.naive_attention,
+                    memory_utilization=self.gpu_memory_utilization,
                     hardware_profile=self.hardware_profile,
                     prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
                     **{**parse_assignments(list(self.gpu_set)), **named})
@@ -129,11 +131,14 @@ _DECLARED: dict[str, tuple] = {
                   f"comma-separate for one row each.", {}),
     "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {}),
     "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.", {"min": 0}),
-    "reserve": (str, ("--reserve",), "Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB.", {}),
+    "reserve": (str, ("--reserve",), "Memory held back per GPU for the runtime, e.g. 1GiB; 'auto': the CUDA context "
+                "(512 MiB) plus NCCL's buffers with several GPUs (342 MB on 2, 392 MB on 4+, aiconfigurator's figures).", {}),
+    "gpu_memory_utilization": (float, ("--gpu-memory-utilization",), "Fraction of each GPU's memory the engine may "
+                               "use, as vLLM's --gpu-memory-utilization (default 0.9).", {"min": 0.01, "max": 1.0}),
     "naive_attention": (bool, ("--naive-attention",), "Attention materialises the score matrix (memory quadratic in "
                         "context).", {}),
     "prefill_chunk": (str, ("--prefill-chunk",), "Chunked prefill: tokens per prefill forward across the batch (e.g. "
-                      "8k, as vLLM's max_num_batched_tokens); bounds activation memory. 0 = whole prompts at once. "
+                      "8k, vLLM's default max_num_batched_tokens, the default); bounds activation memory. 0 = whole prompts at once. "
                       "Not cost's --chunk-per-sequence (tokens per sequence of each priced prefill chunk).", {}),
     "hardware_profile": (Optional[str], ("--hardware-profile",), "JSON file replacing datasheet figures: a `kvplan "
                          "calibrate` profile, or an object of GPU fields (memory_bytes, bandwidth_bytes_per_s, "
