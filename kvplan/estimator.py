@@ -267,8 +267,9 @@ class Estimator:
         k = self.kernels = gpu.kernel_figures
         fp8 = dep.weight_format.name == "fp8" and gpu.fp8_flops > 0  # fp8 x fp8 products, as fp8 serving runs them
         self._gemm = (k.gemm_fp8, gpu.fp8_flops) if fp8 else (k.gemm, gpu.bf16_flops)
-        self._moe_gemm = (k.moe_gemm_fp8, gpu.fp8_flops) if fp8 else (k.moe_gemm, gpu.bf16_flops)
         ffn, d = model.ffn, model.d_model
+        expert_width = ffn.moe_intermediate if dep.ep > 1 else ceil_div(ffn.moe_intermediate, dep.tp)
+        self._moe_gemm = (k.moe_gemm_for(fp8, max(expert_width, 1)), gpu.fp8_flops if fp8 else gpu.bf16_flops)
         self._routed_flops_per_token = (2 * self._moe_layers * ffn.n_active_experts * ffn.expert_params(d)
                                         if ffn.is_moe else 0)
         self._lm_head_bytes = model.lm_head_params() * dep.weight_format.bytes_per_element

@@ -28,11 +28,23 @@ _ELEMENTWISE = Kernel(1.0, 0.8, 3e-6)  # aiconfigurator's system files: memory-b
 _DSA = dict(indexer=Kernel(0.276, 1.0, 0.0), topk=Kernel(1.0, 0.087, 0.0), sparse_attention=Kernel(1.0, 0.417, 0.0))
 
 
+# Grouped expert GEMMs lose compute efficiency as tp narrows each expert (aiconfigurator's H100 vLLM table,
+# DeepSeek-V3's experts in fp8 at moe_tp 1/2/4/8, widths 2048/1024/512/256: 0.303/0.267/0.208/0.146 of peak):
+# e(w) = e_max w / (w + 372). The fitted MoE figures below hold at their table's width (fp8: 2048, bf16: 14336)
+# and are scaled to e_max here.
+MOE_HALF_WIDTH = 372.0
+
+
+def _moe(compute: float, bandwidth: float, width: int, call: float) -> Kernel:
+    return Kernel(compute * (width + MOE_HALF_WIDTH) / width, bandwidth, call)
+
+
 def _kernels(source: str, gemm, gemm_fp8, moe, moe_fp8, attention, half_tokens, half_head_dim, decode,
              link, call_link) -> Kernels:
     """A GPU's kernels from fitted figures: (compute, bandwidth, call seconds) triples, attention's compute."""
-    return Kernels(gemm=Kernel(*gemm), gemm_fp8=Kernel(*gemm_fp8), moe_gemm=Kernel(*moe, gemm[2]),
-                   moe_gemm_fp8=Kernel(*moe_fp8, gemm_fp8[2]), prefill_attention=Kernel(attention, decode[0], 0.0),
+    return Kernels(gemm=Kernel(*gemm), gemm_fp8=Kernel(*gemm_fp8), moe_gemm=_moe(*moe, 14336, gemm[2]),
+                   moe_gemm_fp8=_moe(*moe_fp8, 2048, gemm_fp8[2]), moe_half_width=MOE_HALF_WIDTH,
+                   prefill_attention=Kernel(attention, decode[0], 0.0),
                    attention_half_tokens=half_tokens, attention_half_head_dim=half_head_dim,
                    decode_attention=Kernel(attention, *decode), elementwise=_ELEMENTWISE,
                    communication=Kernel(1.0, link, call_link), source=source, **_DSA)

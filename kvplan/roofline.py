@@ -11,7 +11,9 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - gemm / gemm_fp8: dense linear layers (attention projections, dense and shared feed-forward). Shape decides
   which bound holds: a large GEMM is compute bound, a skinny one (few tokens, decode) streams its weights, and a
   small TP-sharded one is mostly its call time.
-- moe_gemm / moe_gemm_fp8: grouped expert GEMMs over the experts a batch's tokens select.
+- moe_gemm / moe_gemm_fp8: grouped expert GEMMs over the experts a batch's tokens select; their compute
+  efficiency falls as tensor parallelism narrows each expert: compute x w / (w + moe_half_width), w the
+  intermediate width of one expert on one GPU.
 - prefill_attention: causal flash attention; its compute efficiency grows with the keys a query attends and the
   width of its heads: e(L, hd) = compute x L / (L + attention_half_tokens) x r(hd) / r(128), r(hd) = hd / (hd +
   attention_half_head_dim) (fitted to vLLM's FlashAttention-3 timings; 128-wide heads at long prompts reach
@@ -65,6 +67,7 @@ class Kernels:
     prefill_attention: Kernel = Kernel()
     attention_half_tokens: float = 0.0  # keys per query at which prefill attention reaches half its efficiency
     attention_half_head_dim: float = 0.0  # head width at which r(hd) = hd / (hd + this) is one half
+    moe_half_width: float = 0.0  # expert width per GPU at which grouped GEMMs reach half their compute
     decode_attention: Kernel = Kernel()
     elementwise: Kernel = Kernel()
     indexer: Kernel = Kernel()
@@ -78,6 +81,11 @@ class Kernels:
         g = self.attention_half_head_dim
         shape = (head_dim / (head_dim + g)) / (REFERENCE_HEAD_DIM / (REFERENCE_HEAD_DIM + g))
         return minimum(self.prefill_attention.compute * keys / (keys + self.attention_half_tokens) * shape, 1.0)
+
+    def moe_gemm_for(self, fp8: bool, width: int) -> Kernel:
+        """The grouped GEMM kernel for experts `width` wide on one GPU."""
+        kernel = self.moe_gemm_fp8 if fp8 else self.moe_gemm
+        return replace(kernel, compute=kernel.compute * width / (width + self.moe_half_width))
 
     def uniform(self, compute: float | None = None, bandwidth: float | None = None,
                 attention: float | None = None) -> "Kernels":
@@ -93,6 +101,7 @@ class Kernels:
             changed["prefill_attention"] = replace(changed["prefill_attention"], compute=attention or compute)
             changed["attention_half_tokens"] = 0.0
             changed["attention_half_head_dim"] = 0.0
+            changed["moe_half_width"] = 0.0
         return replace(self, **changed)
 
 

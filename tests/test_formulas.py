@@ -472,3 +472,18 @@ def test_encoders_attend_both_ways_and_decode_nothing():
     assert row["decode_seconds_per_token"] is None and row["decode_usd_per_mtok"] is None
     with pytest.raises(InputError, match="encoder"):
         e.decode_step(1, L)
+
+
+def test_moe_grouped_gemm_by_hand():
+    # deepseek-v3, fp8 weights on 8 H200s (tp 8, experts split over tp): a 4k prompt. Each of 58 MoE layers runs
+    # 2 grouped GEMMs over its 256 experts, each 2048 / 8 = 256 wide per GPU: the H200's fp8 grouped GEMM (0.310
+    # of peak at 2048 wide) scaled to e_max = 0.310 x (2048 + 372) / 2048, then by 256 / (256 + 372).
+    from kvplan.parallel import experts_touched
+
+    row = est("deepseek-v3", gpu="h200", gpus=8, weight_dtype="fp8").row(1, 4 * K, 4 * K)
+    efficiency = 0.310 * (2048 + 372) / 2048 * 256 / (256 + 372)
+    expert = 3 * 7168 * 2048  # fp8: one byte each
+    flops = 4 * K * 58 * 8 * 2 * expert / 8
+    read = 58 * experts_touched(256, 8, 4 * K) * expert / 8
+    seconds = 2 * 58 * 6.1e-6 + max(flops / (1978.9e12 * efficiency), read / (4.8e12 * 0.634))
+    assert row["prefill_moe_seconds"] == pytest.approx(seconds, rel=1e-12)
