@@ -13,7 +13,7 @@ import warnings
 from typing import Iterable, Sequence
 
 from .dtypes import storage_format
-from .estimator import Deployment, Estimator
+from .estimator import VLLM_MEMORY_UTILIZATION, VLLM_PREFILL_CHUNK, Deployment, Estimator
 from .hardware import GPU, get_gpu, gpu_from_file, with_overrides
 from .model import Model
 from .presets import load_model
@@ -86,12 +86,15 @@ def resolve_model(model: str | Model, attention: str | None = None) -> Model:
 
 
 def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, kv_dtype: str = "bf16",
-                   weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0,
-                   flash: bool = True, prefill_chunk: int = 0, dp: int = 1, ep: int = 1, gpus_per_node: int = 0,
-                   overlap: bool = False) -> Deployment:
+                   weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int | None = None,
+                   flash: bool = True, prefill_chunk: int = VLLM_PREFILL_CHUNK, dp: int = 1, ep: int = 1,
+                   gpus_per_node: int = 0, overlap: bool = False,
+                   memory_utilization: float = VLLM_MEMORY_UTILIZATION) -> Deployment:
     """`gpus` alone means tensor parallelism over all the GPUs that pp and dp leave; tp x pp x dp must equal
-    gpus when tp is given too. ep divides tp x dp (kvplan.parallel). Each argument is checked, its name in
-    the message."""
+    gpus when tp is given too. ep divides tp x dp (kvplan.parallel). As vLLM decides by default: prefill in
+    chunks of 8192 tokens across the batch (0: whole prompts at once), 0.9 of each GPU's memory usable, and a
+    runtime reserve (reserve None or "auto": parallel.runtime_reserve_bytes; else bytes, e.g. "1GiB" or 0).
+    Each argument is checked, its name in the message."""
     gpus, pp, dp, ep = (_count(v, name) for v, name in ((gpus, "gpus"), (pp, "pp"), (dp, "dp"), (ep, "ep")))
     gpus_per_node = _count(gpus_per_node, "gpus_per_node", minimum=0)
     block_size = _count(block_size, "block_size", minimum=0, maximum=MAX_TOKENS)
@@ -103,11 +106,14 @@ def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, 
         tp = gpus // (pp * dp)
     elif _count(tp, "tp") * pp * dp != gpus and gpus != 1:
         raise InputError(f"tp ({tp}) x pp ({pp}) x dp ({dp}) must equal gpus ({gpus})", "tp")
-    reserve_bytes = parse_bytes(reserve, "reserve", minimum=0) if reserve is not None else 0
+    if reserve is None or reserve == "auto":
+        reserve_bytes = None  # Deployment's runtime reserve
+    else:
+        reserve_bytes = parse_bytes(reserve, "reserve", minimum=0)
     return Deployment(gpu=gpu, tp=tp, pp=pp, dp=dp, ep=ep, kv_format=storage_format(kv_dtype),
                       weight_format=storage_format(weight_dtype, "weight_dtype"), block_size=block_size,
                       reserve_bytes=reserve_bytes, flash=flash, prefill_chunk=prefill_chunk,
-                      gpus_per_node=gpus_per_node, overlap=overlap)
+                      gpus_per_node=gpus_per_node, overlap=overlap, memory_utilization=memory_utilization)
 
 
 def check_depth(model: Model, deployment: Deployment) -> None:
@@ -149,9 +155,10 @@ def estimator_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[st
 
 def estimators(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
                kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
-               weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int = 0, flash: bool = True,
-               hardware_profile: str | None = None, prefill_chunk: int = 0, dp: int = 1, ep: int = 1,
-               gpus_per_node: int = 0, overlap: bool = False, **gpu_overrides) -> list[Estimator]:
+               weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int | None = None, flash: bool = True,
+               hardware_profile: str | None = None, prefill_chunk: int = VLLM_PREFILL_CHUNK, dp: int = 1, ep: int = 1,
+               gpus_per_node: int = 0, overlap: bool = False, memory_utilization: float = VLLM_MEMORY_UTILIZATION,
+               **gpu_overrides) -> list[Estimator]:
     """One Estimator per (attention re-cast, kv dtype)."""
     base = model if isinstance(model, Model) else load_model(model)
     device = resolve_gpu(gpu, hardware_profile, **gpu_overrides)
@@ -159,7 +166,7 @@ def estimators(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str |
     for spec, kv in itertools.product(_as_list(attention), _as_list(kv_dtype)):
         resolved = recast(base, spec) if spec is not None else base
         dep = deployment_for(device, gpus, tp, pp, kv or "bf16", weight_dtype, block_size, reserve, flash,
-                             prefill_chunk, dp, ep, gpus_per_node, overlap)
+                             prefill_chunk, dp, ep, gpus_per_node, overlap, memory_utilization)
         check_depth(resolved, dep)
         found.append(Estimator(resolved, dep))
     if not found:

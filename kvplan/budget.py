@@ -24,15 +24,16 @@ SEARCH_LIMIT = 2**40  # tokens or sequences; far beyond any GPU memory, it only 
 WEIGHTS_EXCEED = "weights alone exceed memory"
 
 
-def largest_fitting(fits: Callable[[int], bool], limit: int = SEARCH_LIMIT) -> int:
-    """The largest n >= 1 with fits(n), for fits true up to some n and false after; 0 if fits(1) is false."""
+def largest_fitting(fits: Callable[[int], bool], limit: int = SEARCH_LIMIT) -> int | None:
+    """The largest n >= 1 with fits(n), for fits true up to some n and false after; 0 if fits(1) is false;
+    None if it still fits at `limit` (memory that stops growing: a windowed cache under chunked prefill)."""
     if not fits(1):
         return 0
     low, high = 1, 2
     while fits(high):
         low, high = high, 2 * high
         if high > limit:
-            raise InputError(f"still fits at {limit:,}: the memory budget is implausibly large")
+            return None
     while high - low > 1:  # fits(low) and not fits(high)
         middle = (low + high) // 2
         if fits(middle):
@@ -46,7 +47,7 @@ def largest_fitting(fits: Callable[[int], bool], limit: int = SEARCH_LIMIT) -> i
 class Boundary:
     """The largest fitting value of one search and the estimate there."""
 
-    value: int  # tokens (context search) or sequences (batch search); 0 when nothing fits
+    value: int | None  # tokens (context search) or sequences (batch search); 0 when nothing fits, None: no limit
     row: dict  # Estimator.row at the boundary, or at the smallest point when nothing fits
     binding: str  # "cache", "activations" or WEIGHTS_EXCEED
     headroom_bytes: int  # memory per GPU minus the boundary's use (negative: short by that much)
@@ -54,7 +55,7 @@ class Boundary:
 
 def weights_exceed(estimator: Estimator) -> bool:
     dep = estimator.deployment
-    return estimator.weights_bytes_per_gpu + dep.reserve_bytes > dep.gpu.memory_bytes
+    return estimator.weights_bytes_per_gpu + dep.reserve_bytes > dep.usable_memory_bytes
 
 
 def _boundary(estimator: Estimator, value: int, row: dict) -> Boundary:
@@ -62,13 +63,15 @@ def _boundary(estimator: Estimator, value: int, row: dict) -> Boundary:
         binding = WEIGHTS_EXCEED
     else:
         binding = "cache" if row["kv_cache_bytes_per_gpu"] >= row["activation_bytes_per_gpu"] else "activations"
-    return Boundary(value, row, binding, row["gpu_memory_bytes"] - row["total_bytes_per_gpu"])
+    return Boundary(value, row, binding, row["usable_memory_bytes"] - row["total_bytes_per_gpu"])
 
 
 def longest_context(estimator: Estimator, batch: int) -> Boundary:
     """Longest context (whole blocks when paged) that fits at `batch` sequences."""
     step = estimator.deployment.block_size or 1
     blocks = largest_fitting(lambda n: estimator.row(batch, n * step)["fits"])
+    if blocks is None:  # memory stops growing with context: every context fits
+        return _boundary(estimator, None, estimator.row(batch, SEARCH_LIMIT))
     context = blocks * step
     return _boundary(estimator, context, estimator.row(batch, context or step))
 
@@ -87,14 +90,14 @@ def budget_row(estimator: Estimator, batch: int, context: int) -> dict:
     row = {
         "model": model.name, "attention": model.kind_label, "gpu": dep.gpu.name, "gpus": dep.gpus, "tp": dep.tp,
         "pp": dep.pp, "kv_dtype": dep.kv_format.name, "block_size": dep.block_size,
-        "gpu_memory_bytes": dep.gpu.memory_bytes, "weights_bytes_per_gpu": estimator.weights_bytes_per_gpu,
+        "gpu_memory_bytes": dep.gpu.memory_bytes, "usable_memory_bytes": dep.usable_memory_bytes, "weights_bytes_per_gpu": estimator.weights_bytes_per_gpu,
         "kv_bytes_per_token": estimator.kv_bytes_per_token, "max_positions": model.max_positions,
         "weights_exceed_memory": weights_exceed(estimator),
     }
     for prefix, fixed_key, fixed, found_key, boundary in (
             ("max_context", "batch", batch, "max_context", by_context),
             ("max_batch", "context", context, "max_batch", by_batch)):
-        fits = boundary.value > 0
+        fits = boundary.value is None or boundary.value > 0
         row[fixed_key] = fixed
         row[found_key] = boundary.value
         row[f"{prefix}_binding"] = boundary.binding
@@ -114,11 +117,14 @@ def budget_note(row: dict) -> str:
     gib = 2**30
     if row["weights_exceed_memory"]:
         return (f"weights alone exceed memory: {row['weights_bytes_per_gpu'] / gib:,.2f} GiB of weights per GPU "
-                f"(plus any reserve) vs {row['gpu_memory_bytes'] / gib:,.2f} GiB; add GPUs or quantize the weights")
+                f"(plus the reserve) vs {row['usable_memory_bytes'] / gib:,.2f} GiB usable; add GPUs or quantize the weights")
     notes = []
-    if not row["max_context"]:
+    if row["max_context"] == 0:
         notes.append(f"not even 1 token fits at batch {row['batch']}")
-    if not row["max_batch"]:
+    if row["max_context"] is None:
+        notes.append(f"any context fits at batch {row['batch']}: the cache holds at most its windows and chunked "
+                     f"prefill bounds the activations, so memory stops growing with context")
+    if row["max_batch"] == 0:
         notes.append(f"not even 1 sequence of {row['context']:,} tokens fits")
     return "; ".join(notes)
 
@@ -128,7 +134,7 @@ def memory_curves(estimators: list[Estimator], rows: list[dict], batch: int,
     """(contexts, one curve per estimator): memory per GPU in bytes at `batch` over contexts from 0 to 1.2 x the
     longest budget or asked context (at least 4096 tokens), with the curve's label and its longest fitting
     context (0: none) and the memory there."""
-    high = max(4096, int(1.2 * max([r["max_context"] for r in rows] + [r["context"] for r in rows])))
+    high = max(4096, int(1.2 * max([r["max_context"] or 0 for r in rows] + [r["context"] for r in rows])))
     contexts = sorted({max(1, high * i // (points - 1)) for i in range(points)})
     curves = [{"label": f"{row['attention']}, kv {row['kv_dtype']}",
                "total_bytes_per_gpu": [estimator.row(batch, c)["total_bytes_per_gpu"] for c in contexts],
@@ -153,9 +159,9 @@ def budget_report(deployment: dict, batch: int, context: int | None = None, plot
         contexts, curves = memory_curves(found, rows, batch)
         title = (f"{rows[0]['model'].split(' [')[0]} on {dep.gpu.name} x{dep.gpus}, batch {batch}: "
                  f"dots = longest context that fits")
-        messages.append(f"wrote {plot_budget(contexts, curves, dep.gpu.memory_bytes, title, plot)}")
+        messages.append(f"wrote {plot_budget(contexts, curves, dep.usable_memory_bytes, title, plot)}")
     notes = [f"{row['attention']}, kv {row['kv_dtype']}: {row['note']}" for row in rows if row["note"]]
-    beyond = [r for r in rows if r["max_positions"] and r["max_context"] > r["max_positions"]]
+    beyond = [r for r in rows if r["max_positions"] and (r["max_context"] or 0) > r["max_positions"]]
     if beyond:
         notes.append(f"Longest contexts beyond the model's {beyond[0]['max_positions']:,} positions are what memory "
                      f"allows; the model was not trained that long.")

@@ -78,7 +78,7 @@ def cost_report(deployment: dict, context: int | None = None, batch: int = 1, ch
         if not row["fits"]:
             messages.append(f"warning: {row['attention']} at batch {batch} and {format_tokens(tokens)} tokens needs "
                             f"{format_gib(row['total_bytes_per_gpu'])} GiB per GPU of "
-                            f"{format_gib(row['gpu_memory_bytes'])} (does not fit); costs estimated anyway")
+                            f"{format_gib(row['usable_memory_bytes'])} (does not fit); costs estimated anyway")
     curves = [cost_curve(e, tokens, batch, chunk, points) for e in found]
     if plot:
         from .plotting import plot_cost

@@ -39,10 +39,17 @@ from .kinds import keys_attended_sum
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model, chunked_keys_sum
+from .roofline import OPERATIONS, SCORE_BYTES
 from .units import InputError, ceil_div, maximum, minimum, whole
 
 LOGIT_BYTES = 4  # logits are computed in fp32
+GEMM_CALLS_PER_LAYER = 4  # query/key/value, output, gate/up, down projections
+MOE_CALLS_PER_LAYER = 2  # grouped gate/up and down over the selected experts
+ELEMENTWISE_CALLS_PER_LAYER = 4  # two fused residual-add + norms, the gated activation, RoPE
 ROLES = ("both", "prefill", "decode")
+# Memory and prefill as vLLM decides them by default:
+VLLM_PREFILL_CHUNK = 8192  # max_num_batched_tokens with chunked prefill: tokens per step across the batch
+VLLM_MEMORY_UTILIZATION = 0.9  # --gpu-memory-utilization: the fraction of each GPU's memory it fills
 
 
 @dataclass(frozen=True)
@@ -58,21 +65,31 @@ class Deployment:
     weight_format: StorageFormat = FORMATS["bf16"]
     activation_format: StorageFormat = FORMATS["bf16"]
     block_size: int = 0  # paged KV cache block in tokens; 0 = contiguous
-    reserve_bytes: int = 0  # per GPU, for the CUDA context and workspaces
+    reserve_bytes: int | None = None  # per GPU for the runtime; None: parallel.runtime_reserve_bytes (CUDA context, NCCL)
     flash: bool = True  # False: attention materialises the score matrix (quadratic in context)
-    prefill_chunk: int = 0  # tokens per prefill forward across the batch (chunked prefill); 0 = whole prompts
+    prefill_chunk: int = VLLM_PREFILL_CHUNK  # tokens per prefill forward across the batch; 0 = whole prompts
     gpus_per_node: int = 0  # GPUs on one link domain; 0 = the GPU's own figure
     overlap: bool = False  # communication hidden behind compute (two micro-batches)
     role: str = "both"  # "both" prefill and decode, or a disaggregated pool: "prefill" or "decode" only
+    memory_utilization: float = VLLM_MEMORY_UTILIZATION  # of each GPU's memory the engine may use
 
     def __post_init__(self) -> None:
         parallel.check_layout(self.tp, self.pp, self.dp, self.ep)
         if self.role not in ROLES:
             raise InputError(f"role must be one of {', '.join(ROLES)}, not {self.role!r}")
+        if not 0 < self.memory_utilization <= 1:
+            raise InputError(f"GPU memory utilization is a fraction in (0, 1], not {self.memory_utilization}")
+        if self.reserve_bytes is None:
+            object.__setattr__(self, "reserve_bytes", parallel.runtime_reserve_bytes(self.gpus))
 
     @property
     def gpus(self) -> int:
         return self.tp * self.pp * self.dp
+
+    @property
+    def usable_memory_bytes(self) -> int:
+        """Bytes of each GPU the engine may fill: memory x memory_utilization, as vLLM budgets it."""
+        return int(self.gpu.memory_bytes * self.memory_utilization)
 
     @property
     def node_gpus(self) -> int:
@@ -135,13 +152,11 @@ class Estimator:
         self._attention_phase_per_token = self._act_bytes * (
             2 * d + attention.prefill_buffer_elements(d) + attention.activation_elements(tp))
         self._ffn_phase_per_token = self._act_bytes * (2 * d + ceil_div(ffn.activation_elements(d), tp))
-        fp8_linear = dep.weight_format.name == "fp8" and dep.gpu.fp8_flops > 0
-        self._linear_flops_per_second = (dep.gpu.fp8_flops * dep.gpu.compute_efficiency if fp8_linear
-                                         else dep.gpu.effective_flops)
         self._sparse = attention.sparse_topk is not None  # decode reads part of the cache, not all of it
         self._chunked = model.chunked
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
         self._kv_bytes_per_token_layer_all_gpus = self.kv_bytes_per_token_layer_per_gpu * tp
+        self._init_time()
 
     # --- memory -------------------------------------------------------------------------------------
     def cached_tokens(self, context: int, window: int | None) -> int:
@@ -250,28 +265,72 @@ class Estimator:
         return self.linear_flops_per_token + self.lm_head_flops + self.decode_attention_flops(position)
 
     # --- time and cost ------------------------------------------------------------------------------
+    def _init_time(self) -> None:
+        """What the per-operation roofline (kvplan.roofline) needs that does not depend on batch and context."""
+        model, dep, gpu = self.model, self.deployment, self.deployment.gpu
+        k = self.kernels = gpu.kernel_figures
+        fp8 = dep.weight_format.name == "fp8" and gpu.fp8_flops > 0  # fp8 x fp8 products, as fp8 serving runs them
+        self._gemm = (k.gemm_fp8, gpu.fp8_flops) if fp8 else (k.gemm, gpu.bf16_flops)
+        ffn, d = model.ffn, model.d_model
+        expert_width = ffn.moe_intermediate if dep.ep > 1 else ceil_div(ffn.moe_intermediate, dep.tp)
+        self._moe_gemm = (k.moe_gemm_for(fp8, max(expert_width, 1)), gpu.fp8_flops if fp8 else gpu.bf16_flops)
+        self._routed_flops_per_token = (2 * self._moe_layers * ffn.n_active_experts * ffn.expert_params(d)
+                                        if ffn.is_moe else 0)
+        self._lm_head_bytes = model.lm_head_params() * dep.weight_format.bytes_per_element
+        # Norms and residual adds (2 each per layer; read and write d, read 2d and write d) on the whole hidden
+        # state of every tensor-parallel rank, and the gated activation (read gate and up, write their product)
+        # on its 1/tp slice.
+        self._elementwise_bytes_per_token = model.n_layers * self._act_bytes * (
+            10 * d + ceil_div(ffn.activation_elements(d), dep.tp))
+        attention = model.attention
+        self._head_dim = attention.pair_flops("prefill") / (4 * attention.n_heads)
+        self._latent_row_bytes = self.kv_bytes_per_token_layer - attention.fixed_cache_bytes()
+
+    def _link(self, group: int) -> tuple[float, float]:
+        """(bytes/s, seconds per collective) of a group's slowest link at the communication kernel's figures."""
+        gpu, comm = self.deployment.gpu, self.kernels.communication
+        bytes_per_s, latency = parallel.link_for(group, self.deployment.node_gpus, gpu.link_bytes_per_s,
+                                                 gpu.network_bytes_per_s)
+        if group <= self.deployment.node_gpus and comm.call_seconds:
+            latency = comm.call_seconds
+        return bytes_per_s * comm.bandwidth, latency
+
     def communication_seconds(self, sequences: int, tokens_per_sequence: int) -> float:
         """Seconds of communication in one forward of `tokens_per_sequence` tokens of each sequence
-        (kvplan.parallel): tp all-reduces, ep dispatch and combine, pp sends, on the most loaded GPU."""
+        (kvplan.parallel): tp all-reduces, ep dispatch and combine, pp sends, on the most loaded GPU, at the
+        communication kernel's fraction of each link and its time per collective."""
         dep, model = self.deployment, self.model
         tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * tokens_per_sequence
         message = tokens_per_rank * model.d_model * self._act_bytes
-        gpu, node = dep.gpu, dep.node_gpus
+        gpu, node, comm = dep.gpu, dep.node_gpus, self.kernels.communication
         seconds = 0.0
         if dep.tp > 1:
-            seconds += 2 * model.n_layers * parallel.all_reduce_seconds(
-                message, dep.tp, *parallel.link_for(dep.tp, node, gpu.link_bytes_per_s, gpu.network_bytes_per_s))
+            seconds += 2 * model.n_layers * parallel.all_reduce_seconds(message, dep.tp, *self._link(dep.tp))
         if dep.ep > 1 and self._moe_layers:
             # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
             copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model
-            per_layer = sum(parallel.all_to_all_seconds(copies * element_bytes, dep.ep, node, gpu.link_bytes_per_s,
-                                                        gpu.network_bytes_per_s)
+            per_layer = sum(parallel.all_to_all_seconds(copies * element_bytes, dep.ep, node,
+                                                        gpu.link_bytes_per_s * comm.bandwidth,
+                                                        gpu.network_bytes_per_s * comm.bandwidth)
                             for element_bytes in (parallel.DISPATCH_BYTES_PER_ELEMENT, parallel.COMBINE_BYTES_PER_ELEMENT))
             seconds += self._moe_layers * per_layer
         if dep.pp > 1:
-            link = parallel.link_for(dep.gpus, node, gpu.link_bytes_per_s, gpu.network_bytes_per_s)
-            seconds += (dep.pp - 1) * parallel.send_seconds(message, *link)
+            seconds += (dep.pp - 1) * parallel.send_seconds(message, *self._link(dep.gpus))
         return seconds
+
+    def _expert_read_bytes(self, tokens: int, sequences: int):
+        """The routed experts' share of weights_read_bytes."""
+        if not self._moe_layers:
+            return 0
+        dep, ffn = self.deployment, self.model.ffn
+        if dep.ep == 1:
+            groups = minimum(dep.dp, sequences)
+            tokens_per_group = parallel.sequences_per_rank(sequences, dep.dp) * (tokens // sequences)
+        else:
+            groups = self._expert_copies
+            tokens_per_group = tokens / groups
+        touched = parallel.experts_touched(ffn.n_experts, ffn.n_active_experts, tokens_per_group)
+        return groups * self._moe_layers * touched * self._expert_bytes
 
     def weights_read_bytes(self, tokens: int, sequences: int | None = None) -> float:
         """Weight bytes one forward over `tokens` tokens of `sequences` sequences (default: one token each)
@@ -285,32 +344,60 @@ class Estimator:
         skipped_rows = 0 if model.tie_embeddings else maximum(model.vocab_size - tokens_per_rank, 0)
         held = (self.weights_bytes_all_gpus - self._routed_expert_bytes) * active_ranks / dep.dp
         read = held - active_ranks * skipped_rows * model.d_model * dep.weight_format.bytes_per_element
-        if not self._moe_layers:
-            return read
-        ffn = model.ffn
-        if dep.ep == 1:  # each active rank's tp group reads the experts its own tokens select
-            groups, tokens_per_group = active_ranks, tokens_per_rank
-        else:  # each ep group serves its share of all tokens
-            groups = self._expert_copies
-            tokens_per_group = tokens / groups
-        touched = parallel.experts_touched(ffn.n_experts, ffn.n_active_experts, tokens_per_group)
-        return read + groups * self._moe_layers * touched * self._expert_bytes
+        return read + self._expert_read_bytes(tokens, sequences)
 
-    def _roofline(self, flops: float, bytes_moved: float, sequences: int, tokens_per_sequence: int,
-                  attention_flops: float = 0) -> float:
-        """Seconds: the slower of compute and memory, spread over tp x the dp ranks that have work, plus
-        communication (or the larger of the two with `overlap`); attention FLOPs run at the GPU's attention
-        efficiency, the linear layers at its fp8 rate when the weights are fp8 and the GPU has fp8 units
-        (fp8 x fp8 products, as fp8 serving on Hopper runs them), else at its bf16 rate."""
-        dep = self.deployment
-        gpus = dep.tp * minimum(dep.dp, sequences)
-        compute = ((flops - attention_flops) / self._linear_flops_per_second
-                   + attention_flops / dep.gpu.effective_attention_flops) / gpus
-        memory = bytes_moved / (gpus * dep.gpu.effective_bandwidth)
-        communication = self.communication_seconds(sequences, tokens_per_sequence)
-        if dep.overlap:
-            return maximum(compute, memory, communication)
-        return maximum(compute, memory) + communication
+    def _operations(self, sequences, tokens: int, logit_tokens, attention_flops, attention_bytes,
+                    sparse_bytes, indexer_flops, indexer_scores, prefill_keys) -> dict:
+        """Seconds per operation kind (roofline.OPERATIONS) of one forward over `tokens` tokens of each of
+        `sequences` sequences on the most loaded GPU. Whole-deployment work spreads over G = tp x the dp ranks
+        with a sequence; what tensor parallelism replicates (norms and residual adds, DSA's indexer, top-k and
+        latent reads) only over the dp ranks. attention_* exclude the indexer; prefill_keys None: decode."""
+        dep, gpu, k, n_layers = self.deployment, self.deployment.gpu, self.kernels, self.model.n_layers
+        ranks = minimum(dep.dp, sequences)
+        gpus = dep.tp * ranks
+        all_tokens = sequences * tokens
+        tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * tokens
+        bf16, bandwidth = gpu.bf16_flops, gpu.bandwidth_bytes_per_s
+        experts = self._expert_read_bytes(all_tokens, sequences)
+        lm_head = ranks * self._lm_head_bytes
+        dense = self.weights_read_bytes(all_tokens, sequences) - experts - lm_head
+        gemm, gemm_peak = self._gemm
+        moe, moe_peak = self._moe_gemm
+        routed = all_tokens * self._routed_flops_per_token
+        dense_flops = all_tokens * self.linear_flops_per_token - routed
+        if prefill_keys is None:
+            attention = k.decode_attention.seconds(attention_flops / gpus, attention_bytes / gpus, bf16, bandwidth,
+                                                   n_layers)
+        else:
+            efficiency = k.attention_efficiency(prefill_keys, self._head_dim)
+            attention = n_layers * k.prefill_attention.call_seconds + maximum(
+                attention_flops / (gpus * bf16 * efficiency), attention_bytes / (gpus * bandwidth * k.prefill_attention.bandwidth))
+        if self._sparse:  # the selected latent rows each query reads, on every tensor-parallel rank
+            attention = attention + k.sparse_attention.seconds(0, sparse_bytes / ranks, bf16, bandwidth, 0)
+        seconds = {
+            "gemm": gemm.seconds(dense_flops / gpus, dense / gpus, gemm_peak, bandwidth, GEMM_CALLS_PER_LAYER * n_layers),
+            "moe": (moe.seconds(routed / gpus, experts / gpus, moe_peak, bandwidth, MOE_CALLS_PER_LAYER * self._moe_layers)
+                    if self._moe_layers else 0.0),
+            "attention": attention,
+            "indexer": (k.indexer.seconds(indexer_flops / ranks, 0, gpu.fp8_flops or bf16, bandwidth, n_layers)
+                        + k.topk.seconds(0, indexer_scores * SCORE_BYTES / ranks, bf16, bandwidth, n_layers)
+                        if self.indexer_pair_flops else 0.0),
+            "elementwise": k.elementwise.seconds(0, tokens_per_rank * self._elementwise_bytes_per_token, bf16, bandwidth,
+                                                 ELEMENTWISE_CALLS_PER_LAYER * n_layers),
+            "logits": gemm.seconds(logit_tokens * self.lm_head_flops / gpus,
+                                   (lm_head + logit_tokens * self.model.vocab_size * LOGIT_BYTES) / gpus,
+                                   gemm_peak, bandwidth),
+            "communication": self.communication_seconds(sequences, tokens),
+        }
+        return seconds
+
+    def _total(self, operations: dict) -> float:
+        """Seconds of a forward: its operations one after another, communication added (or, with `overlap`,
+        hidden behind the rest: the larger of the two)."""
+        compute = sum(v for name, v in operations.items() if name != "communication")
+        if self.deployment.overlap:
+            return maximum(compute, operations["communication"])
+        return compute + operations["communication"]
 
     def usd_per_second(self) -> float:
         return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600
@@ -330,24 +417,44 @@ class Estimator:
         """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
         if self.model.is_encoder:
             raise InputError(f"{self.model.name} is an encoder: it has no decode step")
-        return self._decode_step(batch, self.decode_attention_flops(context - 1),
-                                 self.decode_cache_read_bytes(batch, context))
+        flops, operations = self._decode_operations(batch, context, self.decode_attention_flops(context - 1),
+                                                    self.decode_cache_read_bytes(batch, context))
+        return flops, self._total(operations)
 
-    def _decode_step(self, batch: int, attention_flops_per_token: int, cache_read_bytes: int) -> tuple[int, float]:
+    def _indexed_keys(self, n_queries: int, start: int) -> int:
+        """Keys a sparse kind's indexer scores for queries at positions start..start+n_queries-1, all layers."""
+        return sum(layers * keys_attended_sum(n_queries, window, start) for window, layers, _ in self._groups)
+
+    def _decode_operations(self, batch: int, context: int, attention_flops_per_token: int,
+                           cache_read_bytes: int) -> tuple[int, dict]:
+        """(FLOPs of the whole batch, seconds per operation) of one decode step."""
         flops = batch * (self.linear_flops_per_token + self.lm_head_flops + attention_flops_per_token)
-        bytes_moved = self.weights_read_bytes(batch) + cache_read_bytes
-        return flops, self._roofline(flops, bytes_moved, batch, 1, batch * attention_flops_per_token)
+        scores = batch * self._indexed_keys(1, context - 1) if self.indexer_pair_flops else 0
+        indexer_flops = scores * self.indexer_pair_flops
+        return flops, self._operations(batch, 1, batch, batch * attention_flops_per_token - indexer_flops,
+                                       cache_read_bytes, 0, indexer_flops, scores, None)
 
     def prefill(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
         """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
         chunked prefill does; start=0 is the whole prefill of a `tokens`-token prompt."""
-        return self._prefill_cost(batch, tokens, self.prefill_attention_flops(batch, tokens, start),
-                                  self.kv_cache_bytes(batch, start + tokens))
+        flops, operations = self._prefill_operations(batch, tokens, start, self.prefill_attention_flops(batch, tokens, start),
+                                                     self.kv_cache_bytes(batch, start + tokens))
+        return flops, self._total(operations)
 
-    def _prefill_cost(self, batch: int, tokens: int, attention_flops: int, cache_bytes: int) -> tuple[int, float]:
+    def _prefill_operations(self, batch: int, tokens: int, start: int, attention_flops: int,
+                            cache_bytes: int) -> tuple[int, dict]:
+        """(FLOPs, seconds per operation) of prefilling `tokens` tokens per sequence onto `start` cached. A sparse
+        kind's queries each read their selected latent rows (min(position + 1, top-k) of them per layer)."""
         flops = self.prefill_linear_flops(batch, tokens) + attention_flops
-        bytes_moved = self.weights_read_bytes(batch * tokens, batch) + cache_bytes
-        return flops, self._roofline(flops, bytes_moved, batch, tokens, attention_flops)
+        scores = sparse_bytes = 0
+        if self.indexer_pair_flops:
+            scores = batch * self._indexed_keys(tokens, start)
+        if self._sparse:
+            sparse_bytes = batch * self._latent_row_bytes * sum(
+                layers * self._pairs(tokens, window, cap, start) for window, layers, cap in self._groups)
+        indexer_flops = scores * self.indexer_pair_flops
+        return flops, self._operations(batch, tokens, batch, attention_flops - indexer_flops, cache_bytes,
+                                       sparse_bytes, indexer_flops, scores, start + tokens)
 
     # --- one row --------------------------------------------------------------------------------------
     def row(self, batch: int, context: int, prompt: int | None = None, cached: int = 0) -> dict:
@@ -365,14 +472,18 @@ class Estimator:
         # already has.
         attn_flops = self.prefill_attention_flops(batch, prompt - cached, cached)
         prefill_cache = kv_bytes if prompt == context else self.kv_cache_bytes(batch, prompt)
-        prefill_flops, prefill_seconds = self._prefill_cost(batch, prompt - cached, attn_flops, prefill_cache)
+        prefill_flops, prefill_operations = self._prefill_operations(batch, prompt - cached, cached, attn_flops,
+                                                                     prefill_cache)
+        prefill_seconds = self._total(prefill_operations)
         usd_per_s = self.usd_per_second()
         if model.is_encoder:  # nothing is decoded: the decode columns stay empty (None, null in JSON)
             decode_flops_per_token = decode_seconds = decode_tokens_per_second = decode_usd_per_mtok = None
+            decode_operations = dict.fromkeys(OPERATIONS)
         else:
             decode_attention = self.decode_attention_flops(context - 1)
             decode_cache = self.decode_cache_read_bytes(batch, context) if self._sparse else kv_bytes
-            _, decode_seconds = self._decode_step(batch, decode_attention, decode_cache)
+            _, decode_operations = self._decode_operations(batch, context, decode_attention, decode_cache)
+            decode_seconds = self._total(decode_operations)
             decode_flops_per_token = self.linear_flops_per_token + self.lm_head_flops + decode_attention
             decode_tokens_per_second = batch / decode_seconds
             decode_usd_per_mtok = usd_per_s * decode_seconds / batch * 1e6
@@ -407,7 +518,10 @@ class Estimator:
             "total_bytes": self.weights_bytes_all_gpus + kv_bytes + (act_per_gpu + dep.reserve_bytes) * dep.gpus,
             "total_bytes_per_gpu": total_per_gpu,
             "gpu_memory_bytes": dep.gpu.memory_bytes,
-            "fits": total_per_gpu <= dep.gpu.memory_bytes,
+            "usable_memory_bytes": dep.usable_memory_bytes,
+            "reserve_bytes_per_gpu": dep.reserve_bytes,
+            "prefill_chunk": dep.prefill_chunk,
+            "fits": total_per_gpu <= dep.usable_memory_bytes,
             "prefill_flops": prefill_flops,
             "prefill_attention_flops": attn_flops,
             "decode_flops_per_token": decode_flops_per_token,
@@ -417,6 +531,8 @@ class Estimator:
             "decode_tokens_per_second": decode_tokens_per_second,
             "prefill_usd_per_mtok": usd_per_s * prefill_seconds / (batch * prompt) * 1e6,
             "decode_usd_per_mtok": decode_usd_per_mtok,
+            **{f"prefill_{name}_seconds": prefill_operations[name] for name in OPERATIONS},
+            **{f"decode_{name}_seconds": decode_operations[name] for name in OPERATIONS},
         }
 
 
@@ -438,11 +554,21 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "activation_bytes_flash_per_gpu": "prefill peak per GPU with FlashAttention-style attention (linear in context)",
     "activation_bytes_naive_per_gpu": "prefill peak per GPU with attention that materialises the scores (quadratic)",
     "total_bytes": "bytes in all", "total_bytes_per_gpu": "bytes on the most loaded GPU",
-    "gpu_memory_bytes": "bytes of memory per GPU", "fits": "total_bytes_per_gpu <= gpu_memory_bytes",
+    "gpu_memory_bytes": "bytes of memory per GPU",
+    "usable_memory_bytes": "bytes per GPU the engine may use: gpu_memory_bytes x --gpu-memory-utilization",
+    "reserve_bytes_per_gpu": "of total_bytes_per_gpu: runtime reserve (CUDA context, NCCL buffers; --reserve)",
+    "prefill_chunk": "tokens per prefill forward across the batch (chunked prefill); 0: whole prompts at once",
+    "fits": "total_bytes_per_gpu <= usable_memory_bytes",
     "prefill_flops": "FLOPs of prefill, whole batch", "prefill_attention_flops": "of which attention",
     "decode_flops_per_token": "FLOPs of one decode step, one sequence (null for an encoder, as every decode column)",
     "prefill_seconds": "roofline seconds of prefill", "decode_seconds_per_token": "roofline seconds of one decode step",
     "prefill_tokens_per_second": "prompt tokens per second, whole batch (a cached prefix counted, as DeepSeek counts it)",
     "decode_tokens_per_second": "decoded tokens per second, whole batch",
     "prefill_usd_per_mtok": "$ per million prompt tokens (a cached prefix counted)", "decode_usd_per_mtok": "$ per million decoded tokens",
+    **{f"{phase}_{name}_seconds": f"of {phase} seconds: {what}" for phase in ("prefill", "decode") for name, what in (
+        ("gemm", "dense linear layers (GEMMs)"), ("moe", "grouped expert GEMMs"),
+        ("attention", "attention kernels (a sparse kind's latent reads included)"),
+        ("indexer", "a sparse kind's indexer and top-k selection"),
+        ("elementwise", "norms, residual adds, activations"), ("logits", "LM head and logits"),
+        ("communication", "tp/ep/pp communication (hidden behind the rest with overlap)"))},
 }

@@ -1,8 +1,11 @@
-"""GPU descriptions: memory, bandwidth, dense matrix FLOP/s, interconnect, price, and achieved efficiencies.
+"""GPU descriptions: memory, bandwidth, dense matrix FLOP/s, interconnect, price, and what kernels reach.
 
-Datasheet figures are dense (no 2:4 sparsity). The default efficiencies are what a good kernel reaches on
-an H100 SXM 80GB (measured: bf16 8192^3 matmul 798 of 989 TFLOP/s = 0.81; device copy 3.0 of 3.35 TB/s =
-0.90), rounded down for whole models; `kvplan calibrate` measures them per GPU.
+Datasheet figures are dense (no 2:4 sparsity). Each preset carries per-operation efficiencies (`kernels`,
+kvplan.roofline.Kernels) fitted to measured kernel timings, with their source: for the H100, H200, A100, L40S
+and B200 the vLLM 0.24 / NCCL tables of NVIDIA's aiconfigurator 0.12.0 (fits by examples/derive_kernel_defaults.py);
+other GPUs borrow the nearest measured GPU's fractions, as their `kernels.source` says. `kvplan calibrate`
+measures them on the GPU at hand. compute_efficiency / bandwidth_efficiency / attention_efficiency, when set
+(--compute-efficiency, a hardware profile), replace every operation's figure with one number.
 """
 
 from __future__ import annotations
@@ -14,10 +17,70 @@ import warnings
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 
+from .roofline import Kernel, Kernels, kernels_from_dict
 from .units import InputError, parse_bytes
 
-DEFAULT_COMPUTE_EFFICIENCY = 0.7
-DEFAULT_BANDWIDTH_EFFICIENCY = 0.85
+_AIC = "aiconfigurator 0.12.0 vLLM 0.24 tables, fitted by examples/derive_kernel_defaults.py"
+_ELEMENTWISE = Kernel(1.0, 0.8, 3e-6)  # aiconfigurator's system files: memory-bound ops at 0.8 of bandwidth + 3 us
+# DeepSeek Sparse Attention on an H100 at 128k, per 1024-query chunk and layer (examples/validation-h100-kernels.md,
+# bench_prefill --cases dsa): FP8 indexer 546 TFLOP/s = 0.276 of 1979; top-k over 1024 x 131072 fp32 scores
+# (537 MB) in 1.84 ms = 0.087 of 3.35 TB/s; sparse attention reading 2.36 MB of latents per query in 1.73 ms
+# = 0.417 of 3.35 TB/s. Other GPUs take the same fractions (no published measurement).
+_DSA = dict(indexer=Kernel(0.276, 1.0, 0.0), topk=Kernel(1.0, 0.087, 0.0), sparse_attention=Kernel(1.0, 0.417, 0.0))
+
+
+# Grouped expert GEMMs lose compute efficiency as tp narrows each expert (aiconfigurator's H100 vLLM table,
+# DeepSeek-V3's experts in fp8 at moe_tp 1/2/4/8, widths 2048/1024/512/256: 0.303/0.267/0.208/0.146 of peak):
+# e(w) = e_max w / (w + 372). The fitted MoE figures below hold at their table's width (fp8: 2048, bf16: 14336)
+# and are scaled to e_max here.
+MOE_HALF_WIDTH = 372.0
+
+
+def _moe(compute: float, bandwidth: float, width: int, call: float) -> Kernel:
+    return Kernel(compute * (width + MOE_HALF_WIDTH) / width, bandwidth, call)
+
+
+def _kernels(source: str, gemm, gemm_fp8, moe, moe_fp8, attention, half_tokens, half_head_dim, decode,
+             link, call_link) -> Kernels:
+    """A GPU's kernels from fitted figures: (compute, bandwidth, call seconds) triples, attention's compute."""
+    return Kernels(gemm=Kernel(*gemm), gemm_fp8=Kernel(*gemm_fp8), moe_gemm=_moe(*moe, 14336, gemm[2]),
+                   moe_gemm_fp8=_moe(*moe_fp8, 2048, gemm_fp8[2]), moe_half_width=MOE_HALF_WIDTH,
+                   prefill_attention=Kernel(attention, decode[0], 0.0),
+                   attention_half_tokens=half_tokens, attention_half_head_dim=half_head_dim,
+                   decode_attention=Kernel(attention, *decode), elementwise=_ELEMENTWISE,
+                   communication=Kernel(1.0, link, call_link), source=source, **_DSA)
+
+
+# Figures per GPU: GEMM bf16 / fp8 (compute at m, n, k >= 4096; bandwidth and call time from m <= 8), MoE
+# grouped GEMM bf16 (Mixtral shape) / fp8 block-scaled (DeepSeek-V3 shape), causal prefill attention
+# (32/8 heads, head_dim 128: efficiency e_max, L_half), its head-width g, decode attention (bandwidth, call),
+# all-reduce on 8 GPUs (fraction of link_bytes_per_s, large messages), and the small-message all-reduce time
+# (vLLM's custom all-reduce under CUDA graphs, 8 H100s: 4.7 us).
+KERNELS: dict[str, Kernels] = {
+    "h100-sxm": _kernels(f"H100 SXM: {_AIC}; elementwise: aiconfigurator system file; DSA: kvplan's H100 kernels",
+                         (0.794, 0.860, 3.2e-6), (0.532, 0.786, 5.9e-6), (0.517, 0.812), (0.303, 0.696),
+                         0.779, 2159, 49.0, (0.860, 11.0e-6), 0.918, 4.7e-6),
+    "h200": _kernels(f"H200: {_AIC}; head width g and small all-reduce: the H100's; DSA: kvplan's H100 fractions",
+                     (0.769, 0.823, 3.4e-6), (0.602, 0.744, 6.1e-6), (0.674, 0.693), (0.310, 0.634),
+                     0.759, 2034, 52.7, (0.848, 12.5e-6), 0.944, 4.7e-6),
+    "a100-80gb": _kernels(f"A100 SXM: {_AIC}; no fp8 (fp8 rows: bf16's); MoE: the bf16 GEMM's; head width g and "
+                          "small all-reduce: the H100's", (0.910, 0.722, 4.4e-6), (0.910, 0.722, 4.4e-6),
+                          (0.910, 0.722), (0.910, 0.722), 0.627, 1201, 49.0, (0.756, 19.9e-6), 0.683, 4.7e-6),
+    # L40S: small GEMM and decode fits exceed the datasheet bandwidth (its 96 MB L2 holds the smaller tables'
+    # operands), so bandwidth is capped at 0.9; its PCIe all-reduce reaches 5% of 32 GB/s (no peer-to-peer).
+    "l40s": _kernels(f"L40S: {_AIC}, bandwidth capped at 0.9 (L2-resident fits exceed the datasheet); head "
+                     "width g: the H100's", (0.614, 0.9, 3.0e-6), (0.496, 0.9, 3.0e-6), (0.602, 0.833),
+                     (0.402, 0.765), 0.573, 982, 49.0, (0.9, 11.0e-6), 0.050, 22.4e-6),
+    "b200": _kernels(f"B200: {_AIC}; small all-reduce: the H100's", (0.689, 0.769, 2.8e-6), (0.474, 0.668, 6.6e-6),
+                     (0.241, 0.775), (0.206, 0.537), 0.763, 4746, 49.0, (0.881, 8.2e-6), 0.680, 4.7e-6),
+}
+for _name, _like, _why in (("h100-pcie", "h100-sxm", "H100 SXM's fractions (same kernels, no PCIe table)"),
+                           ("h800", "h100-sxm", "H100 SXM's fractions (same chip)"),
+                           ("a100-40gb", "a100-80gb", "A100 80GB's fractions"),
+                           ("mi300x", "h100-sxm", "H100 SXM's fractions, an assumption: no published per-kernel "
+                                                  "table for MI300X"),
+                           ("rtx-4090", "l40s", "L40S's fractions (same Ada chip family), an assumption")):
+    KERNELS[_name] = replace(KERNELS[_like], source=_why + "; " + KERNELS[_like].source)
 
 
 @dataclass(frozen=True)
@@ -29,26 +92,21 @@ class GPU:
     fp8_flops: float  # dense matrix FLOP/s; 0 where the GPU has no fp8 units
     link_bytes_per_s: float  # GPU-to-GPU, one direction (NVLink/Infinity Fabric, else PCIe)
     usd_per_hour: float  # default price of one GPU-hour
-    compute_efficiency: float = DEFAULT_COMPUTE_EFFICIENCY
-    bandwidth_efficiency: float = DEFAULT_BANDWIDTH_EFFICIENCY
+    # One efficiency for every operation, replacing the kernels' own (None: each operation's, from `kernels`).
+    compute_efficiency: float | None = None
+    bandwidth_efficiency: float | None = None
     source: str = ""
-    # Fraction of bf16_flops that prefill attention kernels (flash attention) reach; None: compute_efficiency.
-    # Flash attention runs well below a dense matmul's rate, so a calibrated profile sets it apart.
-    attention_efficiency: float | None = None
+    attention_efficiency: float | None = None  # prefill attention's compute, flat in length (None: kernels')
     gpus_per_node: int = 8  # GPUs that share the GPU-to-GPU link (an NVLink domain); beyond it the network
     network_bytes_per_s: float = 50e9  # inter-node fabric per GPU, one direction (8 x 400 Gb/s NICs per node: 50 GB/s)
+    kernels: Kernels = Kernels()  # per-operation efficiencies (kvplan.roofline); presets: KERNELS[name]
 
     @property
-    def effective_flops(self) -> float:
-        return self.bf16_flops * self.compute_efficiency
-
-    @property
-    def effective_attention_flops(self) -> float:
-        return self.bf16_flops * (self.attention_efficiency or self.compute_efficiency)
-
-    @property
-    def effective_bandwidth(self) -> float:
-        return self.bandwidth_bytes_per_s * self.bandwidth_efficiency
+    def kernel_figures(self) -> Kernels:
+        """The kernels the roofline uses: `kernels`, with any single-number override applied."""
+        if self.compute_efficiency is None and self.bandwidth_efficiency is None and self.attention_efficiency is None:
+            return self.kernels
+        return self.kernels.uniform(self.compute_efficiency, self.bandwidth_efficiency, self.attention_efficiency)
 
 
 MiB, GB, TB, T = 2**20, 10**9, 10**12, 10**12
@@ -88,6 +146,8 @@ GPUS: dict[str, GPU] = {g.name: g for g in (
                "330 fp8 dense, PCIe Gen4); " + _PRICE_NOTE),
 )}
 
+GPUS = {name: replace(gpu, kernels=KERNELS[name]) for name, gpu in GPUS.items()}
+
 GPU_ALIASES = {  # other names --gpu accepts -> preset
     "h100": "h100-sxm", "a100": "a100-80gb", "4090": "rtx-4090", "mi300": "mi300x"}
 
@@ -104,14 +164,25 @@ def get_gpu(name: str) -> GPU:
 
 _FIELD_NAMES = {f.name for f in fields(GPU)}
 _OPTIONAL_FIELDS = {f.name for f in fields(GPU) if f.default is not MISSING}
-_DEFAULTS = {f.name: "compute_efficiency's" if f.default is None else f"{f.default:g}" for f in fields(GPU)
+
+
+def _describe_default(value) -> str:
+    if value is None:
+        return "each operation's own (kernels)"
+    if isinstance(value, Kernels):
+        return "the H100 SXM's per-operation fractions"
+    return f"{value:g}"
+
+
+_DEFAULTS = {f.name: _describe_default(f.default) for f in fields(GPU)
              if f.default is not MISSING and f.name != "source"}
 
 
 def gpu_rows() -> list[dict]:
-    """`kvplan gpus`: every preset's fields as one flat row each, and the other names --gpu takes for it."""
-    return [{**asdict(gpu), "aliases": ", ".join(a for a, name in GPU_ALIASES.items() if name == gpu.name)}
-            for gpu in GPUS.values()]
+    """`kvplan gpus`: every preset's fields as one flat row each, the other names --gpu takes for it, and where
+    its per-operation efficiencies come from."""
+    return [{**asdict(gpu), "kernels": gpu.kernels.source,
+             "aliases": ", ".join(a for a, name in GPU_ALIASES.items() if name == gpu.name)} for gpu in GPUS.values()]
 
 
 def parse_assignments(pairs: list[str]) -> dict[str, str]:
@@ -142,6 +213,14 @@ def with_overrides(gpu: GPU, overrides: dict) -> GPU:
             if not isinstance(value, str) or (key == "name" and not value.strip()):
                 raise InputError(f"hardware field {key} must be a non-empty string, not {value!r}")
             clean[key] = value
+            continue
+        if key == "kernels":
+            if not isinstance(value, dict):
+                raise InputError("hardware field kernels must be an object of kernel figures (kvplan.roofline.Kernels)")
+            clean[key] = kernels_from_dict(value)
+            continue
+        if value is None and key in ("compute_efficiency", "bandwidth_efficiency", "attention_efficiency"):
+            clean[key] = None
             continue
         if key == "memory_bytes" and isinstance(value, str):
             value = parse_bytes(value, "hardware field memory_bytes")  # accepts 80GiB, 141GB
@@ -212,6 +291,8 @@ def gpu_from_file(path: str | Path, base: GPU | None = None) -> GPU:
         required = {key: data[key] for key in _FIELD_NAMES - _OPTIONAL_FIELDS}
         source = str(data.get("source") or f"hardware file {path}")
         placeholders = {**{key: 1 for key in required}, "name": name}  # each replaced, and checked, by the file's
-        base = with_overrides(GPU(**placeholders), required)
+        kernels = replace(KERNELS["h100-sxm"], source="H100 SXM's fractions (a GPU without a preset); "
+                          + KERNELS["h100-sxm"].source)
+        base = with_overrides(GPU(**placeholders, kernels=kernels), required)
         data = {**data, "source": f"{source}; {note}" if note else source}
     return with_overrides(base, data)

@@ -120,9 +120,10 @@ def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
     where = f"{gpu.name} x{deployment.gpus} ({layout})"
     if memory_and_weights:
         where += f", {format_gib(gpu.memory_bytes)} GiB per GPU, {deployment.weight_format.name} weights"
-    return (f"{where}; GiB = 2^30 bytes; roofline at {gpu.compute_efficiency:.0%} of {gpu.bf16_flops / 1e12:,.4g} "
-            f"TFLOP/s and {gpu.bandwidth_efficiency:.0%} of {gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s; "
-            f"${gpu.usd_per_hour:.2f}/GPU-hour")
+    gemm = gpu.kernel_figures.gemm
+    return (f"{where}; GiB = 2^30 bytes; roofline per operation (bf16 GEMMs at {gemm.compute:.0%} of "
+            f"{gpu.bf16_flops / 1e12:,.4g} TFLOP/s, weights streamed at {gemm.bandwidth:.0%} of "
+            f"{gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s); ${gpu.usd_per_hour:.2f}/GPU-hour")
 
 
 _TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source", "aliases", "change", "caveat",

@@ -28,6 +28,20 @@ DISPATCH_BYTES_PER_ELEMENT = 1 + 4 / 128  # fp8 hidden state with one fp32 scale
 COMBINE_BYTES_PER_ELEMENT = 2  # bf16
 
 
+# Runtime memory an engine holds on each GPU besides weights, cache and activations (Deployment's default reserve):
+# NCCL's buffers once a GPU talks to others (aiconfigurator 0.12.0's h100_sxm/h200_sxm system files: 342 MB
+# with 2 GPUs, 392 MB with 4 or 8), and the CUDA context with its library workspaces (512 MiB, an assumption:
+# about what nvidia-smi shows a PyTorch process hold on an H100 before it allocates a tensor).
+CUDA_CONTEXT_BYTES = 512 * 2**20
+NCCL_BUFFER_BYTES = {1: 0, 2: 358612992}
+NCCL_BUFFER_BYTES_LARGE = 411041792  # 4 GPUs or more
+
+
+def runtime_reserve_bytes(gpus: int) -> int:
+    """CUDA context plus NCCL buffers on each of `gpus` GPUs serving one model."""
+    return CUDA_CONTEXT_BYTES + NCCL_BUFFER_BYTES.get(gpus, NCCL_BUFFER_BYTES_LARGE)
+
+
 def check_layout(tp: int, pp: int, dp: int, ep: int) -> None:
     """Raise InputError for a layout that engines cannot run."""
     for name, value in (("tp", tp), ("pp", pp), ("dp", dp), ("ep", ep)):

@@ -191,7 +191,7 @@ class _Search:
 
     def weights_fit(self, estimator: Estimator, candidates: int) -> bool:
         """Whether the weights alone fit on a GPU; if not, the `candidates` that share them are all rejected."""
-        need = estimator.weights_bytes_per_gpu / estimator.deployment.gpu.memory_bytes
+        need = estimator.weights_bytes_per_gpu / estimator.deployment.usable_memory_bytes
         if need <= 1:
             return True
         self.candidates += candidates
@@ -210,7 +210,7 @@ class _Search:
         ttft, tpot = np.broadcast_to(ttft, batches.shape), np.broadcast_to(tpot, batches.shape)
         fits = row["fits"]
         if not fits[0]:
-            share = row["total_bytes_per_gpu"][0] / dep.gpu.memory_bytes
+            share = row["total_bytes_per_gpu"][0] / dep.usable_memory_bytes
             self.least_memory = min(self.least_memory, (share, estimator), key=lambda pair: pair[0])
             return
         gpu_seconds = dep.gpus * busy / batches

@@ -16,6 +16,7 @@ import itertools
 from dataclasses import dataclass, replace
 
 from .api import check_depth, context_or_default, estimator_warnings, estimators
+from . import parallel
 from .budget import largest_batch
 from .dtypes import storage_format
 from .estimator import Estimator
@@ -97,12 +98,15 @@ def _heads_split(model, attention: str | None, tp: int) -> bool:
 def apply_change(base: Estimator, change: Change) -> Estimator:
     """The base deployment with the change made; everything else (pp, weights, reserve, prices) kept."""
     model, dep = base.model, base.deployment
+    runtime_reserve = dep.reserve_bytes == parallel.runtime_reserve_bytes(dep.gpus)
     if change.attention:
         model = recast(model, change.attention)
     if change.kv_dtype:
         dep = replace(dep, kv_format=storage_format(change.kv_dtype))
     if change.tp:
         dep = replace(dep, tp=change.tp)
+        if runtime_reserve:  # the runtime reserve of the new GPU count (NCCL buffers)
+            dep = replace(dep, reserve_bytes=None)
     if change.block_size is not None:
         dep = replace(dep, block_size=change.block_size)
     check_depth(model, dep)

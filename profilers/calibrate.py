@@ -7,29 +7,27 @@ What is measured
   (batch, context) points: decode steps and whole prefills, timed as `kvplan profile` times them.
 
 What the profile holds, and why
-The roofline is seconds = max(linear FLOPs / (peak x compute_efficiency) + attention FLOPs / (peak x
-attention_efficiency), bytes / (bandwidth x bandwidth_efficiency)). The peaks stay the datasheet's (on a CPU,
-which has no datasheet here, the fastest rates measured: copy bandwidth and decode bytes/s, matmul and prefill
-FLOP/s, each benchmark at its fastest sample, since a shared CPU's noise only ever slows a sample), and the
-efficiencies are the fractions of those peaks that the profiler's kernels reach on the reference model, so
-that the roofline of the reference rows reproduces their measured times:
-- bandwidth_efficiency: geometric mean over the decode points of (bytes the estimate says a step reads /
-  measured seconds) / peak bandwidth. It includes what a step spends beyond streaming bytes (kernel launch
-  gaps, small kernels), which a copy benchmark does not see.
-- compute_efficiency, attention_efficiency: the two unknowns of t = L / (peak e_lin) + A / (peak e_attn),
-  solved from a short prefill (mostly linear FLOPs L) and a long one (much attention A). If the solution is
-  not a pair of fractions in (0, 1] (noise), e_lin is the matmul benchmark's and e_attn is solved from the
-  long prefill alone.
-The micro-benchmarks and every reference point (measured, predicted by the profile, error) are stored beside.
-A rate above its peak (more than 100% of it) is a timing or a model error, never a result: on a GPU the run
-stops with MeasurementError naming the point.
+The roofline is a sum over operation kinds (kvplan.roofline), each seconds = calls x call_seconds +
+max(FLOPs / (peak x compute), bytes / (bandwidth x bandwidth)). The peaks stay the datasheet's (on a CPU,
+which has no datasheet here, the measured copy bandwidth and matmul rate), and each kind's figures are solved
+from micro-benchmarks of that kind (`solve_kernels`), so the profile's "gpu" object carries the same `kernels`
+a preset does:
+- gemm: GEMMs of a few shapes; the line t = call + weight bytes / (bandwidth x b) through the skinny ones
+  (m <= 16) gives b and the call time; the large ones (m >= 1024) give compute = FLOPs / ((t - call) x peak).
+- prefill_attention: causal attention at three lengths L; 1 / e(L) is linear in 1 / L, so the line through
+  (1 / L, 1 / e) gives e_max = 1 / intercept and attention_half_tokens = slope / intercept.
+- decode_attention: one query over a cache at a few batch x context points; t = call + bytes / (bandwidth x b).
+- elementwise: a copy; its bandwidth fraction, and the time of a tiny copy as its call time.
+The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures. The reference model's
+decode steps and prefills (measured as `kvplan profile` measures them) are then predicted with the profile,
+and each point's error is stored beside.
 """
 
 from __future__ import annotations
 
 import datetime
-import math
 import os
+import statistics
 from dataclasses import asdict, dataclass, replace
 
 import torch
@@ -37,6 +35,7 @@ import torch
 from kvplan.api import resolve_model
 from kvplan.estimator import Estimator
 from kvplan.hardware import GPU, get_gpu
+from kvplan.roofline import Kernel
 from kvplan.units import InputError, MeasurementError
 
 from .measure import Settings, measure_row
@@ -56,13 +55,25 @@ class Reference:
     decode_points: tuple[tuple[int, int], ...]
     copy_bytes: int  # bytes of the copied tensor (read once, written once)
     matmul_n: int
+    # Kernel micro-benchmarks (defaults small enough for a CPU): GEMM weight shapes (n, k) run at m = 1, 8 and
+    # gemm_large_m tokens; causal attention of `heads` x `head_dim` at each prompt length; one query over a
+    # cache at each (batch, context).
+    gemm_shapes: tuple[tuple[int, int], ...] = ((256, 256), (512, 512), (512, 1024))
+    gemm_large_m: int = 1024
+    heads: int = 4
+    head_dim: int = 64
+    attention_lengths: tuple[int, ...] = (128, 256, 512)
+    decode_attention_points: tuple[tuple[int, int], ...] = ((1, 512), (2, 1024), (4, 2048))
 
 
 # Prefill at the two ends of the range kvplan is asked about (4k and 128k): the attention share of prefill
 # grows with the prompt, so solving from the ends interpolates the middle instead of extrapolating to 128k
 # (on the H100, solving from 4k and 32k left every 128k prefill 14-18% slow).
 GPU_REFERENCE = Reference("llama-3.1-8b", None, 2, ((1, 4096), (1, 131072)), ((1, 4096), (1, 32768), (8, 32768)),
-                          copy_bytes=2 * 2**30, matmul_n=8192)
+                          copy_bytes=2 * 2**30, matmul_n=8192,
+                          gemm_shapes=((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (8192, 8192)),
+                          gemm_large_m=4096, heads=32, head_dim=128, attention_lengths=(1024, 4096, 16384),
+                          decode_attention_points=((1, 4096), (8, 8192), (16, 32768), (32, 32768)))
 # The CPU reference keeps the test suite fast: a 1-layer slice of a small model at short contexts.
 CPU_REFERENCE = Reference("t6-medium-mha", None, 1, ((1, 128), (1, 1024)), ((1, 128), (2, 1024)),
                           copy_bytes=64 * 2**20, matmul_n=512)
@@ -105,22 +116,113 @@ def _check_below_peaks(gpu: GPU, copy_bw: float, mm_flops: float, decode: list[d
                                    f"peak {peak:.4g} {unit}: a timing or FLOP/byte count is wrong; no profile written")
 
 
-def _geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+def time_gemms(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
+    """x @ w.T for each weight shape (n, k) at m = 1, 8 and ref.gemm_large_m tokens."""
+    points = []
+    for n, k in ref.gemm_shapes:
+        weight = torch.randn(n, k, device=device, dtype=dtype)
+        for m in (1, 8, ref.gemm_large_m):
+            x = torch.randn(m, k, device=device, dtype=dtype)
+            seconds, _ = median_seconds(lambda: torch.nn.functional.linear(x, weight), device, repeats, warmup=3)
+            points.append({"m": m, "n": n, "k": k, "bytes_per_element": weight.element_size(), "seconds": seconds})
+        del weight
+        free_memory(device)
+    return points
 
 
-def _solve_prefill(points: list[dict], peak: float, fallback_linear: float) -> tuple[float, float, str]:
-    """(compute_efficiency, attention_efficiency, how) from t_i = L_i / (peak e_l) + A_i / (peak e_a)."""
-    (l1, a1, t1), (l2, a2, t2) = [(p["linear_flops"], p["attention_flops"], p["seconds"]) for p in points[:2]]
-    det = l1 * a2 - l2 * a1
-    if det:
-        inv_l = peak * (t1 * a2 - t2 * a1) / det  # 1 / e_l
-        inv_a = peak * (l1 * t2 - l2 * t1) / det  # 1 / e_a
-        if inv_l >= 1 and inv_a >= 1:
-            return 1 / inv_l, 1 / inv_a, "solved from the short and the long prefill"
-    remaining = t2 - l2 / (peak * fallback_linear)
-    attention = min(1.0, a2 / (peak * remaining)) if remaining > 0 else fallback_linear
-    return fallback_linear, attention, "linear at the matmul benchmark's efficiency; attention from the long prefill"
+def time_prefill_attention(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
+    """Causal attention of one sequence at each length: 4 x heads x head_dim FLOPs per (query, key) pair."""
+    points = []
+    for length in ref.attention_lengths:
+        q, k, v = (torch.randn(1, ref.heads, length, ref.head_dim, device=device, dtype=dtype) for _ in range(3))
+        seconds, _ = median_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True),
+                                    device, repeats, warmup=2)
+        points.append({"tokens": length, "seconds": seconds,
+                       "flops": 4 * ref.heads * ref.head_dim * length * (length + 1) // 2})
+        del q, k, v
+        free_memory(device)
+    return points
+
+
+def time_decode_attention(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
+    """One query per sequence over a cache of `context` keys and values: bytes = the cache read."""
+    points = []
+    for batch, context in ref.decode_attention_points:
+        q = torch.randn(batch, ref.heads, 1, ref.head_dim, device=device, dtype=dtype)
+        k, v = (torch.randn(batch, ref.heads, context, ref.head_dim, device=device, dtype=dtype) for _ in range(2))
+        seconds, _ = median_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), device,
+                                    repeats, warmup=2)
+        points.append({"batch": batch, "context": context, "seconds": seconds,
+                       "bytes": 2 * k.numel() * k.element_size()})
+        del q, k, v
+        free_memory(device)
+    return points
+
+
+def time_copies(device: torch.device, ref: Reference, repeats: int) -> list[dict]:
+    """A 64 KiB and a ref.copy_bytes device copy: bytes read + written, seconds."""
+    points = []
+    for nbytes in (2**16, ref.copy_bytes):
+        src = torch.rand(nbytes // 4, device=device)
+        dst = torch.empty_like(src)
+        seconds, _ = median_seconds(lambda: dst.copy_(src), device, repeats, warmup=3)
+        points.append({"bytes": 2 * src.nbytes, "seconds": seconds})
+        del src, dst
+    free_memory(device)
+    return points
+
+
+def solve_kernels(base: GPU, gemm: list[dict], attention: list[dict], decode: list[dict], copies: list[dict]):
+    """The base GPU's kernels with the measured kinds replaced (roofline.Kernels); the rest stay the preset's."""
+    kernels = base.kernels
+    e_max, half = solve_prefill_attention(attention, base.bf16_flops)
+    decode_kernel = solve_streaming(decode, base.bandwidth_bytes_per_s)
+    return replace(kernels, gemm=solve_gemm(gemm, base.bf16_flops, base.bandwidth_bytes_per_s),
+                   prefill_attention=replace(kernels.prefill_attention, compute=e_max),
+                   attention_half_tokens=half,
+                   attention_half_head_dim=kernels.attention_half_head_dim,
+                   decode_attention=replace(kernels.decode_attention, bandwidth=decode_kernel.bandwidth,
+                                            call_seconds=decode_kernel.call_seconds),
+                   elementwise=solve_streaming(copies, base.bandwidth_bytes_per_s))
+
+
+def fit_line(xs: list[float], ts: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line t = intercept + slope x; the intercept is kept >= 0."""
+    n = len(xs)
+    mx, mt = sum(xs) / n, sum(ts) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (t - mt) for x, t in zip(xs, ts)) / sxx
+    return max(mt - slope * mx, 0.0), slope
+
+
+def _fraction(value: float) -> float:
+    return min(1.0, max(value, 1e-3))
+
+
+def solve_gemm(points: list[dict], peak_flops: float, peak_bandwidth: float) -> Kernel:
+    """A GEMM kernel from timed shapes {"m", "n", "k", "bytes_per_element", "seconds"}: bandwidth and call time
+    from the skinny ones (m <= 16, weight bytes n k w), compute from the large ones (m >= 1024)."""
+    skinny = [p for p in points if p["m"] <= 16]
+    call, per_byte = fit_line([p["n"] * p["k"] * p["bytes_per_element"] for p in skinny], [p["seconds"] for p in skinny])
+    large = [2 * p["m"] * p["n"] * p["k"] / (max(p["seconds"] - call, 1e-12) * peak_flops)
+             for p in points if p["m"] >= 1024]
+    return Kernel(_fraction(statistics.median(large)), _fraction(1 / (per_byte * peak_bandwidth)), call)
+
+
+def solve_prefill_attention(points: list[dict], peak_flops: float) -> tuple[float, float]:
+    """(e_max, half_tokens) of e(L) = e_max L / (L + half) from {"tokens", "flops", "seconds"} at several L."""
+    inverse = [(1 / p["tokens"], p["seconds"] * peak_flops / p["flops"]) for p in points]
+    intercept, slope = fit_line([x for x, _ in inverse], [y for _, y in inverse])
+    if intercept <= 0 or slope < 0:  # noise: the longest prompt's efficiency, flat in length
+        longest = max(points, key=lambda p: p["tokens"])
+        return _fraction(longest["flops"] / (longest["seconds"] * peak_flops)), 0.0
+    return _fraction(1 / intercept), slope / intercept
+
+
+def solve_streaming(points: list[dict], peak_bandwidth: float) -> Kernel:
+    """A bandwidth-bound kernel from {"bytes", "seconds"}: t = call + bytes / (peak x bandwidth)."""
+    call, per_byte = fit_line([p["bytes"] for p in points], [p["seconds"] for p in points])
+    return Kernel(1.0, _fraction(1 / (per_byte * peak_bandwidth)), call)
 
 
 def _kv_dtype(device: torch.device) -> str:
@@ -191,33 +293,25 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     free_memory(device)
     base = _base_gpu(device, gpu, usd_per_hour, copy_bw, mm_flops, env)
 
+    progress("kernels: GEMMs, prefill and decode attention, copies")
+    kernel_points = {"gemm": time_gemms(device, dtype, ref, repeats),
+                     "prefill_attention": time_prefill_attention(device, dtype, ref, repeats),
+                     "decode_attention": time_decode_attention(device, dtype, ref, repeats),
+                     "copy": time_copies(device, ref, repeats)}
+    kernels = solve_kernels(base, *kernel_points.values())
+    calibrated = replace(base, compute_efficiency=None, bandwidth_efficiency=None, attention_efficiency=None,
+                         kernels=replace(kernels, source=f"gemm, prefill and decode attention, elementwise: kvplan "
+                                         f"calibrate on {env.get('gpu_name')} ({datetime.date.today().isoformat()}); "
+                                         f"the rest: {base.kernels.source or 'none'}"),
+                         source=f"{base.source}; kernels by kvplan calibrate on {env.get('gpu_name')}")
+
     desc, rows = _reference_rows(ref, device, repeats, progress)
     kv = _kv_dtype(device)
-    est = Estimator(desc, deployment(base, kv, dtype))
     measured = dict(rows)
-    decode = []
-    for batch, context in ref.decode_points:
-        seconds = measured[(batch, context)]["decode_seconds_measured"]
-        read = est.weights_read_bytes(batch) + est.decode_cache_read_bytes(batch, context)
-        decode.append({"batch": batch, "context": context, "seconds": seconds, "bytes": read})
-    prefill = []
-    for batch, context in ref.prefill_points:
-        prefill.append({"batch": batch, "context": context,
-                        "seconds": measured[(batch, context)]["prefill_seconds_measured"],
-                        "linear_flops": est.prefill_linear_flops(batch, context),
-                        "attention_flops": est.prefill_attention_flops(batch, context)})
-    if cpu:  # the peaks are the fastest rates seen, the reference model's included
-        base = replace(base, bandwidth_bytes_per_s=max([copy_bw] + [p["bytes"] / p["seconds"] for p in decode]),
-                       bf16_flops=max([mm_flops] + [_flops(p) / p["seconds"] for p in prefill]))
-    for point in decode:
-        point["efficiency"] = point["bytes"] / point["seconds"] / base.bandwidth_bytes_per_s
-    _check_below_peaks(base, copy_bw, mm_flops, decode, prefill)
-    bandwidth_eff = min(1.0, _geometric_mean([p["efficiency"] for p in decode]))
-    compute_eff, attention_eff, how = _solve_prefill(prefill, base.bf16_flops, min(1.0, mm_flops / base.bf16_flops))
-    calibrated = replace(base, compute_efficiency=compute_eff, bandwidth_efficiency=bandwidth_eff,
-                         attention_efficiency=attention_eff,
-                         source=f"{base.source}; efficiencies by kvplan calibrate on {env.get('gpu_name')} "
-                                f"({datetime.date.today().isoformat()})")
+    decode = [{"batch": b, "context": c, "seconds": measured[(b, c)]["decode_seconds_measured"]}
+              for b, c in ref.decode_points]
+    prefill = [{"batch": b, "context": c, "seconds": measured[(b, c)]["prefill_seconds_measured"]}
+               for b, c in ref.prefill_points]
     check = Estimator(desc, deployment(calibrated, kv, dtype))
     for point in decode:
         point["predicted_seconds"] = check.decode_step(point["batch"], point["context"])[1]
@@ -239,7 +333,7 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
             "reference_model": f"{ref.model}, first {desc.n_layers} layers ({desc.kind_label})",
             "decode_points": decode,
             "prefill_points": prefill,
-            "prefill_fit": how,
+            "kernel_points": kernel_points,
         },
         "device": env,
         "measured_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

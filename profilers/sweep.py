@@ -129,9 +129,10 @@ def run(sweep: Sweep, out_path: str | None = None, resume: bool = False, progres
     done = results.done if results else set()
     previous = {row_key(r): r for r in read_rows(out_path)} if results and resume else {}
     env = {**sweep.env, "estimate_gpu": sweep.estimate_gpu.name,
-           "compute_efficiency": sweep.estimate_gpu.compute_efficiency,
-           "bandwidth_efficiency": sweep.estimate_gpu.bandwidth_efficiency,
-           "attention_efficiency": sweep.estimate_gpu.attention_efficiency or sweep.estimate_gpu.compute_efficiency}
+           # The per-operation roofline's headline figures: bf16 GEMM compute and bandwidth, prefill attention.
+           "compute_efficiency": sweep.estimate_gpu.kernel_figures.gemm.compute,
+           "bandwidth_efficiency": sweep.estimate_gpu.kernel_figures.gemm.bandwidth,
+           "attention_efficiency": sweep.estimate_gpu.kernel_figures.prefill_attention.compute}
     rows = []
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=Console(stderr=True), disable=not progress, transient=True) as bar:

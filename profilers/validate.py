@@ -29,6 +29,7 @@ from pathlib import Path
 
 from kvplan.files import write_atomically
 from kvplan.hardware import gpu_from_file
+from kvplan.profilers.view import kernel_summary
 from kvplan.units import format_tokens, parse_token_list
 
 from .calibrate import calibrate
@@ -163,6 +164,7 @@ def report(rows: list[dict], profile: dict, command: str, not_run: list[dict]) -
         f"({measured['copy_efficiency']:.1%} of the {gpu['bandwidth_bytes_per_s'] / 1e12:,.4g} TB/s peak); "
         f"matmul {measured['matmul_n']}^3 {measured['matmul_dtype']} {measured['matmul_flops'] / 1e12:,.4g} "
         f"TFLOP/s ({measured['matmul_efficiency']:.1%} of {gpu['bf16_flops'] / 1e12:,.4g})",
+        f"- kernels: {kernel_summary(gpu['kernels'])}" if "kernels" in gpu else
         f"- kernel efficiencies on {measured['reference_model']}: bandwidth {gpu['bandwidth_efficiency']:.1%} "
         f"(decode steps), compute {gpu['compute_efficiency']:.1%} and attention {gpu['attention_efficiency']:.1%} "
         f"(prefills; {measured['prefill_fit']})",

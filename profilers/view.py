@@ -54,8 +54,9 @@ def print_rows(rows: list[dict], as_json: bool, as_csv: bool) -> None:
     notes = sorted({scaling_note(int(r["layers"]), int(r["full_layers"])) for r in rows})
     caption = (f"measured / estimate (error = estimate / measured - 1) on {first.get('gpu_name')} "
                f"({first.get('device')}, {first.get('dtype')}); estimate: {first.get('estimate_gpu')} at "
-               f"compute {first.get('compute_efficiency'):.0%}, attention {first.get('attention_efficiency'):.0%}, "
-               f"bandwidth {first.get('bandwidth_efficiency'):.0%}; GiB = 2^30 bytes. FLOPs counted = as "
+               f"GEMM compute {float(first.get('compute_efficiency')):.0%}, attention "
+               f"{float(first.get('attention_efficiency')):.0%}, GEMM bandwidth "
+               f"{float(first.get('bandwidth_efficiency')):.0%} (per-operation roofline); GiB = 2^30 bytes. FLOPs counted = as "
                f"FlopCounterMode sees them (whole query x key rectangles); causal = what is computed. "
                + "; ".join(notes))
     emit(rows, as_json, as_csv, COLUMNS, title="kvplan profile", caption=caption)
@@ -71,19 +72,24 @@ def print_profile(profile: dict, path: str | None) -> None:
     ]
     for point in measured["decode_points"]:
         rows.append({"figure": f"decode step, batch {point['batch']}, context {format_tokens(point['context'])}",
-                     "value": f"{point['seconds'] * 1e3:,.3f} ms ({point['bytes'] / point['seconds'] / 1e12:,.3f} TB/s)",
-                     "of peak": f"{point['efficiency']:.1%}", "profile predicts": _predicted(point)})
+                     "value": f"{point['seconds'] * 1e3:,.3f} ms", "profile predicts": _predicted(point)})
     for point in measured["prefill_points"]:
-        flops = point["linear_flops"] + point["attention_flops"]
         rows.append({"figure": f"prefill, batch {point['batch']}, context {format_tokens(point['context'])}",
-                     "value": f"{point['seconds'] * 1e3:,.2f} ms ({flops / point['seconds'] / 1e12:,.1f} TFLOP/s)",
-                     "of peak": f"{flops / point['seconds'] / gpu['bf16_flops']:.1%}", "profile predicts": _predicted(point)})
+                     "value": f"{point['seconds'] * 1e3:,.2f} ms", "profile predicts": _predicted(point)})
     columns = [(key, (lambda k: lambda r: r.get(k, ""))(key)) for key in ("figure", "value", "of peak", "profile predicts")]
     caption = (f"{gpu['name']}: peaks {gpu['bandwidth_bytes_per_s'] / 1e12:,.4g} TB/s and {gpu['bf16_flops'] / 1e12:,.4g} "
-               f"TFLOP/s; efficiencies: bandwidth {gpu['bandwidth_efficiency']:.1%}, compute {gpu['compute_efficiency']:.1%}, "
-               f"attention {gpu['attention_efficiency']:.1%} ({measured['prefill_fit']}); reference: "
-               f"{measured['reference_model']}" + (f"; written to {path}" if path else "; not saved (use --out)"))
+               f"TFLOP/s; {kernel_summary(gpu['kernels'])}; reference: {measured['reference_model']}"
+               + (f"; written to {path}" if path else "; not saved (use --out)"))
     emit(rows, False, False, columns, title="kvplan calibrate", caption=caption)
+
+
+def kernel_summary(kernels: dict) -> str:
+    """The measured kernels of a profile in one line."""
+    gemm, attention, decode, copy = (kernels[k] for k in ("gemm", "prefill_attention", "decode_attention", "elementwise"))
+    return (f"GEMM {gemm['compute']:.1%} of peak FLOP/s, {gemm['bandwidth']:.1%} of bandwidth, "
+            f"{gemm['call_seconds'] * 1e6:,.1f} us a call; prefill attention {attention['compute']:.1%} x L / (L + "
+            f"{kernels['attention_half_tokens']:,.0f}); decode attention {decode['bandwidth']:.1%} of bandwidth + "
+            f"{decode['call_seconds'] * 1e6:,.1f} us; copies {copy['bandwidth']:.1%} + {copy['call_seconds'] * 1e6:,.1f} us")
 
 
 def _predicted(point: dict) -> str:

@@ -26,9 +26,10 @@ def test_largest_fitting_search():
 
 @pytest.mark.parametrize("attention", [None, "mla", "tpa", "dsa", "window:4096"])
 def test_longest_context_is_the_boundary(attention):
-    (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=attention)
+    # Whole-prompt prefill: with chunked prefill a 4096-token window holds bounded memory at any context.
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=attention, prefill_chunk=0)
     boundary = longest_context(est, batch=2)
-    kw = dict(model="llama-3.1-8b", gpu="h100", batch=2, attention=attention)
+    kw = dict(model="llama-3.1-8b", gpu="h100", batch=2, attention=attention, prefill_chunk=0)
     assert fits(context=boundary.value, **kw)
     assert not fits(context=boundary.value + 1, **kw)
     assert boundary.headroom_bytes >= 0
@@ -44,20 +45,22 @@ def test_longest_context_in_whole_blocks():
 
 def test_longest_context_matches_the_closed_form():
     # Dense attention, no window, no paging: memory per GPU is a + b * context (cache and flash activations both
-    # linear in context), so the boundary is floor((M - a) / b), computed here from three estimates, not a search.
-    row = lambda c: kvplan.estimate("llama-3.1-8b", "h100", context=c, batch=1)["total_bytes_per_gpu"]
+    # linear in context, whole prompts prefilled at once), so the boundary is floor((M - a) / b), computed here
+    # from three estimates, not a search.
+    row = lambda c: kvplan.estimate("llama-3.1-8b", "h100", context=c, batch=1, prefill_chunk=0)["total_bytes_per_gpu"]
     b = row(2) - row(1)
     a = row(1) - b
     assert row(1001) == a + 1001 * b  # linear, as assumed
-    memory = kvplan.estimate("llama-3.1-8b", "h100", context=1)["gpu_memory_bytes"]
-    (est,) = kvplan.estimators("llama-3.1-8b", "h100")
+    memory = kvplan.estimate("llama-3.1-8b", "h100", context=1)["usable_memory_bytes"]  # 0.9 x 79.65 GiB
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", prefill_chunk=0)
     assert longest_context(est, 1).value == (memory - a) // b
 
 
 def test_largest_batch_is_the_boundary():
-    (est,) = kvplan.estimators("llama-3.1-8b", "h100", kv_dtype="fp8")
+    # Whole-prompt prefill (chunked prefill, the default, bounds activations by its 8192-token chunk).
+    (est,) = kvplan.estimators("llama-3.1-8b", "h100", kv_dtype="fp8", prefill_chunk=0)
     boundary = largest_batch(est, context=32768)
-    kw = dict(model="llama-3.1-8b", gpu="h100", context=32768, kv_dtype="fp8")
+    kw = dict(model="llama-3.1-8b", gpu="h100", context=32768, kv_dtype="fp8", prefill_chunk=0)
     assert boundary.value > 1
     assert fits(batch=boundary.value, **kw) and not fits(batch=boundary.value + 1, **kw)
     # Per token, prefill activations take 2 bytes x (2 x 4096 residual + 3 x 14336 feed-forward) = 102,400 bytes,
@@ -72,8 +75,9 @@ def test_memory_override_is_the_budget():
     (est,) = kvplan.estimators("llama-3.1-8b", "h100", memory_bytes=20 * GiB)
     context = longest_context(est, 1).value
     row = est.row(1, context)
-    assert row["gpu_memory_bytes"] == 20 * GiB and row["total_bytes_per_gpu"] <= 20 * GiB
-    assert est.row(1, context + 1)["total_bytes_per_gpu"] > 20 * GiB
+    usable = int(20 * GiB * 0.9)  # vLLM's default --gpu-memory-utilization
+    assert row["gpu_memory_bytes"] == 20 * GiB and row["usable_memory_bytes"] == usable
+    assert row["total_bytes_per_gpu"] <= usable < est.row(1, context + 1)["total_bytes_per_gpu"]
 
 
 def test_weights_alone_exceed_memory():
@@ -95,13 +99,14 @@ def test_cli_says_weights_exceed_plainly(run_cli):
     # The note under the table: the estimate's bf16 weights against the RTX 4090's 24564 MiB.
     (est,) = kvplan.estimators("llama-3.1-70b", "rtx-4090")
     assert (f"gqa(kv_heads=8), kv bf16: weights alone exceed memory: {est.weights_bytes_per_gpu / GiB:,.2f} GiB of "
-            f"weights per GPU (plus any reserve) vs {24564 * 2**20 / GiB:,.2f} GiB; add GPUs or quantize the weights"
+            f"weights per GPU (plus the reserve) vs {int(24564 * 2**20 * 0.9) / GiB:,.2f} GiB usable; add GPUs or "
+            f"quantize the weights"
             in out.splitlines())
 
 
 def test_cli_json_shape(run_json):
     rows = run_json("budget", "--model", "llama-3.1-8b", "--gpu", "h100", "--batch", "2", "--context", "32k",
-                    "--attention", "gqa,mla,window:4096", "--memory", "80GiB")
+                    "--attention", "gqa,mla,window:4096", "--memory", "80GiB", "--prefill-chunk", "0")
     # native first; gqa re-casts llama-3.1-8b into what it already is, so it is not repeated.
     assert [r["attention"] for r in rows] == ["gqa(kv_heads=8)", "mla(kv_lora_rank=512)", "gqa(kv_heads=8)+window(4096)"]
     for row in rows:
@@ -114,7 +119,7 @@ def test_cli_json_shape(run_json):
         assert row["max_context_binding"] in ("cache", "activations")
     # The same boundaries as the library's searches on each estimator.
     for row, spec in zip(rows, ["native", "mla", "window:4096"]):
-        (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=spec, memory_bytes=80 * GiB)
+        (est,) = kvplan.estimators("llama-3.1-8b", "h100", attention=spec, memory_bytes=80 * GiB, prefill_chunk=0)
         assert row["max_context"] == longest_context(est, 2).value
         assert row["max_batch"] == largest_batch(est, 32768).value
 

@@ -1,5 +1,6 @@
 """`kvplan calibrate` and the estimate fields a calibration profile sets (attention efficiency)."""
 
+import dataclasses
 from dataclasses import replace
 
 import pytest
@@ -24,18 +25,21 @@ def test_tied_embedding_is_read_whole_by_the_lm_head():
     assert est.weights_read_bytes(1) == est.weights_bytes
 
 
-def test_attention_efficiency_splits_the_compute_roofline():
-    # Prefill is compute-bound here, so seconds = linear / (peak x compute_eff) + attention / (peak x attention_eff).
+def test_single_efficiencies_replace_every_operations():
+    # compute_efficiency 0.8 and attention_efficiency 0.4 (a profile or --compute-efficiency) replace the
+    # kernels' compute figures: dense GEMMs at 0.8 of peak, prefill attention at 0.4 whatever the length.
     gpu = replace(GPUS["h100-sxm"], compute_efficiency=0.8, attention_efficiency=0.4)
     est = Estimator(get_preset("llama-3.1-8b"), deployment_for(gpu))
     batch, prompt = 1, 32768
     attention = est.prefill_attention_flops(batch, prompt)
-    linear = est.prefill_linear_flops(batch, prompt)
-    expected = linear / (989.4e12 * 0.8) + attention / (989.4e12 * 0.4)
-    assert est.row(batch, prompt)["prefill_seconds"] == pytest.approx(expected, rel=1e-12)
-    # Unset, attention runs at the compute efficiency: the plain roofline (linear + attention) / (peak x 0.8).
+    linear = est.prefill_linear_flops(batch, prompt) - 2 * get_preset("llama-3.1-8b").lm_head_params()
+    row = est.row(batch, prompt)
+    assert row["prefill_attention_seconds"] == pytest.approx(attention / (989.4e12 * 0.4), rel=1e-12)
+    calls = 4 * 32 * 3.2e-6  # the H100 GEMM kernel's time per call stays
+    assert row["prefill_gemm_seconds"] == pytest.approx(calls + linear / (989.4e12 * 0.8), rel=1e-12)
+    # Unset, attention runs at the compute efficiency.
     plain = Estimator(get_preset("llama-3.1-8b"), deployment_for(replace(gpu, attention_efficiency=None)))
-    assert plain.row(batch, prompt)["prefill_seconds"] == pytest.approx((linear + attention) / (989.4e12 * 0.8), rel=1e-12)
+    assert plain.row(batch, prompt)["prefill_attention_seconds"] == pytest.approx(attention / (989.4e12 * 0.8), rel=1e-12)
 
 
 # --- kvplan calibrate on the CPU ------------------------------------------------------------------------
@@ -48,23 +52,31 @@ from kvplan.hardware import gpu_from_file  # noqa: E402
 from kvplan.profilers import calibrate as cal  # noqa: E402
 
 
-def test_prefill_fit_recovers_both_efficiencies():
-    # peak 1e15 FLOP/s, linear at 0.8 and attention at 0.4 of it:
-    # short prompt: L = 1e12, A = 1e11 -> t = 1e12 / 8e14 + 1e11 / 4e14 = 1.25e-3 + 0.25e-3 = 1.5e-3 s
-    # long prompt:  L = 1e12, A = 1e12 -> t = 1.25e-3 + 2.5e-3 = 3.75e-3 s
-    points = [{"linear_flops": 1e12, "attention_flops": 1e11, "seconds": 1.5e-3},
-              {"linear_flops": 1e12, "attention_flops": 1e12, "seconds": 3.75e-3}]
-    linear, attention, how = cal._solve_prefill(points, 1e15, fallback_linear=0.5)
-    assert linear == pytest.approx(0.8) and attention == pytest.approx(0.4) and how.startswith("solved")
+def test_calibration_recovers_known_kernels_from_synthetic_timings():
+    # Timings made from known figures on a GPU of 1e15 FLOP/s and 2e12 B/s: GEMM compute 0.75, bandwidth 0.8,
+    # 4 us a call; prefill attention e(L) = 0.6 L / (L + 2000); decode attention 0.9 + 10 us; copies 0.85 + 2 us.
+    peak, hbm = 1e15, 2e12
+    gemm = [{"m": m, "n": n, "k": k, "bytes_per_element": 2,
+             "seconds": 4e-6 + max(2 * m * n * k / (peak * 0.75), n * k * 2 / (hbm * 0.8))}
+            for n, k in ((4096, 4096), (8192, 8192), (4096, 14336)) for m in (1, 8, 4096)]
+    attention = [{"tokens": n, "flops": 4 * 32 * 128 * n * (n + 1) // 2,
+                  "seconds": 4 * 32 * 128 * n * (n + 1) // 2 / (peak * 0.6 * n / (n + 2000))} for n in (1024, 4096, 16384)]
+    decode = [{"bytes": b, "seconds": 10e-6 + b / (hbm * 0.9)} for b in (1e7, 1e8, 1e9)]
+    copies = [{"bytes": b, "seconds": 2e-6 + b / (hbm * 0.85)} for b in (2**17, 2**32)]
+    base = replace(GPUS["h100-sxm"], bf16_flops=peak, bandwidth_bytes_per_s=hbm)
+    k = cal.solve_kernels(base, gemm, attention, decode, copies)
+    assert (k.gemm.compute, k.gemm.bandwidth, k.gemm.call_seconds) == (pytest.approx(0.75), pytest.approx(0.8),
+                                                                       pytest.approx(4e-6))
+    assert k.prefill_attention.compute == pytest.approx(0.6) and k.attention_half_tokens == pytest.approx(2000)
+    assert (k.decode_attention.bandwidth, k.decode_attention.call_seconds) == (pytest.approx(0.9), pytest.approx(10e-6))
+    assert (k.elementwise.bandwidth, k.elementwise.call_seconds) == (pytest.approx(0.85), pytest.approx(2e-6))
+    assert k.moe_gemm_fp8 == GPUS["h100-sxm"].kernels.moe_gemm_fp8  # not measured: the preset's
 
 
-def test_prefill_fit_falls_back_when_noise_gives_no_fractions():
-    # A long prompt faster than the short one has no solution in (0, 1]: linear takes the matmul efficiency
-    # (0.5: 1e12 / 5e14 = 2e-3 s) and attention what is left of the long prompt: 1e12 / (1e15 x (3e-3 - 2e-3)) = 1.
-    points = [{"linear_flops": 1e12, "attention_flops": 1e11, "seconds": 4e-3},
-              {"linear_flops": 1e12, "attention_flops": 1e12, "seconds": 3e-3}]
-    linear, attention, how = cal._solve_prefill(points, 1e15, fallback_linear=0.5)
-    assert (linear, attention) == (0.5, pytest.approx(1.0)) and "matmul" in how
+def test_prefill_attention_fit_falls_back_to_the_longest_prompt_on_noise():
+    # Efficiency falling with length has no e(L) = e L / (L + h) with h >= 0: the longest prompt's, flat.
+    points = [{"tokens": 1024, "flops": 1e12, "seconds": 2e-3}, {"tokens": 4096, "flops": 1e12, "seconds": 4e-3}]
+    assert cal.solve_prefill_attention(points, 1e15) == (pytest.approx(0.25), 0.0)
 
 
 @pytest.fixture
@@ -81,25 +93,19 @@ def test_cpu_profile_is_accepted_by_estimate(tiny, tmp_path, run_json):
     profile = cal.calibrate(torch.device("cpu"), usd_per_hour=0.5, repeats=2, reference=ref)
     gpu = profile["gpu"]
     assert gpu["name"] == "cpu" and gpu["usd_per_hour"] == 0.5
-    # On a CPU the peaks are the fastest rates measured: the copy benchmark or a decode step (bytes/s), the
-    # matmul benchmark or a prefill (FLOP/s); every efficiency is a fraction of them, none above 1.
-    measured = profile["measured"]
-    decode_rates = [p["bytes"] / p["seconds"] for p in measured["decode_points"]]
-    prefill_rates = [(p["linear_flops"] + p["attention_flops"]) / p["seconds"] for p in measured["prefill_points"]]
-    assert gpu["bandwidth_bytes_per_s"] == max([measured["copy_bandwidth_bytes_per_s"]] + decode_rates)
-    assert gpu["bf16_flops"] == max([measured["matmul_flops"]] + prefill_rates)
-    for key in ("compute_efficiency", "bandwidth_efficiency", "attention_efficiency"):
-        assert 0 < gpu[key] <= 1
-    assert 0 < measured["copy_efficiency"] <= 1 and 0 < measured["matmul_efficiency"] <= 1
-    assert all(rate <= gpu["bf16_flops"] for rate in prefill_rates)
-    # Each decode point's efficiency is bytes / seconds / peak, as stored.
-    for point in measured["decode_points"]:
-        assert point["efficiency"] == pytest.approx(point["bytes"] / point["seconds"] / gpu["bandwidth_bytes_per_s"])
-        assert 0 < point["efficiency"] <= 1
+    # On a CPU the peaks are the measured copy and matmul rates; efficiencies are fractions of them.
+    assert gpu["bandwidth_bytes_per_s"] == profile["measured"]["copy_bandwidth_bytes_per_s"]
+    assert gpu["bf16_flops"] == profile["measured"]["matmul_flops"]
+    for kind in ("gemm", "prefill_attention", "decode_attention", "elementwise"):
+        for key in ("compute", "bandwidth"):
+            assert 0 < gpu["kernels"][kind][key] <= 1
+    # The profile's predictions use its kernels: every reference point has a prediction and an error.
+    for point in profile["measured"]["decode_points"] + profile["measured"]["prefill_points"]:
+        assert point["predicted_seconds"] > 0 and point["error"] == pytest.approx(point["predicted_seconds"] / point["seconds"] - 1)
     path = tmp_path / "cpu.json"
     path.write_text(json.dumps(profile))
     loaded = gpu_from_file(path)
-    assert loaded.attention_efficiency == gpu["attention_efficiency"]
+    assert dataclasses.asdict(loaded.kernels) == gpu["kernels"]
     (row,) = run_json("estimate", "-m", tiny, "-c", "128", "--hardware-profile", str(path))
     assert row["gpu"] == "cpu"
 

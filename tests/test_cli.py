@@ -91,8 +91,9 @@ def test_default_output_is_a_table_with_units(run_cli, run_json):
                           f"{row['total_bytes_per_gpu'] / 2**30:,.2f}"]
     # gemma-3-27b's local/global cache at 32k: 52 layers hold 1024 tokens, 10 hold all 32768; 16 KV heads of 128.
     assert row["kv_cache_bytes"] == (52 * 1024 + 10 * 32768) * 2 * 16 * 128 * 2
-    assert out.rstrip().splitlines()[-1] == ("h100-sxm x1 (tp 1, pp 1); GiB = 2^30 bytes; roofline at 70% of 989.4 "
-                                             "TFLOP/s and 85% of 3.35 TB/s; $2.99/GPU-hour")
+    assert out.rstrip().splitlines()[-1] == ("h100-sxm x1 (tp 1, pp 1); GiB = 2^30 bytes; roofline per operation (bf16 "
+                                             "GEMMs at 79% of 989.4 TFLOP/s, weights streamed at 86% of 3.35 TB/s); "
+                                             "$2.99/GPU-hour")
 
 
 def test_config_json_path_as_model(run_cli):
@@ -122,7 +123,8 @@ def test_encoders_warn_that_they_are_costed_causally(run_cli):
     assert "is an encoder" in err and rows[0]["context"] == 8192
     assert err.startswith("kvplan: warning: modernbert-base is an encoder") and err.count("\n") == 1
     # Nothing is decoded: every decode column is null.
-    assert [rows[0][k] for k in COLUMNS if k.startswith("decode_")] == [None] * 4
+    decode = [k for k in COLUMNS if k.startswith("decode_")]
+    assert len(decode) == 4 + 7 and [rows[0][k] for k in decode] == [None] * len(decode)
 
 
 def test_hardware_overrides_on_the_command_line_and_from_a_file(run_cli, tmp_path):
@@ -198,7 +200,7 @@ def test_models_and_gpus_list_presets(run_cli):
     assert code == 0 and {"h100-sxm", "h100-pcie", "h200", "h800", "a100-40gb", "a100-80gb", "l40s", "b200", "mi300x",
                           "rtx-4090"} <= gpus
     assert [{k: v for k, v in row.items() if k != "aliases"} for row in json.loads(out)] == \
-        [dataclasses.asdict(gpu) for gpu in GPUS.values()]
+        [{**dataclasses.asdict(gpu), "kernels": gpu.kernels.source} for gpu in GPUS.values()]
     assert {row["name"]: row["aliases"] for row in json.loads(out)}["h100-sxm"] == "h100"
 
 

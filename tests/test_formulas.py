@@ -344,46 +344,83 @@ def test_deepseek_v3_total_and_active_parameters():
 
 # --- latency and cost -----------------------------------------------------------------------------------
 
-def test_decode_roofline_and_cost_by_hand():
-    # One sequence, 32k context on an H100 SXM at the default efficiencies: decode is memory bound.
-    e = est("llama-3.1-8b")
-    row = e.row(1, 32 * K)
-    # Decode reads every weight except the untied input embedding's rows other than the one token looked up.
-    weights = 8_030_261_248 * BF16 - (128256 - 1) * 4096 * BF16
+# The H100 SXM preset's kernels (kvplan.hardware.KERNELS, fitted to aiconfigurator's vLLM tables):
+PEAK, HBM = 989.4e12, 3.35e12
+GEMM_C, GEMM_B, GEMM_CALL = 0.794, 0.860, 3.2e-6  # bf16 GEMM: compute, bandwidth, seconds per call
+ATTN_C, ATTN_HALF = 0.779, 2159  # prefill attention at 128-wide heads: e(L) = 0.779 L / (L + 2159)
+DECODE_B, DECODE_CALL = 0.860, 11.0e-6
+ELEM_B, ELEM_CALL = 0.8, 3e-6
+LLAMA_8B_WEIGHTS = 8_030_261_248
+LLAMA_8B_ELEMENTWISE = BF16 * (10 * 4096 + 3 * 14336)  # bytes per token per layer: norms, adds, activation
+
+
+def test_decode_roofline_per_operation_by_hand():
+    # One sequence, 32k context on an H100 SXM: every operation streams its bytes.
+    row = est("llama-3.1-8b").row(1, 32 * K)
+    lm_head = LLAMA_8B_LM_HEAD * BF16
+    # Dense GEMMs read every weight but the LM head and the untied embedding's rows other than the one looked up.
+    dense = LLAMA_8B_WEIGHTS * BF16 - (128256 - 1) * 4096 * BF16 - lm_head
+    gemm = 4 * 32 * GEMM_CALL + max(2 * LLAMA_8B_LINEAR / (PEAK * GEMM_C), dense / (HBM * GEMM_B))
     cache = 131072 * 32 * K
-    memory_s = (weights + cache) / (3.35e12 * 0.85)
-    compute_s = (2 * LLAMA_8B_LINEAR + 2 * LLAMA_8B_LM_HEAD + 32 * 4 * 32 * 128 * 32 * K) / (989.4e12 * 0.7)
-    assert memory_s > compute_s
-    assert row["decode_seconds_per_token"] == pytest.approx(memory_s, rel=1e-12)
-    assert row["decode_usd_per_mtok"] == pytest.approx(2.99 / 3600 * memory_s * 1e6, rel=1e-12)
+    attention = 32 * DECODE_CALL + max(32 * 4 * 32 * 128 * 32 * K / (PEAK * ATTN_C), cache / (HBM * DECODE_B))
+    elementwise = 4 * 32 * ELEM_CALL + 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
+    logits = GEMM_CALL + max(2 * LLAMA_8B_LM_HEAD / (PEAK * GEMM_C), (lm_head + 128256 * 4) / (HBM * GEMM_B))
+    assert row["decode_gemm_seconds"] == pytest.approx(gemm, rel=1e-12)
+    assert row["decode_attention_seconds"] == pytest.approx(attention, rel=1e-12)
+    assert row["decode_elementwise_seconds"] == pytest.approx(elementwise, rel=1e-12)
+    assert row["decode_logits_seconds"] == pytest.approx(logits, rel=1e-12)
+    assert row["decode_moe_seconds"] == row["decode_indexer_seconds"] == row["decode_communication_seconds"] == 0
+    seconds = gemm + attention + elementwise + logits
+    assert row["decode_seconds_per_token"] == pytest.approx(seconds, rel=1e-12)
+    assert row["decode_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds * 1e6, rel=1e-12)
 
 
-def test_prefill_roofline_is_compute_bound_and_priced_per_token():
+def test_prefill_roofline_per_operation_by_hand():
     e = est("llama-3.1-8b")
     row = e.row(1, 32 * K)
-    flops = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD) + 32 * 4 * 32 * 128 * causal_pairs(32 * K)
+    attention_flops = 32 * 4 * 32 * 128 * causal_pairs(32 * K)
+    flops = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD) + attention_flops
     assert row["prefill_flops"] == flops
-    seconds = flops / (989.4e12 * 0.7)
+    gemm = 4 * 32 * GEMM_CALL + 2 * 32 * K * LLAMA_8B_LINEAR / (PEAK * GEMM_C)  # compute bound
+    efficiency = ATTN_C * 32 * K / (32 * K + ATTN_HALF)  # 128-wide heads: no head-shape factor
+    attention = attention_flops / (PEAK * efficiency)
+    elementwise = 4 * 32 * ELEM_CALL + 32 * K * 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
+    lm_head = LLAMA_8B_LM_HEAD * BF16
+    logits = GEMM_CALL + max(2 * LLAMA_8B_LM_HEAD / (PEAK * GEMM_C), (lm_head + 128256 * 4) / (HBM * GEMM_B))
+    for name, seconds in (("gemm", gemm), ("attention", attention), ("elementwise", elementwise), ("logits", logits)):
+        assert row[f"prefill_{name}_seconds"] == pytest.approx(seconds, rel=1e-12), name
+    seconds = gemm + attention + elementwise + logits
     assert row["prefill_seconds"] == pytest.approx(seconds, rel=1e-12)
     assert row["prefill_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds / (32 * K) * 1e6, rel=1e-12)
 
 
 def test_fp8_weights_run_linear_layers_at_the_fp8_rate():
-    # fp8 weights on an H100: linear FLOPs at 1978.9 TFLOP/s x 0.7, attention still at the bf16 rate.
-    e = est("llama-3.1-8b", weight_dtype="fp8")
-    row = e.row(1, 32 * K)
-    linear = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD)
-    attention = 32 * 4 * 32 * 128 * causal_pairs(32 * K)
-    seconds = linear / (1978.9e12 * 0.7) + attention / (989.4e12 * 0.7)
-    assert row["prefill_seconds"] == pytest.approx(seconds, rel=1e-12)
-    # An A100 has no fp8 units: its fp8 weights multiply at the bf16 rate.
+    # fp8 weights on an H100: dense GEMMs at 1978.9 TFLOP/s x 0.532 (the fp8 GEMM kernel), attention at bf16's.
+    row = est("llama-3.1-8b", weight_dtype="fp8").row(1, 32 * K)
+    assert row["prefill_gemm_seconds"] == pytest.approx(4 * 32 * 5.9e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (1978.9e12 * 0.532),
+                                                        rel=1e-12)
+    # An A100 has no fp8 units: its fp8 weights multiply at its bf16 GEMM's rate (0.910 of 312 TFLOP/s).
     a100 = est("llama-3.1-8b", gpu="a100-80gb", weight_dtype="fp8").row(1, 32 * K)
-    assert a100["prefill_seconds"] == pytest.approx((linear + attention) / (312e12 * 0.7), rel=1e-12)
+    assert a100["prefill_gemm_seconds"] == pytest.approx(4 * 32 * 4.4e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (312e12 * 0.910),
+                                                         rel=1e-12)
+
+
+def test_dsa_prefill_prices_indexer_topk_and_latent_reads():
+    # deepseek-v3.2-exp on one H100 at 8k: the indexer (64 heads x 128, fp8) scores every visible key on every
+    # tp rank; top-k reads 4 bytes per score; each query reads min(position + 1, 2048) latent rows of 576 x 2 bytes.
+    row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
+    scores = 61 * causal_pairs(8 * K)
+    indexer = 61 * 0.0 + scores * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.276)
+    topk = scores * 4 / (HBM * 0.087)
+    assert row["prefill_indexer_seconds"] == pytest.approx(indexer + topk, rel=1e-12)
+    latent_reads = 61 * keys_attended_sum(8 * K, 2048) * 576 * BF16 / (HBM * 0.417)
+    dense_part = row["prefill_attention_seconds"] - latent_reads
+    assert 0 < dense_part < latent_reads  # the rest: the MLA FLOPs of its 16 heads per GPU
 
 
 def test_naive_attention_score_matrix_is_quadratic():
     # Naive attention adds one layer's scores and probabilities: 2 x heads x L^2 elements of 2 bytes.
-    flash, naive = est("llama-3.1-8b"), est("llama-3.1-8b", flash=False)
+    flash, naive = est("llama-3.1-8b", prefill_chunk=0), est("llama-3.1-8b", flash=False, prefill_chunk=0)
     for length in (4 * K, 32 * K):
         extra = naive.activation_bytes_per_gpu(1, length) - flash.activation_bytes_per_gpu(1, length)
         # The scores live in the attention phase (q, k, v, rotated q and k, output: 3 x 32 x 128 + 3 x 8 x 128
@@ -410,7 +447,9 @@ def test_whole_deployment_counts_weights_tensor_parallelism_replicates():
     assert e.weights_bytes_all_gpus == 8 * model.stage_params(0, 61, 8) * BF16 == 8 * e.weights_bytes_per_gpu
     assert e.weights_bytes_all_gpus > e.weights_bytes
     row = e.row(1, 4 * K)
-    assert row["total_bytes"] == e.weights_bytes_all_gpus + row["kv_cache_bytes"] + row["activation_bytes"]
+    # Each GPU's runtime reserve: 512 MiB of CUDA context + 392 MB of NCCL buffers (8 GPUs).
+    reserve = 8 * (512 * 2**20 + 411041792)
+    assert row["total_bytes"] == e.weights_bytes_all_gpus + row["kv_cache_bytes"] + row["activation_bytes"] + reserve
 
 
 def test_byte_amounts_take_an_exponent():
@@ -433,3 +472,18 @@ def test_encoders_attend_both_ways_and_decode_nothing():
     assert row["decode_seconds_per_token"] is None and row["decode_usd_per_mtok"] is None
     with pytest.raises(InputError, match="encoder"):
         e.decode_step(1, L)
+
+
+def test_moe_grouped_gemm_by_hand():
+    # deepseek-v3, fp8 weights on 8 H200s (tp 8, experts split over tp): a 4k prompt. Each of 58 MoE layers runs
+    # 2 grouped GEMMs over its 256 experts, each 2048 / 8 = 256 wide per GPU: the H200's fp8 grouped GEMM (0.310
+    # of peak at 2048 wide) scaled to e_max = 0.310 x (2048 + 372) / 2048, then by 256 / (256 + 372).
+    from kvplan.parallel import experts_touched
+
+    row = est("deepseek-v3", gpu="h200", gpus=8, weight_dtype="fp8").row(1, 4 * K, 4 * K)
+    efficiency = 0.310 * (2048 + 372) / 2048 * 256 / (256 + 372)
+    expert = 3 * 7168 * 2048  # fp8: one byte each
+    flops = 4 * K * 58 * 8 * 2 * expert / 8
+    read = 58 * experts_touched(256, 8, 4 * K) * expert / 8
+    seconds = 2 * 58 * 6.1e-6 + max(flops / (1978.9e12 * efficiency), read / (4.8e12 * 0.634))
+    assert row["prefill_moe_seconds"] == pytest.approx(seconds, rel=1e-12)

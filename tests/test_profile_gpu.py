@@ -36,8 +36,8 @@ def test_calibrate_on_the_gpu(tmp_path, run_cli, run_json):
     assert code == 0, err
     profile = json.loads(path.read_text())
     gpu = profile["gpu"]
-    for key in ("compute_efficiency", "bandwidth_efficiency", "attention_efficiency"):
-        assert 0 < gpu[key] <= 1
+    for kind in ("gemm", "prefill_attention", "decode_attention", "elementwise"):
+        assert 0 < gpu["kernels"][kind]["bandwidth"] <= 1 and 0 < gpu["kernels"][kind]["compute"] <= 1
     assert 0 < profile["measured"]["copy_efficiency"] <= 1.05
     (row,) = run_json("estimate", "-m", "llama-3.1-8b", "--hardware-profile", str(path))
     assert row["gpu"] == gpu["name"]

@@ -17,7 +17,7 @@ from typing import Callable, List, Optional
 import typer
 
 from ..dtypes import FORMATS
-from ..hardware import DEFAULT_BANDWIDTH_EFFICIENCY, DEFAULT_COMPUTE_EFFICIENCY, GPU_ALIASES, GPUS
+from ..hardware import GPU_ALIASES, GPUS
 from ..output import Column, Report, emit
 from ..recast import recast_help
 from ..units import InputError
@@ -56,9 +56,10 @@ class DeploymentOptions:
     attention: tuple[str, ...] = ()  # --attention values as given (each may hold several comma-separated specs)
     weight_dtype: str = "bf16"
     block_size: int = 0
-    reserve: str = "0"
+    reserve: str = "auto"
     naive_attention: bool = False
-    prefill_chunk: str = "0"
+    prefill_chunk: str = "8k"
+    gpu_memory_utilization: float = 0.9
     hardware_profile: Optional[str] = None
     gpu_set: tuple[str, ...] = ()  # FIELD=VALUE overrides
     usd_per_hour: Optional[float] = None
@@ -89,8 +90,9 @@ class DeploymentOptions:
         return dict(model=self.model, gpu=self.gpu, attention=split_specs(self.attention) or None,
                     kv_dtype=self.kv_dtypes(), gpus=self.gpus, pp=self.pp, dp=self.dp, ep=self.ep,
                     gpus_per_node=gpus_per_node, overlap=self.overlap, weight_dtype=self.weight_dtype,
-                    block_size=self.block_size, reserve=parse_bytes(self.reserve, "--reserve", minimum=0),
-                    flash=not self.naive_attention,
+                    block_size=self.block_size,
+                    reserve=self.reserve if self.reserve == "auto" else parse_bytes(self.reserve, "--reserve", minimum=0),
+                    flash=not self.naive_attention, memory_utilization=self.gpu_memory_utilization,
                     hardware_profile=self.hardware_profile,
                     prefill_chunk=parse_tokens(chunk, "--prefill-chunk") if chunk != "0" else 0,
                     **{**overrides, **named})
@@ -135,14 +137,18 @@ _DECLARED: dict[str, tuple] = {
     "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {"metavar": "FORMAT"}),
     "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.",
                    {"min": 0, "metavar": "TOKENS"}),
-    "reserve": (str, ("--reserve",), "Memory held back per GPU for the CUDA context and workspaces, e.g. 1GiB (a "
-                "bare number is bytes).", {"metavar": "SIZE"}),
+    "reserve": (str, ("--reserve",), "Memory held back per GPU for the runtime, e.g. 1GiB (a bare number is bytes); "
+                "'auto': the CUDA context (512 MiB) plus NCCL's buffers with several GPUs (342 MB on 2, 392 MB on 4+, "
+                "aiconfigurator's figures).", {"metavar": "SIZE"}),
+    "gpu_memory_utilization": (float, ("--gpu-memory-utilization",), "Fraction of each GPU's memory the engine may "
+                               "use, as vLLM's --gpu-memory-utilization (default 0.9).",
+                               {"min": 0.01, "max": 1.0, "metavar": "FRACTION"}),
     "naive_attention": (bool, ("--naive-attention",), "Attention materialises the score matrix (memory quadratic in "
                         "context).", {}),
     "prefill_chunk": (str, ("--prefill-chunk",), "Chunked prefill: tokens per prefill forward across the batch (e.g. "
-                      "8k, as vLLM's max_num_batched_tokens); bounds activation memory. 0 = whole prompts at once. "
-                      "Not cost's --chunk-per-sequence (tokens per sequence of each priced prefill chunk).",
-                      {"metavar": "TOKENS"}),
+                      "8k, vLLM's default max_num_batched_tokens, the default); bounds activation memory. 0 = whole "
+                      "prompts at once. Not cost's --chunk-per-sequence (tokens per sequence of each priced prefill "
+                      "chunk).", {"metavar": "TOKENS"}),
     "hardware_profile": (Optional[str], ("--hardware-profile",), "JSON file replacing datasheet figures: a `kvplan "
                          "calibrate` profile, or an object of GPU fields (memory_bytes, bandwidth_bytes_per_s, "
                          "bf16_flops and fp8_flops in FLOP/s, link_bytes_per_s, usd_per_hour, compute_efficiency, "
@@ -153,10 +159,12 @@ _DECLARED: dict[str, tuple] = {
                 "usd_per_hour=2.5 ($).", {"metavar": "FIELD=VALUE"}),
     "usd_per_hour": (Optional[float], ("--usd-per-hour",), "Price of one GPU-hour in $ (default: the preset's).",
                      {"metavar": "USD"}),
-    "compute_efficiency": (Optional[float], ("--compute-efficiency",), f"Fraction of dense bf16 FLOP/s reached "
-                           f"(default {DEFAULT_COMPUTE_EFFICIENCY}).", {"metavar": "FRACTION"}),
-    "bandwidth_efficiency": (Optional[float], ("--bandwidth-efficiency",), f"Fraction of memory bandwidth reached "
-                             f"(default {DEFAULT_BANDWIDTH_EFFICIENCY}).", {"metavar": "FRACTION"}),
+    "compute_efficiency": (Optional[float], ("--compute-efficiency",), "Fraction of peak FLOP/s that every "
+                           "operation reaches, replacing the GPU's per-operation figures (default: each operation's; "
+                           "`kvplan gpus --json`).", {"metavar": "FRACTION"}),
+    "bandwidth_efficiency": (Optional[float], ("--bandwidth-efficiency",), "Fraction of memory bandwidth that "
+                             "every operation reaches, replacing the GPU's per-operation figures (default: each "
+                             "operation's).", {"metavar": "FRACTION"}),
 }
 _OUTPUT: dict[str, tuple] = {
     "as_json": (bool, ("--json",), "Print a JSON list of flat objects, one per row.", {}),

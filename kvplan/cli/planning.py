@@ -30,7 +30,9 @@ def _usd(value) -> str:
     return "-" if value is None else f"{value:,.3f}"
 
 
-def _count(value: int) -> str:
+def _count(value: int | None) -> str:
+    if value is None:
+        return "any"
     return f"{value:,}" if value else "[red]none[/]"
 
 
