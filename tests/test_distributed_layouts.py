@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from kvplan.hardware import GPUS
 from kvplan.kinds import DenseAttention
 from kvplan.model import FeedForward, Model
 from kvplan.units import InputError
@@ -28,6 +29,8 @@ from kvplan.profilers import distributed as dist_mod  # noqa: E402
 F64 = 8  # bytes per float64 element
 D, K, EXPERT, SHARED = 16, 2, 8, 24  # d_model, experts per token, expert width, shared experts' width
 LINK, LATENCY = 450e9, 5e-6  # h100-sxm's GPU link (bytes/s one way) and kvplan.parallel's link latency
+# The Estimator runs collectives at the communication kernel's fraction of the link (kvplan.hardware's H100 figures).
+COMM = GPUS["h100-sxm"].kernels.communication.bandwidth
 
 
 def moe(n_experts: int) -> Model:
@@ -101,7 +104,7 @@ def test_communication_estimates_by_hand(rows, name):
         assert row["all_to_all_seconds_estimate"] == pytest.approx(by_hand, rel=1e-12)
         copies = (tokens + 1) // 2 * K * D
         assert row["estimator_seconds"] == pytest.approx(
-            copies * (1 + 4 / 128) / 2 / LINK + LATENCY + copies * 2 / 2 / LINK + LATENCY, rel=1e-12)
+            copies * (1 + 4 / 128) / 2 / (LINK * COMM) + LATENCY + copies * 2 / 2 / (LINK * COMM) + LATENCY, rel=1e-12)
 
 
 def test_data_parallel_attention(rows):

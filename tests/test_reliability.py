@@ -141,8 +141,9 @@ WARNED = [
     (["estimate", *M, "--gpus", "4096"], "tp=4096 is more GPUs than its 32 attention heads",
      lambda rows: rows[0]["tp"] == 4096),
     (["estimate", "--model", "{tiny}", "--hardware-profile", "{complete-gpu}"],
-     "new GPU 'new-gpu'): defaults for what the file leaves out: attention_efficiency=compute_efficiency's, "
-     "bandwidth_efficiency=0.85, compute_efficiency=0.7, gpus_per_node=8, network_bytes_per_s=5e+10",
+     "new GPU 'new-gpu'): defaults for what the file leaves out: attention_efficiency=each operation's own "
+     "(kernels), bandwidth_efficiency=each operation's own (kernels), compute_efficiency=each operation's own "
+     "(kernels), gpus_per_node=8, kernels=the H100 SXM's per-operation fractions, network_bytes_per_s=5e+10",
      lambda rows: rows[0]["gpu"] == "new-gpu" and rows[0]["gpu_memory_bytes"] == 80 * 10**9),
 ]
 
