@@ -61,7 +61,8 @@ def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
     prefill_query_chunk (DSA), else one prompt x prompt call, or for a window shorter than the prompt chunks of
     window_chunk(window) queries (kvplan.models.common.attend_prefill), each chunk against the keys it can
     see; a key selector (DSA's indexer) scores every visible key and attention takes a fixed
-    min(visible, top-k) keys per query."""
+    min(visible, top-k) keys per query. Recurrent layers as in the estimate, less their triangular solves
+    (torch.linalg.solve_triangular, which FlopCounterMode does not count)."""
     attention = est.model.attention
     topk = attention.sparse_topk
     total = 0
@@ -71,4 +72,7 @@ def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
         per_layer = (est.pair_flops["prefill"] * _chunked_pairs(prompt, chunk, window, topk)
                      + est.indexer_pair_flops * _chunked_pairs(prompt, chunk, window))
         total += layers * (per_layer + est.token_flops["prefill"] * prompt)
+    if est.model.is_hybrid:
+        recurrent = est.model.recurrent
+        total += len(est.model.recurrent_layer_ids) * (recurrent.prefill_flops(prompt) - recurrent.solve_flops(prompt))
     return est.prefill_linear_flops(batch, prompt) + batch * total

@@ -30,14 +30,14 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2, tor
 
 # --- building and running the layers ---------------------------------------------------------------------
 def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[str, torch.Tensor]]:
-    """Weights of the unsharded attention layers, drawn on the host as kvplan.models.build draws them (matrices
-    N(0, 1/fan_in), biases zero, norms one), so every rank with the same seed holds the same full layers."""
+    """Weights of the unsharded mixers (Model.mixers: attention and recurrent layers), drawn on the host as
+    kvplan.models.build draws them (matrices N(0, 1/fan_in), biases zero, norms one), so every rank with the same
+    seed holds the same full layers."""
     generator = torch.Generator().manual_seed(seed)
     states = []
-    for window in desc.layer_windows:
-        layer = layer_class(desc.attention)(desc.attention, desc.d_model, window, 1, 1,
-                                            Rope(desc.attention.rope_dim, 1), torch.float32,
-                                            dtype=dtype)  # a 1-token cache: only the weights matter
+    for kind, window in desc.mixers():
+        layer = layer_class(kind)(kind, desc.d_model, window, 1, 1, Rope(desc.attention.rope_dim, 1), torch.float32,
+                                  dtype=dtype)  # a 1-token cache: only the weights matter
         with torch.no_grad():
             for name, param in layer.named_parameters():
                 if name.endswith("bias"):
@@ -48,12 +48,13 @@ def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[s
     return states
 
 
-def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int, cache_dtype: torch.dtype,
+def build_layers(desc: Model, specs: list, states: list[dict], batch: int, context: int, cache_dtype: torch.dtype,
                  dtype: torch.dtype, device: torch.device) -> list[torch.nn.Module]:
-    """Attention layers of kind `spec` (a shard or the full layer) with caches for batch x context, loaded from states."""
-    rope = Rope(spec.rope_dim, context, device=device, convention=desc.rope_convention)
+    """desc's mixers, each of the kind in `specs` (a shard or the full layer), with caches for batch x context,
+    loaded from states."""
+    rope = Rope(desc.attention.rope_dim, context, device=device, convention=desc.rope_convention)
     layers = []
-    for window, state in zip(desc.layer_windows, states):
+    for spec, (_, window), state in zip(specs, desc.mixers(), states):
         layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, dtype=dtype,
                                   device=device)
         layer.load_state_dict(state, strict=True)  # a slice of the wrong shape or a missing weight fails here
@@ -63,10 +64,12 @@ def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int
 
 def shard_layers(desc: Model, tp: int, rank: int, batch: int, context: int, cache_dtype: torch.dtype,
                  dtype: torch.dtype, device, seed: int) -> list[torch.nn.Module]:
-    """Rank `rank`'s shard under `tp` of the attention layers full_layer_states draws from `seed`, with caches
-    for batch x context."""
-    states = [shard_state(desc.attention, s, tp, rank) for s in full_layer_states(desc, dtype, seed)]
-    return build_layers(desc, shard_spec(desc.attention, tp), states, batch, context, cache_dtype, dtype, device)
+    """Rank `rank`'s shard under `tp` of the mixers full_layer_states draws from `seed`, with caches for
+    batch x context."""
+    kinds = [kind for kind, _ in desc.mixers()]
+    states = [shard_state(kind, s, tp, rank) for kind, s in zip(kinds, full_layer_states(desc, dtype, seed))]
+    return build_layers(desc, [shard_spec(kind, tp) for kind in kinds], states, batch, context, cache_dtype, dtype,
+                        device)
 
 
 def cache_bytes(layers: list[torch.nn.Module]) -> int:
@@ -165,7 +168,7 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
         runtime = torch.cuda.memory_allocated(device)
     layers = shard_layers(desc, tp, rank, job.batch, job.context, cache_dtype, job.dtype, device, job.seed)
     # RoPE tables (fp32 cos and sin per position) are the harness's, outside the estimate: measured, then left out.
-    rope = {id(t): t.nbytes for layer in layers for t in (layer.rope.cos, layer.rope.sin)}
+    rope = {id(t): t.nbytes for layer in layers if hasattr(layer, "rope") for t in (layer.rope.cos, layer.rope.sin)}
     rope_bytes = sum(rope.values())
     if cuda:  # weights, cache and RoPE tables; the input hidden states count as activations, as the estimate's do
         torch.cuda.synchronize(device)
@@ -200,8 +203,9 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
 def reference_output(job: Job, device: torch.device) -> torch.Tensor:
     """The unsharded layers on the same inputs (rank 0, after the shards are freed)."""
     cache_dtype, _ = cache_format(job.kv_dtype, job.dtype)
-    layers = build_layers(job.desc, job.desc.attention, full_layer_states(job.desc, job.dtype, job.seed), job.batch,
-                          job.context, cache_dtype, job.dtype, device)
+    layers = build_layers(job.desc, [kind for kind, _ in job.desc.mixers()],
+                          full_layer_states(job.desc, job.dtype, job.seed), job.batch, job.context, cache_dtype,
+                          job.dtype, device)
     prompt, steps = inputs(job.desc, job.batch, job.context, job.decode_steps, job.dtype, device, job.seed)
     return run_layers(layers, prompt, steps, lambda out: None)
 
@@ -251,7 +255,8 @@ def run_jobs(jobs: list[Job], device: torch.device, progress: bool = False, on_r
     rows to on_rows as they finish, so a run killed later loses nothing done)."""
     tp = dist.get_world_size()
     for job in jobs:  # fail on every rank alike, before any collective, on a layer that cannot be split
-        shard_spec(job.desc.attention, tp)
+        for kind, _ in job.desc.mixers():
+            shard_spec(kind, tp)
     rows: list[dict] = []
     bar = None
     if progress and dist.get_rank() == 0:
