@@ -219,6 +219,9 @@ class Estimator:
             attention_phase += self.model.attention.prefill_scratch_bytes(batch, prompt, in_flight, self._act_bytes,
                                                                           self.deployment.tp, flash)
         recurrent_phase = in_flight * self._recurrent_phase_per_token
+        if self.model.is_hybrid:
+            recurrent_phase += self.model.recurrent.prefill_scratch_bytes(batch, prompt, in_flight, self._act_bytes,
+                                                                          self.deployment.tp, flash)
         ffn_phase = in_flight * self._ffn_phase_per_token
         logits = batch * ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
         return whole(maximum(attention_phase, recurrent_phase, ffn_phase) + logits)

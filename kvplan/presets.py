@@ -229,7 +229,7 @@ _CACHE: dict[str, Model] = {}
 def preset_rows() -> list[dict]:
     """One row per preset for `kvplan models`: name, family, attention, depth, parameter counts (params: every
     weight; active_params: all but the routed experts a token does not select, embeddings counted), MoE shape,
-    bf16 cache bytes per token and the source."""
+    bf16 cache bytes per token, bf16 recurrent state bytes per sequence (hybrids) and the source."""
     from .estimator import Deployment, Estimator
     from .hardware import GPUS
 
@@ -239,10 +239,11 @@ def preset_rows() -> list[dict]:
         ffn = m.ffn
         experts = (f"{ffn.n_active_experts}/{ffn.n_experts}" + (" + shared" if ffn.shared_width() else "")
                    if ffn.is_moe else "")
-        kv_bytes = Estimator(m, Deployment(GPUS["h100-sxm"])).kv_bytes_per_token  # bf16 cache, one GPU
+        est = Estimator(m, Deployment(GPUS["h100-sxm"]))  # bf16 cache and state, one GPU
         rows.append({"name": name, "architecture": m.architecture, "attention": m.kind_label, "layers": m.n_layers,
                      "d_model": m.d_model, "params": m.total_params(), "active_params": m.active_params(),
-                     "experts": experts, "kv_bytes_per_token_bf16": kv_bytes, "max_positions": m.max_positions,
+                     "experts": experts, "kv_bytes_per_token_bf16": est.kv_bytes_per_token,
+                     "state_bytes_per_sequence_bf16": est.state_bytes_per_sequence, "max_positions": m.max_positions,
                      "source": m.source})
     return rows
 

@@ -22,7 +22,7 @@ from torch import nn
 from kvplan.kinds import GatedDeltaNet
 
 from .common import Rope, head_block
-from .recurrent import StateMixin, accumulation, causal_conv, conv_step, gated_rms_norm, state_dtype
+from .recurrent import StateMixin, accumulation, causal_conv, conv_step, gated_rms_norm_, state_dtype
 
 try:  # optional: flash-linear-attention's Triton kernels, used on CUDA only
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule as fla_chunk
@@ -37,37 +37,33 @@ def fla_serves(x: torch.Tensor) -> bool:
 
 def chunk_gated_delta_rule(q, k, v, g, beta, chunk: int, state: torch.Tensor | None = None):
     """q, k [B, T, H, dk] (per value head, normalised and scaled), v [B, T, H, dv], log decay g and write strength
-    beta [B, T, H], the incoming state [B, H, dk, dv] (None: zeros) -> (out [B, T, H, dv], final state)."""
+    beta [B, T, H], the incoming state [B, H, dk, dv] (None: zeros) -> (out [B, T, H, dv] in v's dtype, final
+    state in the accumulation dtype).
+
+    Chunk after chunk (the last one may be shorter), each chunk's slice taken to the accumulation dtype on its
+    own: one chunk's C x C matrices and copies exist at a time (GatedDeltaNet.prefill_scratch_bytes)."""
     B, T, H, dk = k.shape
-    dv, acc = v.size(-1), accumulation(q.dtype)
-    pad = -T % chunk
-    n = (T + pad) // chunk
-
-    def chunked(t: torch.Tensor) -> torch.Tensor:  # [B, T, H, ...] -> [B, H, n, chunk, ...] in acc, zero-padded
-        t = t.to(acc).movedim(2, 1)
-        t = F.pad(t, (0, 0, 0, pad)) if t.dim() == 4 else F.pad(t, (0, pad))
-        return t.unflatten(2, (n, chunk))
-
-    q, k, v, g, beta = (chunked(t) for t in (q, k, v, g, beta))
-    g = g.cumsum(-1)  # cumulative log decay inside each chunk; padded tokens decay nothing and write nothing
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=q.device).tril()
-    decay = (g.unsqueeze(-1) - g.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [B, H, n, C, C]
-    k_beta = k * beta.unsqueeze(-1)
-    system = (k_beta @ k.transpose(-1, -2)) * decay  # its strictly lower part; the solve takes a unit diagonal
-    rhs = torch.cat([v * beta.unsqueeze(-1), k_beta * g.exp().unsqueeze(-1)], dim=-1)
-    u, w = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True).split((dv, dk), dim=-1)
-    del system, rhs, k_beta
-    scores = (q @ k.transpose(-1, -2)) * decay
-    q = q * g.exp().unsqueeze(-1)
-    k = k * (g[..., -1:] - g).exp().unsqueeze(-1)
-    chunk_decay = g[..., -1].exp()[..., None, None]  # [B, H, n, 1, 1]
-    S = q.new_zeros(B, H, dk, dv) if state is None else state.to(acc)
-    out = q.new_empty(B, H, n, chunk, dv)
-    for i in range(n):
-        v_new = u[:, :, i] - w[:, :, i] @ S
-        out[:, :, i] = q[:, :, i] @ S + scores[:, :, i] @ v_new
-        S = S * chunk_decay[:, :, i] + k[:, :, i].transpose(-1, -2) @ v_new
-    return out.flatten(2, 3)[:, :, :T].movedim(1, 2), S
+    acc = accumulation(q.dtype)
+    S = q.new_zeros(B, H, dk, v.size(-1), dtype=acc) if state is None else state.to(acc)
+    out = torch.empty_like(v)
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        qi, ki, vi, gi, bi = (t[:, start:end].movedim(1, 2).to(acc) for t in (q, k, v, g, beta))  # [B, H, C, ...]
+        gi = gi.cumsum(-1)  # cumulative log decay inside the chunk
+        causal = torch.ones(end - start, end - start, dtype=torch.bool, device=q.device).tril()
+        decay = (gi.unsqueeze(-1) - gi.unsqueeze(-2)).masked_fill_(~causal, float("-inf")).exp_()  # [B, H, C, C]
+        k_beta = ki * bi.unsqueeze(-1)
+        system = (k_beta @ ki.transpose(-1, -2)).mul_(decay)  # its strictly lower part; the solve's diagonal is 1
+        rhs = torch.cat([vi * bi.unsqueeze(-1), k_beta.mul_(gi.exp().unsqueeze(-1))], dim=-1)
+        u, w = torch.linalg.solve_triangular(system, rhs, upper=False, unitriangular=True).split((vi.size(-1), dk), -1)
+        del system, rhs, k_beta, vi
+        v_new = u - w @ S
+        scores = (qi @ ki.transpose(-1, -2)).mul_(decay)
+        out[:, start:end] = ((qi * gi.exp().unsqueeze(-1)) @ S + scores @ v_new).movedim(1, 2)
+        last = gi[..., -1:]
+        S = S * last.exp().unsqueeze(-1)
+        S += (ki * (last - gi).exp().unsqueeze(-1)).transpose(-1, -2) @ v_new
+    return out, S
 
 
 def gated_delta_step(q, k, v, g, beta, state: torch.Tensor):
@@ -83,7 +79,8 @@ def gated_delta_step(q, k, v, g, beta, state: torch.Tensor):
 
 
 def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+    """x / sqrt(|x|^2 + eps) over the last dimension: one new tensor the size of x."""
+    return x * torch.rsqrt(torch.linalg.vector_norm(x, dim=-1, keepdim=True).square_().add_(eps))
 
 
 class GatedDeltaNetLayer(nn.Module, StateMixin):
@@ -104,30 +101,36 @@ class GatedDeltaNetLayer(nn.Module, StateMixin):
         self.hold("recurrent_state", (max_batch, h, dk, dv), state_dtype(spec, compute), device)
         self.hold("conv_state", (max_batch, spec.conv_kernel - 1, self.conv_dim), compute, device)
 
-    def _inputs(self, x: torch.Tensor, conv_out: torch.Tensor, ba: torch.Tensor):
-        """q, k (repeated to the value heads), v, the log decay g and beta from the convolved q/k/v channels."""
+    def _per_value_head(self, t: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """Key-head vectors [B, T, key heads * dk] normalised, scaled and repeated to the value heads they serve."""
         s = self.spec
-        B, T, _ = x.shape
-        q, k, v = F.silu(conv_out).split((s.n_key_heads * s.key_head_dim,) * 2 + (s.n_heads * s.head_dim,), -1)
+        t = l2_normalize(t.unflatten(-1, (s.n_key_heads, -1))).mul_(scale)
         group = s.n_heads // s.n_key_heads
-        q = l2_normalize(q.view(B, T, s.n_key_heads, -1)).repeat_interleave(group, 2) * s.key_head_dim ** -0.5
-        k = l2_normalize(k.view(B, T, s.n_key_heads, -1)).repeat_interleave(group, 2)
+        return t.repeat_interleave(group, 2) if group > 1 else t
+
+    def _inputs(self, conv_out: torch.Tensor, ba: torch.Tensor):
+        """q, k (per value head), v, the log decay g and beta from the convolved q/k/v channels (silu applied in
+        place)."""
+        s = self.spec
+        q, k, v = F.silu(conv_out, inplace=True).split((s.n_key_heads * s.key_head_dim,) * 2 + (s.n_heads * s.head_dim,), -1)
+        q = self._per_value_head(q, s.key_head_dim ** -0.5)
+        k = self._per_value_head(k)
         b, a = ba.split(s.n_heads, -1)
-        g = -self.A_log.exp() * F.softplus(a + self.dt_bias)
-        return q, k, v.view(B, T, s.n_heads, -1), g, torch.sigmoid(b)
+        acc = accumulation(a.dtype)  # the log decay in fp32 (fp64 for an fp64 model), as the kernels take it
+        g = -self.A_log.to(acc).exp() * F.softplus(a.to(acc) + self.dt_bias.to(acc))
+        return q, k, v.unflatten(-1, (s.n_heads, -1)), g, torch.sigmoid(b)
 
     def _output(self, o: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        B, T = z.shape[:2]
-        o = gated_rms_norm(o.to(z.dtype), z.view(B, T, self.spec.n_heads, -1), self.norm_weight)
-        return self.out_proj(o.reshape(B, T, -1))
+        o = gated_rms_norm_(o.to(z.dtype), z.unflatten(-1, (self.spec.n_heads, -1)), self.norm_weight)
+        return self.out_proj(o.flatten(-2))
 
     def prefill(self, x: torch.Tensor, write_cache: bool = True) -> torch.Tensor:
         qkvz = self.in_proj_qkvz(x)
         conv_out, history = causal_conv(qkvz[..., :self.conv_dim], self.conv_weight, None)
-        q, k, v, g, beta = self._inputs(x, conv_out, self.in_proj_ba(x))
+        q, k, v, g, beta = self._inputs(conv_out, self.in_proj_ba(x))
         del conv_out
         if fla_serves(x):
-            o, state = fla_chunk(q, k, v, g, beta, scale=1.0, output_final_state=True)
+            o, state = fla_chunk(q, k, v.contiguous(), g, beta, scale=1.0, output_final_state=True)
         else:
             o, state = chunk_gated_delta_rule(q, k, v, g, beta, self.spec.chunk)
         del q, k, v
@@ -140,7 +143,7 @@ class GatedDeltaNetLayer(nn.Module, StateMixin):
         B = x.size(0)
         qkvz = self.in_proj_qkvz(x)
         conv_out, history = conv_step(qkvz[..., :self.conv_dim], self.conv_weight, None, self.conv_state[:B])
-        q, k, v, g, beta = self._inputs(x, conv_out, self.in_proj_ba(x))
+        q, k, v, g, beta = self._inputs(conv_out, self.in_proj_ba(x))
         o, state = gated_delta_step(q[:, 0], k[:, 0], v[:, 0], g[:, 0], beta[:, 0], self.recurrent_state[:B])
         self.keep("recurrent_state", state)
         self.keep("conv_state", history)

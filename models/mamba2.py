@@ -20,40 +20,39 @@ from torch import nn
 from kvplan.kinds import Mamba2
 
 from .common import Rope, head_block
-from .recurrent import StateMixin, accumulation, causal_conv, conv_step, gated_rms_norm, state_dtype
+from .recurrent import StateMixin, accumulation, causal_conv, conv_step, gated_rms_norm_, state_dtype
 
 
 def chunk_scan(x, dt, A, B_, C_, chunk: int, state: torch.Tensor | None = None):
     """x [B, T, H, P], dt [B, T, H] (after softplus), A [H] (negative), B_, C_ [B, T, G, N], the incoming state
-    [B, H, N, P] (None: zeros) -> (y [B, T, H, P] without the D skip, final state)."""
+    [B, H, N, P] (None: zeros) -> (y [B, T, H, P] in x's dtype, without the D skip; final state in the
+    accumulation dtype).
+
+    Chunk after chunk (the last one may be shorter), each chunk's slice taken to the accumulation dtype on its
+    own: one chunk's C x C matrices and copies exist at a time (Mamba2.prefill_scratch_bytes)."""
     b, T, H, P = x.shape
-    G, acc = B_.size(2), accumulation(x.dtype)
-    pad = -T % chunk
-    n = (T + pad) // chunk
-
-    def chunked(t: torch.Tensor) -> torch.Tensor:  # [B, T, heads, ...] -> [B, heads, n, chunk, ...], zero-padded
-        t = t.to(acc).movedim(2, 1)
-        t = F.pad(t, (0, 0, 0, pad)) if t.dim() == 4 else F.pad(t, (0, pad))
-        return t.unflatten(2, (n, chunk))
-
-    x, dt, B_, C_ = (chunked(t) for t in (x, dt, B_, C_))
-    xdt = x * dt.unsqueeze(-1)  # padded tokens have dt 0: no decay, no input
-    a = (dt * A.to(acc)[:, None, None]).cumsum(-1)  # [b, H, n, C]
-    causal = torch.ones(chunk, chunk, dtype=torch.bool, device=x.device).tril()
-    decay = (a.unsqueeze(-1) - a.unsqueeze(-2)).masked_fill(~causal, float("-inf")).exp()  # [b, H, n, C, C]
-    group = H // G
-    scores = (C_ @ B_.transpose(-1, -2)).repeat_interleave(group, 1) * decay  # one C B^T per group
-    y = scores @ xdt
-    del scores, decay
-    B_, C_ = B_.repeat_interleave(group, 1), C_.repeat_interleave(group, 1)  # [b, H, n, C, N]
-    chunk_states = (B_ * (a[..., -1:] - a).exp().unsqueeze(-1)).transpose(-1, -2) @ xdt  # [b, H, n, N, P]
-    C_ = C_ * a.exp().unsqueeze(-1)
-    chunk_decay = a[..., -1].exp()[..., None, None]
-    S = x.new_zeros(b, H, B_.size(-1), P) if state is None else state.to(acc)
-    for i in range(n):
-        y[:, :, i] += C_[:, :, i] @ S
-        S = S * chunk_decay[:, :, i] + chunk_states[:, :, i]
-    return y.flatten(2, 3)[:, :, :T].movedim(1, 2), S
+    group, acc = H // B_.size(2), accumulation(x.dtype)
+    S = x.new_zeros(b, H, B_.size(-1), P, dtype=acc) if state is None else state.to(acc)
+    y = torch.empty_like(x)
+    for start in range(0, T, chunk):
+        end = min(start + chunk, T)
+        xi, dti, Bi, Ci = (t[:, start:end].movedim(1, 2).to(acc) for t in (x, dt, B_, C_))  # [b, heads, C, ...]
+        xdt = xi * dti.unsqueeze(-1)
+        del xi
+        a = (dti * A.to(acc)[:, None]).cumsum(-1)  # [b, H, C]
+        causal = torch.ones(end - start, end - start, dtype=torch.bool, device=x.device).tril()
+        decay = (a.unsqueeze(-1) - a.unsqueeze(-2)).masked_fill_(~causal, float("-inf")).exp_()  # [b, H, C, C]
+        scores = (Ci @ Bi.transpose(-1, -2)).repeat_interleave(group, 1).mul_(decay)  # one C B^T per group
+        del decay
+        yi = scores @ xdt
+        del scores
+        Bi, Ci = Bi.repeat_interleave(group, 1), Ci.repeat_interleave(group, 1)  # [b, H, C, N]
+        yi += (Ci * a.exp().unsqueeze(-1)) @ S
+        y[:, start:end] = yi.movedim(1, 2)
+        last = a[..., -1:]
+        S = S * last.exp().unsqueeze(-1)
+        S += (Bi * (last - a).exp().unsqueeze(-1)).transpose(-1, -2) @ xdt
+    return y, S
 
 
 def scan_step(x, dt, A, B_, C_, state: torch.Tensor):
@@ -90,17 +89,18 @@ class Mamba2Layer(nn.Module, StateMixin):
     def _split(self, conv_out: torch.Tensor, dt: torch.Tensor):
         """x [B, T, H, P], B and C [B, T, G, N] from the convolved channels; dt after its bias and softplus."""
         s = self.spec
-        x, B_, C_ = F.silu(conv_out).split((self.inner, s.n_groups * s.state_size, s.n_groups * s.state_size), -1)
+        x, B_, C_ = F.silu(conv_out, inplace=True).split((self.inner,) + (s.n_groups * s.state_size,) * 2, -1)
         shape = conv_out.shape[:2]
         return (x.view(*shape, s.n_heads, -1), F.softplus(dt + self.dt_bias), B_.view(*shape, s.n_groups, -1),
                 C_.view(*shape, s.n_groups, -1))
 
-    def _output(self, y: torch.Tensor, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        y = (y + x * self.D.unsqueeze(-1).to(y.dtype)).to(z.dtype).flatten(-2)  # the D skip
+    def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The gate (and the gated norm) on y [B, T, H, P], in place, then the output projection."""
+        y = y.to(z.dtype).flatten(-2)
         if self.spec.gated_norm:
-            y = gated_rms_norm(y, z, self.norm_weight, groups=self.spec.n_groups, norm_before_gate=False)
+            y = gated_rms_norm_(y, z, self.norm_weight, groups=self.spec.n_groups, norm_before_gate=False)
         else:
-            y = y * F.silu(z)
+            y.mul_(F.silu(z))
         return self.out_proj(y)
 
     def prefill(self, x: torch.Tensor, write_cache: bool = True) -> torch.Tensor:
@@ -109,10 +109,12 @@ class Mamba2Layer(nn.Module, StateMixin):
         xs, dt, B_, C_ = self._split(conv_out, dt)
         del conv_out
         y, state = chunk_scan(xs, dt, -self.A_log.exp(), B_, C_, self.spec.chunk)
+        y.addcmul_(xs, self.D.unsqueeze(-1).to(y.dtype))  # the D skip
+        del xs, B_, C_
         if write_cache:
             self.keep("ssm_state", state)
             self.keep("conv_state", history)
-        return self._output(y, xs, z)
+        return self._output(y, z)
 
     def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         b = x.size(0)
@@ -120,9 +122,10 @@ class Mamba2Layer(nn.Module, StateMixin):
         conv_out, history = conv_step(xbc, self.conv_weight, self.conv_bias, self.conv_state[:b])
         xs, dt, B_, C_ = self._split(conv_out, dt)
         y, state = scan_step(xs[:, 0], dt[:, 0], -self.A_log.exp(), B_[:, 0], C_[:, 0], self.ssm_state[:b])
+        y = y.unsqueeze(1).addcmul_(xs.to(y.dtype), self.D.unsqueeze(-1).to(y.dtype))  # the D skip
         self.keep("ssm_state", state)
         self.keep("conv_state", history)
-        return self._output(y.unsqueeze(1), xs, z)
+        return self._output(y, z)
 
     @classmethod
     def shard_state(cls, spec: Mamba2, state: dict[str, torch.Tensor], tp: int, rank: int) -> dict[str, torch.Tensor]:

@@ -57,7 +57,7 @@ def causal_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     k = weight.size(1)
     padded = F.pad(x.transpose(1, 2), (k - 1, 0))  # [B, C, K - 1 + T]
     out = F.conv1d(padded, weight.unsqueeze(1), bias, groups=weight.size(0)).transpose(1, 2)
-    return out, padded[:, :, padded.size(-1) - (k - 1):].transpose(1, 2)
+    return out, padded[:, :, padded.size(-1) - (k - 1):].transpose(1, 2).clone()  # a copy: the input is freed
 
 
 def conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, history: torch.Tensor
@@ -71,15 +71,16 @@ def conv_step(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, 
     return out, window[:, 1:]
 
 
-def gated_rms_norm(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, groups: int = 1,
-                   eps: float = 1e-6, norm_before_gate: bool = True) -> torch.Tensor:
-    """RMSNorm of y [..., D] over `groups` equal groups of channels, scaled by `weight` and gated by silu(gate);
-    with norm_before_gate off the gate multiplies first (Mamba-2's order)."""
+def gated_rms_norm_(y: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor | None, groups: int = 1,
+                    eps: float = 1e-6, norm_before_gate: bool = True) -> torch.Tensor:
+    """In place: RMSNorm of y [..., D] over `groups` equal groups of channels, scaled by `weight` and gated by
+    silu(gate); with norm_before_gate off the gate multiplies first (Mamba-2's order). Holds one temporary the
+    size of y (silu of the gate)."""
     if not norm_before_gate:
-        y = y * F.silu(gate)
+        y.mul_(F.silu(gate))
     grouped = y.unflatten(-1, (groups, -1))
-    grouped = grouped * torch.rsqrt(grouped.pow(2).mean(-1, keepdim=True) + eps)
-    y = grouped.flatten(-2)
+    squares = torch.linalg.vector_norm(grouped, dim=-1, keepdim=True, dtype=accumulation(y.dtype)).square_()
+    grouped.mul_(torch.rsqrt(squares.div_(grouped.size(-1)).add_(eps)).to(y.dtype))
     if weight is not None:
-        y = y * weight
-    return y * F.silu(gate) if norm_before_gate else y
+        y.mul_(weight)
+    return y.mul_(F.silu(gate)) if norm_before_gate else y

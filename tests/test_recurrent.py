@@ -111,8 +111,11 @@ def test_gdn_flops_by_hand():
     per_head_chunk = 2 * c * c * d * 2 + 2 * c * c * d + 3 * 2 * c * d * d  # K K^T, Q K^T, scores V; three state products
     solve = c * (c - 1) * 2 * d  # unit lower-triangular solve for V and K (dk + dv columns)
     conv = 2 * (2 * 16 * 128 + 32 * 128) * 4
-    assert a.prefill_flops(100) == 2 * 32 * (per_head_chunk + solve) + 100 * conv  # 100 tokens: 2 chunks
-    assert a.solve_flops(100) == 2 * 32 * solve
+    r = 100 - c  # 100 tokens: a chunk of 64 and one of 36
+    per_head_rest = 2 * r * r * d * 2 + 2 * r * r * d + 3 * 2 * r * d * d
+    solve_rest = r * (r - 1) * 2 * d
+    assert a.prefill_flops(100) == 32 * (per_head_chunk + solve + per_head_rest + solve_rest) + 100 * conv
+    assert a.solve_flops(100) == 32 * (solve + solve_rest)
     assert a.decode_flops() == 32 * 3 * 2 * d * d + conv
 
 
@@ -211,3 +214,30 @@ def test_norms_and_all_reduces_follow_the_sublayers():
     m = get_preset("nemotron-h-56b")
     assert m.sublayer_count() == m.n_layers == 118
     assert m.norm_params() == 119 * 8192
+
+
+# --- the prefill's working set -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind,d_model", [
+    (GatedDeltaNet(n_heads=8, n_key_heads=4, key_head_dim=32, head_dim=48, chunk=16), 128),
+    (GatedDeltaNet(n_heads=4, n_key_heads=4, key_head_dim=64, head_dim=32, chunk=32), 256),
+    (Mamba2(n_heads=16, head_dim=32, state_size=64, n_groups=4, chunk=16), 256),
+    (Mamba2(n_heads=8, head_dim=64, state_size=32, n_groups=1, chunk=32, gated_norm=False), 192),
+], ids=["gdn-gva", "gdn", "mamba2-groups", "mamba2-ungated-norm"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_prefill_peak_is_the_estimate(kind, d_model, batch):
+    """The tensors one recurrent layer's bf16 prefill holds at its peak (counted as PyTorch hands them out,
+    kvplan.profilers.live), against activation_elements per token (exact) and prefill_scratch_bytes (one chunk's
+    working set): within 5% over 16 chunks."""
+    from kvplan.models.transformer import layer_class
+    from kvplan.models.common import Rope
+    from kvplan.profilers.live import LiveBytes
+
+    layer = layer_class(kind)(kind, d_model, None, batch, 1, Rope(8, 1), torch.bfloat16, dtype=torch.bfloat16)
+    tokens = 16 * kind.chunk
+    x = torch.randn(batch, tokens, d_model, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), LiveBytes() as live:
+        layer.prefill(x)
+    in_flight = batch * tokens
+    estimate = in_flight * 2 * kind.activation_elements() + kind.prefill_scratch_bytes(batch, tokens, in_flight, 2, 1,
+                                                                                        True)
+    assert abs(estimate / live.peak - 1) < 0.05

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..units import InputError, ceil_div
+from ..units import InputError, ceil_div, minimum
 from .base import AttentionKind
 from .recurrent import RecurrentKind
 
@@ -80,31 +80,33 @@ class GatedDeltaNet(RecurrentKind):
                 + 2 * self._heads(tp)[1] + self.head_dim)
 
     # --- FLOPs ------------------------------------------------------------------------------------------------
-    def _solve_per_chunk(self) -> int:
-        c = self.chunk
-        return self.n_heads * c * (c - 1) * (self.key_head_dim + self.head_dim)
+    def chunk_solve_flops(self, length: int) -> int:
+        return self.n_heads * length * (length - 1) * (self.key_head_dim + self.head_dim)
 
-    def chunk_flops(self) -> int:
-        c, dk, dv = self.chunk, self.key_head_dim, self.head_dim
-        return self.n_heads * (2 * c * c * (2 * dk + dv) + 6 * c * dk * dv) + self._solve_per_chunk()
-
-    def solve_flops(self, tokens: int) -> int:
-        return ceil_div(tokens, self.chunk) * self._solve_per_chunk()
+    def chunk_flops(self, length: int) -> int:
+        c, dk, dv = length, self.key_head_dim, self.head_dim
+        return self.n_heads * (2 * c * c * (2 * dk + dv) + 6 * c * dk * dv) + self.chunk_solve_flops(length)
 
     def step_flops(self) -> int:
         return self.n_heads * 6 * self.key_head_dim * self.head_dim
 
     def activation_elements(self, tp: int = 1) -> int:
-        """Per token at the layer's peak (kvplan.models.gdn, the last chunk's scan): the projections (q, k, v, z,
-        beta, decay input), the convolved q, k, v, and the chunked form's tensors in the compute dtype: beta
-        times k and v, the decayed keys, the solved new values and decayed keys, the output, and per value head
-        the chunk's K K^T and Q K^T rows (chunk elements each) and decays."""
+        """Per token, in the compute dtype, live while kvplan.models.gdn scans the chunks: the q, k, v, z
+        projection, the convolved q, k, v, q and k repeated to the value heads, the output and beta (the
+        prefill peak of every shape tried, to the element, by the live-bytes count of tests/test_recurrent.py)."""
         key_heads, heads = self._heads(tp)
-        qk, v = 2 * key_heads * self.key_head_dim, heads * self.head_dim
-        projections = qk + 2 * v + 2 * heads
-        expanded_qk = 2 * heads * self.key_head_dim  # q and k per value head (grouped value attention)
-        chunked = 2 * expanded_qk + 4 * v + 2 * heads * self.chunk + 2 * heads
-        return projections + self.conv_channels(tp) + chunked
+        projection = 2 * key_heads * self.key_head_dim + 2 * heads * self.head_dim
+        return projection + self.conv_channels(tp) + 2 * heads * self.key_head_dim + heads * self.head_dim + heads
+
+    def prefill_scratch_bytes(self, batch: int, prompt: int, in_flight: int, activation_bytes: float, tp: int,
+                              flash: bool) -> int:
+        """The log decay in fp32 for every token in flight, and one chunk's fp32 working set for each of the
+        `batch` sequences: per value head its copies of q, k and v, the decay, K K^T and Q K^T matrices, the
+        triangular solve's right-hand side and result, and the states (an upper bound: every one counted live
+        at once)."""
+        heads, c, dk, dv = self._heads(tp)[1], self.chunk, self.key_head_dim, self.head_dim
+        chunk = heads * (3 * c * c + c * (5 * dk + 5 * dv) + 3 * dk * dv)
+        return 4 * (in_flight * heads + minimum(batch, in_flight) * chunk)
 
     # --- tensor parallelism -------------------------------------------------------------------------------------
     def check_shardable(self, tp: int) -> str | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from ..units import InputError, ceil_div
+from ..units import InputError, ceil_div, minimum
 from .base import AttentionKind
 from .recurrent import RecurrentKind
 
@@ -82,23 +82,33 @@ class Mamba2(RecurrentKind):
         return self._projections(d_model, tp) + conv + 3 * heads + norm
 
     # --- FLOPs ------------------------------------------------------------------------------------------------
-    def chunk_flops(self) -> int:
-        c, n, p = self.chunk, self.state_size, self.head_dim
+    def chunk_flops(self, length: int) -> int:
+        c, n, p = length, self.state_size, self.head_dim
         return self.n_groups * 2 * c * c * n + self.n_heads * (2 * c * c * p + 4 * c * n * p)
 
     def step_flops(self) -> int:
         return self.n_heads * 4 * self.head_dim * self.state_size
 
     def activation_elements(self, tp: int = 1) -> int:
-        """Per token at the layer's peak (kvplan.models.mamba2, the last chunk's scan): the projection (z, x, B,
-        C, dt), the convolved x, B and C, and the dual form's tensors in the compute dtype: dt and its
-        cumulative decay per head, x times dt, the output, and per group the chunk's C B^T row (chunk
-        elements) and per head its decayed copy."""
+        """Per token, in the compute dtype, live while kvplan.models.mamba2 scans the chunks: the projection (z, x,
+        B, C, dt), the convolved x, B and C, dt after its softplus, and the output (the prefill peak of every
+        shape tried, to the element, by the live-bytes count of tests/test_recurrent.py)."""
         heads, groups = self._shares(tp)
         inner = heads * self.head_dim
         projection = 2 * inner + 2 * groups * self.state_size + heads
-        dual = 2 * inner + 2 * heads + groups * self.chunk + heads * self.chunk
-        return projection + self.conv_channels(tp) + dual
+        return projection + self.conv_channels(tp) + heads + inner
+
+    def prefill_scratch_bytes(self, batch: int, prompt: int, in_flight: int, activation_bytes: float, tp: int,
+                              flash: bool) -> int:
+        """One chunk's fp32 working set for each of the `batch` sequences, the larger of its two moments: the
+        scores (C B^T per group, its copy per head times the decay matrix, x dt, B and C of the groups, the
+        state) or the state's update (B and C repeated to every head and one of them decayed, the old and new
+        states, x dt and the chunk's output); the decays of every head in both."""
+        heads, groups = self._shares(tp)
+        c, n, p = self.chunk, self.state_size, self.head_dim
+        scores = groups * c * c + 2 * heads * c * c + heads * c * p + 2 * groups * c * n + heads * n * p
+        update = 3 * heads * c * n + 2 * heads * n * p + 2 * heads * c * p
+        return 4 * minimum(batch, in_flight) * (max(scores, update) + 2 * heads * c)
 
     # --- tensor parallelism -------------------------------------------------------------------------------------
     def check_shardable(self, tp: int) -> str | None:

@@ -6,8 +6,8 @@ inputs of its short causal convolution. The recurrent state is stored in `state_
 (a config's mamba_ssm_dtype), else in the model's compute dtype, as vLLM's mamba cache dtype "auto" does; the
 convolution's inputs always in the compute dtype.
 
-Prefill runs the chunked form: chunks of `chunk` tokens (the last one padded to a whole chunk), attention-like
-products inside each chunk and the state carried from chunk to chunk. Decode runs one step of the recurrence
+Prefill runs the chunked form: chunks of `chunk` tokens (the last one shorter where the prompt ends),
+attention-like products inside each chunk and the state carried from chunk to chunk. Decode runs one step of the recurrence
 on the held state, reading the whole state and writing it back.
 
 FLOPs follow kvplan.kinds.base (matrix products, multiply-add = 2) and count the short convolution too,
@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ..dtypes import FORMATS, StorageFormat
-from ..units import ceil_div, whole
+from ..units import whole
 from .base import AttentionKind
 
 
@@ -69,8 +69,8 @@ class RecurrentKind(AttentionKind):
                      + self.conv_state_elements(tp) * compute.bytes_per_element)
 
     # --- FLOPs of one sequence in one layer --------------------------------------------------------------------
-    def chunk_flops(self) -> int:
-        """Matrix-product FLOPs of one whole chunk, every head, state carried in and out included."""
+    def chunk_flops(self, length: int) -> int:
+        """Matrix-product FLOPs of one chunk of `length` tokens, every head, state carried in and out included."""
         raise NotImplementedError
 
     def step_flops(self) -> int:
@@ -81,14 +81,21 @@ class RecurrentKind(AttentionKind):
         """The short convolution per token: 2 x channels x kernel."""
         return 2 * self.conv_channels() * self.conv_kernel
 
-    def solve_flops(self, tokens: int) -> int:
-        """Part of prefill_flops spent in triangular solves (none unless a kind says so)."""
+    def chunk_solve_flops(self, length: int) -> int:
+        """Part of chunk_flops spent in triangular solves (none unless a kind says so)."""
         return 0
 
+    def _over_chunks(self, tokens: int, per_chunk) -> int:
+        """per_chunk(length) summed over the chunks of `tokens` tokens: whole chunks, then the rest."""
+        whole_chunks, rest = divmod(tokens, self.chunk)
+        return whole_chunks * per_chunk(self.chunk) + (per_chunk(rest) if rest else 0)
+
+    def solve_flops(self, tokens: int) -> int:
+        return self._over_chunks(tokens, self.chunk_solve_flops)
+
     def prefill_flops(self, tokens: int) -> int:
-        """Prefill of `tokens` tokens onto any held state: ceil(tokens / chunk) whole chunks and the
-        convolution of every token."""
-        return ceil_div(tokens, self.chunk) * self.chunk_flops() + tokens * self.conv_flops()
+        """Prefill of `tokens` tokens onto any held state: its chunks and the convolution of every token."""
+        return self._over_chunks(tokens, self.chunk_flops) + tokens * self.conv_flops()
 
     def decode_flops(self) -> int:
         return self.step_flops() + self.conv_flops()
