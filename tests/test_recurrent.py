@@ -241,3 +241,13 @@ def test_prefill_peak_is_the_estimate(kind, d_model, batch):
     estimate = in_flight * 2 * kind.activation_elements() + kind.prefill_scratch_bytes(batch, tokens, in_flight, 2, 1,
                                                                                         True)
     assert abs(estimate / live.peak - 1) < 0.05
+
+
+def test_hybrid_cache_per_gpu_under_tensor_and_pipeline_parallelism():
+    """tp 2 splits the state and the KV heads; pp 2 puts 18 recurrent and 6 attention layers on each stage."""
+    m = get_preset("qwen3-next-80b-a3b")
+    one, split = estimator(m), estimator(m, tp=2, pp=2)
+    state_layer = one.state_bytes_per_sequence // 36
+    kv_layer = one.kv_bytes_per_token // 12
+    assert split.kv_cache_bytes_per_gpu(3, 1000) == 3 * (18 * state_layer // 2 + 6 * 1000 * kv_layer // 2)
+    assert split.kv_cache_bytes(3, 1000) == one.kv_cache_bytes(3, 1000)  # nothing replicated
