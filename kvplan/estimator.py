@@ -15,14 +15,17 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
   prompt token in prefill (serving engines only need that logit) and on every decoded token.
 - Roofline: time = max(FLOPs / (G * effective FLOP/s), bytes / (G * effective bandwidth)) + communication,
   G = tp x the dp ranks that have a sequence (work spreads evenly over them). Communication (kvplan.parallel):
-  tensor parallelism all-reduces the hidden state twice per layer, expert parallelism dispatches (fp8) and
-  combines (bf16) each token's top-k expert copies per MoE layer, pipeline stages send activations on. With
-  `overlap` communication hides behind compute (time = max of the two), as two micro-batches do in DeepSeek's
-  serving; the no-overlap time is the sum. Pipeline stages run one after another for a batch (no
-  micro-batching), so pp adds memory, not speed.
+  tensor parallelism all-reduces the hidden state after each mixer and feed-forward (twice per layer), expert
+  parallelism dispatches (fp8) and combines (bf16) each token's top-k expert copies per MoE layer, pipeline
+  stages send activations on. With `overlap` communication hides behind compute (time = max of the two), as
+  two micro-batches do in DeepSeek's serving; the no-overlap time is the sum. Pipeline stages run one after
+  another for a batch (no micro-batching), so pp adds memory, not speed.
 - Decode reads all dense weights, the MoE experts that the batch's tokens select (uniform routing: of E
   experts each token picking k, E (1 - (1 - k/E)^tokens) are touched), and every cached byte (DSA: every
   indexer key, but only the top-k latents).
+- A recurrent layer (hybrids: Model.recurrent) holds a fixed state per sequence whatever the context, counted
+  in the cache columns; prefill runs its chunked form, and each decode step reads the whole state and writes
+  it back (kinds.recurrent).
 - A chunked layer (Model.chunked, Llama 4) holds at most one chunk of cache per sequence and a query at
   position p attends p mod chunk + 1 keys; decode reads every slot the layer holds.
 - Parameters: `params` counts every weight; `active_params` every weight but the routed experts a token does
@@ -32,6 +35,7 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from . import parallel
@@ -114,19 +118,21 @@ class Estimator:
 
         self.kv_bytes_per_token_layer = layer_bytes(1)
         self.kv_bytes_per_token_layer_per_gpu = layer_bytes(dep.tp)
-        self.kv_bytes_per_token = model.n_layers * self.kv_bytes_per_token_layer
+        self.kv_bytes_per_token = len(model.attention_layer_ids) * self.kv_bytes_per_token_layer
         topk = attention.sparse_topk
-        # (window, layers, attention cap) per distinct window; the cap folds a sparse kind's top-k into the window.
+        # (window, layers, attention cap) per distinct window of the attention layers; the cap folds a sparse
+        # kind's top-k into the window.
         self._groups = tuple((w, n, min(c for c in (w, topk) if c) if (w or topk) else None)
                              for w, n in model.window_groups)
         stage_size = ceil_div(model.n_layers, dep.pp)
-        stages = [model.layer_windows[i:i + stage_size] for i in range(0, model.n_layers, stage_size)]
-        self._stage_groups = [tuple((w, stage.count(w)) for w in set(stage)) for stage in stages]
+        stage_bounds = [(i, min(i + stage_size, model.n_layers)) for i in range(0, model.n_layers, stage_size)]
+        self._stage_groups = [tuple(Counter(model.layer_windows[i] for i in model.attention_layer_ids
+                                            if first <= i < last).items()) for first, last in stage_bounds]
+        self._init_recurrent_state(stage_bounds)
 
         self.total_params = model.total_params()
         self.active_params = model.active_params()
         self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
-        stage_bounds = [(i, min(i + stage_size, model.n_layers)) for i in range(0, model.n_layers, stage_size)]
         stage_params = [model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1, ep=dep.ep)
                         for first, last in stage_bounds]
         self.weights_bytes_per_gpu = int(dep.weight_format.bytes_per_element * max(stage_params))
@@ -139,7 +145,7 @@ class Estimator:
         self.indexer_pair_flops = attention.indexer_pair_flops()
         ffn, d = model.ffn, model.d_model
         w = dep.weight_format.bytes_per_element
-        moe_layers = model.n_layers - ffn.dense_layer_count(model.n_layers)
+        moe_layers = ffn.moe_layer_count(0, model.n_layers)
         self._moe_layers = moe_layers
         self._expert_bytes = ffn.expert_params(d) * w if ffn.is_moe else 0
         # Copies of the routed experts the deployment holds: one per dp rank's tp group, or per ep group.
@@ -147,16 +153,33 @@ class Estimator:
         self._routed_expert_bytes = self._expert_copies * moe_layers * ffn.n_experts * self._expert_bytes
         self._act_bytes = dep.activation_format.bytes_per_element
         tp = dep.tp
-        # Attention and feed-forward intermediates are never live together: prefill peaks in one phase or the
-        # other, each on top of the residual stream and the normed input (2 d per token).
+        # Attention, recurrent and feed-forward intermediates are never live together: prefill peaks in one phase
+        # or another, each on top of the residual stream and the normed input (2 d per token); a parallel layer
+        # adds its attention output to the residual stream before its recurrent mixer runs.
+        self._has_attention = bool(model.attention_layer_ids)
         self._attention_phase_per_token = self._act_bytes * (
-            2 * d + attention.prefill_buffer_elements(d) + attention.activation_elements(tp))
+            2 * d + attention.prefill_buffer_elements(d) + attention.activation_elements(tp)
+        ) if self._has_attention else 0
+        self._recurrent_phase_per_token = self._act_bytes * (
+            2 * d + model.recurrent.activation_elements(tp)) if model.is_hybrid else 0
         self._ffn_phase_per_token = self._act_bytes * (2 * d + ceil_div(ffn.activation_elements(d), tp))
         self._sparse = attention.sparse_topk is not None  # decode reads part of the cache, not all of it
         self._chunked = model.chunked
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
         self._kv_bytes_per_token_layer_all_gpus = self.kv_bytes_per_token_layer_per_gpu * tp
         self._init_time()
+
+    def _init_recurrent_state(self, stage_bounds: list[tuple[int, int]]) -> None:
+        """The fixed per-sequence state of the recurrent layers (kinds.recurrent), whatever the context: bytes of
+        one sequence over all layers, per recurrent layer on one GPU, and recurrent layers per pipeline stage."""
+        model, dep = self.model, self.deployment
+        recurrent, layers = model.recurrent, model.recurrent_layer_ids
+        compute = dep.activation_format
+        self.state_bytes_per_sequence = len(layers) * recurrent.state_bytes(compute) if layers else 0
+        self._state_bytes_per_layer_per_gpu = recurrent.state_bytes(compute, dep.tp) if layers else 0
+        self._state_bytes_all_gpus = len(layers) * self._state_bytes_per_layer_per_gpu * dep.tp  # one sequence
+        self._stage_recurrent = [sum(first <= i < last for i in layers) for first, last in stage_bounds]
+        self._recurrent_decode_flops = len(layers) * recurrent.decode_flops() if layers else 0
 
     # --- memory -------------------------------------------------------------------------------------
     def cached_tokens(self, context: int, window: int | None) -> int:
@@ -172,19 +195,21 @@ class Estimator:
         return blocks * block
 
     def kv_cache_bytes(self, batch: int, context: int) -> int:
-        """Whole cache across all GPUs (replicas included when tp replicates)."""
+        """Whole cache across all GPUs (replicas included when tp replicates), recurrent layers' state included."""
         if self.deployment.block_size:
             tokens = sum(n * self.cached_tokens(context, w) for w, n, _ in self._groups)
         else:  # contiguous: the same sum without a call per group (the 100k-row API path)
             tokens = sum(n * (context if w is None or context < w else w) for w, n, _ in self._groups)
-        return batch * self._kv_bytes_per_token_layer_all_gpus * tokens
+        return batch * (self._kv_bytes_per_token_layer_all_gpus * tokens + self._state_bytes_all_gpus)
 
     def kv_cache_bytes_per_gpu(self, batch: int, context: int) -> int:
         """Cache on the most loaded GPU (its dp rank's sequences, the largest pipeline stage's share, one
-        tensor-parallel slice)."""
+        tensor-parallel slice), recurrent layers' state included."""
         sequences = parallel.sequences_per_rank(batch, self.deployment.dp)
-        return sequences * self.kv_bytes_per_token_layer_per_gpu * max(
-            sum(n * self.cached_tokens(context, w) for w, n in stage) for stage in self._stage_groups)
+        return sequences * max(
+            self.kv_bytes_per_token_layer_per_gpu * sum(n * self.cached_tokens(context, w) for w, n in stage)
+            + self._state_bytes_per_layer_per_gpu * recurrent
+            for stage, recurrent in zip(self._stage_groups, self._stage_recurrent))
 
     def activation_bytes_per_gpu(self, batch: int, prompt: int, flash: bool | None = None, cached: int = 0) -> int:
         """Peak transient bytes of prefill on one GPU (the cache excluded); the last `cached` tokens of each
@@ -204,16 +229,22 @@ class Estimator:
         in_flight = batch * (prompt - cached)
         if self.deployment.prefill_chunk:
             in_flight = minimum(in_flight, self.deployment.prefill_chunk)
-        attention_phase = in_flight * self._attention_phase_per_token + self.model.attention.prefill_scratch_bytes(
-            batch, prompt, in_flight, self._act_bytes, self.deployment.tp, flash)
+        attention_phase = in_flight * self._attention_phase_per_token
+        if self._has_attention:
+            attention_phase += self.model.attention.prefill_scratch_bytes(batch, prompt, in_flight, self._act_bytes,
+                                                                          self.deployment.tp, flash)
+        recurrent_phase = in_flight * self._recurrent_phase_per_token
+        if self.model.is_hybrid:
+            recurrent_phase += self.model.recurrent.prefill_scratch_bytes(batch, prompt, in_flight, self._act_bytes,
+                                                                          self.deployment.tp, flash)
         ffn_phase = in_flight * self._ffn_phase_per_token
         logits = batch * ceil_div(self.model.vocab_size, self.deployment.tp) * LOGIT_BYTES
-        return whole(maximum(attention_phase, ffn_phase) + logits)
+        return whole(maximum(attention_phase, recurrent_phase, ffn_phase) + logits)
 
     # --- FLOPs --------------------------------------------------------------------------------------
     def prefill_attention_flops(self, batch: int, prompt: int, start: int = 0) -> int:
         """Attention FLOPs (pairs, per-token factor products, a sparse kind's indexer) for prompt tokens after
-        `start` cached.
+        `start` cached, and the recurrent layers' chunked prefill of those tokens onto the held state.
 
         An encoder attends both ways: every key in a global layer, and the window//2 keys on either side of
         itself in a local one (ModernBERT's 128-token window: 64 each side); it has no cache to start from.
@@ -232,6 +263,8 @@ class Estimator:
             if self.indexer_pair_flops:  # the indexer scores every key the query sees
                 per_layer += self.indexer_pair_flops * self._pairs(prompt, window, window, start)
             total += layers * per_layer
+        if self.model.is_hybrid:
+            total += len(self.model.recurrent_layer_ids) * self.model.recurrent.prefill_flops(prompt)
         return batch * total
 
     def _pairs(self, n_queries: int, window: int | None, cap: int | None, start: int) -> int:
@@ -251,8 +284,9 @@ class Estimator:
         return batch * (prompt * self.linear_flops_per_token + self.lm_head_flops)
 
     def decode_attention_flops(self, position: int) -> int:
-        """Attention FLOPs of one token at 0-based `position` (the keys it attends: _decode_keys)."""
-        total = 0
+        """Attention FLOPs of one token at 0-based `position` (the keys it attends: _decode_keys), and the
+        recurrent layers' step on their state (the same at every position)."""
+        total = self._recurrent_decode_flops
         for window, layers, cap in self._groups:
             keys = self._decode_keys(position, window, cap)
             per_layer = self.pair_flops["decode"] * keys + self.token_flops["decode"]
@@ -305,7 +339,7 @@ class Estimator:
         gpu, node, comm = dep.gpu, dep.node_gpus, self.kernels.communication
         seconds = 0.0
         if dep.tp > 1:
-            seconds += 2 * model.n_layers * parallel.all_reduce_seconds(message, dep.tp, *self._link(dep.tp))
+            seconds += model.sublayer_count() * parallel.all_reduce_seconds(message, dep.tp, *self._link(dep.tp))
         if dep.ep > 1 and self._moe_layers:
             # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
             copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model
@@ -403,15 +437,17 @@ class Estimator:
         return self.deployment.gpu.usd_per_hour * self.deployment.gpus / 3600
 
     def decode_cache_read_bytes(self, batch: int, context: int) -> int:
-        """Cache bytes one decode step reads, whole deployment: what each layer's kind reads of what it holds
-        (all of it, except that a sparse kind reads only part; AttentionKind.decode_read_bytes)."""
+        """Cache bytes one decode step moves, whole deployment: what each attention layer's kind reads of what it
+        holds (all of it, except that a sparse kind reads only part; AttentionKind.decode_read_bytes), and each
+        recurrent layer's whole state, read and written back."""
+        written_state = batch * self._state_bytes_all_gpus  # kv_cache_bytes counts the state once, as read
         if not self._sparse:
-            return self.kv_cache_bytes(batch, context)
+            return self.kv_cache_bytes(batch, context) + written_state
         attention, layer_bytes = self.model.attention, self.kv_bytes_per_token_layer_per_gpu
         per_sequence = sum(n * attention.decode_read_bytes(self.cached_tokens(context, w),
                                                            self._decode_keys(context - 1, w, cap), layer_bytes)
                            for w, n, cap in self._groups)
-        return batch * self.deployment.tp * per_sequence
+        return batch * self.deployment.tp * per_sequence + 2 * written_state
 
     def decode_step(self, batch: int, context: int) -> tuple[int, float]:
         """(FLOPs of the whole batch, seconds) for the step that writes each sequence's context-th token."""
@@ -481,7 +517,8 @@ class Estimator:
             decode_operations = dict.fromkeys(OPERATIONS)
         else:
             decode_attention = self.decode_attention_flops(context - 1)
-            decode_cache = self.decode_cache_read_bytes(batch, context) if self._sparse else kv_bytes
+            decode_cache = (self.decode_cache_read_bytes(batch, context) if self._sparse
+                            else kv_bytes + batch * self._state_bytes_all_gpus)
             _, decode_operations = self._decode_operations(batch, context, decode_attention, decode_cache)
             decode_seconds = self._total(decode_operations)
             decode_flops_per_token = self.linear_flops_per_token + self.lm_head_flops + decode_attention
@@ -504,6 +541,7 @@ class Estimator:
             "params": self.total_params,
             "active_params": self.active_params,
             "kv_bytes_per_token": self.kv_bytes_per_token,
+            "state_bytes_per_sequence": self.state_bytes_per_sequence,
             "kv_cache_bytes": kv_bytes,
             "kv_cache_bytes_per_gpu": kv_per_gpu,
             "weights_bytes": self.weights_bytes,
@@ -547,7 +585,9 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "params": "weights in all (routed experts included)",
     "active_params": "weights one token uses: all but the routed experts it does not select (embeddings counted)",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",
-    "kv_cache_bytes": "bytes of cache, whole deployment", "kv_cache_bytes_per_gpu": "bytes of cache on the most loaded GPU",
+    "state_bytes_per_sequence": "bytes of recurrent state per sequence, all layers, whatever the context (hybrids)",
+    "kv_cache_bytes": "bytes of cache, whole deployment (recurrent state included)",
+    "kv_cache_bytes_per_gpu": "bytes of cache on the most loaded GPU",
     "weights_bytes": "bytes of weights", "weights_bytes_per_gpu": "bytes of weights per GPU",
     "activation_bytes": "bytes of prefill activation peak, all GPUs",
     "activation_bytes_per_gpu": "bytes of prefill activation peak per GPU",

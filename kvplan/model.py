@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -25,7 +26,9 @@ class FeedForward:
     count), and is not listed in `dense_layer_ids` (Qwen's mlp_only_layers); other layers are dense with
     `intermediate`. An MoE layer routes each token to `n_active_experts` of `n_experts` experts of
     `moe_intermediate`, plus always-on shared experts `shared_intermediate` wide in all (0: n_shared_experts x
-    moe_intermediate), and a d_model x n_experts router.
+    moe_intermediate), and a d_model x n_experts router. Layers in `absent_layer_ids` have no feed-forward
+    (Nemotron-H's mixer-only blocks). With `gated` off every MLP is two matrices, up and down, with no gate
+    (Nemotron-H's squared ReLU).
     """
 
     intermediate: int
@@ -37,70 +40,109 @@ class FeedForward:
     moe_step: int = 1
     dense_layer_ids: tuple[int, ...] = ()
     shared_intermediate: int = 0
+    absent_layer_ids: tuple[int, ...] = ()
+    gated: bool = True
 
     @property
     def is_moe(self) -> bool:
         return self.n_experts > 0
 
+    @property
+    def matrices(self) -> int:
+        """Weight matrices of one MLP: gate, up and down, or up and down."""
+        return 3 if self.gated else 2
+
+    def has_layer(self, index: int) -> bool:
+        """Whether layer `index` has a feed-forward."""
+        return index not in self.absent_layer_ids
+
+    def layer_count(self, first: int, last: int) -> int:
+        """Layers among first..last-1 that have a feed-forward."""
+        return (last - first) - sum(first <= i < last for i in self.absent_layer_ids)
+
     def is_moe_layer(self, index: int) -> bool:
         """Whether layer `index` (0-based) routes to experts."""
         return (self.is_moe and self.n_dense_layers is not None and index >= self.n_dense_layers
-                and (index + 1) % self.moe_step == 0 and index not in self.dense_layer_ids)
+                and (index + 1) % self.moe_step == 0 and index not in self.dense_layer_ids
+                and self.has_layer(index))
 
     def moe_layer_count(self, first: int, last: int) -> int:
         """MoE layers among layers first..last-1."""
         if not self.is_moe or self.n_dense_layers is None:
             return 0
-        if self.moe_step == 1 and not self.dense_layer_ids:
+        if self.moe_step == 1 and not self.dense_layer_ids and not self.absent_layer_ids:
             return max(0, last - max(first, self.n_dense_layers))
         return sum(self.is_moe_layer(i) for i in range(first, last))
 
-    def dense_layer_count(self, n_layers: int) -> int:
-        return n_layers - self.moe_layer_count(0, n_layers)
+    def dense_layer_count(self, n_layers: int, first: int = 0) -> int:
+        """Dense feed-forward layers among layers first..n_layers-1."""
+        return self.layer_count(first, n_layers) - self.moe_layer_count(first, n_layers)
 
     def expert_params(self, d_model: int) -> int:
-        return 3 * d_model * self.moe_intermediate
+        return self.matrices * d_model * self.moe_intermediate
 
     def shared_width(self) -> int:
         """Intermediate width of the shared experts together."""
         return self.shared_intermediate or self.n_shared_experts * self.moe_intermediate
 
     def dense_params(self, d_model: int) -> int:
-        return 3 * d_model * self.intermediate
+        return self.matrices * d_model * self.intermediate
+
+    def shared_params(self, d_model: int) -> int:
+        return self.matrices * d_model * self.shared_width()
 
     def moe_layer_params(self, d_model: int) -> int:
         """All weights of one MoE layer: routed and shared experts and the router."""
-        return self.n_experts * self.expert_params(d_model) + 3 * d_model * self.shared_width() + d_model * self.n_experts
+        return self.n_experts * self.expert_params(d_model) + self.shared_params(d_model) + d_model * self.n_experts
 
     def moe_layer_active_params(self, d_model: int) -> int:
         """Weights one token multiplies through in an MoE layer."""
-        return (self.n_active_experts * self.expert_params(d_model) + 3 * d_model * self.shared_width()
+        return (self.n_active_experts * self.expert_params(d_model) + self.shared_params(d_model)
                 + d_model * self.n_experts)
 
     def activation_elements(self, d_model: int) -> int:
-        """Per-token elements live at the feed-forward's peak: gate, up and their product."""
+        """Per-token elements live at the feed-forward's peak: gate, up and their product (ungated: up and its
+        activation)."""
+        per_width = 3 if self.gated else 2
         if self.is_moe:
             width = self.n_active_experts * self.moe_intermediate + self.shared_width()
-            return max(3 * self.intermediate, 3 * width)
-        return 3 * self.intermediate
+            return per_width * max(self.intermediate, width)
+        return per_width * self.intermediate
 
 
 ROPE_CONVENTIONS = ("hf", "t6")
 BLOCK_NORMS = ("rmsnorm", "rmsnorm-unweighted")
+# What mixes along the sequence in one layer: the attention kind, the recurrent kind, both side by side on the
+# same normed input with their outputs summed (Falcon-H1), or nothing (a feed-forward-only block, Nemotron-H).
+MIXERS = ("attention", "recurrent", "parallel", "none")
+
+
+def hybrid_layers(n_layers: int, attention_every: int) -> tuple[str, ...]:
+    """Model.layer_mixers with the recurrent kind on every layer but every `attention_every`-th (0: none kept), as
+    Qwen3-Next's full_attention_interval places its attention layers."""
+    return tuple("attention" if attention_every and (i + 1) % attention_every == 0 else "recurrent"
+                 for i in range(n_layers))
+
+
+def _count(ids: tuple[int, ...], first: int, last: int) -> int:
+    """How many of the sorted layer indexes `ids` fall in first..last-1."""
+    return bisect_left(ids, last) - bisect_left(ids, first)
 
 
 @dataclass(frozen=True)
 class Model:
-    """One model: per-layer attention windows over a single attention kind, and a feed-forward.
+    """One model: per layer a sequence mixer (attention with its window, or a recurrent kind) and a feed-forward.
 
-    `layer_windows[i]` is None for a global (full-context) layer, else the window in tokens. With `chunked`,
-    a windowed layer attends within fixed chunks of that many tokens instead of a sliding window (Llama 4's
-    chunked attention: position p attends positions from p - p mod chunk to p); its cache never holds more
-    than one chunk.
+    `layer_mixers[i]` is one of MIXERS (empty: attention on every layer, as it is stored then); `recurrent` is the
+    recurrent kind (kinds.recurrent: linear attention, state-space) of the layers marked "recurrent" or
+    "parallel", whose per-sequence state does not grow with the context. `layer_windows[i]` (attention layers)
+    is None for a global (full-context) layer, else the window in tokens. With `chunked`, a windowed layer attends
+    within fixed chunks of that many tokens instead of a sliding window (Llama 4's chunked attention: position p
+    attends positions from p - p mod chunk to p); its cache never holds more than one chunk.
     `rope_convention`: which way RoPE turns each pair (x1, x2) of a vector's halves by angle t: "hf" gives
     (x1 cos t - x2 sin t, x2 cos t + x1 sin t) (transformers' rotate_half: Llama, Qwen, DeepSeek); "t6" the
     opposite turn, (x1 cos t + x2 sin t, x2 cos t - x1 sin t) (tensorgi/T6 model/T6.py apply_rotary_emb).
-    `block_norm`: the norm before each attention and feed-forward and before the LM head: "rmsnorm" with a
+    `block_norm`: the norm before each mixer and feed-forward and before the LM head: "rmsnorm" with a
     learned weight per channel (d_model parameters each); "rmsnorm-unweighted" is
     torch.nn.functional.rms_norm with no weight and its default eps (the dtype's machine epsilon), as T6's
     reference blocks call it (model/T6.py Block.forward).
@@ -121,7 +163,12 @@ class Model:
     source: str = ""
     rope_convention: str = "hf"
     block_norm: str = "rmsnorm"
+    recurrent: Attention | None = None
+    layer_mixers: tuple[str, ...] = ()
     window_groups: tuple[tuple[int | None, int], ...] = field(init=False, repr=False, compare=False)
+    attention_layer_ids: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    recurrent_layer_ids: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    mixer_layer_ids: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.rope_convention not in ROPE_CONVENTIONS:
@@ -132,15 +179,55 @@ class Model:
         if len(windows) != self.n_layers:
             raise ValueError(f"{self.name}: {len(windows)} layer windows for {self.n_layers} layers")
         object.__setattr__(self, "layer_windows", tuple(windows))
+        self._place_mixers()
         # Formulas loop over distinct windows, not layers: keeps estimates O(1) in depth.
-        object.__setattr__(self, "window_groups", tuple(sorted(Counter(windows).items(), key=lambda kv: kv[0] or 0)))
+        attended = Counter(windows[i] for i in self.attention_layer_ids)
+        object.__setattr__(self, "window_groups", tuple(sorted(attended.items(), key=lambda kv: kv[0] or 0)))
+
+    def _place_mixers(self) -> None:
+        mixers = tuple(self.layer_mixers) or ("attention",) * self.n_layers
+        if len(mixers) != self.n_layers or not set(mixers) <= set(MIXERS):
+            raise ValueError(f"{self.name}: layer_mixers must give one of {MIXERS} for each of {self.n_layers} layers")
+        if self.attention.recurrent:
+            raise ValueError(f"{self.name}: {self.attention.label} is recurrent: pass it as `recurrent`")
+        uses_recurrent = {"recurrent", "parallel"} & set(mixers)
+        if uses_recurrent and not (self.recurrent and self.recurrent.recurrent):
+            raise ValueError(f"{self.name}: layers marked {' and '.join(sorted(uses_recurrent))} need a recurrent kind")
+        # Stored empty when every layer is attention, so that replace(model, n_layers=...) keeps meaning that.
+        object.__setattr__(self, "layer_mixers", () if set(mixers) == {"attention"} else mixers)
+        for name, kinds in (("attention_layer_ids", ("attention", "parallel")),
+                            ("recurrent_layer_ids", ("recurrent", "parallel")),
+                            ("mixer_layer_ids", ("attention", "recurrent", "parallel"))):
+            object.__setattr__(self, name, tuple(i for i, mixer in enumerate(mixers) if mixer in kinds))
+
+    def layer_mixer(self, index: int) -> str:
+        """Layer `index`'s entry of MIXERS."""
+        return self.layer_mixers[index] if self.layer_mixers else "attention"
+
+    @property
+    def is_hybrid(self) -> bool:
+        """Whether any layer mixes through the recurrent kind."""
+        return bool(self.recurrent_layer_ids)
 
     @property
     def kind_label(self) -> str:
-        """The model's attention as a reader names it, e.g. 'gqa', 'gqa+window(4096)', 'gqa local/global'."""
+        """The model's attention as a reader names it, e.g. 'gqa', 'gqa+window(4096)', 'gqa local/global', and for
+        hybrids 'gdn(heads=32) x36 + gqa(kv_heads=2) x12' (layers of each) or 'gqa || mamba2(...)' (side by
+        side in every layer)."""
+        base = self._attention_label()
+        if not self.is_hybrid:
+            return base
+        n_attention, n_recurrent = len(self.attention_layer_ids), len(self.recurrent_layer_ids)
+        if set(self.layer_mixers) == {"parallel"}:
+            return f"{base} || {self.recurrent.label}"
+        if not n_attention:
+            return self.recurrent.label
+        return f"{self.recurrent.label} x{n_recurrent} + {base} x{n_attention}"
+
+    def _attention_label(self) -> str:
         base = self.attention.label
-        windows = {w for w in self.layer_windows}
-        if windows == {None}:
+        windows = {self.layer_windows[i] for i in self.attention_layer_ids}
+        if windows <= {None}:
             return base
         if self.chunked:
             spans = ','.join(str(w) for w in sorted(w for w in windows if w is not None))
@@ -150,12 +237,46 @@ class Model:
             return f"{base} local({','.join(map(str, local))})/global"
         return f"{base}+window({','.join(str(w) for w in sorted(windows))})"
 
+    def mixers(self) -> list[tuple[Attention, int | None]]:
+        """Every layer's sequence mixers in order, each with its window (None for a recurrent layer): a parallel
+        layer's attention, then its recurrent kind."""
+        out = []
+        for i in range(self.n_layers):
+            mixer = self.layer_mixer(i)
+            if mixer in ("attention", "parallel"):
+                out.append((self.attention, self.layer_windows[i]))
+            if mixer in ("recurrent", "parallel"):
+                out.append((self.recurrent, None))
+        return out
+
+    def check_shardable(self, tp: int) -> str | None:
+        """Why the model's mixers cannot run split over `tp` GPUs, or None."""
+        reason = self.attention.check_shardable(tp) if self.attention_layer_ids else None
+        if reason is None and self.is_hybrid:
+            reason = self.recurrent.check_shardable(tp)
+        return reason
+
+    def sublayer_count(self, first: int = 0, last: int | None = None) -> int:
+        """Mixers (a parallel pair counts once) and feed-forwards among layers first..last-1: each has a norm
+        before it and a residual add after it."""
+        last = self.n_layers if last is None else last
+        return _count(self.mixer_layer_ids, first, last) + self.ffn.layer_count(first, last)
+
+    def mixer_params(self, first: int = 0, last: int | None = None, tp: int = 1) -> int:
+        """Attention and recurrent weights of layers first..last-1 on one of `tp` GPUs."""
+        last = self.n_layers if last is None else last
+        total = _count(self.attention_layer_ids, first, last) * self.attention.params(self.d_model, tp)
+        if self.is_hybrid:
+            total += _count(self.recurrent_layer_ids, first, last) * self.recurrent.params(self.d_model, tp)
+        return total
+
     def attention_params(self) -> int:
-        return self.n_layers * self.attention.params(self.d_model)
+        """Weights of every layer's mixers, attention and recurrent."""
+        return self.mixer_params()
 
     def ffn_params(self) -> int:
         moe_layers = self.ffn.moe_layer_count(0, self.n_layers)
-        dense_layers = self.n_layers - moe_layers
+        dense_layers = self.ffn.dense_layer_count(self.n_layers)
         return dense_layers * self.ffn.dense_params(self.d_model) + moe_layers * self.ffn.moe_layer_params(self.d_model)
 
     def embedding_params(self) -> int:
@@ -167,18 +288,20 @@ class Model:
         return self.d_model if self.block_norm == "rmsnorm" else 0
 
     def norm_params(self) -> int:
-        return (2 * self.n_layers + 1) * self.norm_width
+        return (self.sublayer_count() + 1) * self.norm_width
 
     def total_params(self) -> int:
         return self.embedding_params() + self.attention_params() + self.ffn_params() + self.norm_params()
 
     def active_linear_params_per_token(self) -> int:
         """Weights one token multiplies through in the layers (embedding lookup and LM head excluded)."""
-        moe_layers = self.ffn.moe_layer_count(0, self.n_layers)
-        dense_layers = self.n_layers - moe_layers
-        ffn = dense_layers * self.ffn.dense_params(self.d_model)
-        ffn += moe_layers * self.ffn.moe_layer_active_params(self.d_model)
-        return self.n_layers * self.attention.linear_params(self.d_model) + ffn
+        d, ffn = self.d_model, self.ffn
+        total = ffn.dense_layer_count(self.n_layers) * ffn.dense_params(d)
+        total += ffn.moe_layer_count(0, self.n_layers) * ffn.moe_layer_active_params(d)
+        total += len(self.attention_layer_ids) * self.attention.linear_params(d)
+        if self.is_hybrid:
+            total += len(self.recurrent_layer_ids) * self.recurrent.linear_params(d)
+        return total
 
     def active_params(self) -> int:
         """Weights one token's forward pass uses: every weight except the routed experts it does not select
@@ -194,7 +317,7 @@ class Model:
     def stage_params(self, first: int, last: int, tp: int = 1, pipeline: bool = False, ep: int = 1) -> int:
         """Weights one GPU holds for layers first..last-1 under `tp`-way tensor parallelism.
 
-        Attention splits as its kind says (attention.params); feed-forwards, embeddings and the LM head
+        Mixers split as their kinds say (AttentionKind.params); feed-forwards, embeddings and the LM head
         split evenly (vocabulary-parallel); norms replicate. With `ep` > 1 (expert parallelism) each GPU holds
         ceil(n_experts / ep) whole routed experts, the shared experts split over tp and the router whole. The
         stage holding layer 0 holds the input embedding, the one holding the last layer the final norm and the
@@ -202,12 +325,12 @@ class Model:
         """
         d, ffn = self.d_model, self.ffn
         moe_here = ffn.moe_layer_count(first, last)
-        dense_here = (last - first) - moe_here
-        total = (last - first) * (self.attention.params(d, tp) + 2 * self.norm_width)
+        dense_here = ffn.dense_layer_count(last, first=first)
+        total = self.mixer_params(first, last, tp) + self.sublayer_count(first, last) * self.norm_width
         total += dense_here * ceil_div(ffn.dense_params(d), tp)
         if moe_here and ep > 1:
             routed = ceil_div(ffn.n_experts, ep) * ffn.expert_params(d)
-            total += moe_here * (routed + ceil_div(3 * d * ffn.shared_width(), tp) + d * ffn.n_experts)
+            total += moe_here * (routed + ceil_div(ffn.shared_params(d), tp) + d * ffn.n_experts)
         elif moe_here:
             total += moe_here * ceil_div(ffn.moe_layer_params(d), tp)
         embedding = ceil_div(self.vocab_size * d, tp)

@@ -69,6 +69,8 @@ _GPT_OSS_SOURCE = "openai/gpt-oss-{} config.json (attention sinks and expert bia
 _LLAMA4 = {"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 5120, "num_attention_heads": 40,
            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
            "num_experts_per_tok": 1, "attention_chunk_size": 8192, "vocab_size": 202048, "tie_word_embeddings": False}
+# Nemotron-H-56B's blocks: M Mamba-2, * attention, - MLP (kvplan.families.nemotron_h).
+_NEMOTRON_H_56B = "M-M-M-M*-" + "M-M-M-M-M*-" * 9 + "M-M-M-M-M-"
 _LLAMA4_SOURCE = "meta-llama/Llama-4-{}-Instruct config.json (text_config; the vision encoder left out)"
 
 PRESETS: dict[str, tuple[dict, str]] = {
@@ -179,6 +181,37 @@ PRESETS: dict[str, tuple[dict, str]] = {
                            "max_position_embeddings": 163840, "index_n_heads": 64, "index_head_dim": 128,
                            "index_topk": 2048, "tie_word_embeddings": False},
                           "deepseek-ai/DeepSeek-V3.2-Exp config.json (the multi-token-prediction layer is left out)"),
+    "qwen3-next-80b-a3b": ({"model_type": "qwen3_next", "num_hidden_layers": 48, "hidden_size": 2048,
+                            "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256,
+                            "full_attention_interval": 4, "linear_num_value_heads": 32, "linear_num_key_heads": 16,
+                            "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
+                            "intermediate_size": 5120, "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+                            "num_experts": 512, "num_experts_per_tok": 10, "decoder_sparse_step": 1, "mlp_only_layers": [],
+                            "vocab_size": 151936, "max_position_embeddings": 262144, "tie_word_embeddings": False},
+                           "Qwen/Qwen3-Next-80B-A3B-Instruct config.json (the multi-token-prediction layer is left out)"),
+    "qwen3.5-397b-a17b": ({"model_type": "qwen3_5_moe_text", "num_hidden_layers": 60, "hidden_size": 4096,
+                           "num_attention_heads": 32, "num_key_value_heads": 2, "head_dim": 256, "attn_output_gate": True,
+                           "full_attention_interval": 4, "linear_num_value_heads": 64, "linear_num_key_heads": 16,
+                           "linear_key_head_dim": 128, "linear_value_head_dim": 128, "linear_conv_kernel_dim": 4,
+                           "mamba_ssm_dtype": "float32", "moe_intermediate_size": 1024,
+                           "shared_expert_intermediate_size": 1024, "num_experts": 512, "num_experts_per_tok": 10,
+                           "mlp_only_layers": [], "vocab_size": 248320, "max_position_embeddings": 262144,
+                           "tie_word_embeddings": False},
+                          "Qwen/Qwen3.5-397B-A17B config.json (text_config; the vision encoder and the "
+                          "multi-token-prediction layer left out)"),
+    "nemotron-h-56b": ({"model_type": "nemotron_h", "num_hidden_layers": 118, "hidden_size": 8192,
+                        "hybrid_override_pattern": _NEMOTRON_H_56B, "num_attention_heads": 64, "num_key_value_heads": 8,
+                        "attention_head_dim": 128, "mamba_num_heads": 256, "mamba_head_dim": 64, "ssm_state_size": 256,
+                        "n_groups": 8, "conv_kernel": 4, "chunk_size": 128, "use_conv_bias": True,
+                        "intermediate_size": 32768, "mlp_hidden_act": "relu2", "vocab_size": 131072,
+                        "max_position_embeddings": 8192, "tie_word_embeddings": False},
+                       "nvidia/Nemotron-H-56B-Base-8K config.json"),
+    "falcon-h1-7b": ({"model_type": "falcon_h1", "num_hidden_layers": 44, "hidden_size": 3072, "num_attention_heads": 12,
+                      "num_key_value_heads": 2, "head_dim": 128, "intermediate_size": 12288, "mamba_d_ssm": 3072,
+                      "mamba_n_heads": 24, "mamba_d_head": 128, "mamba_d_state": 256, "mamba_n_groups": 1,
+                      "mamba_d_conv": 4, "mamba_chunk_size": 128, "vocab_size": 130048,
+                      "max_position_embeddings": 262144, "tie_word_embeddings": False},
+                     "tiiuae/Falcon-H1-7B-Instruct config.json"),
     "modernbert-base": ({"model_type": "modernbert", "num_hidden_layers": 22, "hidden_size": 768, "num_attention_heads": 12,
                          "intermediate_size": 1152, "vocab_size": 50368, "max_position_embeddings": 8192,
                          "global_attn_every_n_layers": 3, "local_attention": 128},
@@ -196,7 +229,7 @@ _CACHE: dict[str, Model] = {}
 def preset_rows() -> list[dict]:
     """One row per preset for `kvplan models`: name, family, attention, depth, parameter counts (params: every
     weight; active_params: all but the routed experts a token does not select, embeddings counted), MoE shape,
-    bf16 cache bytes per token and the source."""
+    bf16 cache bytes per token, bf16 recurrent state bytes per sequence (hybrids) and the source."""
     from .estimator import Deployment, Estimator
     from .hardware import GPUS
 
@@ -206,10 +239,11 @@ def preset_rows() -> list[dict]:
         ffn = m.ffn
         experts = (f"{ffn.n_active_experts}/{ffn.n_experts}" + (" + shared" if ffn.shared_width() else "")
                    if ffn.is_moe else "")
-        kv_bytes = Estimator(m, Deployment(GPUS["h100-sxm"])).kv_bytes_per_token  # bf16 cache, one GPU
+        est = Estimator(m, Deployment(GPUS["h100-sxm"]))  # bf16 cache and state, one GPU
         rows.append({"name": name, "architecture": m.architecture, "attention": m.kind_label, "layers": m.n_layers,
                      "d_model": m.d_model, "params": m.total_params(), "active_params": m.active_params(),
-                     "experts": experts, "kv_bytes_per_token_bf16": kv_bytes, "max_positions": m.max_positions,
+                     "experts": experts, "kv_bytes_per_token_bf16": est.kv_bytes_per_token,
+                     "state_bytes_per_sequence_bf16": est.state_bytes_per_sequence, "max_positions": m.max_positions,
                      "source": m.source})
     return rows
 

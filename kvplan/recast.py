@@ -9,6 +9,11 @@ kvplan.kinds.RECAST_NAMES, whose kind says which options it takes (`recast_help(
   dsa[:index_topk=2048,index_n_heads=64,index_head_dim=128]   (on the model's MLA, or a default MLA)
   window:W  or  window:size=W[,global_every=N]   windows on the model's own attention; global_every=N keeps
                                                 every Nth layer global (as Gemma 3's 5 local : 1 global)
+  gdn[:key_heads=,chunk=,attention_every=N]      Gated DeltaNet layers (Qwen3-Next's linear attention)
+  mamba2[:heads=,head_dim=,state_size=,groups=,chunk=,attention_every=N]   Mamba-2 layers
+  hybrid[:attention_every=4]                     gdn on every layer but every 4th, which keeps the attention
+A recurrent kind (gdn, mamba2, hybrid) replaces the attention of every layer but every attention_every-th
+(none by default; hybrid: every 4th, as Qwen3-Next).
 Any kind also takes window=W and global_every=N, e.g. gqa:kv_heads=4,window=4096.
 """
 
@@ -18,7 +23,7 @@ from dataclasses import replace
 from typing import Sequence
 
 from .kinds import RECAST_NAMES
-from .model import Model
+from .model import Model, hybrid_layers
 from .units import InputError, parse_count
 
 KINDS = ("native", *RECAST_NAMES, "window")
@@ -31,6 +36,8 @@ def recast_help(option_separator: str = ",") -> str:
     for name in KINDS:
         cls = RECAST_NAMES.get(name)
         options = list(cls.recast_options(name)) if cls else (["size", "global_every"] if name == "window" else [])
+        if cls and cls.recurrent:
+            options.append("attention_every")
         parts.append(f"{name}[:{option_separator.join(options)}]" if options else name)
     return ", ".join(parts)
 
@@ -80,14 +87,20 @@ def recast(model: Model, spec: str) -> Model:
         raise _bad(spec, "unknown option size (use window=W)")
     if "window" in window_options and "size" in window_options:
         raise _bad(spec, "give the window once (size or window)")
-    attention = model.attention
-    if kind in RECAST_NAMES:
-        cls = RECAST_NAMES[kind]
+    attention, recurrent, mixers = model.attention, model.recurrent, model.layer_mixers
+    cls = RECAST_NAMES.get(kind)
+    if cls and cls.recurrent:
+        every = _ints(spec, {"attention_every": options.pop("attention_every")}, {"attention_every": 1}) \
+            if "attention_every" in options else {"attention_every": cls.recast_attention_every.get(kind, 0)}
+        mixers = hybrid_layers(model.n_layers, every["attention_every"])
+    if cls:
         values = _ints(spec, options, cls.recast_options(kind))
+        current = recurrent if cls.recurrent and isinstance(recurrent, cls) else attention
         try:
-            attention = cls.recast_from(kind, model.attention, values)
+            built = cls.recast_from(kind, current, values)
         except InputError as error:
             raise _bad(spec, str(error)) from None
+        attention, recurrent = (attention, built) if cls.recurrent else (built, recurrent)
     else:
         _ints(spec, options, {})
 
@@ -105,7 +118,8 @@ def recast(model: Model, spec: str) -> Model:
         raise _bad(spec, "global_every needs a window size")
 
     name = model.name if kind == "native" else f"{model.name} [{spec}]"
-    return replace(model, name=name, attention=attention, layer_windows=windows, chunked=chunked)
+    return replace(model, name=name, attention=attention, layer_windows=windows, chunked=chunked,
+                   recurrent=recurrent, layer_mixers=mixers)
 
 
 def split_specs(values: Sequence[str] | str | None) -> list[str]:

@@ -23,10 +23,11 @@ from .transformer import Transformer
 
 
 def sliced(desc: Model, layers: int) -> Model:
-    """The model with only its first `layers` layers (their windows and dense/MoE split kept)."""
+    """The model with only its first `layers` layers (their windows, mixers and dense/MoE split kept)."""
     if not 1 <= layers <= desc.n_layers:
         raise InputError(f"{desc.name}: cannot take {layers} of its {desc.n_layers} layers")
-    return replace(desc, n_layers=layers, layer_windows=desc.layer_windows[:layers])
+    return replace(desc, n_layers=layers, layer_windows=desc.layer_windows[:layers],
+                   layer_mixers=desc.layer_mixers[:layers])
 
 
 def build(desc: Model, *, max_batch: int, max_context: int, dtype: torch.dtype = torch.bfloat16,

@@ -21,6 +21,7 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         h, kv, d_h = spec.n_heads, spec.n_kv_heads, spec.head_dim
         self.wqkv = nn.Linear(d_model, (h + 2 * kv) * d_h, bias=spec.qkv_bias, **factory)
         self.wo = nn.Linear(h * d_h, d_model, bias=False, **factory)
+        self.w_gate = nn.Linear(d_model, h * d_h, bias=False, **factory) if spec.output_gate else None
         self.scale = 1.0 / math.sqrt(d_h)
         self.set_span(window, chunked, max_context)
         shape = (max_batch, kv, self.slots, d_h)
@@ -36,6 +37,13 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         q, k, v = self.wqkv(x).view(B, T, h + 2 * kv, d_h).split((h, kv, kv), dim=2)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
+    def _output(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The output projection of out [B, T, h * d_h], gated by sigmoid(w_gate x) where the kind has an output
+        gate."""
+        if self.w_gate is not None:
+            out = out * torch.sigmoid(self.w_gate(x))
+        return self.wo(out)
+
     def prefill(self, x: torch.Tensor, write_cache: bool = True) -> torch.Tensor:
         B, T, _ = x.shape
         q, k, v = self._project(x, *self.rope.at(T))
@@ -45,7 +53,7 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
             self.fill("v_cache", v)
         out = attend_prefill(q, k, v, self.scale, self.window, attention_chunk=self.attention_chunk)
         del q, k, v  # free the projections before the output projection
-        return self.wo(out.transpose(1, 2).reshape(B, T, -1))
+        return self._output(x, out.transpose(1, 2).reshape(B, T, -1))
 
     def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         B = x.size(0)
@@ -59,7 +67,7 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         scores = torch.matmul(q, keys.transpose(-1, -2))  # [B, kv, group, slots]
         scores.masked_fill_(~self.decode_slots(input_pos), float("-inf"))
         out = torch.matmul(torch.softmax(scores, dim=-1), values)  # [B, kv, group, d_h]
-        return self.wo(out.reshape(B, 1, h * d_h))
+        return self._output(x, out.reshape(B, 1, h * d_h))
 
     @classmethod
     def shard_state(cls, spec: DenseAttention, state: dict[str, torch.Tensor], tp: int, rank: int
@@ -77,4 +85,6 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
             out[name] = torch.cat([head_block(q, n, first, h), head_block(k, kv, kv_first, kv_here),
                                    head_block(v, kv, kv_first, kv_here)])
         out["wo.weight"] = head_block(state["wo.weight"], n, first, h, dim=1)
+        if "w_gate.weight" in state:
+            out["w_gate.weight"] = head_block(state["w_gate.weight"], n, first, h)
         return out

@@ -39,6 +39,22 @@ class SwiGLU(nn.Module):
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 
+class ReLU2MLP(nn.Module):
+    """Ungated MLP with a squared ReLU (Nemotron-H): down(relu(up(x))^2)."""
+
+    def __init__(self, d_model: int, hidden: int, **factory):
+        super().__init__()
+        self.w_up = nn.Linear(d_model, hidden, bias=False, **factory)
+        self.w_down = nn.Linear(hidden, d_model, bias=False, **factory)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.w_down(F.relu(self.w_up(x)).square_())
+
+
+def mlp(ffn: FeedForward, d_model: int, hidden: int, **factory) -> nn.Module:
+    return (SwiGLU if ffn.gated else ReLU2MLP)(d_model, hidden, **factory)
+
+
 class MoE(nn.Module):
     """Softmax router picking n_active_experts of n_experts per token (weights renormalised), plus shared
     experts as one always-on SwiGLU of FeedForward.shared_width(). A plain per-expert loop: it reads which
@@ -48,8 +64,8 @@ class MoE(nn.Module):
         super().__init__()
         self.k = ffn.n_active_experts
         self.router = nn.Linear(d_model, ffn.n_experts, bias=False, **factory)
-        self.experts = nn.ModuleList(SwiGLU(d_model, ffn.moe_intermediate, **factory) for _ in range(ffn.n_experts))
-        self.shared = SwiGLU(d_model, ffn.shared_width(), **factory) if ffn.shared_width() else None
+        self.experts = nn.ModuleList(mlp(ffn, d_model, ffn.moe_intermediate, **factory) for _ in range(ffn.n_experts))
+        self.shared = mlp(ffn, d_model, ffn.shared_width(), **factory) if ffn.shared_width() else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.view(-1, x.size(-1))
@@ -69,25 +85,53 @@ def layer_class(attention: AttentionKind) -> type[nn.Module]:
     return getattr(importlib.import_module(f"{__package__}.{module}"), name)
 
 
+def mixer_layers(desc: Model, index: int, *args, **factory) -> tuple[nn.Module | None, nn.Module | None]:
+    """Layer `index`'s (attention, recurrent) torch layers, None where Model.layer_mixers gives it none; `args` are
+    every layer class's (max_batch, max_context, rope, cache_dtype)."""
+    mixer, d = desc.layer_mixer(index), desc.d_model
+    attention = recurrent = None
+    if mixer in ("attention", "parallel"):
+        attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], *args,
+                                                chunked=desc.chunked, **factory)
+    if mixer in ("recurrent", "parallel"):
+        recurrent = layer_class(desc.recurrent)(desc.recurrent, d, None, *args, **factory)
+    return attention, recurrent
+
+
 class Block(nn.Module):
+    """One layer: a norm and its mixers (attention, a recurrent layer, or both on the same normed input with their
+    outputs summed), then a norm and the feed-forward; a part the layer lacks (Model.layer_mixers "none",
+    FeedForward.absent_layer_ids) is absent with its norm."""
+
     def __init__(self, desc: Model, index: int, max_batch: int, max_context: int, rope: Rope,
                  cache_dtype: torch.dtype, **factory):
         super().__init__()
         d = desc.d_model
-        self.attention_norm = block_norm(desc.block_norm, d, **factory)
-        self.attention = layer_class(desc.attention)(desc.attention, d, desc.layer_windows[index], max_batch,
-                                                     max_context, rope, cache_dtype, chunked=desc.chunked, **factory)
-        self.ffn_norm = block_norm(desc.block_norm, d, **factory)
-        moe = desc.ffn.is_moe_layer(index)
-        self.ffn = MoE(d, desc.ffn, **factory) if moe else SwiGLU(d, desc.ffn.intermediate, **factory)
+        self.attention, self.recurrent = mixer_layers(desc, index, max_batch, max_context, rope, cache_dtype,
+                                                      **factory)
+        self.mixers = [m for m in (self.attention, self.recurrent) if m is not None]
+        self.attention_norm = block_norm(desc.block_norm, d, **factory) if self.mixers else None
+        self.ffn_norm = block_norm(desc.block_norm, d, **factory) if desc.ffn.has_layer(index) else None
+        if self.ffn_norm is None:
+            self.ffn = None
+        elif desc.ffn.is_moe_layer(index):
+            self.ffn = MoE(d, desc.ffn, **factory)
+        else:
+            self.ffn = mlp(desc.ffn, d, desc.ffn.intermediate, **factory)
+
+    def _mix(self, x: torch.Tensor, run) -> None:
+        if self.mixers:
+            h = self.attention_norm(x)
+            for mixer in self.mixers:
+                x.add_(run(mixer, h))
 
     def prefill(self, x: torch.Tensor, write_cache: bool) -> torch.Tensor:
-        x.add_(self.attention.prefill(self.attention_norm(x), write_cache))
-        return x.add_(self.ffn(self.ffn_norm(x)))
+        self._mix(x, lambda mixer, h: mixer.prefill(h, write_cache))
+        return x.add_(self.ffn(self.ffn_norm(x))) if self.ffn is not None else x
 
     def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
-        x.add_(self.attention.decode(self.attention_norm(x), input_pos))
-        return x.add_(self.ffn(self.ffn_norm(x)))
+        self._mix(x, lambda mixer, h: mixer.decode(h, input_pos))
+        return x.add_(self.ffn(self.ffn_norm(x))) if self.ffn is not None else x
 
 
 class Transformer(nn.Module):
@@ -145,15 +189,17 @@ class Transformer(nn.Module):
         return self._logits(x[:, -1])
 
     def cache_tensors(self) -> list[torch.Tensor]:
-        return [buf for block in self.layers for buf in block.attention.cache_buffers()]
+        """Every layer's cache buffers, recurrent layers' state included."""
+        return [buf for block in self.layers for mixer in block.mixers for buf in mixer.cache_buffers()]
 
     def cache_bytes_allocated(self) -> int:
         return sum(buf.nbytes for buf in self.cache_tensors())
 
     def cache_bytes_live(self, context: int) -> int:
-        """Bytes holding the tokens of `context`-token sequences in all max_batch rows."""
-        return sum(block.attention.cache_bytes_live(context) for block in self.layers)
+        """Bytes holding the tokens (and recurrent state) of `context`-token sequences in all max_batch rows."""
+        return sum(mixer.cache_bytes_live(context) for block in self.layers for mixer in block.mixers)
 
     def reset_cache(self) -> None:
         for block in self.layers:
-            block.attention.reset_cache()
+            for mixer in block.mixers:
+                mixer.reset_cache()

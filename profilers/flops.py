@@ -57,7 +57,8 @@ def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
     window_chunk(window) queries (kvplan.models.common.attend_prefill), each chunk against the keys it can
     see, or for a chunked layer (Model.chunked) shorter than the prompt one causal call per chunk; a key
     selector (DSA's indexer) scores every visible key and attention takes a fixed min(visible, top-k) keys
-    per query."""
+    per query. Recurrent layers as in the estimate, less their triangular solves
+    (torch.linalg.solve_triangular, which FlopCounterMode does not count)."""
     attention = est.model.attention
     topk = attention.sparse_topk
     total = 0
@@ -69,4 +70,7 @@ def counted_prefill_flops(est: Estimator, batch: int, prompt: int) -> int:
         per_layer = (est.pair_flops["prefill"] * _pieces_pairs(pieces, topk)
                      + est.indexer_pair_flops * _pieces_pairs(pieces))
         total += layers * (per_layer + est.token_flops["prefill"] * prompt)
+    if est.model.is_hybrid:
+        recurrent = est.model.recurrent
+        total += len(est.model.recurrent_layer_ids) * (recurrent.prefill_flops(prompt) - recurrent.solve_flops(prompt))
     return est.prefill_linear_flops(batch, prompt) + batch * total

@@ -53,9 +53,10 @@ def assert_cached_decode_equals_forward(desc: Model) -> None:
 
 def assert_cache_bytes_equal_the_estimate(desc: Model, kv_dtype: str, max_batch: int = 3,
                                           max_context: int = 24) -> None:
-    """The built model's cache tensors hold Estimator.kv_cache_bytes, allocated and live at several contexts."""
+    """The built model's cache tensors hold Estimator.kv_cache_bytes, allocated and live at several contexts (the
+    deployment computes in fp32, as the model does: recurrent state is held in the compute dtype)."""
     net = build(desc, max_batch=max_batch, max_context=max_context, dtype=torch.float32, kv_dtype=kv_dtype)
-    est = estimator(desc, kv_format=FORMATS[kv_dtype])
+    est = estimator(desc, kv_format=FORMATS[kv_dtype], activation_format=FORMATS["fp32"])
     assert net.cache_bytes_allocated() == est.kv_cache_bytes(max_batch, max_context)
     assert net.cache_bytes_allocated() == sum(t.numel() * t.element_size() for t in net.cache_tensors())
     for context in (1, 5, 8, 13, 24):
@@ -80,10 +81,11 @@ def decode_step_flops(desc: Model, batch: int, context: int) -> int:
 
 
 def shard_outputs(desc: Model, tp: int, ranks, length: int = 8, seed: int = 3):
-    """Per attention layer of desc, on one input [1, length, d_model]: the sum over `ranks` of the tp-way
-    shards' prefill outputs (before any all-reduce), and the unsharded layer's output."""
+    """Per mixer of desc (attention and recurrent layers), on one input [1, length, d_model]: the sum over `ranks`
+    of the tp-way shards' prefill outputs (before any all-reduce), and the unsharded layer's output."""
     x = torch.randn(1, length, desc.d_model, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
-    full = build_layers(desc, desc.attention, full_layer_states(desc, F64, seed), 1, length, F64, F64, "cpu")
+    full = build_layers(desc, [kind for kind, _ in desc.mixers()], full_layer_states(desc, F64, seed), 1, length,
+                        F64, F64, "cpu")
     shards = [shard_layers(desc, tp, rank, 1, length, F64, F64, "cpu", seed) for rank in ranks]
     return [(sum(layers[i].prefill(x) for layers in shards), layer.prefill(x)) for i, layer in enumerate(full)]
 

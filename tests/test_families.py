@@ -33,7 +33,8 @@ def estimator(model, **kw) -> Estimator:
     ("llama-4-scout", "llama-4-scout"), ("llama-4-maverick", "llama-4-maverick"), ("glm-4.5-air", "glm-4.5-air"),
     ("glm-4-9b", "glm-4-9b-0414"), ("qwen3-8b", "qwen3-8b"), ("mistral-nemo-12b", "mistral-nemo-12b"),
     ("mistral-small-24b", "mistral-small-24b"), ("phi-3.5-mini", "phi-3.5-mini"),
-    ("qwen1.5-moe-a2.7b", "qwen1.5-moe-a2.7b-gptq-int4"),
+    ("qwen1.5-moe-a2.7b", "qwen1.5-moe-a2.7b-gptq-int4"), ("qwen3-next-80b-a3b", "qwen3-next-80b-a3b"),
+    ("qwen3.5-397b-a17b", "qwen3.5-397b-a17b"), ("nemotron-h-56b", "nemotron-h-56b"), ("falcon-h1-7b", "falcon-h1-7b"),
 ])
 def test_published_config_gives_the_preset(preset, folder):
     from_file, expected = load(folder), get_preset(preset)
@@ -91,6 +92,14 @@ PUBLISHED = [
     ("deepseek-v2", 236e9, 21e9, 1e9, "no input embedding"),
     ("deepseek-v2-lite", 15.7e9, 2.4e9, 0.1e9, "no input embedding"),
     ("glm-4.5-air", 106e9, 12e9, 1e9, "no embeddings"),
+    # Hybrids. Qwen's "80B total, 3B activated" for Qwen3-Next fits a count without either table (3.25B; 3.87B
+    # with both); NVIDIA gives Nemotron 3 Nano's 3.6B "including embeddings".
+    ("qwen3-next-80b-a3b", 80e9, 3e9, 1e9, "no embeddings"),
+    ("qwen3.5-397b-a17b", 397e9, 17e9, 1e9, "both"),
+    ("qwen3.5-27b", 27e9, 27e9, 1e9, "both"),
+    ("nemotron-h-56b", 56e9, 56e9, 1e9, "both"),
+    ("nemotron-3-nano-30b-a3b", 31.6e9, 3.6e9, 0.1e9, "both"),
+    ("falcon-h1-7b", 7e9, 7e9, 1e9, "both"),
 ]
 
 
@@ -241,3 +250,80 @@ def test_unknown_model_type_refused_when_a_field_is_missing_or_it_has_experts():
         model_from_config(config)
     with pytest.raises(InputError, match="num_local_experts"):
         model_from_config({**config, "intermediate_size": 14336, "num_local_experts": 8})
+
+
+# --- hybrids with recurrent layers ---------------------------------------------------------------------------
+# Cache per token (the attention layers, bf16) and recurrent state per sequence (bf16, or the config's
+# mamba_ssm_dtype for the state), derived by hand: GDN holds a key_head_dim x head_dim state per value head and
+# the last 3 inputs of q, k, v; Mamba-2 a head_dim x state_size state per head and the last 3 inputs of x, B, C.
+def gdn_state(heads, key_heads, dk, dv, state_bytes=BF16):
+    return heads * dk * dv * state_bytes + (2 * key_heads * dk + heads * dv) * 3 * BF16
+
+
+def mamba2_state(heads, head_dim, state, groups, state_bytes=BF16):
+    return heads * head_dim * state * state_bytes + (heads * head_dim + 2 * groups * state) * 3 * BF16
+
+
+@pytest.mark.parametrize("folder,kv_bytes,state_bytes", [
+    ("qwen3-next-80b-a3b", 12 * 2 * 2 * 256 * BF16, 36 * gdn_state(32, 16, 128, 128)),
+    ("qwen3.5-397b-a17b", 15 * 2 * 2 * 256 * BF16, 45 * gdn_state(64, 16, 128, 128, state_bytes=4)),
+    ("qwen3.5-27b", 16 * 2 * 4 * 256 * BF16, 48 * gdn_state(48, 16, 128, 128, state_bytes=4)),
+    ("nemotron-h-56b", 10 * 2 * 8 * 128 * BF16, 54 * mamba2_state(256, 64, 256, 8)),
+    ("nemotron-3-nano-30b-a3b", 6 * 2 * 2 * 128 * BF16, 23 * mamba2_state(64, 64, 128, 8, state_bytes=4)),
+    ("falcon-h1-7b", 44 * 2 * 2 * 128 * BF16, 44 * mamba2_state(24, 128, 256, 1)),
+])
+def test_hybrid_cache_and_state_by_hand(folder, kv_bytes, state_bytes):
+    est = estimator(load(folder))
+    assert (est.kv_bytes_per_token, est.state_bytes_per_sequence) == (kv_bytes, state_bytes)
+    assert est.kv_cache_bytes(1, 8192) == 8192 * kv_bytes + state_bytes
+
+
+def test_qwen3_next_layer_counts_by_hand():
+    """One Gated DeltaNet layer with its MoE feed-forward and two norms is 1,648,531,648 weights as transformers
+    prints Qwen3-Next's module summary (a public model note of Qwen/Qwen3-Next-80B-A3B-Instruct, tests/configs
+    README); kvplan leaves out the shared expert's gate (d_model weights)."""
+    m, d = load("qwen3-next-80b-a3b"), 2048
+    gdn = m.recurrent.params(d)
+    assert gdn == d * (2 * 16 * 128 + 2 * 32 * 128) + d * 64 + 8192 * 4 + 32 + 32 + 128 + 32 * 128 * d
+    assert gdn + m.ffn.moe_layer_params(d) + 2 * d == 1_648_531_648 - d
+    gated_attention = d * 16 * 256 * 2 + 2 * d * 2 * 256 + 16 * 256 * d  # q and its gate, k, v, o
+    assert m.attention.params(d) == gated_attention
+    assert m.total_params() == 36 * gdn + 12 * gated_attention + 48 * (m.ffn.moe_layer_params(d) + 2 * d) + d + \
+        2 * 151936 * d
+
+
+def test_nemotron_h_blocks_by_hand():
+    m, d = load("nemotron-h-56b"), 8192
+    pattern = json.loads((CONFIGS / "nemotron-h-56b" / "config.json").read_text())["hybrid_override_pattern"]
+    assert [m.layer_mixer(i) for i in range(5)] == ["recurrent", "none", "recurrent", "none", "recurrent"]
+    assert (pattern.count("M"), pattern.count("*"), pattern.count("-")) == (54, 10, 54)
+    assert m.ffn.layer_count(0, 118) == 54 and not m.ffn.gated
+    inner, conv = 256 * 64, 256 * 64 + 2 * 8 * 256
+    mamba = d * (2 * inner + 2 * 8 * 256 + 256) + conv * 4 + conv + 3 * 256 + inner + inner * d
+    attention = d * (64 * 128 + 2 * 8 * 128) + 64 * 128 * d
+    mlp = 2 * d * 32768  # up and down, squared ReLU
+    assert m.total_params() == 54 * mamba + 10 * attention + 54 * mlp + 119 * d + 2 * 131072 * d
+
+
+def test_falcon_h1_runs_attention_and_mamba_side_by_side():
+    m, d = load("falcon-h1-7b"), 3072
+    assert m.layer_mixers == ("parallel",) * 44 and m.kind_label == "gqa(kv_heads=2) || mamba2(heads=24,state=256)"
+    mamba = d * (2 * 3072 + 2 * 256 + 24) + (3072 + 2 * 256) * 5 + 3 * 24 + 3072 * d  # no gated norm (default)
+    attention = d * (12 * 128 + 2 * 2 * 128) + 12 * 128 * d
+    assert m.total_params() == 44 * (mamba + attention + 3 * d * 12288 + 2 * d) + d + 2 * 130048 * d
+
+
+def test_nemotron_3_nano_experts_are_ungated_blocks():
+    m = load("nemotron-3-nano-30b-a3b")
+    assert m.ffn.moe_layer_count(0, m.n_layers) == 23 and m.ffn.dense_layer_count(m.n_layers) == 0
+    assert m.ffn.expert_params(2688) == 2 * 2688 * 1856 and m.ffn.shared_width() == 3712
+    assert m.recurrent.state_dtype == "fp32"
+
+
+def test_hybrid_layer_types_must_be_known():
+    config = json.loads((CONFIGS / "qwen3-next-80b-a3b" / "config.json").read_text())
+    with pytest.raises(InputError, match="layer_types holds sliding_attention"):
+        model_from_config({**config, "layer_types": ["sliding_attention"] * 48})
+    with pytest.raises(InputError, match="hybrid_override_pattern"):
+        config = json.loads((CONFIGS / "nemotron-h-56b" / "config.json").read_text())
+        model_from_config({**config, "hybrid_override_pattern": "M*"})

@@ -23,6 +23,15 @@ CASES = {
                     "kv_lora_rank": 16, "q_lora_rank": None, "qk_rope_head_dim": 8, "qk_nope_head_dim": 16,
                     "v_head_dim": 16},
     "glm4_moe": {**MOE, "n_routed_experts": 4, "n_shared_experts": 1, "first_k_dense_replace": 1},
+    # Hybrids: Gated DeltaNet with gated attention every 2nd layer; Mamba-2, attention and MLP blocks; attention
+    # and Mamba-2 side by side.
+    "qwen3_next": {**MOE, "num_experts": 4, "shared_expert_intermediate_size": 48, "full_attention_interval": 2,
+                   "linear_num_value_heads": 4, "linear_num_key_heads": 2, "linear_key_head_dim": 8,
+                   "linear_value_head_dim": 12, "linear_conv_kernel_dim": 4},
+    "nemotron_h": {"hybrid_override_pattern": "M*-M", "mamba_num_heads": 4, "mamba_head_dim": 16, "ssm_state_size": 8,
+                   "n_groups": 2, "conv_kernel": 4, "mlp_hidden_act": "relu2", "attention_head_dim": 16},
+    "falcon_h1": {"mamba_d_ssm": 64, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 2, "mamba_d_state": 8,
+                  "mamba_d_conv": 4, "mamba_rms_norm": True},
 }
 
 

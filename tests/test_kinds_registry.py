@@ -2,13 +2,15 @@
 a torch layer whose real cache tensors hold the Estimator's bytes, cached decode equal to the full forward,
 FlopCounterMode's prefill FLOPs equal to the counted estimate, a tensor-parallel shard rule whose slices sum
 to the full layer, a re-cast for each of its --attention names, and a cache formula derived by hand here.
-A kind added to the registry runs all of them; one without a hand formula in HAND_CACHE fails."""
+A recurrent kind runs them in a hybrid: its layer, then a dense attention layer.
+A kind added to the registry runs all of them; one without a hand formula in HAND_CACHE (HAND_STATE for a
+recurrent kind) fails."""
 
 import pytest
 import torch
 
 from kvplan.dtypes import FORMATS
-from kvplan.kinds import KINDS, RECAST_NAMES, AttentionKind
+from kvplan.kinds import KINDS, RECAST_NAMES, AttentionKind, DenseAttention
 from kvplan.model import FeedForward, Model
 from kvplan.models import build
 from kvplan.models.transformer import layer_class
@@ -24,8 +26,18 @@ every_kind = pytest.mark.parametrize("cls", list(KINDS.values()), ids=list(KINDS
 
 
 def example_model(cls: type[AttentionKind]) -> Model:
+    """All layers of the kind; a recurrent kind's layer followed by a dense attention layer."""
+    if cls.recurrent:
+        return Model(name=f"{cls.name}-example", n_layers=LAYERS, d_model=D_MODEL, vocab_size=VOCAB,
+                     attention=DenseAttention.example(), ffn=FeedForward(96), recurrent=cls.example(),
+                     layer_mixers=("recurrent", "attention"))
     return Model(name=f"{cls.name}-example", n_layers=LAYERS, d_model=D_MODEL, vocab_size=VOCAB,
                  attention=cls.example(), ffn=FeedForward(96))
+
+
+def kind_of(desc: Model, cls: type[AttentionKind]) -> AttentionKind:
+    """The model's kind of class `cls`: its recurrent kind or its attention."""
+    return desc.recurrent if cls.recurrent else desc.attention
 
 
 # --- cache per token per layer, by hand from each kind's fields -----------------------------------------
@@ -53,6 +65,23 @@ def _dsa_cache(a):
 HAND_CACHE = {"dense": _dense_cache, "mla": _mla_cache, "tpa": _tpa_cache, "dsa": _dsa_cache}
 
 
+# Recurrent kinds: (elements of the recurrent state, elements of the convolution's state) per sequence per layer,
+# from the layers' papers and reference code (transformers' Qwen3NextGatedDeltaNet and Mamba2Mixer caches).
+def _gdn_state(a):
+    # A key_head_dim x head_dim matrix per value head; the last kernel - 1 inputs of q, k (key heads) and v.
+    conv_channels = 2 * a.n_key_heads * a.key_head_dim + a.n_heads * a.head_dim
+    return a.n_heads * a.key_head_dim * a.head_dim, conv_channels * (a.conv_kernel - 1)
+
+
+def _mamba2_state(a):
+    # A head_dim x state_size matrix per head; the last kernel - 1 inputs of x (heads) and B and C (groups).
+    conv_channels = a.n_heads * a.head_dim + 2 * a.n_groups * a.state_size
+    return a.n_heads * a.head_dim * a.state_size, conv_channels * (a.conv_kernel - 1)
+
+
+HAND_STATE = {"gdn": _gdn_state, "mamba2": _mamba2_state}
+
+
 def hand_cache_bytes(attention: AttentionKind, kv_dtype: str) -> int:
     """Cache bytes per token per layer of `attention` from its HAND_CACHE formula."""
     if attention.name not in HAND_CACHE:
@@ -62,15 +91,31 @@ def hand_cache_bytes(attention: AttentionKind, kv_dtype: str) -> int:
     return int(elements * FORMATS[kv_dtype].bytes_per_element) + own_bytes
 
 
+def hand_state_bytes(kind: AttentionKind, compute_bytes: int) -> int:
+    """State bytes per sequence per layer of a recurrent kind from its HAND_STATE formula (state in its own
+    state_dtype or the compute dtype, the convolution's inputs in the compute dtype)."""
+    if kind.name not in HAND_STATE:
+        raise KeyError(f"recurrent kind {kind.name!r} has no hand-derived state formula: add one to HAND_STATE in "
+                       "tests/test_kinds_registry.py")
+    state, conv = HAND_STATE[kind.name](kind)
+    state_bytes = FORMATS[kind.state_dtype].bytes_per_element if kind.state_dtype else compute_bytes
+    return int(state * state_bytes + conv * compute_bytes)
+
+
 @every_kind
 @pytest.mark.parametrize("kv_dtype", ["bf16", "fp32"])
 def test_cache_bytes_per_token_by_hand(cls, kv_dtype):
     desc = example_model(cls)
     per_token_layer = hand_cache_bytes(desc.attention, kv_dtype)
-    assert estimator(desc, kv_format=FORMATS[kv_dtype]).kv_bytes_per_token_layer == per_token_layer
+    state = hand_state_bytes(desc.recurrent, 4) if cls.recurrent else 0  # the model below computes in fp32
+    est = estimator(desc, kv_format=FORMATS[kv_dtype], activation_format=FORMATS["fp32"])
+    assert est.kv_bytes_per_token_layer == per_token_layer
+    assert est.state_bytes_per_sequence == len(desc.recurrent_layer_ids) * state
     batch, context = 3, 24
     net = build(desc, max_batch=batch, max_context=context, dtype=torch.float32, kv_dtype=kv_dtype)
-    assert net.cache_bytes_allocated() == LAYERS * batch * context * per_token_layer
+    attention_layers, recurrent_layers = len(desc.attention_layer_ids), len(desc.recurrent_layer_ids)
+    assert net.cache_bytes_allocated() == batch * (attention_layers * context * per_token_layer
+                                                   + recurrent_layers * state)
 
 
 def test_a_kind_without_a_hand_formula_fails():
@@ -79,6 +124,8 @@ def test_a_kind_without_a_hand_formula_fails():
 
     with pytest.raises(KeyError, match="'novel' has no hand-derived cache formula"):
         hand_cache_bytes(Novel(), "bf16")
+    with pytest.raises(KeyError, match="'novel' has no hand-derived state formula"):
+        hand_state_bytes(Novel(), 2)
 
 
 # --- the torch layer ----------------------------------------------------------------------------------------
@@ -86,9 +133,10 @@ def test_a_kind_without_a_hand_formula_fails():
 @pytest.mark.parametrize("kv_dtype", ["bf16", "fp8"])
 def test_torch_layer_caches_what_the_estimate_says(cls, kv_dtype):
     desc = example_model(cls)
-    layer = layer_class(desc.attention)
+    layer = layer_class(kind_of(desc, cls))
     assert issubclass(layer, torch.nn.Module)
-    assert all(type(block.attention) is layer for block in f64(desc).layers)
+    uses = desc.recurrent_layer_ids if cls.recurrent else desc.attention_layer_ids
+    assert [i for i, block in enumerate(f64(desc).layers) if any(type(m) is layer for m in block.mixers)] == list(uses)
     assert_cache_bytes_equal_the_estimate(desc, kv_dtype)
 
 
@@ -106,9 +154,9 @@ def test_prefill_flops_counted_equal_the_estimate(cls):
 @every_kind
 def test_shard_rule_slices_sum_to_the_full_layer(cls):
     desc = example_model(cls)
-    assert desc.attention.check_shardable(TP) is None, "example() must split over 2 GPUs"
-    assert isinstance(shard_spec(desc.attention, TP), cls)
-    # Per layer: the 2 ranks' outputs before the all-reduce add up to the unsharded layer's output.
+    assert desc.check_shardable(TP) is None, "example() must split over 2 GPUs"
+    assert isinstance(shard_spec(kind_of(desc, cls), TP), cls)
+    # Per mixer: the 2 ranks' outputs before the all-reduce add up to the unsharded layer's output.
     for total, full in shard_outputs(desc, TP, ranks=range(TP)):
         torch.testing.assert_close(total, full, rtol=1e-10, atol=1e-10)
 
@@ -117,7 +165,7 @@ def test_shard_rule_slices_sum_to_the_full_layer(cls):
 def test_shard_cache_bytes_per_gpu_equal_the_estimate(cls):
     desc, batch, context = example_model(cls), 2, 8
     _, fmt = cache_format(None, F64)
-    expected = estimator(desc, tp=TP, kv_format=fmt).kv_cache_bytes_per_gpu(batch, context)
+    expected = estimator(desc, tp=TP, kv_format=fmt, activation_format=fmt).kv_cache_bytes_per_gpu(batch, context)
     for rank in range(TP):
         layers = shard_layers(desc, TP, rank, batch, context, F64, F64, "cpu", seed=0)
         assert cache_bytes(layers) == expected
@@ -130,4 +178,4 @@ def test_every_recast_name_builds_the_kind(cls):
     base = get_preset("llama-3.1-8b")
     for name in cls.recast_names:
         assert RECAST_NAMES[name] is cls
-        assert isinstance(recast(base, name).attention, cls)
+        assert isinstance(kind_of(recast(base, name), cls), cls)

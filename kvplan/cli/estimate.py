@@ -43,6 +43,8 @@ MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
                  ("layers", lambda r: str(r["layers"])), ("params (B)", lambda r: f"{r['params'] / 1e9:,.2f}"),
                  ("active (B)", lambda r: f"{r['active_params'] / 1e9:,.2f}"), ("experts", text("experts")),
                  ("KV KiB/token bf16", lambda r: f"{r['kv_bytes_per_token_bf16'] / 1024:,.1f}"),
+                 ("state MiB/seq bf16", lambda r: f"{r['state_bytes_per_sequence_bf16'] / 2**20:,.1f}"
+                  if r["state_bytes_per_sequence_bf16"] else ""),
                  ("source", text("source"))]
 
 

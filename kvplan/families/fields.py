@@ -58,6 +58,16 @@ class Fields:
             raise InputError(f"{self.where}: field {key!r} must be a list of layer indices, not {value!r}")
         return tuple(self._cast(f"{key}[{i}]", item, int, 0, n_layers - 1) for i, item in enumerate(value))
 
+    def storage(self, key: str) -> str | None:
+        """A dtype field ("float32", "bfloat16", ...) as a kvplan.dtypes format name, None where absent."""
+        names = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+        value = self.config.get(key)
+        if value is None:
+            return None
+        if value not in names:
+            raise InputError(f"{self.where}: field {key!r} must be one of {', '.join(names)}, not {value!r}")
+        return names[value]
+
     def head_dim(self) -> int:
         """Explicit head_dim, else hidden_size / num_attention_heads (rounded down, as transformers does)."""
         explicit = self.get("head_dim", minimum=1)
@@ -105,17 +115,25 @@ def layer_spans(f: Fields, n_layers: int, spans: dict[str, str | None]) -> tuple
     attention); a span field is needed only when some layer has that type, so a config whose layers are all
     full attention may leave sliding_window null or out (as transformers 5 writes Qwen2 and Qwen3).
     """
+    layer_types = listed_layer_types(f, n_layers, spans)
+    if layer_types is None:
+        return None
+    sizes = {kind: f.need(key) if key else None for kind, key in spans.items() if kind in layer_types}
+    return tuple(sizes[kind] for kind in layer_types)
+
+
+def listed_layer_types(f: Fields, n_layers: int, known) -> list[str] | None:
+    """The config's layer_types, one of `known` per layer; None where the config has no such list."""
     layer_types = f.config.get("layer_types")
     if not (isinstance(layer_types, list) and layer_types):
         return None
     if len(layer_types) != n_layers:
         raise InputError(f"{f.where}: layer_types has {len(layer_types)} entries for {n_layers} layers")
-    unknown = sorted({str(kind) for kind in layer_types} - set(spans))
+    unknown = sorted({str(kind) for kind in layer_types} - set(known))
     if unknown:
-        raise InputError(f"{f.where}: layer_types holds {', '.join(unknown)}; kvplan knows {' and '.join(spans)} "
+        raise InputError(f"{f.where}: layer_types holds {', '.join(unknown)}; kvplan knows {' and '.join(known)} "
                          f"for model_type {f.config.get('model_type')!r}")
-    sizes = {kind: f.need(key) if key else None for kind, key in spans.items() if kind in layer_types}
-    return tuple(sizes[kind] for kind in layer_types)
+    return layer_types
 
 
 SLIDING_OR_FULL = {"sliding_attention": "sliding_window", "full_attention": None}

@@ -12,6 +12,8 @@ Conventions used by every formula (and by kvplan.models, which implements them):
 
 A new kind is one module here (a frozen dataclass subclassing AttentionKind, listed in kinds/__init__.py),
 its torch layer in kvplan.models (named by `layer`), and its tests; see the README's "Adding an attention kind".
+Recurrent kinds (linear attention, state-space layers) subclass kinds.recurrent.RecurrentKind, which adds the
+per-sequence state and chunked FLOPs; a Model places them on the layers its `layer_mixers` name "linear".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class AttentionKind:
     name: ClassVar[str]  # registry key, e.g. "mla"
     recast_names: ClassVar[tuple[str, ...]] = ()  # --attention names that build this kind
     layer: ClassVar[str]  # "module:Class" of its torch layer inside kvplan.models
+    recurrent: ClassVar[bool] = False  # a per-sequence state instead of a per-token cache (kinds.recurrent)
     n_heads: int
 
     # --- what it is ------------------------------------------------------------------------------------------

@@ -10,12 +10,15 @@ from .base import AttentionKind
 
 @dataclass(frozen=True)
 class DenseAttention(AttentionKind):
-    """Caches one key and one value vector of head_dim per KV head per token per layer."""
+    """Caches one key and one value vector of head_dim per KV head per token per layer. With `output_gate` the
+    query projection also gives a gate per head channel, and the attention output is multiplied by its sigmoid
+    before the output projection (Qwen3-Next's and Qwen3.5's gated attention)."""
 
     n_heads: int
     n_kv_heads: int
     head_dim: int
     qkv_bias: bool = False
+    output_gate: bool = False
 
     name = "dense"
     recast_names = ("mha", "mqa", "gqa")
@@ -47,11 +50,11 @@ class DenseAttention(AttentionKind):
         q_out = ceil_div(self.n_heads, tp) * self.head_dim
         kv_out = ceil_div(self.n_kv_heads, tp) * self.head_dim
         bias = (q_out + 2 * kv_out) if self.qkv_bias else 0
-        return d_model * (q_out + 2 * kv_out) + q_out * d_model + bias
+        return d_model * (q_out + 2 * kv_out) + q_out * d_model + bias + self.output_gate * d_model * q_out
 
     def linear_params(self, d_model: int) -> int:
         q_out, kv_out = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        return d_model * (q_out + 2 * kv_out) + q_out * d_model
+        return d_model * (q_out + 2 * kv_out) + q_out * d_model + self.output_gate * d_model * q_out
 
     def pair_flops(self, phase: str) -> int:
         """QK^T and PV over all heads."""
@@ -59,8 +62,9 @@ class DenseAttention(AttentionKind):
 
     def activation_elements(self, tp: int = 1) -> int:
         """The q/k/v projection (alive through v), rotated q and k, and the output, for the heads one GPU holds
-        (KV heads replicate where tp exceeds them). Measured exactly on an H100 (examples/tp1-h100.csv: 19456
-        elements per token at 32 heads, 8 KV heads of 128, d_model 4096; examples/tp2-h100.csv at tp 2)."""
+        (KV heads replicate where tp exceeds them); an output gate is computed after they are freed. Measured
+        exactly on an H100 (examples/tp1-h100.csv: 19456 elements per token at 32 heads, 8 KV heads of 128,
+        d_model 4096; examples/tp2-h100.csv at tp 2)."""
         return 3 * ceil_div(self.n_heads, tp) * self.head_dim + 3 * ceil_div(self.n_kv_heads, tp) * self.head_dim
 
     def check_shardable(self, tp: int) -> str | None:

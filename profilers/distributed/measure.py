@@ -36,14 +36,14 @@ TOLERANCE = {torch.float64: 1e-9, torch.float32: 1e-4, torch.bfloat16: 5e-2, tor
 
 # --- building and running the layers ---------------------------------------------------------------------
 def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[str, torch.Tensor]]:
-    """Weights of the unsharded attention layers, drawn on the host as kvplan.models.build draws them (matrices
-    N(0, 1/fan_in), biases zero, norms one), so every rank with the same seed holds the same full layers."""
+    """Weights of the unsharded mixers (Model.mixers: attention and recurrent layers), drawn on the host as
+    kvplan.models.build draws them (matrices N(0, 1/fan_in), biases zero, norms one), so every rank with the same
+    seed holds the same full layers."""
     generator = torch.Generator().manual_seed(seed)
     states = []
-    for window in desc.layer_windows:
-        layer = layer_class(desc.attention)(desc.attention, desc.d_model, window, 1, 1,
-                                            Rope(desc.attention.rope_dim, 1), torch.float32,
-                                            dtype=dtype)  # a 1-token cache: only the weights matter
+    for kind, window in desc.mixers():
+        layer = layer_class(kind)(kind, desc.d_model, window, 1, 1, Rope(desc.attention.rope_dim, 1), torch.float32,
+                                  dtype=dtype)  # a 1-token cache: only the weights matter
         with torch.no_grad():
             for name, param in layer.named_parameters():
                 if name.endswith("bias"):
@@ -54,14 +54,16 @@ def full_layer_states(desc: Model, dtype: torch.dtype, seed: int) -> list[dict[s
     return states
 
 
-def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int, cache_dtype: torch.dtype,
+def build_layers(desc: Model, specs: list, states: list[dict], batch: int, context: int, cache_dtype: torch.dtype,
                  dtype: torch.dtype, device: torch.device) -> list[torch.nn.Module]:
-    """Attention layers of kind `spec` (a shard or the full layer) with caches for batch x context, loaded from states."""
-    rope = Rope(spec.rope_dim, context, device=device, convention=desc.rope_convention)
+    """desc's mixers, each of the kind in `specs` (a shard or the full layer), with caches for batch x context,
+    loaded from states."""
+    rope = Rope(desc.attention.rope_dim, context, device=device, convention=desc.rope_convention)
     layers = []
-    for window, state in zip(desc.layer_windows, states):
-        layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, chunked=desc.chunked,
-                                  dtype=dtype, device=device)
+    for spec, (_, window), state in zip(specs, desc.mixers(), states):
+        chunked = {} if spec.recurrent else {"chunked": desc.chunked}  # recurrent layers have no window
+        layer = layer_class(spec)(spec, desc.d_model, window, batch, context, rope, cache_dtype, dtype=dtype,
+                                  device=device, **chunked)
         layer.load_state_dict(state, strict=True)  # a slice of the wrong shape or a missing weight fails here
         layers.append(layer.eval().requires_grad_(False))
     return layers
@@ -69,10 +71,12 @@ def build_layers(desc: Model, spec, states: list[dict], batch: int, context: int
 
 def shard_layers(desc: Model, tp: int, rank: int, batch: int, context: int, cache_dtype: torch.dtype,
                  dtype: torch.dtype, device, seed: int) -> list[torch.nn.Module]:
-    """Rank `rank`'s shard under `tp` of the attention layers full_layer_states draws from `seed`, with caches
-    for batch x context."""
-    states = [shard_state(desc.attention, s, tp, rank) for s in full_layer_states(desc, dtype, seed)]
-    return build_layers(desc, shard_spec(desc.attention, tp), states, batch, context, cache_dtype, dtype, device)
+    """Rank `rank`'s shard under `tp` of the mixers full_layer_states draws from `seed`, with caches for
+    batch x context."""
+    kinds = [kind for kind, _ in desc.mixers()]
+    states = [shard_state(kind, s, tp, rank) for kind, s in zip(kinds, full_layer_states(desc, dtype, seed))]
+    return build_layers(desc, [shard_spec(kind, tp) for kind in kinds], states, batch, context, cache_dtype, dtype,
+                        device)
 
 
 def cache_bytes(layers: list[torch.nn.Module]) -> int:
@@ -146,7 +150,8 @@ class Job:
     def check(self, ranks: int) -> None:
         """InputError when the job cannot run on `ranks` ranks (before any collective, alike on every rank)."""
         if self.parallel == "tp":
-            shard_spec(self.desc.attention, ranks)
+            for kind, _ in self.desc.mixers():
+                shard_spec(kind, ranks)
         else:
             rank_sequences(self.batch, ranks, 0)
 
@@ -227,7 +232,7 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
         runtime = torch.cuda.memory_allocated(device)
     layers = rank_layers(job, ranks, rank, end - first, cache_dtype, device)
     # RoPE tables (fp32 cos and sin per position) are the harness's, outside the estimate: measured, then left out.
-    rope = {id(t): t.nbytes for layer in layers for t in (layer.rope.cos, layer.rope.sin)}
+    rope = {id(t): t.nbytes for layer in layers if hasattr(layer, "rope") for t in (layer.rope.cos, layer.rope.sin)}
     rope_bytes = sum(rope.values())
     if cuda:  # weights, cache and RoPE tables; the input hidden states count as activations, as the estimate's do
         torch.cuda.synchronize(device)
@@ -264,8 +269,9 @@ def measure_rank(job: Job, device: torch.device) -> tuple[dict, torch.Tensor]:
 def reference_output(job: Job, device: torch.device) -> torch.Tensor:
     """The unsharded layers on the same inputs (rank 0, after the shards are freed)."""
     cache_dtype, _ = cache_format(job.kv_dtype, job.dtype)
-    layers = build_layers(job.desc, job.desc.attention, full_layer_states(job.desc, job.dtype, job.seed), job.batch,
-                          job.context, cache_dtype, job.dtype, device)
+    layers = build_layers(job.desc, [kind for kind, _ in job.desc.mixers()],
+                          full_layer_states(job.desc, job.dtype, job.seed), job.batch, job.context, cache_dtype,
+                          job.dtype, device)
     prompt, steps = inputs(job.desc, job.batch, job.context, job.decode_steps, job.dtype, device, job.seed)
     return run_layers(layers, prompt, steps, lambda out: None)
 
