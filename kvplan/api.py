@@ -236,6 +236,8 @@ def estimate(model: str | Model, gpu: str | GPU = "h100-sxm", context: int | str
             for message in estimator_warnings(estimator, contexts):
                 warnings.warn(message, stacklevel=2)
             found.append(estimator)
+    if not found:
+        raise InputError("model must name at least one model, not an empty list", "model")
     if len(found) * len(contexts) * len(batches) == 1:
         return found[0].row(batches[0], contexts[0], prompt_tokens)
     from .grid import frame  # only the many-row API pays for numpy and pandas

@@ -35,6 +35,6 @@ def layer_mixers(f: Fields, n_layers: int) -> tuple[str, ...]:
 
 def model(f: Fields, common: dict) -> Model:
     attention = replace(dense_attention(f), output_gate=f.get("attn_output_gate", True, bool))
-    return Model(attention=attention, ffn=qwen_feed_forward(f), recurrent=gated_delta_net(f),
+    return Model(attention=attention, ffn=qwen_feed_forward(f, common["n_layers"]), recurrent=gated_delta_net(f),
                  layer_mixers=layer_mixers(f, common["n_layers"]),
                  tie_embeddings=f.get("tie_word_embeddings", False, bool), **common)

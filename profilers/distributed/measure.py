@@ -202,8 +202,9 @@ def rank_layers(job: Job, ranks: int, rank: int, batch: int, cache_dtype: torch.
     """This rank's layers with caches for `batch` sequences: its tensor-parallel shard, or under dp the whole layers."""
     if job.parallel == "tp":
         return shard_layers(job.desc, ranks, rank, batch, job.context, cache_dtype, job.dtype, device, job.seed)
-    return build_layers(job.desc, job.desc.attention, full_layer_states(job.desc, job.dtype, job.seed), batch,
-                        job.context, cache_dtype, job.dtype, device)
+    return build_layers(job.desc, [kind for kind, _ in job.desc.mixers()],
+                        full_layer_states(job.desc, job.dtype, job.seed), batch, job.context, cache_dtype, job.dtype,
+                        device)
 
 
 def rank_inputs(job: Job, first: int, end: int, device: torch.device) -> tuple[torch.Tensor, list[torch.Tensor]]:
