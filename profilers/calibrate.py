@@ -102,14 +102,18 @@ def _flops(point: dict) -> float:
     return point["linear_flops"] + point["attention_flops"]
 
 
-def _check_below_peaks(gpu: GPU, copy_bw: float, mm_flops: float, decode: list[dict], prefill: list[dict]) -> None:
-    """Raise MeasurementError where a rate exceeds the peak it is a fraction of: a timing or model error."""
-    rates = [("copy bandwidth", copy_bw, gpu.bandwidth_bytes_per_s, "B/s"),
-             ("matmul", mm_flops, gpu.bf16_flops, "FLOP/s")]
-    rates += [(f"decode at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
-               gpu.bandwidth_bytes_per_s, "B/s") for p in decode]
-    rates += [(f"prefill at batch {p['batch']}, context {p['context']}", _flops(p) / p["seconds"], gpu.bf16_flops,
-               "FLOP/s") for p in prefill]
+def _check_below_peaks(gpu: GPU, points: dict[str, list[dict]]) -> None:
+    """Raise MeasurementError where a measured rate exceeds the peak it is a fraction of (a timing or a FLOP or
+    byte count is wrong): GEMM and attention FLOP/s against bf16_flops, decode and copy bytes/s against the
+    bandwidth."""
+    rates = [(f"gemm {p['m']}x{p['n']}x{p['k']}", 2 * p["m"] * p["n"] * p["k"] / p["seconds"], gpu.bf16_flops,
+              "FLOP/s") for p in points["gemm"]]
+    rates += [(f"prefill attention at {p['tokens']} tokens", p["flops"] / p["seconds"], gpu.bf16_flops, "FLOP/s")
+              for p in points["prefill_attention"]]
+    rates += [(f"decode attention at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
+               gpu.bandwidth_bytes_per_s, "B/s") for p in points["decode_attention"]]
+    rates += [(f"copy of {p['bytes']} bytes", p["bytes"] / p["seconds"], gpu.bandwidth_bytes_per_s, "B/s")
+              for p in points["copy"]]
     for what, rate, peak, unit in rates:
         if rate > peak * (1 + 1e-9):
             raise MeasurementError(f"calibrate: {what} ran at {rate:.4g} {unit}, {rate / peak:.0%} of {gpu.name}'s "
@@ -298,6 +302,8 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
                      "prefill_attention": time_prefill_attention(device, dtype, ref, repeats),
                      "decode_attention": time_decode_attention(device, dtype, ref, repeats),
                      "copy": time_copies(device, ref, repeats)}
+    if not cpu:  # a CPU's peaks are the rates measured here, so only a GPU's datasheet can be exceeded
+        _check_below_peaks(base, kernel_points)
     kernels = solve_kernels(base, *kernel_points.values())
     calibrated = replace(base, compute_efficiency=None, bandwidth_efficiency=None, attention_efficiency=None,
                          kernels=replace(kernels, source=f"gemm, prefill and decode attention, elementwise: kvplan "

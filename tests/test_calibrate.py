@@ -125,14 +125,16 @@ def test_calibrate_on_cpu_needs_a_price(run_cli):
 
 
 def test_a_rate_above_the_peak_is_refused_not_printed():
-    # A prefill of 2e12 FLOPs in 1 ms is 2e15 FLOP/s, above the h100-sxm's 989.4e12 peak: a timing or count error.
+    # A 4096^3 GEMM in 0.1 ms is 1.37e15 FLOP/s, above the h100-sxm's 989.4e12 peak: a timing or count error.
     from kvplan.units import MeasurementError
 
     gpu = GPUS["h100-sxm"]
-    prefill = [{"batch": 1, "context": 4096, "seconds": 1e-3, "linear_flops": 1.5e12, "attention_flops": 0.5e12}]
-    with pytest.raises(MeasurementError, match="prefill at batch 1, context 4096 ran at 2e\\+15 FLOP/s, 202%"):
-        cal._check_below_peaks(gpu, 3e12, 8e14, [], prefill)
-    cal._check_below_peaks(gpu, 3e12, 8e14, [], [{**prefill[0], "seconds": 4e-3}])  # 5e14 FLOP/s: fine
+    points = {"gemm": [{"m": 4096, "n": 4096, "k": 4096, "bytes_per_element": 2, "seconds": 1e-4}],
+              "prefill_attention": [], "decode_attention": [], "copy": []}
+    with pytest.raises(MeasurementError, match="gemm 4096x4096x4096 ran at 1.374e\\+15 FLOP/s, 139%"):
+        cal._check_below_peaks(gpu, points)
+    points["gemm"][0]["seconds"] = 2e-4  # 6.9e14 FLOP/s: fine
+    cal._check_below_peaks(gpu, points)
 
 
 def test_calibrate_refuses_a_bad_price_and_an_unwritable_out_before_measuring(run_cli, tmp_path, monkeypatch):
@@ -176,6 +178,9 @@ def test_the_h100_profile_in_examples_is_below_every_peak():
     from pathlib import Path
 
     profile = json.loads((Path(__file__).parents[1] / "examples" / "validation-h100-profile.json").read_text())
-    measured = profile["measured"]
-    cal._check_below_peaks(GPUS["h100-sxm"], measured["copy_bandwidth_bytes_per_s"], measured["matmul_flops"],
-                           measured["decode_points"], measured["prefill_points"])
+    measured, gpu = profile["measured"], GPUS["h100-sxm"]
+    assert measured["copy_bandwidth_bytes_per_s"] <= gpu.bandwidth_bytes_per_s
+    assert measured["matmul_flops"] <= gpu.bf16_flops
+    assert all(p["bytes"] / p["seconds"] <= gpu.bandwidth_bytes_per_s for p in measured["decode_points"])
+    assert all((p["linear_flops"] + p["attention_flops"]) / p["seconds"] <= gpu.bf16_flops
+               for p in measured["prefill_points"])
