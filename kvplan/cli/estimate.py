@@ -67,8 +67,9 @@ GPU_COLUMNS = [("gpu", text("name")), ("aliases", text("aliases")),
 
 @output_options
 def gpus(options: OutputFormat) -> None:
-    """List the bundled GPU presets (memory, bandwidth, dense FLOP/s, price), the other names --gpu takes for
-    them, and their sources."""
+    """List the bundled GPU presets: memory, bandwidth, dense FLOP/s, price, aliases and sources.
+
+    The aliases are the other names --gpu takes for each preset."""
     from ..hardware import gpu_rows
 
     show(Report(gpu_rows(), title="kvplan gpus"), options, GPU_COLUMNS)

@@ -56,8 +56,10 @@ def plan(
     plot: Optional[str] = typer.Option(None, "--plot", help="Write the Pareto fronts (tokens/s per GPU against "
                                        "tokens/s per user) to this PNG."),
 ) -> None:
-    """The cheapest deployments that fit in memory and meet --ttft and --tpot, searched over GPU type and count,
-    tp/pp/dp/ep layout, batch, dtypes, attention re-casts and (with --disaggregated) prefill/decode pools."""
+    """The cheapest deployments that fit in memory and meet --ttft and --tpot.
+
+    Searched over GPU type and count, tp/pp/dp/ep layout, batch, dtypes, attention re-casts and (with
+    --disaggregated) prefill/decode pools."""
     from ..plan import plan_report, workload_for
     from ..recast import split_specs
 
