@@ -41,13 +41,14 @@ class AttentionKind:
 
     @property
     def rope_dim(self) -> int:
-        """Channels per head that RoPE rotates."""
-        raise NotImplementedError
+        """Channels per head that RoPE rotates: the whole head (`head_dim`) unless a kind says otherwise."""
+        return self.head_dim
 
     @property
     def value_head_dim(self) -> int:
-        """Width of one head's output; a re-cast into another kind keeps it as that kind's head_dim."""
-        raise NotImplementedError
+        """Width of one head's output (`head_dim` unless a kind says otherwise); a re-cast into another kind
+        keeps it as that kind's head_dim."""
+        return self.head_dim
 
     # --- memory ----------------------------------------------------------------------------------------------
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:

@@ -34,14 +34,6 @@ class DenseAttention(AttentionKind):
     def label(self) -> str:
         return self.kind if self.kind != "gqa" else f"gqa(kv_heads={self.n_kv_heads})"
 
-    @property
-    def rope_dim(self) -> int:
-        return self.head_dim
-
-    @property
-    def value_head_dim(self) -> int:
-        return self.head_dim
-
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
         """K and V per KV head on one GPU; tp > n_kv_heads replicates heads."""
         return ((2 * ceil_div(self.n_kv_heads, tp), self.head_dim),)

@@ -28,14 +28,6 @@ class TPA(AttentionKind):
     def label(self) -> str:
         return f"tpa(q={self.q_rank},k={self.k_rank},v={self.v_rank})"
 
-    @property
-    def rope_dim(self) -> int:
-        return self.head_dim
-
-    @property
-    def value_head_dim(self) -> int:
-        return self.head_dim
-
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
         ranks = self.k_rank + self.v_rank
         return ((ranks, ceil_div(self.n_heads, tp)), (ranks, self.head_dim))
