@@ -48,10 +48,6 @@ class GatedDeltaNet(RecurrentKind):
     def label(self) -> str:
         return f"gdn(heads={self.n_heads})"
 
-    @property
-    def value_head_dim(self) -> int:
-        return self.head_dim
-
     def _heads(self, tp: int) -> tuple[int, int]:
         """(key heads, value heads) on one of `tp` GPUs."""
         return ceil_div(self.n_key_heads, tp), ceil_div(self.n_heads, tp)

@@ -47,10 +47,6 @@ class Mamba2(RecurrentKind):
     def label(self) -> str:
         return f"mamba2(heads={self.n_heads},state={self.state_size})"
 
-    @property
-    def value_head_dim(self) -> int:
-        return self.head_dim
-
     def _shares(self, tp: int) -> tuple[int, int]:
         """(heads, groups) on one of `tp` GPUs; a group whose heads span several GPUs is on each of them."""
         return ceil_div(self.n_heads, tp), ceil_div(self.n_groups, tp)
