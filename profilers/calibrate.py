@@ -18,9 +18,16 @@ a preset does:
   (1 / L, 1 / e) gives e_max = 1 / intercept and attention_half_tokens = slope / intercept.
 - decode_attention: one query over a cache at a few batch x context points; t = call + bytes / (bandwidth x b).
 - elementwise: a copy; its bandwidth fraction, and the time of a tiny copy as its call time.
-The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures. The reference model's
-decode steps and prefills (measured as `kvplan profile` measures them) are then predicted with the profile,
-and each point's error is stored beside.
+The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures.
+Micro-benchmarks time each kernel alone; the network `kvplan profile` measures also runs unfused norms, RoPE,
+the gated activation and residual adds, and its attention inside a layer. So the reference model's prefills
+and decode steps (measured as `kvplan profile` measures them) then solve what they cost (`fit_reference`):
+- prefill (a short and a long prompt): elementwise bandwidth and prefill attention compute, the two scales
+  that make both prefills come out as measured (the short one is mostly GEMMs and elementwise bytes, the long
+  one mostly attention);
+- decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
+  attention's bandwidth (least squares; its call time stays the micro-benchmark's).
+Each point's prediction with the final profile and its error are stored beside it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import torch
 from kvplan.api import resolve_model
 from kvplan.estimator import Estimator
 from kvplan.hardware import GPU, get_gpu
-from kvplan.roofline import Kernel
+from kvplan.roofline import Kernel, Kernels
 from kvplan.units import InputError, MeasurementError
 
 from .measure import Settings, measure_row
@@ -190,6 +197,73 @@ def solve_kernels(base: GPU, gemm: list[dict], attention: list[dict], decode: li
                    elementwise=solve_streaming(copies, base.bandwidth_bytes_per_s))
 
 
+def _solve_two(rows: list[tuple[float, float, float]]) -> tuple[float, float] | None:
+    """(x, y) minimising sum (a x + b y - t)^2 over rows (a, b, t); None when a and b cannot be told apart."""
+    saa = sum(a * a for a, _, _ in rows)
+    sab = sum(a * b for a, b, _ in rows)
+    sbb = sum(b * b for _, b, _ in rows)
+    sat = sum(a * t for a, _, t in rows)
+    sbt = sum(b * t for _, b, t in rows)
+    det = saa * sbb - sab * sab
+    if det <= 1e-12 * max(saa * sbb, 1e-300):
+        return None
+    return (sat * sbb - sbt * sab) / det, (saa * sbt - sab * sat) / det
+
+
+def _scaled(kernel: Kernel, scale: float, compute: bool) -> Kernel:
+    """`kernel` taking `scale` times as long per FLOP (compute) or per byte, each fraction kept in (0, 1]."""
+    if compute:
+        return replace(kernel, compute=_fraction(kernel.compute / scale))
+    return replace(kernel, bandwidth=_fraction(kernel.bandwidth / scale))
+
+
+def fit_reference(kernels: Kernels, estimator_for, prefill: list[dict], decode: list[dict],
+                  rounds: int = 4) -> Kernels:
+    """`kernels` with elementwise and attention figures solved so the reference network's measured points come
+    out as measured: each prefill point {"batch", "context", "seconds"} solves the elementwise bandwidth and
+    prefill attention compute (scales of those two operations' seconds), each decode point the elementwise
+    call time and decode attention's seconds per byte. `estimator_for(kernels)` gives the reference model's
+    Estimator. Prefill and decode share the elementwise kernel, so the two solves alternate for a few rounds;
+    a solve that cannot tell its two unknowns apart (or gives a negative one) leaves its kernels unchanged."""
+    for _ in range(rounds):
+        est = estimator_for(kernels)
+        rows = []
+        for p in prefill:
+            row = est.row(p["batch"], p["context"])
+            e, a = row["prefill_elementwise_seconds"], row["prefill_attention_seconds"]
+            rows.append((e, a, p["seconds"] - (row["prefill_seconds"] - e - a)))
+        scales = _solve_two(rows)
+        if scales and min(scales) > 0:
+            kernels = replace(kernels, elementwise=_scaled(kernels.elementwise, scales[0], compute=False),
+                              prefill_attention=_scaled(kernels.prefill_attention, scales[1], compute=True))
+        # Decode: seconds are linear in the elementwise call time (calls x call_seconds) and in decode
+        # attention's seconds per byte; the call count comes from the estimate at two call times. Every step
+        # makes the same calls, so decode attention's own call time (the micro-benchmark's) cannot be told
+        # apart from the elementwise one and is kept.
+        attention = kernels.decode_attention
+        quiet = replace(kernels, elementwise=replace(kernels.elementwise, call_seconds=0.0))
+        probe = kernels.elementwise.call_seconds or 1e-6
+        bytes_only = estimator_for(replace(quiet, decode_attention=replace(attention, call_seconds=0.0)))
+        with_calls = estimator_for(replace(kernels, elementwise=replace(kernels.elementwise, call_seconds=probe),
+                                           decode_attention=replace(attention, call_seconds=0.0)))
+        with_attention_calls = estimator_for(quiet)
+        rows = []
+        for p in decode:
+            base = bytes_only.row(p["batch"], p["context"])
+            calls = (with_calls.row(p["batch"], p["context"])["decode_elementwise_seconds"]
+                     - base["decode_elementwise_seconds"]) / probe
+            attention_calls = (with_attention_calls.row(p["batch"], p["context"])["decode_seconds_per_token"]
+                               - base["decode_seconds_per_token"])
+            d = base["decode_attention_seconds"]
+            rows.append((calls, d, p["seconds"] - attention_calls - (base["decode_seconds_per_token"] - d)))
+        solved = _solve_two(rows)
+        if solved and min(solved) > 0:
+            call_seconds, scale = solved
+            kernels = replace(kernels, elementwise=replace(kernels.elementwise, call_seconds=call_seconds),
+                              decode_attention=_scaled(attention, scale, compute=False))
+    return kernels
+
+
 def fit_line(xs: list[float], ts: list[float]) -> tuple[float, float]:
     """(intercept, slope) of the least-squares line t = intercept + slope x; the intercept is kept >= 0."""
     n = len(xs)
@@ -318,6 +392,11 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
               for b, c in ref.decode_points]
     prefill = [{"batch": b, "context": c, "seconds": measured[(b, c)]["prefill_seconds_measured"]}
                for b, c in ref.prefill_points]
+    fitted = fit_reference(calibrated.kernels, lambda k: Estimator(desc, deployment(replace(calibrated, kernels=k),
+                                                                                     kv, dtype)), prefill, decode)
+    calibrated = replace(calibrated, kernels=replace(fitted, source=f"{fitted.source}; elementwise and attention "
+                         f"solved from the reference model's measured prefills and decode steps ({ref.model}, "
+                         f"first {desc.n_layers} layers)"))
     check = Estimator(desc, deployment(calibrated, kv, dtype))
     for point in decode:
         point["predicted_seconds"] = check.decode_step(point["batch"], point["context"])[1]

@@ -71,9 +71,10 @@ def device_environment(device: torch.device) -> dict:
 
 
 def deployment(gpu: GPU, kv_dtype: str, dtype: torch.dtype) -> Deployment:
-    """One GPU, the cache format asked for, weights and activations in the dtype the network runs in."""
+    """One GPU, the cache format asked for, weights and activations in the dtype the network runs in, and whole
+    prompts prefilled at once, as kvplan.models runs them."""
     compute = "fp32" if dtype == torch.float32 else "bf16"
-    dep = deployment_for(gpu, kv_dtype=kv_dtype, weight_dtype=compute)
+    dep = deployment_for(gpu, kv_dtype=kv_dtype, weight_dtype=compute, prefill_chunk=0)
     return replace(dep, activation_format=FORMATS[compute])
 
 

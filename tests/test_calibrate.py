@@ -184,3 +184,39 @@ def test_the_h100_profile_in_examples_is_below_every_peak():
     assert all(p["bytes"] / p["seconds"] <= gpu.bandwidth_bytes_per_s for p in measured["decode_points"])
     assert all((p["linear_flops"] + p["attention_flops"]) / p["seconds"] <= gpu.bf16_flops
                for p in measured["prefill_points"])
+
+
+def test_reference_fit_recovers_elementwise_and_attention_figures():
+    # The reference network's "measured" points are made by the estimate itself with known elementwise
+    # (bandwidth 0.3, 20 us a call) and attention figures (prefill compute 0.5, decode bandwidth 0.6); starting
+    # from the preset's figures, the fit must find those figures (each point's seconds are linear in them).
+    model = get_preset("llama-3.1-8b")
+    gpu = GPUS["h100-sxm"]
+    truth = replace(gpu.kernels, elementwise=cal.Kernel(1.0, 0.3, 20e-6),
+                    prefill_attention=replace(gpu.kernels.prefill_attention, compute=0.5),
+                    decode_attention=replace(gpu.kernels.decode_attention, bandwidth=0.6))
+
+    def estimator_for(kernels):
+        return Estimator(model, deployment_for(replace(gpu, kernels=kernels), prefill_chunk=0))
+
+    measured = estimator_for(truth)
+    prefill = [{"batch": b, "context": c, "seconds": measured.row(b, c)["prefill_seconds"]}
+               for b, c in ((1, 4096), (1, 131072))]
+    decode = [{"batch": b, "context": c, "seconds": measured.row(b, c)["decode_seconds_per_token"]}
+              for b, c in ((1, 4096), (1, 32768), (8, 32768))]
+    k = cal.fit_reference(gpu.kernels, estimator_for, prefill, decode, rounds=8)
+    assert k.elementwise.bandwidth == pytest.approx(0.3, rel=1e-2)
+    assert k.elementwise.call_seconds == pytest.approx(20e-6, rel=1e-2)
+    assert k.prefill_attention.compute == pytest.approx(0.5, rel=1e-2)
+    assert k.decode_attention.bandwidth == pytest.approx(0.6, rel=1e-2)
+
+
+def test_reference_fit_leaves_kernels_alone_when_points_cannot_separate_the_unknowns():
+    model = get_preset("llama-3.1-8b")
+    gpu = GPUS["h100-sxm"]
+
+    def estimator_for(kernels):
+        return Estimator(model, deployment_for(replace(gpu, kernels=kernels), prefill_chunk=0))
+
+    one_point = [{"batch": 1, "context": 4096, "seconds": 1.0}]
+    assert cal.fit_reference(gpu.kernels, estimator_for, one_point, one_point) == gpu.kernels
