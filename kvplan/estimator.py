@@ -340,6 +340,9 @@ class Estimator:
         seconds = 0.0
         if dep.tp > 1:
             seconds += model.sublayer_count() * parallel.all_reduce_seconds(message, dep.tp, *self._link(dep.tp))
+            for layers, elements in model.mixer_all_reduces(dep.tp):  # inside the mixers (Mamba's x_proj)
+                seconds += layers * parallel.all_reduce_seconds(tokens_per_rank * elements * self._act_bytes, dep.tp,
+                                                                *self._link(dep.tp))
         if dep.ep > 1 and self._moe_layers:
             # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
             copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model
