@@ -239,6 +239,11 @@ def test_hybrid_recast_keeps_attention_every_fourth_layer():
     every6 = recast(base, "mamba2:attention_every=6,state_size=64")
     assert every6.attention_layer_ids == (5, 11, 17, 23, 29) and every6.recurrent.state_size == 64
     assert recast(base, "gdn").attention_layer_ids == ()
+    # Mamba-1 as Jamba builds it from a 4096-wide model: expand 2, state 16, dt_rank ceil(4096 / 16).
+    jamba_like = recast(base, "mamba:attention_every=8")
+    assert jamba_like.attention_layer_ids == (7, 15, 23, 31)
+    assert jamba_like.recurrent == Mamba(d_inner=8192, state_size=16, dt_rank=256)
+    assert recast(base, "mamba:state_size=8,dt_rank=64").recurrent.selection_width == 64 + 2 * 8
 
 
 def test_recasting_a_hybrid_changes_only_its_attention_layers():
