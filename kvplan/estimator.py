@@ -15,7 +15,8 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
   prompt token in prefill (serving engines only need that logit) and on every decoded token.
 - Roofline: time = max(FLOPs / (G * effective FLOP/s), bytes / (G * effective bandwidth)) + communication,
   G = tp x the dp ranks that have a sequence (work spreads evenly over them). Communication (kvplan.parallel):
-  tensor parallelism all-reduces the hidden state after each mixer and feed-forward (twice per layer), expert
+  tensor parallelism all-reduces the hidden state after each mixer and feed-forward (twice per layer), and
+  inside a mixer whatever its kind sums over the split (AttentionKind.mixer_all_reduce_elements: Mamba's x_proj), expert
   parallelism dispatches (fp8) and combines (bf16) each token's top-k expert copies per MoE layer, pipeline
   stages send activations on. With `overlap` communication hides behind compute (time = max of the two), as
   two micro-batches do in DeepSeek's serving; the no-overlap time is the sum. Pipeline stages run one after

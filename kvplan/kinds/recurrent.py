@@ -1,8 +1,8 @@
 """Recurrent sequence mixers (linear attention, state-space layers): a per-sequence state constant in context.
 
 A recurrent layer caches nothing per token. Each sequence holds, per layer, its recurrent state (one matrix per
-head: Gated DeltaNet's key dim x value dim, Mamba-2's head dim x state size) and the last conv_kernel - 1
-inputs of its short causal convolution. The recurrent state is stored in `state_dtype` when the kind names one
+head: Gated DeltaNet's key dim x value dim, Mamba-2's head dim x state size; Mamba-1 a state_size vector per
+channel) and the last conv_kernel - 1 inputs of its short causal convolution. The recurrent state is stored in `state_dtype` when the kind names one
 (a config's mamba_ssm_dtype), else in the model's compute dtype, as vLLM's mamba cache dtype "auto" does; the
 convolution's inputs always in the compute dtype.
 
