@@ -15,7 +15,8 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
   prompt token in prefill (serving engines only need that logit) and on every decoded token.
 - Roofline: time = max(FLOPs / (G * effective FLOP/s), bytes / (G * effective bandwidth)) + communication,
   G = tp x the dp ranks that have a sequence (work spreads evenly over them). Communication (kvplan.parallel):
-  tensor parallelism all-reduces the hidden state after each mixer and feed-forward (twice per layer), expert
+  tensor parallelism all-reduces the hidden state after each mixer and feed-forward (twice per layer), and
+  inside a mixer whatever its kind sums over the split (AttentionKind.mixer_all_reduce_elements: Mamba's x_proj), expert
   parallelism dispatches (fp8) and combines (bf16) each token's top-k expert copies per MoE layer, pipeline
   stages send activations on. With `overlap` communication hides behind compute (time = max of the two), as
   two micro-batches do in DeepSeek's serving; the no-overlap time is the sum. Pipeline stages run one after
@@ -340,6 +341,9 @@ class Estimator:
         seconds = 0.0
         if dep.tp > 1:
             seconds += model.sublayer_count() * parallel.all_reduce_seconds(message, dep.tp, *self._link(dep.tp))
+            for layers, elements in model.mixer_all_reduces(dep.tp):  # inside the mixers (Mamba's x_proj)
+                seconds += layers * parallel.all_reduce_seconds(tokens_per_rank * elements * self._act_bytes, dep.tp,
+                                                                *self._link(dep.tp))
         if dep.ep > 1 and self._moe_layers:
             # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
             copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model

@@ -262,6 +262,14 @@ class Model:
         last = self.n_layers if last is None else last
         return _count(self.mixer_layer_ids, first, last) + self.ffn.layer_count(first, last)
 
+    def mixer_all_reduces(self, tp: int) -> tuple[tuple[int, int], ...]:
+        """(layers, elements per token) of the all-reduces inside the mixers when they split over `tp` GPUs
+        (AttentionKind.mixer_all_reduce_elements), for each kind that has one."""
+        pairs = [(len(self.attention_layer_ids), self.attention.mixer_all_reduce_elements(tp))]
+        if self.is_hybrid:
+            pairs.append((len(self.recurrent_layer_ids), self.recurrent.mixer_all_reduce_elements(tp)))
+        return tuple((layers, elements) for layers, elements in pairs if layers and elements)
+
     def mixer_params(self, first: int = 0, last: int | None = None, tp: int = 1) -> int:
         """Attention and recurrent weights of layers first..last-1 on one of `tp` GPUs."""
         last = self.n_layers if last is None else last

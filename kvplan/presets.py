@@ -71,6 +71,12 @@ _LLAMA4 = {"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 
            "num_experts_per_tok": 1, "attention_chunk_size": 8192, "vocab_size": 202048, "tie_word_embeddings": False}
 # Nemotron-H-56B's blocks: M Mamba-2, * attention, - MLP (kvplan.families.nemotron_h).
 _NEMOTRON_H_56B = "M-M-M-M*-" + "M-M-M-M-M*-" * 9 + "M-M-M-M-M-"
+# Jamba-v0.1 and Jamba-1.5-Mini's shape: attention on layers 4, 12, 20, 28; 16 experts (top 2) on odd layers.
+_JAMBA_MINI = {"model_type": "jamba", "num_hidden_layers": 32, "hidden_size": 4096, "num_attention_heads": 32,
+               "num_key_value_heads": 8, "intermediate_size": 14336, "attn_layer_period": 8, "attn_layer_offset": 4,
+               "expert_layer_period": 2, "expert_layer_offset": 1, "num_experts": 16, "num_experts_per_tok": 2,
+               "mamba_d_state": 16, "mamba_d_conv": 4, "mamba_expand": 2, "vocab_size": 65536,
+               "tie_word_embeddings": False}
 _LLAMA4_SOURCE = "meta-llama/Llama-4-{}-Instruct config.json (text_config; the vision encoder left out)"
 
 PRESETS: dict[str, tuple[dict, str]] = {
@@ -212,6 +218,19 @@ PRESETS: dict[str, tuple[dict, str]] = {
                       "mamba_d_conv": 4, "mamba_chunk_size": 128, "vocab_size": 130048,
                       "max_position_embeddings": 262144, "tie_word_embeddings": False},
                      "tiiuae/Falcon-H1-7B-Instruct config.json"),
+    "falcon-h1-34b": ({"model_type": "falcon_h1", "num_hidden_layers": 72, "hidden_size": 5120, "num_attention_heads": 20,
+                       "num_key_value_heads": 4, "head_dim": 128, "intermediate_size": 21504, "mamba_d_ssm": 4096,
+                       "mamba_n_heads": 32, "mamba_d_head": 128, "mamba_d_state": 256, "mamba_n_groups": 2,
+                       "mamba_d_conv": 4, "mamba_chunk_size": 128, "mamba_rms_norm": True, "vocab_size": 261120,
+                       "max_position_embeddings": 262144, "tie_word_embeddings": False},
+                      "tiiuae/Falcon-H1-34B-Instruct config.json"),
+    "jamba-v0.1": ({**_JAMBA_MINI, "max_position_embeddings": 262144}, "ai21labs/Jamba-v0.1 config.json"),
+    "jamba-1.5-mini": ({**_JAMBA_MINI, "mamba_dt_rank": 256, "max_position_embeddings": 262144},
+                       "ai21labs/AI21-Jamba-1.5-Mini config.json"),
+    "jamba-1.5-large": ({**_JAMBA_MINI, "num_hidden_layers": 72, "hidden_size": 8192, "num_attention_heads": 64,
+                         "intermediate_size": 24576, "mamba_dt_rank": 512, "max_position_embeddings": 262144},
+                        "ai21labs/AI21-Jamba-1.5-Large (the Jamba-1.5 paper's 72 layers, hidden 8192, 64 query and 8 KV "
+                        "heads; intermediate_size 24576, which gives the published 398B / 94B)"),
     "modernbert-base": ({"model_type": "modernbert", "num_hidden_layers": 22, "hidden_size": 768, "num_attention_heads": 12,
                          "intermediate_size": 1152, "vocab_size": 50368, "max_position_embeddings": 8192,
                          "global_attn_every_n_layers": 3, "local_attention": 128},

@@ -11,8 +11,9 @@ kvplan.kinds.RECAST_NAMES, whose kind says which options it takes (`recast_help(
                                                 every Nth layer global (as Gemma 3's 5 local : 1 global)
   gdn[:key_heads=,chunk=,attention_every=N]      Gated DeltaNet layers (Qwen3-Next's linear attention)
   mamba2[:heads=,head_dim=,state_size=,groups=,chunk=,attention_every=N]   Mamba-2 layers
+  mamba[:d_inner=,state_size=,dt_rank=,chunk=,attention_every=N]          Mamba-1 layers (Jamba's)
   hybrid[:attention_every=4]                     gdn on every layer but every 4th, which keeps the attention
-A recurrent kind (gdn, mamba2, hybrid) replaces the attention of every layer but every attention_every-th
+A recurrent kind (gdn, mamba2, mamba, hybrid) replaces the attention of every layer but every attention_every-th
 (none by default; hybrid: every 4th, as Qwen3-Next).
 Any kind also takes window=W and global_every=N, e.g. gqa:kv_heads=4,window=4096.
 """

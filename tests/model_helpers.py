@@ -2,6 +2,8 @@
 decode against the full forward, real cache bytes and counted FLOPs against the Estimator, and one model's
 attention layers split over tensor-parallel ranks in one process (no torch.distributed)."""
 
+import threading
+
 import torch
 
 from kvplan.dtypes import FORMATS
@@ -80,14 +82,51 @@ def decode_step_flops(desc: Model, batch: int, context: int) -> int:
     return count_flops(lambda: net.decode(toks[:, context - 1:], torch.tensor([context - 1])))
 
 
+class ThreadSum:
+    """An in-place sum of one tensor over `ranks` threads, each calling `for_rank(r)` with its own tensor in the
+    same order: a stand-in, inside one process, for torch.distributed.all_reduce in the middle of a layer."""
+
+    def __init__(self, ranks: int):
+        self.parts, self.barrier = [None] * ranks, threading.Barrier(ranks, timeout=60)
+
+    def for_rank(self, rank: int):
+        def all_reduce(t: torch.Tensor) -> None:
+            self.parts[rank] = t.clone()
+            self.barrier.wait()
+            total = sum(self.parts)  # the same order on every rank: the same sum
+            self.barrier.wait()
+            t.copy_(total)
+        return all_reduce
+
+
+def _prefill_summed(layers: list, x: torch.Tensor) -> torch.Tensor:
+    """The sum of the ranks' layers' prefill outputs on x; a layer with a collective inside the mixer
+    (`mid_all_reduce`, Mamba's x_proj) runs its ranks in threads joined by a ThreadSum."""
+    if not hasattr(layers[0], "mid_all_reduce"):
+        return sum(layer.prefill(x) for layer in layers)
+    group, outputs = ThreadSum(len(layers)), [None] * len(layers)
+
+    def run(rank: int) -> None:
+        layers[rank].mid_all_reduce = group.for_rank(rank)
+        outputs[rank] = layers[rank].prefill(x)
+
+    threads = [threading.Thread(target=run, args=(rank,)) for rank in range(len(layers))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(outputs)
+
+
 def shard_outputs(desc: Model, tp: int, ranks, length: int = 8, seed: int = 3):
     """Per mixer of desc (attention and recurrent layers), on one input [1, length, d_model]: the sum over `ranks`
-    of the tp-way shards' prefill outputs (before any all-reduce), and the unsharded layer's output."""
+    of the tp-way shards' prefill outputs (before the all-reduce of the outputs; an all-reduce inside a mixer runs
+    over `ranks`), and the unsharded layer's output."""
     x = torch.randn(1, length, desc.d_model, dtype=F64, generator=torch.Generator().manual_seed(seed + 1))
     full = build_layers(desc, [kind for kind, _ in desc.mixers()], full_layer_states(desc, F64, seed), 1, length,
                         F64, F64, "cpu")
     shards = [shard_layers(desc, tp, rank, 1, length, F64, F64, "cpu", seed) for rank in ranks]
-    return [(sum(layers[i].prefill(x) for layers in shards), layer.prefill(x)) for i, layer in enumerate(full)]
+    return [(_prefill_summed([layers[i] for layers in shards], x), layer.prefill(x)) for i, layer in enumerate(full)]
 
 
 def decode_graph(net, token, position):

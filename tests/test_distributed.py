@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from kvplan.kinds import DSA, MLA, TPA, DenseAttention
+from kvplan.kinds import DSA, MLA, TPA, DenseAttention, Mamba
 from kvplan.model import FeedForward, Model
 from kvplan.units import InputError
 
@@ -50,6 +50,12 @@ KINDS = {
             (32 * F64 + 12 + 4) * BATCH * (7 + 12)),
     # GQA with a window of 5 on layer 0: 24 elements x (5 + 12) tokens.
     "gqa-window": (tiny(DenseAttention(4, 2, 12), windows=(5, None)), 24 * F64 * BATCH * (5 + 12)),
+    # A Mamba-1 layer, then GQA: 8 of 16 channels per rank, each with a state of 4 and the last 3 inputs of x
+    # (fixed per sequence), and the GQA layer's 24 elements x 12 tokens. The ranks all-reduce x_proj inside
+    # the Mamba layer.
+    "mamba-hybrid": (replace(tiny(DenseAttention(4, 2, 12)), recurrent=Mamba(d_inner=16, state_size=4, dt_rank=3, chunk=4),
+                             layer_mixers=("recurrent", "attention")),
+                     8 * (4 + 3) * F64 * BATCH + 24 * F64 * BATCH * 12),
 }
 
 

@@ -35,6 +35,8 @@ def estimator(model, **kw) -> Estimator:
     ("mistral-small-24b", "mistral-small-24b"), ("phi-3.5-mini", "phi-3.5-mini"),
     ("qwen1.5-moe-a2.7b", "qwen1.5-moe-a2.7b-gptq-int4"), ("qwen3-next-80b-a3b", "qwen3-next-80b-a3b"),
     ("qwen3.5-397b-a17b", "qwen3.5-397b-a17b"), ("nemotron-h-56b", "nemotron-h-56b"), ("falcon-h1-7b", "falcon-h1-7b"),
+    ("falcon-h1-34b", "falcon-h1-34b"), ("jamba-v0.1", "jamba-v0.1"), ("jamba-1.5-mini", "jamba-1.5-mini"),
+    ("jamba-1.5-large", "jamba-1.5-large"),
 ])
 def test_published_config_gives_the_preset(preset, folder):
     from_file, expected = load(folder), get_preset(preset)
@@ -100,6 +102,13 @@ PUBLISHED = [
     ("nemotron-h-56b", 56e9, 56e9, 1e9, "both"),
     ("nemotron-3-nano-30b-a3b", 31.6e9, 3.6e9, 0.1e9, "both"),
     ("falcon-h1-7b", 7e9, 7e9, 1e9, "both"),
+    # The weights' bf16 bytes in model.safetensors.index.json over 2 (total_size, as a public test of hybrid
+    # parameter counts records it, tests/configs README): 33.643B.
+    ("falcon-h1-34b", 33.643e9, 33.643e9, 0.001e9, "both"),
+    # AI21's cards: Jamba-v0.1 and 1.5-Mini 52B total, 12B active; 1.5-Large 398B total, 94B active.
+    ("jamba-v0.1", 52e9, 12e9, 1e9, "both"),
+    ("jamba-1.5-mini", 52e9, 12e9, 1e9, "both"),
+    ("jamba-1.5-large", 398e9, 94e9, 1e9, "both"),
 ]
 
 
@@ -255,13 +264,18 @@ def test_unknown_model_type_refused_when_a_field_is_missing_or_it_has_experts():
 # --- hybrids with recurrent layers ---------------------------------------------------------------------------
 # Cache per token (the attention layers, bf16) and recurrent state per sequence (bf16, or the config's
 # mamba_ssm_dtype for the state), derived by hand: GDN holds a key_head_dim x head_dim state per value head and
-# the last 3 inputs of q, k, v; Mamba-2 a head_dim x state_size state per head and the last 3 inputs of x, B, C.
+# the last 3 inputs of q, k, v; Mamba-2 a head_dim x state_size state per head and the last 3 inputs of x, B, C;
+# Mamba-1 (Jamba) a state_size state per channel and the last 3 inputs of x.
 def gdn_state(heads, key_heads, dk, dv, state_bytes=BF16):
     return heads * dk * dv * state_bytes + (2 * key_heads * dk + heads * dv) * 3 * BF16
 
 
 def mamba2_state(heads, head_dim, state, groups, state_bytes=BF16):
     return heads * head_dim * state * state_bytes + (heads * head_dim + 2 * groups * state) * 3 * BF16
+
+
+def mamba_state(d_inner, state):
+    return d_inner * state * BF16 + d_inner * 3 * BF16  # Mamba-1: d_inner x state, and the last 3 inputs of x
 
 
 @pytest.mark.parametrize("folder,kv_bytes,state_bytes", [
@@ -271,6 +285,10 @@ def mamba2_state(heads, head_dim, state, groups, state_bytes=BF16):
     ("nemotron-h-56b", 10 * 2 * 8 * 128 * BF16, 54 * mamba2_state(256, 64, 256, 8)),
     ("nemotron-3-nano-30b-a3b", 6 * 2 * 2 * 128 * BF16, 23 * mamba2_state(64, 64, 128, 8, state_bytes=4)),
     ("falcon-h1-7b", 44 * 2 * 2 * 128 * BF16, 44 * mamba2_state(24, 128, 256, 1)),
+    ("falcon-h1-34b", 72 * 2 * 4 * 128 * BF16, 72 * mamba2_state(32, 128, 256, 2)),
+    ("jamba-v0.1", 4 * 2 * 8 * 128 * BF16, 28 * mamba_state(8192, 16)),
+    ("jamba-1.5-mini", 4 * 2 * 8 * 128 * BF16, 28 * mamba_state(8192, 16)),
+    ("jamba-1.5-large", 9 * 2 * 8 * 128 * BF16, 63 * mamba_state(16384, 16)),
 ])
 def test_hybrid_cache_and_state_by_hand(folder, kv_bytes, state_bytes):
     est = estimator(load(folder))
@@ -311,6 +329,31 @@ def test_falcon_h1_runs_attention_and_mamba_side_by_side():
     mamba = d * (2 * 3072 + 2 * 256 + 24) + (3072 + 2 * 256) * 5 + 3 * 24 + 3072 * d  # no gated norm (default)
     attention = d * (12 * 128 + 2 * 2 * 128) + 12 * 128 * d
     assert m.total_params() == 44 * (mamba + attention + 3 * d * 12288 + 2 * d) + d + 2 * 130048 * d
+
+
+def test_jamba_layers_by_hand():
+    """Jamba-v0.1 as transformers' JambaConfig lays it out: attention where i % 8 == 4, experts where i % 2 == 1;
+    the Mamba mixer's weights as JambaMambaMixer declares them."""
+    m, d = load("jamba-v0.1"), 4096
+    assert m.attention_layer_ids == (4, 12, 20, 28) and len(m.recurrent_layer_ids) == 28
+    assert [i for i in range(32) if m.ffn.is_moe_layer(i)] == list(range(1, 32, 2))
+    assert m.recurrent.dt_rank == 256  # "auto": ceil(4096 / 16)
+    inner, n, r = 8192, 16, 256
+    mamba = (d * 2 * inner + inner * 4 + inner + inner * (r + 2 * n) + r * inner + inner + inner * n + inner
+             + inner * d + r + 2 * n)  # in_proj, conv1d, x_proj, dt_proj, A_log, D, out_proj, dt/B/C norms
+    attention = d * (32 * 128 + 2 * 8 * 128) + 32 * 128 * d
+    mlp, router = 3 * d * 14336, d * 16
+    layers = 28 * mamba + 4 * attention + 16 * mlp + 16 * (16 * mlp + router) + 32 * 2 * d
+    assert m.total_params() == layers + d + 2 * 65536 * d
+    assert m.active_params() == m.total_params() - 16 * 14 * mlp
+
+
+def test_jamba_offsets_must_fall_inside_their_periods():
+    config = json.loads((CONFIGS / "jamba-v0.1" / "config.json").read_text())
+    with pytest.raises(InputError, match="attn_layer_offset .8. must be smaller than attn_layer_period .8."):
+        model_from_config({**config, "attn_layer_offset": 8})
+    dense = model_from_config({**config, "num_experts": 1})
+    assert not dense.ffn.is_moe and dense.total_params() < load("jamba-v0.1").total_params()
 
 
 def test_nemotron_3_nano_experts_are_ungated_blocks():

@@ -32,6 +32,10 @@ CASES = {
                    "n_groups": 2, "conv_kernel": 4, "mlp_hidden_act": "relu2", "attention_head_dim": 16},
     "falcon_h1": {"mamba_d_ssm": 64, "mamba_n_heads": 4, "mamba_d_head": 16, "mamba_n_groups": 2, "mamba_d_state": 8,
                   "mamba_d_conv": 4, "mamba_rms_norm": True},
+    # Mamba-1 layers with attention on odd layers and experts on even ones (offsets inside the periods).
+    "jamba": {"attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2, "expert_layer_offset": 0,
+              "num_experts": 4, "num_experts_per_tok": 2, "mamba_d_state": 8, "mamba_d_conv": 4, "mamba_expand": 2,
+              "mamba_dt_rank": 6},
 }
 
 
@@ -49,3 +53,36 @@ def test_parameter_count_equals_transformers(model_type):
                    if name.endswith(("q_norm.weight", "k_norm.weight", "shared_expert_gate.weight",
                                      "e_score_correction_bias")))
     assert model_from_config(config).total_params() == hf_model.num_parameters() - left_out
+
+
+def test_jamba_cache_and_linear_flops_equal_transformers():
+    """A tiny Jamba's prefill in transformers (its PyTorch path): the attention layers' keys and values per token
+    and the Mamba layers' recurrent state equal kvplan's; transformers keeps the last conv_kernel inputs of x
+    where kvplan (as vLLM) keeps conv_kernel - 1. FlopCounterMode's matrix products of the linear layers (routed
+    experts counted as the tokens pick them) equal the estimate's linear FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kvplan.dtypes import FORMATS
+    from kvplan.estimator import Deployment, Estimator
+    from kvplan.hardware import get_gpu
+
+    config = {"model_type": "jamba", **SMALL, **CASES["jamba"]}
+    desc = model_from_config(config)
+    hf_model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config),
+                                                             experts_implementation="eager").eval()
+    batch, prompt = 2, 10
+    ids = torch.randint(0, 128, (batch, prompt), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        cache = hf_model(ids, use_cache=True, logits_to_keep=1).past_key_values
+    fp32 = FORMATS["fp32"]
+    est = Estimator(desc, Deployment(get_gpu("h100-sxm"), kv_format=fp32, activation_format=fp32))
+    kv = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers if hasattr(layer, "keys"))
+    assert kv == batch * prompt * est.kv_bytes_per_token
+    mamba = [layer for layer in cache.layers if hasattr(layer, "recurrent_states")]
+    assert len(mamba) == len(desc.recurrent_layer_ids) == 2
+    kind = desc.recurrent
+    for layer in mamba:
+        assert layer.recurrent_states[0].numel() == batch * kind.state_elements()
+        assert layer.conv_states[0].numel() == batch * kind.conv_channels() * kind.conv_kernel
+    assert est.state_bytes_per_sequence == 2 * 4 * (kind.state_elements() + kind.conv_state_elements())
+    assert counter.get_flop_counts()["Global"][torch.ops.aten.mm] == est.prefill_linear_flops(batch, prompt)

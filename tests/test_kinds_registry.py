@@ -66,7 +66,8 @@ HAND_CACHE = {"dense": _dense_cache, "mla": _mla_cache, "tpa": _tpa_cache, "dsa"
 
 
 # Recurrent kinds: (elements of the recurrent state, elements of the convolution's state) per sequence per layer,
-# from the layers' papers and reference code (transformers' Qwen3NextGatedDeltaNet and Mamba2Mixer caches).
+# from the layers' papers and reference code (transformers' Qwen3NextGatedDeltaNet, Mamba2Mixer
+# and JambaMambaMixer caches).
 def _gdn_state(a):
     # A key_head_dim x head_dim matrix per value head; the last kernel - 1 inputs of q, k (key heads) and v.
     conv_channels = 2 * a.n_key_heads * a.key_head_dim + a.n_heads * a.head_dim
@@ -79,7 +80,13 @@ def _mamba2_state(a):
     return a.n_heads * a.head_dim * a.state_size, conv_channels * (a.conv_kernel - 1)
 
 
-HAND_STATE = {"gdn": _gdn_state, "mamba2": _mamba2_state}
+def _mamba_state(a):
+    # A state_size-wide state per channel (transformers' JambaMambaMixer: [d_inner, d_state]); the last kernel - 1
+    # inputs of x, the convolution's d_inner channels.
+    return a.d_inner * a.state_size, a.d_inner * (a.conv_kernel - 1)
+
+
+HAND_STATE = {"gdn": _gdn_state, "mamba2": _mamba2_state, "mamba": _mamba_state}
 
 
 def hand_cache_bytes(attention: AttentionKind, kv_dtype: str) -> int:

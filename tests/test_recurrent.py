@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from kvplan.dtypes import FORMATS
-from kvplan.kinds import DenseAttention, GatedDeltaNet, Mamba2
+from kvplan.kinds import DenseAttention, GatedDeltaNet, Mamba, Mamba2
 from kvplan.model import FeedForward, Model
 from kvplan.models import build
 from kvplan.models.gdn import chunk_gated_delta_rule
+from kvplan.models.mamba import selective_scan
 from kvplan.models.mamba2 import chunk_scan
 from kvplan.presets import get_preset
 from kvplan.profilers.flops import count_flops
@@ -87,13 +88,41 @@ def test_chunked_state_space_dual_equals_the_recurrence(T, chunk):
     torch.testing.assert_close(final, ref_final, rtol=1e-10, atol=1e-10)
 
 
+def selective_reference(x, dt, A, B_, C_, state):
+    """Mamba-1 token by token (Gu and Dao 2023, Algorithm 2), per channel d with h of shape [N]:
+    h_t = exp(dt_t A_d) h_{t-1} + dt_t x_t B_t, y_t = h_t . C_t."""
+    b_, T, D = x.shape
+    y = torch.empty_like(x)
+    h = state.clone()
+    for t in range(T):
+        for b in range(b_):
+            for d in range(D):
+                h[b, d] = torch.exp(dt[b, t, d] * A[d]) * h[b, d] + dt[b, t, d] * x[b, t, d] * B_[b, t]
+                y[b, t, d] = h[b, d] @ C_[b, t]
+    return y, h
+
+
+@pytest.mark.parametrize("T,chunk", [(7, 4), (8, 4), (5, 8), (1, 4), (13, 16)])
+def test_chunked_selective_scan_equals_the_recurrence(T, chunk):
+    b, D, N = 2, 6, 5
+    x, B_, C_ = randn(b, T, D), randn(b, T, N), randn(b, T, N)
+    dt = torch.rand(b, T, D, dtype=F64, generator=GEN)
+    A = -torch.rand(D, N, dtype=F64, generator=GEN) - 0.1  # a decay per channel and state entry
+    state = randn(b, D, N)
+    y, final = selective_scan(x, dt, A, B_, C_, chunk, state)
+    ref_y, ref_final = selective_reference(x, dt, A, B_, C_, state)
+    torch.testing.assert_close(y, ref_y, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(final, ref_final, rtol=1e-10, atol=1e-10)
+
+
 # --- FLOPs -------------------------------------------------------------------------------------------------
 def hybrid(kind, mixers=("recurrent", "attention"), d_model=64) -> Model:
     return Model(name="hybrid", n_layers=len(mixers), d_model=d_model, vocab_size=61,
                  attention=DenseAttention.example(), ffn=FeedForward(96), recurrent=kind, layer_mixers=mixers)
 
 
-@pytest.mark.parametrize("kind", [GatedDeltaNet.example(), Mamba2.example()], ids=["gdn", "mamba2"])
+@pytest.mark.parametrize("kind", [GatedDeltaNet.example(), Mamba2.example(), Mamba.example()],
+                         ids=["gdn", "mamba2", "mamba"])
 def test_a_decode_step_counts_the_projections_and_the_state_products(kind):
     """One token through the layer: its projections (2 per weight) and the step on the state (step_flops); the
     short convolution's step is elementwise, which FlopCounterMode does not see."""
@@ -127,6 +156,37 @@ def test_mamba2_flops_by_hand():
     conv = 2 * (256 * 64 + 2 * 8 * 256) * 4
     assert a.prefill_flops(128) == chunk + 128 * conv
     assert a.decode_flops() == 256 * 2 * 2 * n * p + conv
+
+
+def test_mamba_counts_by_hand():
+    # Jamba-v0.1's layer: d_inner 8192 (expand 2 x 4096), state 16, dt_rank 256 (ceil(4096 / 16)), kernel 4.
+    a, d, n, r, hidden = Mamba(d_inner=8192, state_size=16, dt_rank=256), 8192, 16, 256, 4096
+    conv = 2 * d * 4
+    assert a.prefill_flops(100) == 100 * (2 * d * n + 2 * d * n) + 100 * conv  # dt x B^T and h C per token
+    assert a.decode_flops() == 4 * d * n + conv
+    # in_proj, conv + bias, x_proj, dt_proj + bias, A_log, D, out_proj, the norms on dt, B and C.
+    params = (hidden * 2 * d + d * 4 + d + d * (r + 2 * n) + r * d + d + d * n + d + d * hidden + r + 2 * n)
+    assert a.params(hidden) == params
+    split = (hidden * d + d // 2 * 4 + d // 2 + d // 2 * (r + 2 * n) + r * d // 2 + d // 2 + d // 2 * n + d // 2
+             + d // 2 * hidden + r + 2 * n)
+    assert a.params(hidden, tp=2) == split
+    assert a.state_bytes(FORMATS["bf16"]) == (d * n + 3 * d) * 2
+    assert a.mixer_all_reduce_elements(1) == 0 and a.mixer_all_reduce_elements(2) == r + 2 * n
+
+
+def test_jamba_tensor_parallel_all_reduces_x_proj_in_every_mamba_layer():
+    """Split over 2 GPUs, each of the 28 Mamba layers all-reduces dt_rank + 2 state_size values per token besides
+    the two all-reduces of d_model per layer."""
+    from kvplan import parallel
+
+    m = get_preset("jamba-v0.1")
+    est = estimator(m, tp=2)
+    tokens = 4096
+    bytes_per_s, latency = est._link(2)
+    outputs = m.sublayer_count() * parallel.all_reduce_seconds(tokens * 4096 * 2, 2, bytes_per_s, latency)
+    mixers = 28 * parallel.all_reduce_seconds(tokens * (256 + 2 * 16) * 2, 2, bytes_per_s, latency)
+    assert m.mixer_all_reduces(2) == ((28, 256 + 2 * 16),)
+    assert est.communication_seconds(1, tokens) == pytest.approx(outputs + mixers, rel=1e-12)
 
 
 # --- the estimate of a hybrid, by hand --------------------------------------------------------------------
@@ -179,6 +239,11 @@ def test_hybrid_recast_keeps_attention_every_fourth_layer():
     every6 = recast(base, "mamba2:attention_every=6,state_size=64")
     assert every6.attention_layer_ids == (5, 11, 17, 23, 29) and every6.recurrent.state_size == 64
     assert recast(base, "gdn").attention_layer_ids == ()
+    # Mamba-1 as Jamba builds it from a 4096-wide model: expand 2, state 16, dt_rank ceil(4096 / 16).
+    jamba_like = recast(base, "mamba:attention_every=8")
+    assert jamba_like.attention_layer_ids == (7, 15, 23, 31)
+    assert jamba_like.recurrent == Mamba(d_inner=8192, state_size=16, dt_rank=256)
+    assert recast(base, "mamba:state_size=8,dt_rank=64").recurrent.selection_width == 64 + 2 * 8
 
 
 def test_recasting_a_hybrid_changes_only_its_attention_layers():
@@ -222,7 +287,8 @@ def test_norms_and_all_reduces_follow_the_sublayers():
     (GatedDeltaNet(n_heads=4, n_key_heads=4, key_head_dim=64, head_dim=32, chunk=32), 256),
     (Mamba2(n_heads=16, head_dim=32, state_size=64, n_groups=4, chunk=16), 256),
     (Mamba2(n_heads=8, head_dim=64, state_size=32, n_groups=1, chunk=32, gated_norm=False), 192),
-], ids=["gdn-gva", "gdn", "mamba2-groups", "mamba2-ungated-norm"])
+    (Mamba(d_inner=256, state_size=16, dt_rank=8, chunk=16), 128),
+], ids=["gdn-gva", "gdn", "mamba2-groups", "mamba2-ungated-norm", "mamba"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_prefill_peak_is_the_estimate(kind, d_model, batch):
     """The tensors one recurrent layer's bf16 prefill holds at its peak (counted as PyTorch hands them out,

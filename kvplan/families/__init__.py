@@ -17,13 +17,13 @@ from pathlib import Path
 
 from ..model import Model
 from ..units import InputError
-from . import (deepseek, falcon_h1, gemma, glm, gpt_oss, llama, llama4, mixtral, modernbert, nemotron_h, qwen_moe,
-               qwen_next, t6)
+from . import (deepseek, falcon_h1, gemma, glm, gpt_oss, jamba, llama, llama4, mixtral, modernbert, nemotron_h,
+               qwen_moe, qwen_next, t6)
 from .fields import Fields, common_fields
 
 FAMILIES = {model_type: module.model
             for module in (llama, gemma, mixtral, qwen_moe, gpt_oss, glm, llama4, deepseek, modernbert, t6, qwen_next,
-                           nemotron_h, falcon_h1)
+                           nemotron_h, falcon_h1, jamba)
             for model_type in module.MODEL_TYPES}
 SUPPORTED = tuple(FAMILIES)
 CLASS_DEFAULTS = {**gemma.CLASS_DEFAULTS}

@@ -10,6 +10,7 @@ from .base import AttentionKind, keys_attended_sum
 from .dense import DenseAttention
 from .dsa import DSA
 from .gdn import GatedDeltaNet
+from .mamba import Mamba
 from .mamba2 import Mamba2
 from .mla import MLA
 from .recurrent import RecurrentKind
@@ -18,10 +19,10 @@ from .tpa import TPA
 Attention = AttentionKind
 
 KINDS: dict[str, type[AttentionKind]] = {cls.name: cls
-                                         for cls in (DenseAttention, MLA, TPA, DSA, GatedDeltaNet, Mamba2)}
+                                         for cls in (DenseAttention, MLA, TPA, DSA, GatedDeltaNet, Mamba2, Mamba)}
 
 # --attention NAME -> the kind it builds (mha, mqa and gqa all build DenseAttention).
 RECAST_NAMES: dict[str, type[AttentionKind]] = {name: cls for cls in KINDS.values() for name in cls.recast_names}
 
-__all__ = ["Attention", "AttentionKind", "DenseAttention", "MLA", "TPA", "DSA", "GatedDeltaNet", "Mamba2",
+__all__ = ["Attention", "AttentionKind", "DenseAttention", "MLA", "TPA", "DSA", "GatedDeltaNet", "Mamba", "Mamba2",
            "RecurrentKind", "KINDS", "RECAST_NAMES", "keys_attended_sum"]

@@ -130,6 +130,11 @@ class AttentionKind:
         """The attention one of `tp` GPUs runs (call check_shardable first)."""
         return replace(self, n_heads=self.n_heads // tp)
 
+    def mixer_all_reduce_elements(self, tp: int) -> int:
+        """Elements per token that one layer split over `tp` GPUs all-reduces inside the mixer, besides the
+        all-reduce of its output (none unless a kind's projections sum over what the GPUs split, as Mamba's x_proj)."""
+        return 0
+
     # --- re-casts (--attention NAME:key=value,...) -------------------------------------------------------------
     @classmethod
     def recast_options(cls, name: str) -> dict[str, int]:

@@ -1,10 +1,10 @@
 """Recurrent sequence mixers (linear attention, state-space layers): a per-sequence state constant in context.
 
 A recurrent layer caches nothing per token. Each sequence holds, per layer, its recurrent state (one matrix per
-head: Gated DeltaNet's key dim x value dim, Mamba-2's head dim x state size) and the last conv_kernel - 1
-inputs of its short causal convolution. The recurrent state is stored in `state_dtype` when the kind names one
-(a config's mamba_ssm_dtype), else in the model's compute dtype, as vLLM's mamba cache dtype "auto" does; the
-convolution's inputs always in the compute dtype.
+head: Gated DeltaNet's key dim x value dim, Mamba-2's head dim x state size; Mamba-1 a state_size vector per
+channel) and the last conv_kernel - 1 inputs of its short causal convolution. The recurrent state is stored in
+`state_dtype` when the kind names one (a config's mamba_ssm_dtype), else in the model's compute dtype, as vLLM's
+mamba cache dtype "auto" does; the convolution's inputs always in the compute dtype.
 
 Prefill runs the chunked form: chunks of `chunk` tokens (the last one shorter where the prompt ends),
 attention-like products inside each chunk and the state carried from chunk to chunk. Decode runs one step of the recurrence

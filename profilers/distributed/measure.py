@@ -201,7 +201,11 @@ def rank_layers(job: Job, ranks: int, rank: int, batch: int, cache_dtype: torch.
                 device: torch.device) -> list[torch.nn.Module]:
     """This rank's layers with caches for `batch` sequences: its tensor-parallel shard, or under dp the whole layers."""
     if job.parallel == "tp":
-        return shard_layers(job.desc, ranks, rank, batch, job.context, cache_dtype, job.dtype, device, job.seed)
+        layers = shard_layers(job.desc, ranks, rank, batch, job.context, cache_dtype, job.dtype, device, job.seed)
+        for layer in layers:
+            if hasattr(layer, "mid_all_reduce"):  # a sum inside the mixer over the ranks (Mamba's x_proj)
+                layer.mid_all_reduce = dist.all_reduce
+        return layers
     return build_layers(job.desc, [kind for kind, _ in job.desc.mixers()],
                         full_layer_states(job.desc, job.dtype, job.seed), batch, job.context, cache_dtype, job.dtype,
                         device)
