@@ -126,6 +126,35 @@ def test_mla_kernel_reads_chosen_rows_in_place(slots, pos):
         _close(got, expected, tol)
 
 
+@pytest.mark.parametrize("gather", [False, True])
+def test_every_mla_config_at_deepseek_shape(gather):
+    """Each launch config the timing may pick, at DeepSeek-V3's head count and widths (GPU only: the interpreter
+    would take minutes)."""
+    from kvplan.models import triton_decode
+
+    if not torch.cuda.is_available() or not triton_decode.HAVE_TRITON:
+        pytest.skip("needs a CUDA GPU and Triton")
+    H, L, R, slots, pos = 128, 512, 64, 3000, 2900
+    generator = torch.Generator().manual_seed(0)
+    kv = torch.randn(2, slots, L + R, generator=generator).to("cuda", torch.bfloat16)
+    q_cat = (torch.randn(2, H, L + R, generator=generator) * (L + R) ** -0.5).to("cuda", torch.bfloat16)
+    position = torch.tensor([pos], device="cuda")
+    chosen = torch.stack([torch.randperm(slots, generator=generator)[:2048] for _ in range(2)]).cuda()
+    if gather:
+        rows = kv.gather(1, chosen.unsqueeze(-1).expand(-1, -1, L + R))
+        expected = latent_attention(q_cat, rows, L, (chosen <= pos).unsqueeze(1))
+    else:
+        expected = latent_attention(q_cat, kv, L, decode_mask(slots, position))
+    for config in triton_decode.MLA_CONFIGS:
+        key = ("mla", 2, H, L + R, L, slots, 2048 if gather else slots, gather, torch.bfloat16)
+        triton_decode.CHOSEN[key] = config
+        try:
+            got = triton_decode.mla_decode(q_cat, kv, position, L, chosen=chosen if gather else None)
+        finally:
+            del triton_decode.CHOSEN[key]
+        _close(got, expected, 5e-2)
+
+
 @pytest.mark.parametrize("group", [1, 4, 8, 16])
 def test_topk_through_groups_is_torch_topk(group):
     """The grouped top-k picks the set torch.topk picks; with fewer live (finite) scores than k, every live one."""
