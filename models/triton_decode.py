@@ -6,17 +6,21 @@ one slice of the cache, streams that slice once, keeps every head's running max,
 registers (online softmax) and writes them; `_merge_kernel` then combines the slices (log-sum-exp merge).
 Keys past input_pos are masked (and whole blocks past it skipped) on the device, so a step captures in a
 CUDA graph.
-MLA: scores are one [heads, L + R] x [L + R, keys] tensor-core product against the cached [latent | rope
-key] rows, and the same latent tile (already on chip) is the value: P x latent accumulates [heads, L].
-In PyTorch the scores and probabilities of all 128 heads go through memory between three kernels. DSA
-runs the same kernel over its top-k gathered latents.
+MLA: a program takes up to 64 heads of one sequence, so each cached [latent | rope key] row is read from
+memory once per head block; scores are one [heads, L + R] x [L + R, keys] tensor-core product, and the same
+latent tile (already on chip) is the value: P x latent accumulates [heads, L]. In PyTorch the scores and
+probabilities of all 128 heads go through memory between three kernels. At 128 heads the step is about as
+much tensor-core work (2 h (2L + R) FLOPs per cached row) as memory traffic ((L + R) x 2 bytes per row) on
+an H100, so the tiles are chosen by timing (MLA_CONFIGS). DSA runs the same kernel over its top-k slots,
+reading the chosen rows in place (no gathered copy).
 TPA: plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
 cached token, each written to and read back from memory: more bytes than the factor cache itself. The kernel
 runs either contraction order (kvplan.kinds.TPA.decode_order): the rebuilt query dotted with B_K, or FlashTPA's
 B_Q . B_K products mixed into the heads by A_Q, both as tensor-core products over a block of keys.
 DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
 scores (index_n_heads values per cached token) before weighting them; the kernel reads each FP8 key and
-its scales once and writes one fp32 score per token.
+its scales once (a program holds one query and runs over a slice of the keys) and writes one fp32 score per
+token, -inf past the position. topk_indices then picks the k slots.
 All are checked against the layers' PyTorch paths in tests/test_triton_decode.py (GPU, or Triton's
 interpreter).
 """
@@ -32,23 +36,24 @@ except ImportError:  # the CPU CI has no Triton; the layers then use their PyTor
     triton = None
 
 HAVE_TRITON = triton is not None
-INDEX_BLOCK = 64  # cached tokens per program of the DSA indexer kernel
 PROGRAMS_PER_SM = 8  # split-KV grids aim at this many programs per SM, so the last wave's tail is short
 MIN_KEYS_PER_SPLIT = 256  # ... but no slice shorter than this (the merge then stays small)
 MERGE_SPLITS = 8  # slices combined per step of the merge kernel
-# An MLA program holds a whole SM (its tiles take most of shared memory), so its grid aims at a few whole waves;
-# a slice's partial output (H x L fp32, written, then read by the merge) is 256 KiB for 128 heads of 512, about
-# 11% of the 2048 rows of 576 bf16 a slice of MLA_MIN_KEYS_PER_SPLIT reads. DSA's gathered top-k is small
-# (2048 keys), so its slices may be shorter: more programs for the same few rows.
+# An MLA program holds a whole SM (its tiles take most of shared memory), so its grid aims at a few whole waves.
+# Shorter slices mean more programs but more partial outputs: a slice's (H x L fp32, written, then read by the
+# merge) is 256 KiB for 128 heads of 512, 11% of what a slice of 2048 rows of 576 bf16 reads. The shortest
+# slice is timed with the tiles: MLA_SLICES for the whole cache, MLA_GATHERED_SLICES for DSA's top-k.
 MLA_PROGRAMS_PER_SM = 4
-MLA_MIN_KEYS_PER_SPLIT = 2048
-MLA_MIN_GATHERED_KEYS = 256
+MLA_SLICES = (1024, 2048, 4096)
+MLA_GATHERED_SLICES = (256, 512, 1024)
 
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
-# MLA: (heads per program, keys per inner step, warps, pipeline stages); TPA: (keys per step, warps, stages).
+# MLA: (heads per program, keys per inner step, warps, pipeline stages), each with every shortest slice above;
+# TPA and the DSA indexer: (keys per step, warps, stages).
 MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (32, 32, 4, 2), (32, 64, 4, 2),
                (16, 32, 4, 2)]
+INDEX_CONFIGS = [(64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 3), (64, 4, 2)]  # (keys per step, warps, stages)
 TPA_CONFIGS = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
 
 TOPK_GROUPS = (4, 8, 16, 32)  # group sizes topk_indices tries besides a plain torch.topk (group size 1)
@@ -270,35 +275,55 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, pos_ptr, out_ptr, slots,
+    def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, pos_ptr, out_ptr, slots, keys_per_program,
                           N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
                           GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, MASK: tl.constexpr):
+        # One program: one sequence's query (all indexer heads, loaded once where the key is one scale group)
+        # against a run of keys_per_program slots, BLOCK keys per tensor-core product.
         b = tl.program_id(0)
-        s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        first = tl.program_id(1) * keys_per_program
+        end = tl.minimum(first + keys_per_program, slots)
         heads = tl.arange(0, N_PAD)
         head_ok = heads < N
-        key_ok = s < slots
-        acc = tl.zeros([N_PAD, BLOCK], tl.float32)
-        for g in tl.static_range(GROUPS):
-            dims = g * GROUP + tl.arange(0, GROUP_PAD)
-            dim_ok = (dims < D) & (dims < (g + 1) * GROUP)
-            q = tl.load(q_ptr + (b * N + heads[:, None]) * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
-                        other=0.0)
-            k = tl.load(k_ptr + (b * slots + s[None, :]) * D + dims[:, None], mask=key_ok[None, :] & dim_ok[:, None],
-                        other=0.0).to(q.dtype)
-            scale = tl.load(scale_ptr + (b * slots + s) * GROUPS + g, mask=key_ok, other=0.0)
-            acc += tl.dot(q, k) * scale[None, :]
+        k_ptr += b.to(tl.int64) * slots * D
+        scale_ptr += b.to(tl.int64) * slots * GROUPS
+        out_ptr += b.to(tl.int64) * slots
+        q_ptr += b * N * D
+        dims0 = tl.arange(0, GROUP_PAD)
+        dim0_ok = (dims0 < D) & (dims0 < GROUP)
+        q0 = tl.load(q_ptr + heads[:, None] * D + dims0[None, :], mask=head_ok[:, None] & dim0_ok[None, :], other=0.0)
         w = tl.load(w_ptr + b * N + heads, mask=head_ok, other=0.0).to(tl.float32)
-        score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
-        if MASK:  # slots past the limit: -inf, so no top-k takes them while a live slot is left
-            score = tl.where(s <= tl.load(pos_ptr).to(tl.int32), score, float("-inf"))
-        tl.store(out_ptr + b * slots + s, score, mask=key_ok)
+        if MASK:
+            limit = tl.load(pos_ptr).to(tl.int32)
+        else:
+            limit = slots
+        for start in range(first, end, BLOCK):
+            s = start + tl.arange(0, BLOCK)
+            key_ok = s < end
+            live = key_ok & (s <= limit)  # keys past the limit are not read
+            acc = tl.zeros([N_PAD, BLOCK], tl.float32)
+            for g in tl.static_range(GROUPS):
+                dims = g * GROUP + dims0
+                dim_ok = (dims < D) & (dims0 < GROUP)
+                if g == 0:
+                    q = q0
+                else:
+                    q = tl.load(q_ptr + heads[:, None] * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
+                                other=0.0)
+                k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :],
+                            other=0.0).to(q.dtype)  # [BLOCK, GROUP_PAD]
+                scale = tl.load(scale_ptr + s * GROUPS + g, mask=live, other=0.0)
+                acc += tl.dot(q, tl.trans(k)) * scale[None, :]
+            score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
+            if MASK:  # slots past the limit: -inf, so no top-k takes them while a live slot is left
+                score = tl.where(s <= limit, score, float("-inf"))
+            tl.store(out_ptr + s, score, mask=key_ok)
 
 
 def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor, scale: torch.Tensor,
                      group: int, limit: torch.Tensor | None = None) -> torch.Tensor:
     """sum_j weights[b, j] relu(q[b, j] . dequant(k[b, s])) -> fp32 [B, slots]; given limit (a one-element
-    tensor), -inf for the slots past it.
+    tensor), -inf for the slots past it (their keys are not read).
 
     q [B, n, d_i], weights [B, n], k_fp8 [B, slots, d_i] (float8_e4m3fn), scale [B, slots, groups] fp32 with
     one scale per `group` elements; all contiguous.
@@ -306,12 +331,18 @@ def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor
     B, N, D = q.shape
     slots, groups = k_fp8.size(1), scale.size(-1)
     out = torch.empty(B, slots, device=q.device, dtype=torch.float32)
-    group_pad = max(16, triton.next_power_of_2(min(group, D)))
-    _dsa_index_kernel[(B, triton.cdiv(slots, INDEX_BLOCK))](
-        q.contiguous(), weights.contiguous(), k_fp8, scale, out if limit is None else limit, out, slots, N=N, D=D,
-        GROUPS=groups, GROUP=group, GROUP_PAD=group_pad, N_PAD=max(16, triton.next_power_of_2(N)), BLOCK=INDEX_BLOCK,
-        MASK=limit is not None)
-    return out
+    q, weights = q.contiguous(), weights.contiguous()
+
+    def launch(config):
+        block, warps, stages = config
+        parts, keys_per_program = _split_keys(B, slots, block, q.device)
+        _dsa_index_kernel[(B, parts)](
+            q, weights, k_fp8, scale, out if limit is None else limit, out, slots, keys_per_program, N=N, D=D,
+            GROUPS=groups, GROUP=group, GROUP_PAD=_pad(min(group, D)), N_PAD=_pad(N), BLOCK=block, MASK=limit is not None,
+            num_warps=warps, num_stages=stages)
+        return out
+
+    return launch(_fastest(("index", B, N, D, group, slots, q.dtype), INDEX_CONFIGS, launch))
 
 
 def topk_indices(scores: torch.Tensor, k: int, group: int | None = None) -> torch.Tensor:
@@ -404,10 +435,10 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
     chosen = chosen.contiguous() if gather else input_pos  # unread without gather
 
     def launch(config):
-        block_h, block, warps, stages = config
+        block_h, block, warps, stages, min_keys = config
         head_blocks = triton.cdiv(H, block_h)
         splits, keys_per_split = _split_keys(B * head_blocks, n_keys, block, q_cat.device, MLA_PROGRAMS_PER_SM,
-                                             MLA_MIN_GATHERED_KEYS if gather else MLA_MIN_KEYS_PER_SPLIT)
+                                             min_keys)
         acc = torch.empty(B, splits, H, L, device=q_cat.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q_cat.device, dtype=torch.float32)
         l = torch.empty_like(m)
@@ -418,7 +449,8 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
         return acc, m, l
 
     key = ("mla", B, H, W, L, slots, n_keys, gather, q_cat.dtype)
-    return _merge(*launch(_fastest(key, MLA_CONFIGS, launch)), q_cat.dtype)
+    configs = [tiles + (keys,) for keys in (MLA_GATHERED_SLICES if gather else MLA_SLICES) for tiles in MLA_CONFIGS]
+    return _merge(*launch(_fastest(key, configs, launch)), q_cat.dtype)
 
 
 def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor, b_v: torch.Tensor,
