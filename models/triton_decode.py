@@ -44,19 +44,24 @@ MERGE_SPLITS = 8  # slices combined per step of the merge kernel
 # merge) is 256 KiB for 128 heads of 512, 11% of what a slice of 2048 rows of 576 bf16 reads. The shortest
 # slice is timed with the tiles: MLA_SLICES for the whole cache, MLA_GATHERED_SLICES for DSA's top-k.
 MLA_PROGRAMS_PER_SM = 4
-MLA_SLICES = (1024, 2048, 4096)
+MLA_SLICES = (256, 1024, 2048, 4096)
 MLA_GATHERED_SLICES = (256, 512, 1024)
 
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
 # MLA: (heads per program, keys per inner step, warps, pipeline stages), each with every shortest slice above;
-# TPA and the DSA indexer: (keys per step, warps, stages).
+# TPA: (keys per step, warps, stages).
 MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (32, 32, 4, 2), (32, 64, 4, 2),
                (16, 32, 4, 2)]
-INDEX_CONFIGS = [(64, 4, 3), (128, 4, 3), (128, 8, 3), (256, 8, 3), (64, 4, 2)]  # (keys per step, warps, stages)
+# DSA indexer: (keys per step, warps, stages, 1 for keys as the product's rows).
+INDEX_CONFIGS = [(64, 4, 2, 0), (128, 4, 3, 0), (256, 8, 3, 0), (64, 4, 2, 1), (128, 4, 3, 1), (128, 8, 3, 1),
+                 (256, 8, 3, 1)]
 TPA_CONFIGS = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
 
 TOPK_GROUPS = (4, 8, 16, 32)  # group sizes topk_indices tries besides a plain torch.topk (group size 1)
+
+TIMED_CALLS = 5  # calls per config timed by _fastest
+HOLD_CYCLES = 2_000_000  # GPU clock cycles (about 1 ms) _fastest holds the GPU while it queues those calls
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
 CHOSEN: dict[tuple, tuple] = {}  # shape key -> fastest config measured
@@ -277,7 +282,8 @@ if HAVE_TRITON:
     @triton.jit
     def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, pos_ptr, out_ptr, slots, keys_per_program,
                           N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
-                          GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, MASK: tl.constexpr):
+                          GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, MASK: tl.constexpr,
+                          KEYS_AS_ROWS: tl.constexpr):
         # One program: one sequence's query (all indexer heads, loaded once where the key is one scale group)
         # against a run of keys_per_program slots, BLOCK keys per tensor-core product.
         b = tl.program_id(0)
@@ -301,7 +307,10 @@ if HAVE_TRITON:
             s = start + tl.arange(0, BLOCK)
             key_ok = s < end
             live = key_ok & (s <= limit)  # keys past the limit are not read
-            acc = tl.zeros([N_PAD, BLOCK], tl.float32)
+            if KEYS_AS_ROWS:  # [BLOCK, N_PAD] = keys x q^T: the head sum stays inside each warp's rows
+                acc = tl.zeros([BLOCK, N_PAD], tl.float32)
+            else:  # [N_PAD, BLOCK] = q x keys^T
+                acc = tl.zeros([N_PAD, BLOCK], tl.float32)
             for g in tl.static_range(GROUPS):
                 dims = g * GROUP + dims0
                 dim_ok = (dims < D) & (dims0 < GROUP)
@@ -313,8 +322,14 @@ if HAVE_TRITON:
                 k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :],
                             other=0.0).to(q.dtype)  # [BLOCK, GROUP_PAD]
                 scale = tl.load(scale_ptr + s * GROUPS + g, mask=live, other=0.0)
-                acc += tl.dot(q, tl.trans(k)) * scale[None, :]
-            score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
+                if KEYS_AS_ROWS:
+                    acc += tl.dot(k, tl.trans(q)) * scale[:, None]
+                else:
+                    acc += tl.dot(q, tl.trans(k)) * scale[None, :]
+            if KEYS_AS_ROWS:
+                score = tl.sum(tl.maximum(acc, 0.0) * w[None, :], axis=1)
+            else:
+                score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
             if MASK:  # slots past the limit: -inf, so no top-k takes them while a live slot is left
                 score = tl.where(s <= limit, score, float("-inf"))
             tl.store(out_ptr + s, score, mask=key_ok)
@@ -334,12 +349,12 @@ def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor
     q, weights = q.contiguous(), weights.contiguous()
 
     def launch(config):
-        block, warps, stages = config
+        block, warps, stages, keys_as_rows = config
         parts, keys_per_program = _split_keys(B, slots, block, q.device)
         _dsa_index_kernel[(B, parts)](
             q, weights, k_fp8, scale, out if limit is None else limit, out, slots, keys_per_program, N=N, D=D,
             GROUPS=groups, GROUP=group, GROUP_PAD=_pad(min(group, D)), N_PAD=_pad(N), BLOCK=block, MASK=limit is not None,
-            num_warps=warps, num_stages=stages)
+            KEYS_AS_ROWS=bool(keys_as_rows), num_warps=warps, num_stages=stages)
         return out
 
     return launch(_fastest(("index", B, N, D, group, slots, q.dtype), INDEX_CONFIGS, launch))
@@ -386,8 +401,11 @@ def _split_keys(programs_per_split: int, slots: int, block: int, device: torch.d
 
 
 def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
-    """The config of `configs` that runs `launch(config)` fastest on this shape, timed once per key (CUDA events,
-    after a compiling call); configs[0] in the interpreter or while a CUDA graph is being captured."""
+    """The config of `configs` that runs `launch(config)` fastest on this shape, timed once per key (CUDA events
+    around TIMED_CALLS calls, after a compiling call); configs[0] in the interpreter or while a CUDA graph is
+    being captured. The GPU is held busy (torch.cuda._sleep) while the timed calls are queued, so the events
+    time the kernels back to back, as a graph replays them, not the host's launch overhead, which exceeds
+    a small kernel's time."""
     if key in CHOSEN:
         return CHOSEN[key]
     if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing() or len(configs) == 1:
@@ -397,12 +415,14 @@ def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
         try:
             launch(config)  # compiles
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            torch.cuda._sleep(HOLD_CYCLES)
             start.record()
-            for _ in range(3):
+            for _ in range(TIMED_CALLS):
                 launch(config)
             stop.record()
             stop.synchronize()
-            times.append((start.elapsed_time(stop) / 3, config))
+            times.append((start.elapsed_time(stop) / TIMED_CALLS, config))
         except Exception:  # noqa: BLE001 - a config that does not compile here (e.g. out of shared memory)
             continue
     TIMINGS[key] = sorted(times)
@@ -446,11 +466,11 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
             q_cat, kv, chosen, input_pos, acc, m, l, slots, n_keys, keys_per_split, splits, H=H, L=L, R=W - L,
             L_PAD=_pad(L), R_PAD=_pad(W - L), BLOCK_H=min(block_h, _pad(H)), BLOCK=block,
             GATHER=gather, num_warps=warps, num_stages=stages)
-        return acc, m, l
+        return _merge(acc, m, l, q_cat.dtype)  # timed with the kernel: shorter slices leave the merge more
 
     key = ("mla", B, H, W, L, slots, n_keys, gather, q_cat.dtype)
     configs = [tiles + (keys,) for keys in (MLA_GATHERED_SLICES if gather else MLA_SLICES) for tiles in MLA_CONFIGS]
-    return _merge(*launch(_fastest(key, configs, launch)), q_cat.dtype)
+    return launch(_fastest(key, configs, launch))
 
 
 def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor, b_v: torch.Tensor,
