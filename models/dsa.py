@@ -153,22 +153,27 @@ class DSALayer(MLALayer):
         self.write("index_k", k_fp8, input_pos)
         self.write("index_scale", k_scale, input_pos)
         index_q = self._dequantize(*self._quantize(index_q), x.dtype)  # FP8 queries, as prefill's
-        if triton_decode.enabled(x):
+        q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
+        k = min(self.dsa.index_topk, self.slots)  # static k: every step has the same shapes
+        limit = self.decode_limit(input_pos)
+        kernel = triton_decode.enabled(x)
+        if kernel:  # scores -inf past the limit; the k chosen slots in any order
             scores = triton_decode.dsa_index_scores(index_q[:, 0], index_w[:, 0], self.index_k[:B],
-                                                    self.index_scale[:B], self.group)
+                                                    self.index_scale[:B], self.group, limit)
+            top = triton_decode.topk_indices(scores, k)  # [B, k]
         else:
             index_keys = self._dequantize(self.index_k[:B], self.index_scale[:B], x.dtype)
             scores = self._index_scores(index_q, index_w, index_keys)[:, 0]  # [B, slots]
-        allowed = self.decode_slots(input_pos)
-        scores.masked_fill_(~allowed, float("-inf"))
-        top = scores.topk(min(self.dsa.index_topk, self.slots), dim=-1, sorted=True).indices  # [B, k], static k
-        keys = self.read("kv_cache", B, x.dtype)
-        chosen = keys.gather(1, top.unsqueeze(-1).expand(-1, -1, keys.size(-1)))  # [B, k, L + R]
-        q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
-        if triton_decode.enabled(x):
-            # topk lists the keys by descending score, so the min(limit + 1, k) attendable ones (finite
-            # scores) come first: exactly the "keys 0..limit" the MLA kernel attends.
-            o_latent = triton_decode.mla_decode(q_cat, chosen, self.decode_limit(input_pos), self.spec.kv_lora_rank)
+            scores.masked_fill_(~self.decode_slots(input_pos), float("-inf"))
+            top = scores.topk(k, dim=-1).indices  # [B, k]
+        del scores
+        if kernel and self.kv_cache.dtype == x.dtype:
+            # The chosen rows read in place; chosen slots past the limit (early steps have fewer than k live
+            # slots) are left out by the kernel.
+            o_latent = triton_decode.mla_decode(q_cat, self.kv_cache[:B], limit, self.spec.kv_lora_rank, chosen=top)
         else:
-            o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed[top].unsqueeze(1))
+            keys = self.read("kv_cache", B, x.dtype)
+            chosen = keys.gather(1, top.unsqueeze(-1).expand(-1, -1, keys.size(-1)))  # [B, k, L + R]
+            allowed = self.decode_slots(input_pos)[top].unsqueeze(1)  # [B, 1, k]
+            o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed)
         return self._absorbed_output(o_latent.unsqueeze(1))

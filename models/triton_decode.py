@@ -6,17 +6,21 @@ one slice of the cache, streams that slice once, keeps every head's running max,
 registers (online softmax) and writes them; `_merge_kernel` then combines the slices (log-sum-exp merge).
 Keys past input_pos are masked (and whole blocks past it skipped) on the device, so a step captures in a
 CUDA graph.
-MLA: scores are one [heads, L + R] x [L + R, keys] tensor-core product against the cached [latent | rope
-key] rows, and the same latent tile (already on chip) is the value: P x latent accumulates [heads, L].
-In PyTorch the scores and probabilities of all 128 heads go through memory between three kernels. DSA
-runs the same kernel over its top-k gathered latents.
+MLA: a program takes up to 64 heads of one sequence, so each cached [latent | rope key] row is read from
+memory once per head block; scores are one [heads, L + R] x [L + R, keys] tensor-core product, and the same
+latent tile (already on chip) is the value: P x latent accumulates [heads, L]. In PyTorch the scores and
+probabilities of all 128 heads go through memory between three kernels. At 128 heads the step is about as
+much tensor-core work (2 h (2L + R) FLOPs per cached row) as memory traffic ((L + R) x 2 bytes per row) on
+an H100, so the tiles are chosen by timing (MLA_CONFIGS). DSA runs the same kernel over its top-k slots,
+reading the chosen rows in place (no gathered copy).
 TPA: plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
 cached token, each written to and read back from memory: more bytes than the factor cache itself. The kernel
 runs either contraction order (kvplan.kinds.TPA.decode_order): the rebuilt query dotted with B_K, or FlashTPA's
 B_Q . B_K products mixed into the heads by A_Q, both as tensor-core products over a block of keys.
 DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
 scores (index_n_heads values per cached token) before weighting them; the kernel reads each FP8 key and
-its scales once and writes one fp32 score per token.
+its scales once (a program holds one query and runs over a slice of the keys) and writes one fp32 score per
+token, -inf past the position. topk_indices then picks the k slots.
 All are checked against the layers' PyTorch paths in tests/test_triton_decode.py (GPU, or Triton's
 interpreter).
 """
@@ -32,20 +36,36 @@ except ImportError:  # the CPU CI has no Triton; the layers then use their PyTor
     triton = None
 
 HAVE_TRITON = triton is not None
-INDEX_BLOCK = 64  # cached tokens per program of the DSA indexer kernel
 PROGRAMS_PER_SM = 8  # split-KV grids aim at this many programs per SM, so the last wave's tail is short
 MIN_KEYS_PER_SPLIT = 256  # ... but no slice shorter than this (the merge then stays small)
 MERGE_SPLITS = 8  # slices combined per step of the merge kernel
+# An MLA program holds a whole SM (its tiles take most of shared memory), so its grid aims at a few whole waves.
+# Shorter slices mean more programs but more partial outputs: a slice's (H x L fp32, written, then read by the
+# merge) is 256 KiB for 128 heads of 512, 11% of what a slice of 2048 rows of 576 bf16 reads. The shortest
+# slice is timed with the tiles: MLA_SLICES for the whole cache, MLA_GATHERED_SLICES for DSA's top-k.
+MLA_PROGRAMS_PER_SM = 4
+MLA_SLICES = (256, 1024, 2048, 4096)
+MLA_GATHERED_SLICES = (256, 512, 1024)
 
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
-# MLA: (heads per program, keys per inner step, warps, pipeline stages); TPA: (keys per step, warps, stages).
-MLA_CONFIGS = [(32, 32, 8, 2), (64, 16, 8, 3), (64, 16, 8, 2), (64, 32, 8, 2), (16, 32, 4, 2), (32, 64, 8, 2),
-               (32, 16, 4, 3)]
+# MLA: (heads per program, keys per inner step, warps, pipeline stages), each with every shortest slice above;
+# TPA: (keys per step, warps, stages).
+MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (32, 32, 4, 2), (32, 64, 4, 2),
+               (16, 32, 4, 2)]
+# DSA indexer: (keys per step, warps, stages, 1 for keys as the product's rows).
+INDEX_CONFIGS = [(64, 4, 2, 0), (128, 4, 3, 0), (256, 8, 3, 0), (64, 4, 2, 1), (128, 4, 3, 1), (128, 8, 3, 1),
+                 (256, 8, 3, 1)]
 TPA_CONFIGS = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
+
+TOPK_GROUPS = (4, 8, 16, 32)  # group sizes topk_indices tries besides a plain torch.topk (group size 1)
+
+TIMED_CALLS = 5  # calls per config timed by _fastest
+HOLD_CYCLES = 2_000_000  # GPU clock cycles (about 1 ms) _fastest holds the GPU while it queues those calls
 
 ENABLED = True  # False: every layer takes its PyTorch path (for comparisons)
 CHOSEN: dict[tuple, tuple] = {}  # shape key -> fastest config measured
+TIMINGS: dict[tuple, list[tuple[float, tuple]]] = {}  # shape key -> (ms per call, config) of every config timed
 
 
 def enabled(x: torch.Tensor) -> bool:
@@ -92,31 +112,66 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _mla_decode_kernel(q_ptr, kv_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, slots, keys_per_split, splits,
-                           H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
-                           R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr):
-        # Head blocks vary fastest, so the programs sharing a cache slice run together and share it in L2.
+    def _mla_decode_kernel(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, slots, n_keys, keys_per_split,
+                           splits, H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                           R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, GATHER: tl.constexpr):
+        # One program: BLOCK_H heads of one sequence over one slice of its keys. Each cached row is loaded once
+        # as a [BLOCK, L_PAD] tile: scores = Q_lat K_lat^T + Q_rope K_rope^T and acc += P K_lat are tensor-core
+        # products with the heads as M. Head blocks vary fastest in the grid, so the programs sharing a slice
+        # run together and the second one reads it from L2.
+        # GATHER: key j of the sequence is slot idx[b, j] (DSA's top-k, n_keys per sequence, any order); the
+        # rows are read in place. Else key j is slot j. Either way a key attends only if its slot <= limit.
         hb = tl.program_id(0)
         b = tl.program_id(1)
         split = tl.program_id(2)
         kv_ptr += b.to(tl.int64) * slots * (L + R)  # this sequence's rows (int64: B x slots x (L+R) can pass 2^31)
-        heads, q_lat, q_rope = _latent_query(q_ptr, b * H, hb, H, L, R, L_PAD, R_PAD, BLOCK_H)  # scaled
+        heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+        lat = tl.arange(0, L_PAD)
+        rope = tl.arange(0, R_PAD)
+        head_ok = heads < H
+        lat_ok = lat < L
+        rope_ok = rope < R
+        q_row = q_ptr + (b * H + heads[:, None]) * (L + R)  # scaled by the softmax scale
+        q_lat = tl.load(q_row + lat[None, :], mask=head_ok[:, None] & lat_ok[None, :], other=0.0)
+        q_rope = tl.load(q_row + L + rope[None, :], mask=head_ok[:, None] & rope_ok[None, :], other=0.0)
         m = tl.full([BLOCK_H], -1e30, tl.float32)
         l = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, L_PAD], tl.float32)
-        pos = tl.load(pos_ptr).to(tl.int32)
+        limit = tl.load(pos_ptr).to(tl.int32)
         first = split * keys_per_split
-        end = tl.minimum(tl.minimum(first + keys_per_split, pos + 1), slots)  # keys past pos: not read at all
+        if GATHER:
+            end = tl.minimum(first + keys_per_split, n_keys)
+        else:
+            end = tl.minimum(tl.minimum(first + keys_per_split, limit + 1), slots)  # later keys: not read at all
         for start in range(first, end, BLOCK):
-            s = start + tl.arange(0, BLOCK)
-            m, l, acc = _latent_block(q_lat, q_rope, kv_ptr + s[None, :] * (L + R), s < end, m, l, acc, L, R, L_PAD,
-                                      R_PAD)
-        lat = tl.arange(0, L_PAD)
-        head_ok = heads < H
-        lat_ok = lat < L
+            j = start + tl.arange(0, BLOCK)
+            if GATHER:
+                s = tl.load(idx_ptr + b * n_keys + j, mask=j < end, other=0).to(tl.int32)
+                live = (j < end) & (s <= limit)
+            else:
+                s = j
+                live = j < end
+            row = kv_ptr + s[:, None] * (L + R)
+            if L == L_PAD:  # no mask along the row: the loads vectorize
+                k_lat = tl.load(row + lat[None, :], mask=live[:, None], other=0.0)  # [BLOCK, L_PAD]
+            else:
+                k_lat = tl.load(row + lat[None, :], mask=live[:, None] & lat_ok[None, :], other=0.0)
+            if R == R_PAD:
+                k_rope = tl.load(row + L + rope[None, :], mask=live[:, None], other=0.0)
+            else:
+                k_rope = tl.load(row + L + rope[None, :], mask=live[:, None] & rope_ok[None, :], other=0.0)
+            scores = tl.dot(q_lat, tl.trans(k_lat))
+            scores = tl.dot(q_rope, tl.trans(k_rope), scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
+            scores = tl.where(live[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            p = tl.math.exp2(scores - m_new[:, None])
+            correction = tl.math.exp2(m - m_new)
+            l = l * correction + tl.sum(p, axis=1)
+            acc = tl.dot(p.to(k_lat.dtype), k_lat, acc * correction[:, None])
+            m = m_new
         out = (b * splits + split) * H + heads
         tl.store(acc_ptr + out[:, None] * L + lat[None, :], acc, mask=head_ok[:, None] & lat_ok[None, :])
-        tl.store(m_ptr + out, m, mask=head_ok)
+        tl.store(m_ptr + out, m * 0.6931471805599453, mask=head_ok)  # natural-log units, as the merge takes them
         tl.store(l_ptr + out, l, mask=head_ok)
 
 
@@ -225,32 +280,65 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, out_ptr, slots,
+    def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, pos_ptr, out_ptr, slots, keys_per_program,
                           N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
-                          GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr):
+                          GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, MASK: tl.constexpr,
+                          KEYS_AS_ROWS: tl.constexpr):
+        # One program: one sequence's query (all indexer heads, loaded once where the key is one scale group)
+        # against a run of keys_per_program slots, BLOCK keys per tensor-core product.
         b = tl.program_id(0)
-        s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        first = tl.program_id(1) * keys_per_program
+        end = tl.minimum(first + keys_per_program, slots)
         heads = tl.arange(0, N_PAD)
         head_ok = heads < N
-        key_ok = s < slots
-        acc = tl.zeros([N_PAD, BLOCK], tl.float32)
-        for g in tl.static_range(GROUPS):
-            dims = g * GROUP + tl.arange(0, GROUP_PAD)
-            dim_ok = (dims < D) & (dims < (g + 1) * GROUP)
-            q = tl.load(q_ptr + (b * N + heads[:, None]) * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
-                        other=0.0)
-            k = tl.load(k_ptr + (b * slots + s[None, :]) * D + dims[:, None], mask=key_ok[None, :] & dim_ok[:, None],
-                        other=0.0).to(q.dtype)
-            scale = tl.load(scale_ptr + (b * slots + s) * GROUPS + g, mask=key_ok, other=0.0)
-            acc += tl.dot(q, k) * scale[None, :]
+        k_ptr += b.to(tl.int64) * slots * D
+        scale_ptr += b.to(tl.int64) * slots * GROUPS
+        out_ptr += b.to(tl.int64) * slots
+        q_ptr += b * N * D
+        dims0 = tl.arange(0, GROUP_PAD)
+        dim0_ok = (dims0 < D) & (dims0 < GROUP)
+        q0 = tl.load(q_ptr + heads[:, None] * D + dims0[None, :], mask=head_ok[:, None] & dim0_ok[None, :], other=0.0)
         w = tl.load(w_ptr + b * N + heads, mask=head_ok, other=0.0).to(tl.float32)
-        score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
-        tl.store(out_ptr + b * slots + s, score, mask=key_ok)
+        if MASK:
+            limit = tl.load(pos_ptr).to(tl.int32)
+        else:
+            limit = slots
+        for start in range(first, end, BLOCK):
+            s = start + tl.arange(0, BLOCK)
+            key_ok = s < end
+            live = key_ok & (s <= limit)  # keys past the limit are not read
+            if KEYS_AS_ROWS:  # [BLOCK, N_PAD] = keys x q^T: the head sum stays inside each warp's rows
+                acc = tl.zeros([BLOCK, N_PAD], tl.float32)
+            else:  # [N_PAD, BLOCK] = q x keys^T
+                acc = tl.zeros([N_PAD, BLOCK], tl.float32)
+            for g in tl.static_range(GROUPS):
+                dims = g * GROUP + dims0
+                dim_ok = (dims < D) & (dims0 < GROUP)
+                if g == 0:
+                    q = q0
+                else:
+                    q = tl.load(q_ptr + heads[:, None] * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
+                                other=0.0)
+                k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :],
+                            other=0.0).to(q.dtype)  # [BLOCK, GROUP_PAD]
+                scale = tl.load(scale_ptr + s * GROUPS + g, mask=live, other=0.0)
+                if KEYS_AS_ROWS:
+                    acc += tl.dot(k, tl.trans(q)) * scale[:, None]
+                else:
+                    acc += tl.dot(q, tl.trans(k)) * scale[None, :]
+            if KEYS_AS_ROWS:
+                score = tl.sum(tl.maximum(acc, 0.0) * w[None, :], axis=1)
+            else:
+                score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
+            if MASK:  # slots past the limit: -inf, so no top-k takes them while a live slot is left
+                score = tl.where(s <= limit, score, float("-inf"))
+            tl.store(out_ptr + s, score, mask=key_ok)
 
 
 def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor, scale: torch.Tensor,
-                     group: int) -> torch.Tensor:
-    """sum_j weights[b, j] relu(q[b, j] . dequant(k[b, s])) -> fp32 [B, slots], for every slot (the caller masks).
+                     group: int, limit: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_j weights[b, j] relu(q[b, j] . dequant(k[b, s])) -> fp32 [B, slots]; given limit (a one-element
+    tensor), -inf for the slots past it (their keys are not read).
 
     q [B, n, d_i], weights [B, n], k_fp8 [B, slots, d_i] (float8_e4m3fn), scale [B, slots, groups] fp32 with
     one scale per `group` elements; all contiguous.
@@ -258,11 +346,43 @@ def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor
     B, N, D = q.shape
     slots, groups = k_fp8.size(1), scale.size(-1)
     out = torch.empty(B, slots, device=q.device, dtype=torch.float32)
-    group_pad = max(16, triton.next_power_of_2(min(group, D)))
-    _dsa_index_kernel[(B, triton.cdiv(slots, INDEX_BLOCK))](
-        q.contiguous(), weights.contiguous(), k_fp8, scale, out, slots, N=N, D=D, GROUPS=groups, GROUP=group,
-        GROUP_PAD=group_pad, N_PAD=max(16, triton.next_power_of_2(N)), BLOCK=INDEX_BLOCK)
-    return out
+    q, weights = q.contiguous(), weights.contiguous()
+
+    def launch(config):
+        block, warps, stages, keys_as_rows = config
+        parts, keys_per_program = _split_keys(B, slots, block, q.device)
+        _dsa_index_kernel[(B, parts)](
+            q, weights, k_fp8, scale, out if limit is None else limit, out, slots, keys_per_program, N=N, D=D,
+            GROUPS=groups, GROUP=group, GROUP_PAD=_pad(min(group, D)), N_PAD=_pad(N), BLOCK=block, MASK=limit is not None,
+            KEYS_AS_ROWS=bool(keys_as_rows), num_warps=warps, num_stages=stages)
+        return out
+
+    return launch(_fastest(("index", B, N, D, group, slots, q.dtype), INDEX_CONFIGS, launch))
+
+
+def topk_indices(scores: torch.Tensor, k: int, group: int | None = None) -> torch.Tensor:
+    """The slots of the k largest of scores [B, S] per row, in no particular order: the set torch.topk returns
+    (up to ties), through groups of `group` slots (1: plain torch.topk), by default the group size timed
+    fastest for this shape (1 or one of TOPK_GROUPS).
+
+    With groups of g slots: the k groups with the largest maxima hold the top k. (Their maxima are k distinct
+    scores >= T, the k-th largest maximum, so the k-th largest score is >= T; every other group's scores are
+    <= T.) torch.topk then runs over k x g candidates instead of S.
+    """
+    B, S = scores.shape
+
+    def launch(config):
+        g = config[0]
+        if g == 1:
+            return scores.topk(k, dim=-1, sorted=False).indices
+        groups = scores.view(B, S // g, g).amax(-1).topk(k, dim=-1, sorted=False).indices  # [B, k]
+        candidates = (groups.unsqueeze(-1) * g + torch.arange(g, device=scores.device)).view(B, k * g)
+        return candidates.gather(1, scores.gather(1, candidates).topk(k, dim=-1, sorted=False).indices)
+
+    if group is not None:
+        return launch((group,))
+    configs = [(1,)] + [(g,) for g in TOPK_GROUPS if S % g == 0 and S // g >= 2 * k]
+    return launch(_fastest(("topk", B, S, k), configs, launch))
 
 
 def _pad(n: int) -> int:
@@ -270,17 +390,22 @@ def _pad(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _split_keys(programs_per_split: int, slots: int, block: int, device: torch.device) -> tuple[int, int]:
-    """(splits, keys per split, a multiple of block): about PROGRAMS_PER_SM programs per SM in all."""
+def _split_keys(programs_per_split: int, slots: int, block: int, device: torch.device,
+                per_sm: int = PROGRAMS_PER_SM, min_keys: int = MIN_KEYS_PER_SPLIT) -> tuple[int, int]:
+    """(splits, keys per split, a multiple of block): about `per_sm` programs per SM in all (rounded down to
+    whole splits), but no slice shorter than `min_keys`."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    splits = max(1, min(triton.cdiv(slots, MIN_KEYS_PER_SPLIT), triton.cdiv(PROGRAMS_PER_SM * sms, programs_per_split)))
+    splits = max(1, min(triton.cdiv(slots, min_keys), per_sm * sms // programs_per_split))
     keys_per_split = triton.cdiv(triton.cdiv(slots, splits), block) * block
     return triton.cdiv(slots, keys_per_split), keys_per_split
 
 
 def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
-    """The config of `configs` that runs `launch(config)` fastest on this shape, timed once per key (CUDA events,
-    after a compiling call); configs[0] in the interpreter or while a CUDA graph is being captured."""
+    """The config of `configs` that runs `launch(config)` fastest on this shape, timed once per key (CUDA events
+    around TIMED_CALLS calls, after a compiling call); configs[0] in the interpreter or while a CUDA graph is
+    being captured. The GPU is held busy (torch.cuda._sleep) while the timed calls are queued, so the events
+    time the kernels back to back, as a graph replays them, not the host's launch overhead, which exceeds
+    a small kernel's time."""
     if key in CHOSEN:
         return CHOSEN[key]
     if not torch.cuda.is_available() or torch.cuda.is_current_stream_capturing() or len(configs) == 1:
@@ -290,14 +415,17 @@ def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
         try:
             launch(config)  # compiles
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            torch.cuda._sleep(HOLD_CYCLES)
             start.record()
-            for _ in range(3):
+            for _ in range(TIMED_CALLS):
                 launch(config)
             stop.record()
             stop.synchronize()
-            times.append((start.elapsed_time(stop), config))
+            times.append((start.elapsed_time(stop) / TIMED_CALLS, config))
         except Exception:  # noqa: BLE001 - a config that does not compile here (e.g. out of shared memory)
             continue
+    TIMINGS[key] = sorted(times)
     CHOSEN[key] = min(times)[1] if times else configs[0]
     return CHOSEN[key]
 
@@ -310,30 +438,39 @@ def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dty
     return out
 
 
-def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int) -> torch.Tensor:
+def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int,
+               chosen: torch.Tensor | None = None) -> torch.Tensor:
     """Absorbed MLA decode: softmax_s(q_cat[h] . kv[s]) kv[s, :L] over slots s <= input_pos -> [B, h, L].
 
     q_cat [B, h, L + R] carries the softmax scale; kv [B, slots, L + R] is the cache ([latent | rope key]),
-    contiguous, in q_cat's dtype. Static shapes and no host reads: capturable in a CUDA graph.
+    contiguous, in q_cat's dtype. chosen [B, k] (integer slot indices, any order, no repeats): attend only
+    those slots (DSA's top-k), read in place; the ones past input_pos are left out. Static shapes and no host
+    reads: capturable in a CUDA graph.
     """
     B, H, W = q_cat.shape
     slots, L = kv.size(1), kv_lora_rank
     q_cat = q_cat.contiguous()
+    gather = chosen is not None
+    n_keys = chosen.size(1) if gather else slots
+    chosen = chosen.contiguous() if gather else input_pos  # unread without gather
 
     def launch(config):
-        block_h, block, warps, stages = config
+        block_h, block, warps, stages, min_keys = config
         head_blocks = triton.cdiv(H, block_h)
-        splits, keys_per_split = _split_keys(B * head_blocks, slots, block, q_cat.device)
+        splits, keys_per_split = _split_keys(B * head_blocks, n_keys, block, q_cat.device, MLA_PROGRAMS_PER_SM,
+                                             min_keys)
         acc = torch.empty(B, splits, H, L, device=q_cat.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q_cat.device, dtype=torch.float32)
         l = torch.empty_like(m)
         _mla_decode_kernel[(head_blocks, B, splits)](
-            q_cat, kv, input_pos, acc, m, l, slots, keys_per_split, splits, H=H, L=L, R=W - L, L_PAD=_pad(L),
-            R_PAD=_pad(W - L), BLOCK_H=min(block_h, _pad(H)), BLOCK=block, num_warps=warps, num_stages=stages)
-        return acc, m, l
+            q_cat, kv, chosen, input_pos, acc, m, l, slots, n_keys, keys_per_split, splits, H=H, L=L, R=W - L,
+            L_PAD=_pad(L), R_PAD=_pad(W - L), BLOCK_H=min(block_h, _pad(H)), BLOCK=block,
+            GATHER=gather, num_warps=warps, num_stages=stages)
+        return _merge(acc, m, l, q_cat.dtype)  # timed with the kernel: shorter slices leave the merge more
 
-    config = _fastest(("mla", B, H, W, L, slots, q_cat.dtype), MLA_CONFIGS, launch)
-    return _merge(*launch(config), q_cat.dtype)
+    key = ("mla", B, H, W, L, slots, n_keys, gather, q_cat.dtype)
+    configs = [tiles + (keys,) for keys in (MLA_GATHERED_SLICES if gather else MLA_SLICES) for tiles in MLA_CONFIGS]
+    return launch(_fastest(key, configs, launch))
 
 
 def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor, b_v: torch.Tensor,
@@ -353,7 +490,7 @@ def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch
 
     def launch(config):
         block, warps, stages = config
-        splits, keys_per_split = _split_keys(B, slots, block, q.device)
+        splits, keys_per_split = _split_keys(B, slots, block, q.device, min_keys=MIN_KEYS_PER_SPLIT)
         acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
         l = torch.empty_like(m)

@@ -20,6 +20,7 @@ Writes DIR/bench_decode.csv and prints three tables last: every row, MHA vs TPA,
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -33,6 +34,7 @@ from kvplan.model import FeedForward, Model
 from kvplan.presets import get_preset
 from kvplan.models import build, sliced, triton_decode
 from kvplan.recast import recast
+from kvplan.units import InputError, parse_token_list
 
 from .calibrate import copy_bandwidth
 from .store import ResultsFile
@@ -121,8 +123,11 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
         if case.kind.startswith(("tpa", "dsa", "mla")) and device.type == "cuda":
             how += " + triton" if case.triton and triton_decode.HAVE_TRITON else " (pytorch path)"
             row["kernel_config"] = " ".join(f"{key[0]}:{'x'.join(map(str, config))}"
-                                            for key, config in triton_decode.CHOSEN.items() if key[0] in case.kind)
+                                            for key, config in triton_decode.CHOSEN.items())
+            for key, times in triton_decode.TIMINGS.items():
+                print(f"  timed {key}: " + ", ".join(f"{'x'.join(map(str, c))} {ms:.3f} ms" for ms, c in times))
             triton_decode.CHOSEN.clear()
+            triton_decode.TIMINGS.clear()
         row.update(mode=how, step_ms=seconds * 1e3, achieved_GBps=row["bytes_read"] / seconds / 1e9,
                    copy_GBps=copy_bps / 1e9, fraction_of_copy=row["bytes_read"] / seconds / copy_bps)
     finally:
@@ -205,6 +210,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda", choices=("cuda", "cpu"))
     parser.add_argument("--smoke", action="store_true", help="tiny models and contexts (for the CPU)")
     parser.add_argument("--kinds", default="", help="comma-separated subset of kinds, e.g. tpa,mha")
+    parser.add_argument("--batches", default="", help="comma-separated batches (default 1,16; smoke 1,2)")
+    parser.add_argument("--contexts", default="", help="comma-separated contexts, e.g. 8k,128k (default 8k,32k,128k;"
+                                                        " smoke 64,256)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--memory-gib", type=float, default=72.0, help="skip rows needing more than this")
     args = parser.parse_args(argv)
@@ -216,8 +224,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.kinds:
         wanted = set(args.kinds.split(","))
         cases = [c for c in cases if c.kind in wanted]
-    batches = (1, 2) if args.smoke else (1, 16)
-    contexts = (64, 256) if args.smoke else (8192, 32768, 131072)
+    try:
+        batches = parse_token_list(args.batches or ("1,2" if args.smoke else "1,16"), "--batches")
+        contexts = parse_token_list(args.contexts or ("64,256" if args.smoke else "8k,32k,128k"), "--contexts")
+    except InputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
     copy_bps = copy_bandwidth(device, (64 * 2**20) if args.smoke else 2 * GiB, repeats=args.repeats)
     print(f"device copy: {copy_bps / 1e9:.0f} GB/s (read + written)", flush=True)
 

@@ -15,6 +15,23 @@ from kvplan.models.mla import latent_attention
 from test_models import _DSA, _MLA, tiny
 
 
+@pytest.fixture(autouse=True)
+def _interpreter_scalars(monkeypatch):
+    """Triton 3.6's interpreter turns a scalar (a one-element array there) into a Python int with int(array),
+    which NumPy >= 2.4 refuses (a loop bound loaded from memory); .item() is what it means."""
+    if os.environ.get("TRITON_INTERPRET") != "1":
+        return
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+    monkeypatch.setattr(interpreter, "_patch_lang_tensor", patched)
+
+
 def _kernel_device():
     """Where the Triton kernels can be checked: a GPU, or the CPU under TRITON_INTERPRET=1."""
     from kvplan.models import triton_decode
@@ -90,6 +107,73 @@ def test_mla_kernel_equals_pytorch_path(spec):
             _close(got, expected, tol)
 
 
+@pytest.mark.parametrize("slots, pos", [(70, 69), (70, 30), (64, 12)])
+def test_mla_kernel_reads_chosen_rows_in_place(slots, pos):
+    """DSA's form: attend only the chosen slots (any order), leaving out those past the position."""
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    L, R, k = _MLA.kv_lora_rank, _MLA.qk_rope_head_dim, 24
+    generator = torch.Generator().manual_seed(slots + pos)
+    for dtype, tol in _dtypes(device):
+        kv = torch.randn(3, slots, L + R, generator=generator).to(device, dtype)
+        q_cat = (torch.randn(3, _MLA.n_heads, L + R, generator=generator) * (L + R) ** -0.5).to(device, dtype)
+        chosen = torch.stack([torch.randperm(slots, generator=generator)[:k] for _ in range(3)]).to(device)
+        position = torch.tensor([pos], device=device)
+        rows = kv.gather(1, chosen.unsqueeze(-1).expand(-1, -1, L + R))
+        expected = latent_attention(q_cat, rows, L, (chosen <= pos).unsqueeze(1))
+        got = triton_decode.mla_decode(q_cat, kv, position, L, chosen=chosen)
+        _close(got, expected, tol)
+
+
+@pytest.mark.parametrize("gather", [False, True])
+def test_every_mla_config_at_deepseek_shape(gather):
+    """Each launch config the timing may pick, at DeepSeek-V3's head count and widths (GPU only: the interpreter
+    would take minutes)."""
+    from kvplan.models import triton_decode
+
+    if not torch.cuda.is_available() or not triton_decode.HAVE_TRITON:
+        pytest.skip("needs a CUDA GPU and Triton")
+    H, L, R, slots, pos = 128, 512, 64, 3000, 2900
+    generator = torch.Generator().manual_seed(0)
+    kv = torch.randn(2, slots, L + R, generator=generator).to("cuda", torch.bfloat16)
+    q_cat = (torch.randn(2, H, L + R, generator=generator) * (L + R) ** -0.5).to("cuda", torch.bfloat16)
+    position = torch.tensor([pos], device="cuda")
+    chosen = torch.stack([torch.randperm(slots, generator=generator)[:2048] for _ in range(2)]).cuda()
+    if gather:
+        rows = kv.gather(1, chosen.unsqueeze(-1).expand(-1, -1, L + R))
+        expected = latent_attention(q_cat, rows, L, (chosen <= pos).unsqueeze(1))
+    else:
+        expected = latent_attention(q_cat, kv, L, decode_mask(slots, position))
+    for config in [tiles + (256,) for tiles in triton_decode.MLA_CONFIGS]:  # short slices: several per sequence
+        key = ("mla", 2, H, L + R, L, slots, 2048 if gather else slots, gather, torch.bfloat16)
+        triton_decode.CHOSEN[key] = config
+        try:
+            got = triton_decode.mla_decode(q_cat, kv, position, L, chosen=chosen if gather else None)
+        finally:
+            del triton_decode.CHOSEN[key]
+        _close(got, expected, 5e-2)
+
+
+@pytest.mark.parametrize("group", [1, 4, 8, 16])
+def test_topk_through_groups_is_torch_topk(group):
+    """The grouped top-k picks the set torch.topk picks; with fewer live (finite) scores than k, every live one."""
+    from kvplan.models import triton_decode
+
+    generator = torch.Generator().manual_seed(group)
+    scores = torch.randn(3, 512, generator=generator)
+    scores[1, 300:] = float("-inf")
+    scores[2, 10:] = float("-inf")  # 10 live slots, k = 32
+    got = triton_decode.topk_indices(scores, 32, group=group)
+    expected = scores.topk(32, dim=-1).indices
+    assert got.shape == (3, 32)
+    for row in range(3):
+        live = {i for i in expected[row].tolist() if scores[row, i] > float("-inf")}
+        assert live <= set(got[row].tolist()) and len(set(got[row].tolist())) == 32
+        if row < 2:
+            assert set(got[row].tolist()) == set(expected[row].tolist())
+
+
 _TPA_FLASH = TPA(n_heads=6, head_dim=8, q_rank=3, k_rank=2, v_rank=1)  # decode_order "flash"
 _TPA_REBUILD = TPA(n_heads=3, head_dim=8, q_rank=4, k_rank=2, v_rank=2)  # decode_order "rebuild"
 
@@ -132,5 +216,14 @@ def test_dsa_indexer_kernel_equals_pytorch_path(index_head_dim):
         weights = torch.randn(2, n_heads, device=device, dtype=dtype)
         expected = layer._index_scores(q.unsqueeze(1), weights.unsqueeze(1),
                                        layer._dequantize(k_fp8, k_scale, dtype))[:, 0]
-        got = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group)
-        _close(got, expected, 1e-4 if dtype == torch.float32 and device == "cpu" else 3e-2)
+        key = ("index", 2, n_heads, index_head_dim, layer.group, slots, dtype)
+        for config in triton_decode.INDEX_CONFIGS:  # each launch config the timing may pick
+            triton_decode.CHOSEN[key] = config
+            try:
+                got = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group)
+                masked = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group,
+                                                        torch.tensor([99], device=device))
+            finally:
+                del triton_decode.CHOSEN[key]
+            _close(got, expected, 1e-4 if dtype == torch.float32 and device == "cpu" else 3e-2)
+            assert torch.equal(masked[:, :100], got[:, :100]) and bool((masked[:, 100:] == float("-inf")).all())
