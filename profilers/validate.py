@@ -20,6 +20,8 @@ The committed H100 run: python3 -m kvplan.profilers.validate --out examples --na
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import shlex
 import statistics
@@ -27,16 +29,18 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from kvplan.files import write_atomically
 from kvplan.hardware import gpu_from_file
 from kvplan.profilers.view import kernel_summary
 from kvplan.units import format_tokens, parse_token_list
 
 from .calibrate import calibrate
-from .compare import FIGURES, scaling_note
+from .compare import FIGURES, compare, scaling_note
 from .measure import Settings
 from .store import read_rows
-from .sweep import Sweep, device_environment, run
+from .sweep import Sweep, device_environment, plan_rows, run
 from .timing import default_dtype, pick_device
 
 # Window patterns of the matrix, on the base model's own attention, after the kinds.
@@ -60,7 +64,26 @@ def _arguments(argv):
     parser.add_argument("--repeats", type=int, default=3, help="timed samples per latency (median kept)")
     parser.add_argument("--budget-seconds", type=float, default=450, help="start no row after this long")
     parser.add_argument("--usd-per-hour", type=float, default=None, help="price, needed on a CPU")
+    parser.add_argument("--reestimate", action="store_true",
+                        help="measure nothing: estimate the rows of DIR/NAME.csv again with this kvplan and "
+                        "DIR/NAME-profile.json, and rewrite the CSV and the report (no GPU needed)")
     return parser.parse_args(argv)
+
+
+def reestimate(rows: list[dict], profile_path: Path, model: str) -> list[dict]:
+    """The measured rows with estimates and errors from this kvplan (same profile, same slices)."""
+    by_spec: dict[tuple, list[dict]] = {}
+    for row in rows:
+        by_spec.setdefault((row["attention"], row["layers"]), []).append(row)
+    gpu = gpu_from_file(profile_path)
+    for (spec, layers), group in by_spec.items():
+        sweep = Sweep(model=model, attentions=[spec], contexts=[group[0]["context"]], batches=[group[0]["batch"]],
+                      layers=layers, estimate_gpu=gpu, settings=Settings(device=torch.device("cpu"), dtype=getattr(torch, group[0].get("dtype") or "bfloat16")),
+                      env={})
+        (_, est, est_full), = plan_rows(sweep)
+        for row in group:
+            compare(row, est, est_full)
+    return rows
 
 
 def _kinds(text: str) -> list[str]:
@@ -201,6 +224,8 @@ def main(argv=None) -> int:
     args = _arguments(sys.argv[1:] if argv is None else argv)
     started = time.monotonic()
     out = Path(args.out)
+    if args.reestimate:
+        return _reestimate_files(out, args.name, args.model)
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(args.device)
     contexts, batches = parse_token_list(args.contexts, "--contexts"), parse_token_list(args.batches, "--batches")
@@ -236,6 +261,45 @@ def main(argv=None) -> int:
     report_path = out / f"{args.name}.md"
     write_atomically(report_path, report(rows, profile, command, not_run))
     print(f"wrote {csv_path}, {report_path}, {profile_path} in {time.monotonic() - started:,.0f} s", file=sys.stderr)
+    return 0
+
+
+def _regenerate_command(report_text: str) -> str | None:
+    """The command line in a report's Regenerate block."""
+    lines = report_text.splitlines()
+    return lines[lines.index("```") + 1] if "```" in lines else None
+
+
+def _not_run_lines(report_text: str) -> list[tuple[str, int, int]]:
+    """(attention, batch, context) of a report's "Not run" list."""
+    lines = report_text.splitlines()
+    if "## Not run (time budget)" not in lines:
+        return []
+    found = []
+    for line in lines[lines.index("## Not run (time budget)") + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("- "):
+            attention, batch, context = line[2:].rsplit(", ", 2)
+            found.append((attention, int(batch.split()[-1]), parse_token_list(context.split()[-1], "context")[0]))
+    return found
+
+
+def _reestimate_files(out: Path, name: str, model: str) -> int:
+    csv_path, profile_path, report_path = out / f"{name}.csv", out / f"{name}-profile.json", out / f"{name}.md"
+    rows = reestimate(read_rows(csv_path), profile_path, model)
+    columns = next(csv.reader(io.StringIO(csv_path.read_text())))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    write_atomically(csv_path, text.getvalue())
+    old_report = report_path.read_text() if report_path.exists() else ""
+    command = _regenerate_command(old_report) or f"python3 -m kvplan.profilers.validate --out {out} --name {name}"
+    not_run = [{"attention": a, "batch": int(b), "context": int(c)} for a, b, c in _not_run_lines(old_report)]
+    profile = json.loads(profile_path.read_text())
+    write_atomically(report_path, report(rows, profile, command, not_run))
+    print(f"re-estimated {len(rows)} rows: wrote {csv_path}, {report_path}", file=sys.stderr)
     return 0
 
 

@@ -41,6 +41,29 @@ def test_validate_writes_csv_report_and_profile(tiny, tmp_path):
     assert validate.main(args) == 0
     assert len(store.read_rows(out / "run.csv")) == 12
 
+    # --reestimate measures nothing: with a changed estimate (here every prefill estimate doubled) the same
+    # measurements get the new estimates, and the report keeps its command.
+    reestimate = ["--out", str(out), "--name", "run", "--model", tiny, "--reestimate"]
+    assert validate.main(reestimate) == 0
+    rows = store.read_rows(out / "run.csv")
+    original = validate.compare
+
+    def doubled(row, est, full):
+        original(row, est, full)
+        row["prefill_seconds_estimate"] *= 2
+
+    validate.compare = doubled
+    try:
+        assert validate.main(reestimate) == 0
+    finally:
+        validate.compare = original
+    again = store.read_rows(out / "run.csv")
+    key = ("attention", "batch", "context", "prefill_seconds_measured", "cache_bytes_measured")
+    assert [[r[k] for k in key] for r in again] == [[r[k] for k in key] for r in rows]
+    for before, after in zip(rows, again):
+        assert after["prefill_seconds_estimate"] == pytest.approx(2 * before["prefill_seconds_estimate"])
+    assert "python3 -m kvplan.profilers.validate --out" in (out / "run.md").read_text()
+
 
 def test_time_budget_leaves_rows_out_and_says_so(tiny, tmp_path):
     out = tmp_path / "val"
