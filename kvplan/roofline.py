@@ -29,7 +29,8 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - indexer, topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over every
   visible key), the top-k selection over its fp32 scores, and sparse MLA attention, priced as the larger of its
   FLOPs and the bytes of the latent rows each query reads. The indexer and top-k run whole on every tensor-
-  parallel rank (the indexer is replicated), split only over data-parallel ranks.
+  parallel rank (the indexer is replicated), split only over data-parallel ranks; in decode the indexer reads
+  its cached keys as it scores them (one kernel: the larger of its FLOPs and those bytes).
 - communication: all-reduce and sends (kvplan.parallel) at `bandwidth` of the link and `call_seconds` per
   collective inside a node; all_to_all: expert-parallel dispatch and combine, its own fraction of the link
   and time per call (NCCL's all-to-all inside a node).

@@ -541,3 +541,13 @@ def test_a_profile_without_mla_or_all_to_all_figures_prices_them_with_its_generi
     assert kernels.mla_half_tokens == 1000 and kernels.mla_attention_efficiency(1000) == 0.25
     assert kernels.mla_decode_attention == kernels.decode_attention
     assert kernels.all_to_all == kernels.communication
+
+
+def test_dsa_decode_indexer_reads_its_keys_while_it_scores_them():
+    # deepseek-v3.2-exp on 8 H100s, one sequence at 8k: each GPU's indexer scores 8192 cached keys per layer
+    # (64 heads x 128, fp8, at 0.276 of 1978.9 TFLOP/s) while reading them (128 fp8 values + one fp32 scale, at
+    # MLA decode's 0.869 of 3.35 TB/s): the larger of the two; then top-k over the fp32 scores.
+    row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
+    keys = 61 * 8 * K
+    scoring = max(keys * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.276), keys * (128 + 4) / (HBM * 0.869))
+    assert row["decode_indexer_seconds"] == pytest.approx(scoring + keys * 4 / (HBM * 0.087), rel=1e-12)
