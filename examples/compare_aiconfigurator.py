@@ -45,8 +45,9 @@ warnings.simplefilter("ignore")
 import kvplan
 out = []
 for p in json.load(sys.stdin):
+    layout = dict(dp=p["dp"], ep=p["dp"]) if p.get("dp", 1) > 1 else {}  # older checkouts: tp alone
     row = kvplan.estimate(p["model"], p["gpu"], context=p["isl"] + p["osl"] // 2, prompt=p["isl"], batch=p["batch"],
-                          gpus=p["tp"], weight_dtype=p["weight"])
+                          gpus=p["tp"] * p.get("dp", 1), weight_dtype=p["weight"], **layout)
     out.append([row["prefill_seconds"], row["decode_seconds_per_token"]])
 print(json.dumps(out))
 """
@@ -66,16 +67,31 @@ def points() -> list[dict]:
     return out
 
 
+# DeepSeek Sparse Attention against dense MLA at attention DP 8 / EP 8 on 8 H200s (--dsa): decode steps of
+# DeepSeek-V3.2 and DeepSeek-V3 at long prompts. aiconfigurator's batch_size counts the sequences of one
+# attention-DP rank (its result's global_bs = batch_size x dp); kvplan's batch counts all of them.
+DSA_MODELS = (("deepseek-v3", "deepseek-ai/DeepSeek-V3"), ("deepseek-v3.2-exp", "deepseek-ai/DeepSeek-V3.2"))
+DSA_DP, DSA_RANK_BATCHES, DSA_PROMPTS = 8, (1, 8, 32), (32768, 131072)
+
+
+def dsa_points() -> list[dict]:
+    return [dict(model=model, path=path, weight="fp8", quant=None, gpu="h200", system="h200_sxm", tp=1, dp=DSA_DP,
+                 isl=isl, osl=OSL, batch=DSA_DP * per_rank)
+            for isl in DSA_PROMPTS for per_rank in DSA_RANK_BATCHES for model, path in DSA_MODELS]
+
+
 def aiconfigurator(point: dict, backend: str) -> tuple[float, float] | None:
     """(TTFT s, TPOT s) from aiconfigurator's static estimate, or None where it refuses the point."""
     from aiconfigurator.cli.api import cli_estimate
 
+    dp = point.get("dp", 1)
+    layout = (dict(attention_dp_size=dp, moe_tp_size=1, moe_ep_size=dp) if dp > 1 else
+              dict(moe_tp_size=point["tp"] if point["model"] == "deepseek-v3" else None))
     try:
         with redirect_stdout(io.StringIO()):
             result = cli_estimate(point["path"], point["system"], mode="static", backend_name=backend,
-                                  isl=point["isl"], osl=point["osl"],
-                                  batch_size=point["batch"], tp_size=point["tp"], gemm_quant_mode=point["quant"],
-                                  moe_tp_size=point["tp"] if point["model"] == "deepseek-v3" else None)
+                                  isl=point["isl"], osl=point["osl"], batch_size=point["batch"] // dp,
+                                  tp_size=point["tp"], gemm_quant_mode=point["quant"], **layout)
     except Exception as error:  # noqa: BLE001 - aiconfigurator raises many kinds for an unservable point
         print(f"aiconfigurator refuses {point['model']} {point['weight']} {point['gpu']} tp{point['tp']} "
               f"batch {point['batch']} isl {point['isl']}: {str(error).splitlines()[0][:120]}", file=sys.stderr)
@@ -114,8 +130,37 @@ def summary(rows: list[dict], labels: list[str]) -> str:
         dense = [r for r in rows if r["model"] != "deepseek-v3"]
         share = sum(abs(r[f"ttft_ratio_{label}"] - 1) <= 0.15 and abs(r[f"tpot_ratio_{label}"] - 1) <= 0.15
                     for r in dense) / len(dense)
-        within.append(f"{label}: {share:.0%} of the Llama points have both TTFT and TPOT within 15%")
+        deepseek = [r for r in rows if r["model"] == "deepseek-v3"]
+        close = sum(abs(r[f"ttft_ratio_{label}"] - 1) <= 0.35 and abs(r[f"tpot_ratio_{label}"] - 1) <= 0.35
+                    for r in deepseek)
+        within.append(f"{label}: {share:.0%} of the Llama points have both TTFT and TPOT within 15%, "
+                      f"{close} of {len(deepseek)} DeepSeek-V3 points within 35%")
     return "\n".join(lines) + "\n\n" + "; ".join(within) + ".\n"
+
+
+def dsa_section(backend: str) -> str:
+    """Markdown: DeepSeek-V3.2's decode step over DeepSeek-V3's, aiconfigurator's and kvplan's."""
+    found = [(p, aiconfigurator(p, backend)) for p in dsa_points()]
+    chosen = [p for p, times in found if times]
+    tpot = {(p["model"], p["isl"], p["batch"]): times[1] for p, times in found if times}
+    mine = {(p["model"], p["isl"], p["batch"]): t[1] for p, t in zip(chosen, kvplan_times(HERE.parent, chosen))}
+    lines = [f"# DSA against dense MLA: decode at attention DP {DSA_DP} / EP {DSA_DP} on 8 H200s ({backend} tables)\n",
+             "TPOT of DeepSeek-V3.2 (DSA) over DeepSeek-V3 (dense MLA), fp8 weights, 256 tokens out. aiconfigurator's "
+             "batch_size is per attention-DP rank (global batch = 8 x it); kvplan's batch is the global one. Regenerate "
+             f"with `python examples/compare_aiconfigurator.py --dsa --write --backend {backend}`.\n",
+             "| prompt | sequences per rank | aiconfigurator V3 ms | V3.2 ms | ratio | kvplan V3 ms | V3.2 ms | ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for isl in DSA_PROMPTS:
+        for per_rank in DSA_RANK_BATCHES:
+            key = (isl, DSA_DP * per_rank)
+            (dense, sparse) = (m for m, _ in DSA_MODELS)
+            if (dense, *key) not in tpot or (sparse, *key) not in tpot:
+                continue
+            a, b = tpot[(dense, *key)], tpot[(sparse, *key)]
+            c, d = mine[(dense, *key)], mine[(sparse, *key)]
+            lines.append(f"| {isl:,} | {per_rank} | {a * 1e3:.1f} | {b * 1e3:.1f} | {b / a:.2f} | {c * 1e3:.1f} | "
+                         f"{d * 1e3:.1f} | {d / c:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _commit(root: Path | None) -> str:
@@ -132,8 +177,16 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="a checkout of an earlier kvplan to set beside this one")
     parser.add_argument("--backend", default="trtllm", choices=("trtllm", "vllm", "sglang"),
                         help="aiconfigurator's kernel tables (default trtllm, its own default)")
+    parser.add_argument("--dsa", action="store_true",
+                        help="DeepSeek-V3.2 against DeepSeek-V3 at attention DP 8 (compare-aiconfigurator-dsa.md)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
+    if args.dsa:
+        text = dsa_section(args.backend)
+        print(text)
+        if args.write:
+            (HERE / "compare-aiconfigurator-dsa.md").write_text(text)
+        return
 
     selected, reference = [], []
     for point in points():
@@ -167,7 +220,8 @@ def main() -> None:
         (HERE / f"{name}.md").write_text(
             f"# kvplan vs aiconfigurator 0.12.0 ({args.backend} tables): TTFT and TPOT\n\n"
             f"Ratio = kvplan / aiconfigurator (below 1: kvplan faster); before = kvplan {_commit(args.before)} "
-            f"(one compute and one bandwidth efficiency), after = the per-operation roofline. Regenerate with `python "
+            f"(one compute and one bandwidth efficiency), after = the per-operation roofline (MLA in its own kernels, "
+            f"grouped expert GEMMs with their call time, chunked prefill of 8192 tokens per forward). Regenerate with `python "
             f"examples/compare_aiconfigurator.py --write --backend {args.backend} --before <checkout>`; every point is "
             f"in {name}.csv.\n\n" + text)
 

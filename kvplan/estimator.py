@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 
 from . import parallel
 from .kinds import keys_attended_sum
+from .kinds.dsa import DSA
+from .kinds.mla import MLA
 from .dtypes import FORMATS, StorageFormat
 from .hardware import GPU
 from .model import Model, chunked_keys_sum
@@ -319,6 +321,12 @@ class Estimator:
             10 * d + ceil_div(ffn.activation_elements(d), dep.tp))
         attention = model.attention
         self._head_dim = attention.pair_flops("prefill") / (4 * attention.n_heads)
+        # MLA, and DSA (MLA with an indexer), run vLLM's MLA attention block (Kernels.mla_*: its per-layer calls
+        # and latent scan); MLA's prefill decompresses the latent (its own efficiency), DSA's runs absorbed and
+        # sparse (the generic efficiency and sparse_attention).
+        self._latent = isinstance(attention, (MLA, DSA))
+        self._indexer_key_bytes = attention.fixed_cache_bytes() if isinstance(attention, DSA) else 0
+        self._mla = isinstance(attention, MLA)
         self._latent_row_bytes = self.kv_bytes_per_token_layer - attention.fixed_cache_bytes()
 
     def _link(self, group: int) -> tuple[float, float]:
@@ -347,9 +355,11 @@ class Estimator:
         if dep.ep > 1 and self._moe_layers:
             # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
             copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model
+            a2a = self.kernels.all_to_all
             per_layer = sum(parallel.all_to_all_seconds(copies * element_bytes, dep.ep, node,
-                                                        gpu.link_bytes_per_s * comm.bandwidth,
-                                                        gpu.network_bytes_per_s * comm.bandwidth)
+                                                        gpu.link_bytes_per_s * a2a.bandwidth,
+                                                        gpu.network_bytes_per_s * comm.bandwidth,
+                                                        a2a.call_seconds or parallel.LINK_LATENCY_SECONDS)
                             for element_bytes in (parallel.DISPATCH_BYTES_PER_ELEMENT, parallel.COMBINE_BYTES_PER_ELEMENT))
             seconds += self._moe_layers * per_layer
         if dep.pp > 1:
@@ -385,11 +395,12 @@ class Estimator:
         return read + self._expert_read_bytes(tokens, sequences)
 
     def _operations(self, sequences, tokens: int, logit_tokens, attention_flops, attention_bytes,
-                    sparse_bytes, indexer_flops, indexer_scores, prefill_keys) -> dict:
+                    sparse_bytes, indexer_flops, indexer_scores, prefill_keys, indexer_bytes=0) -> dict:
         """Seconds per operation kind (roofline.OPERATIONS) of one forward over `tokens` tokens of each of
         `sequences` sequences on the most loaded GPU. Whole-deployment work spreads over G = tp x the dp ranks
         with a sequence; what tensor parallelism replicates (norms and residual adds, DSA's indexer, top-k and
-        latent reads) only over the dp ranks. attention_* exclude the indexer; prefill_keys None: decode."""
+        latent reads) only over the dp ranks. attention_* exclude the indexer; prefill_keys None: decode;
+        indexer_bytes: the indexer keys its kernel reads while it scores them (the larger of the two counts)."""
         dep, gpu, k, n_layers = self.deployment, self.deployment.gpu, self.kernels, self.model.n_layers
         ranks = minimum(dep.dp, sequences)
         gpus = dep.tp * ranks
@@ -404,12 +415,14 @@ class Estimator:
         routed = all_tokens * self._routed_flops_per_token
         dense_flops = all_tokens * self.linear_flops_per_token - routed
         if prefill_keys is None:
-            attention = k.decode_attention.seconds(attention_flops / gpus, attention_bytes / gpus, bf16, bandwidth,
-                                                   n_layers)
+            decode = k.mla_decode_attention if self._latent else k.decode_attention
+            attention = decode.seconds(attention_flops / gpus, attention_bytes / gpus, bf16, bandwidth, n_layers)
         else:
-            efficiency = k.attention_efficiency(prefill_keys, self._head_dim)
-            attention = n_layers * k.prefill_attention.call_seconds + maximum(
-                attention_flops / (gpus * bf16 * efficiency), attention_bytes / (gpus * bandwidth * k.prefill_attention.bandwidth))
+            prefill = k.mla_prefill_attention if self._latent else k.prefill_attention
+            efficiency = (k.mla_attention_efficiency(prefill_keys) if self._mla
+                          else k.attention_efficiency(prefill_keys, self._head_dim))
+            attention = n_layers * prefill.call_seconds + maximum(
+                attention_flops / (gpus * bf16 * efficiency), attention_bytes / (gpus * bandwidth * prefill.bandwidth))
         if self._sparse:  # the selected latent rows each query reads, on every tensor-parallel rank
             attention = attention + k.sparse_attention.seconds(0, sparse_bytes / ranks, bf16, bandwidth, 0)
         seconds = {
@@ -417,7 +430,8 @@ class Estimator:
             "moe": (moe.seconds(routed / gpus, experts / gpus, moe_peak, bandwidth, MOE_CALLS_PER_LAYER * self._moe_layers)
                     if self._moe_layers else 0.0),
             "attention": attention,
-            "indexer": (k.indexer.seconds(indexer_flops / ranks, 0, gpu.fp8_flops or bf16, bandwidth, n_layers)
+            "indexer": (k.indexer.seconds(indexer_flops / ranks, indexer_bytes / gpus, gpu.fp8_flops or bf16, bandwidth,
+                                          n_layers)
                         + k.topk.seconds(0, indexer_scores * SCORE_BYTES / ranks, bf16, bandwidth, n_layers)
                         if self.indexer_pair_flops else 0.0),
             "elementwise": k.elementwise.seconds(0, tokens_per_rank * self._elementwise_bytes_per_token, bf16, bandwidth,
@@ -471,8 +485,11 @@ class Estimator:
         flops = batch * (self.linear_flops_per_token + self.lm_head_flops + attention_flops_per_token)
         scores = batch * self._indexed_keys(1, context - 1) if self.indexer_pair_flops else 0
         indexer_flops = scores * self.indexer_pair_flops
+        # The indexer's kernel reads the cached indexer keys (every tensor-parallel rank all of them) as it scores
+        # them: those bytes are the indexer's, not attention's.
+        keys = scores * self.deployment.tp * self._indexer_key_bytes
         return flops, self._operations(batch, 1, batch, batch * attention_flops_per_token - indexer_flops,
-                                       cache_read_bytes, 0, indexer_flops, scores, None)
+                                       cache_read_bytes - keys, 0, indexer_flops, scores, None, keys)
 
     def prefill(self, batch: int, tokens: int, start: int = 0) -> tuple[int, float]:
         """(FLOPs, seconds) of prefilling `tokens` more tokens per sequence onto `start` already cached, as
@@ -493,8 +510,35 @@ class Estimator:
             sparse_bytes = batch * self._latent_row_bytes * sum(
                 layers * self._pairs(tokens, window, cap, start) for window, layers, cap in self._groups)
         indexer_flops = scores * self.indexer_pair_flops
-        return flops, self._operations(batch, tokens, batch, attention_flops - indexer_flops, cache_bytes,
-                                       sparse_bytes, indexer_flops, scores, start + tokens)
+        operations = self._operations(batch, tokens, batch, attention_flops - indexer_flops, cache_bytes,
+                                      sparse_bytes, indexer_flops, scores, start + tokens)
+        return flops, self._in_chunks(operations, batch, tokens, start)
+
+    def _in_chunks(self, operations: dict, batch: int, tokens: int, start: int) -> dict:
+        """A prefill's operations as chunked prefill runs them: each data-parallel rank's batch x tokens go
+        through n = ceil(tokens on the rank / prefill_chunk) forwards, and each forward reads the weights and
+        pays its calls again. Per forward of c tokens on every busy rank, the GEMMs, experts, elementwise
+        kernels and communication cost what `_operations` prices for c tokens (n - 1 full chunks and the last);
+        attention and the indexer keep the whole prefill's work and add n - 1 forwards' call times; the logits
+        are the finished sequences' alone."""
+        dep = self.deployment
+        chunk, per_rank = dep.prefill_chunk, parallel.sequences_per_rank(batch, dep.dp) * tokens
+        if not chunk or self.model.is_encoder:
+            return operations
+        forwards = ceil_div(per_rank, chunk)
+        if isinstance(forwards, (int, float)) and forwards <= 1:
+            return operations
+        chunked_once = minimum(forwards - 1, 1)  # 1 where a rank needs several forwards (0/1 over arrays of batches)
+        ranks = minimum(dep.dp, batch)
+        full = self._operations(ranks, chunk, 0, 0, 0, 0, 0, 0, start + tokens)
+        last = self._operations(ranks, per_rank - (forwards - 1) * chunk, 0, 0, 0, 0, 0, 0, start + tokens)
+        chunked = dict(operations)
+        for name in ("gemm", "moe", "elementwise", "communication"):
+            in_chunks = (forwards - 1) * full[name] + last[name]
+            chunked[name] = operations[name] + chunked_once * (in_chunks - operations[name])
+        for name in ("attention", "indexer"):  # with no work, an operation's seconds are its calls' time
+            chunked[name] = operations[name] + (forwards - 1) * full[name]
+        return chunked
 
     # --- one row --------------------------------------------------------------------------------------
     def row(self, batch: int, context: int, prompt: int | None = None, cached: int = 0) -> dict:

@@ -25,7 +25,8 @@ _ELEMENTWISE = Kernel(1.0, 0.8, 3e-6)  # aiconfigurator's system files: memory-b
 # DeepSeek Sparse Attention on an H100 at 128k, per 1024-query chunk and layer (examples/validation-h100-kernels.md,
 # bench_prefill --cases dsa): FP8 indexer 546 TFLOP/s = 0.276 of 1979; top-k over 1024 x 131072 fp32 scores
 # (537 MB) in 1.84 ms = 0.087 of 3.35 TB/s; sparse attention reading 2.36 MB of latents per query in 1.73 ms
-# = 0.417 of 3.35 TB/s. Other GPUs take the same fractions (no published measurement).
+# = 0.417 of 3.35 TB/s. Other GPUs take the same fractions (no published measurement). The indexer reads its
+# cached keys at MLA decode's scan bandwidth (an assumption: the same memory-bound scan of a latent-like cache).
 _DSA = dict(indexer=Kernel(0.276, 1.0, 0.0), topk=Kernel(1.0, 0.087, 0.0), sparse_attention=Kernel(1.0, 0.417, 0.0))
 
 
@@ -40,39 +41,65 @@ def _moe(compute: float, bandwidth: float, width: int, call: float) -> Kernel:
     return Kernel(compute * (width + MOE_HALF_WIDTH) / width, bandwidth, call)
 
 
+# All-to-all (expert-parallel dispatch and combine) inside a node, fits by examples/derive_kernel_defaults.py:
+# H100: NCCL all_to_all_single on 2 H100 SXMs over NVLink (examples/ep2-h100.csv, DeepSeek-V3's dispatch and
+# combine at 64 and 4096 tokens), 53 us per call + bytes sent / (0.642 x link) (aiconfigurator's DeepEP
+# low-latency table on 8 H100s agrees: 49 us, 0.50); H200 and B200: aiconfigurator's vLLM DeepEP low-latency
+# tables (8 GPUs). The other GPUs take the H100's figures, an assumption (no measurement).
+_ALL_TO_ALL = Kernel(1.0, 0.642, 53.2e-6)
+
+
 def _kernels(source: str, gemm, gemm_fp8, moe, moe_fp8, attention, half_tokens, half_head_dim, decode,
-             link, call_link) -> Kernels:
-    """A GPU's kernels from fitted figures: (compute, bandwidth, call seconds) triples, attention's compute."""
-    return Kernels(gemm=Kernel(*gemm), gemm_fp8=Kernel(*gemm_fp8), moe_gemm=_moe(*moe, 14336, gemm[2]),
-                   moe_gemm_fp8=_moe(*moe_fp8, 2048, gemm_fp8[2]), moe_half_width=MOE_HALF_WIDTH,
+             link, call_link, mla_prefill, mla_decode, all_to_all=_ALL_TO_ALL) -> Kernels:
+    """A GPU's kernels from fitted figures: (compute, bandwidth, call seconds) triples, attention's compute;
+    moe and moe_fp8: (compute, bandwidth[, call seconds]) (without a call: the GEMM's); mla_prefill: (compute,
+    half tokens, call seconds); mla_decode: (bandwidth, call seconds)."""
+    moe, moe_fp8 = (*moe, gemm[2])[:3], (*moe_fp8, gemm_fp8[2])[:3]
+    return Kernels(gemm=Kernel(*gemm), gemm_fp8=Kernel(*gemm_fp8), moe_gemm=_moe(*moe[:2], 14336, moe[2]),
+                   moe_gemm_fp8=_moe(*moe_fp8[:2], 2048, moe_fp8[2]), moe_half_width=MOE_HALF_WIDTH,
                    prefill_attention=Kernel(attention, decode[0], 0.0),
                    attention_half_tokens=half_tokens, attention_half_head_dim=half_head_dim,
-                   decode_attention=Kernel(attention, *decode), elementwise=_ELEMENTWISE,
-                   communication=Kernel(1.0, link, call_link), source=source, **_DSA)
+                   decode_attention=Kernel(attention, *decode),
+                   mla_prefill_attention=Kernel(mla_prefill[0], decode[0], mla_prefill[2]),
+                   mla_half_tokens=mla_prefill[1], mla_decode_attention=Kernel(attention, *mla_decode),
+                   elementwise=_ELEMENTWISE, communication=Kernel(1.0, link, call_link), all_to_all=all_to_all,
+                   source=source, **{**_DSA, "indexer": replace(_DSA["indexer"], bandwidth=mla_decode[0])})
 
 
 # Figures per GPU: GEMM bf16 / fp8 (compute at m, n, k >= 4096; bandwidth and call time from m <= 8), MoE
-# grouped GEMM bf16 (Mixtral shape) / fp8 block-scaled (DeepSeek-V3 shape), causal prefill attention
-# (32/8 heads, head_dim 128: efficiency e_max, L_half), its head-width g, decode attention (bandwidth, call),
-# all-reduce on 8 GPUs (fraction of link_bytes_per_s, large messages), and the small-message all-reduce time
-# (vLLM's custom all-reduce under CUDA graphs, 8 H100s: 4.7 us).
+# grouped GEMM bf16 (Mixtral shape) / fp8 block-scaled (DeepSeek-V3 shape): compute at >= 8k tokens, bandwidth
+# and call time from 1-32 tokens at moe_tp 8 where the fit has a call time (H100, H200, B200; the others keep
+# the one-token bandwidth and the GEMM's call), causal prefill attention (32/8 heads, head_dim 128: efficiency
+# e_max, L_half), its head-width g, decode attention (bandwidth, call), all-reduce on 8 GPUs (fraction of
+# link_bytes_per_s, large messages), the small-message all-reduce time (vLLM's custom all-reduce under CUDA
+# graphs, 8 H100s: 4.7 us), MLA prefill (e_max, L_half, call per layer) and MLA decode (bandwidth, call per
+# layer) from vLLM's DeepSeek-V3 attention block at 16 heads per GPU less its projection GEMMs.
 KERNELS: dict[str, Kernels] = {
-    "h100-sxm": _kernels(f"H100 SXM: {_AIC}; elementwise: aiconfigurator system file; DSA: kvplan's H100 kernels",
-                         (0.794, 0.860, 3.2e-6), (0.532, 0.786, 5.9e-6), (0.517, 0.812), (0.303, 0.696),
-                         0.779, 2159, 49.0, (0.860, 11.0e-6), 0.918, 4.7e-6),
-    "h200": _kernels(f"H200: {_AIC}; head width g and small all-reduce: the H100's; DSA: kvplan's H100 fractions",
-                     (0.769, 0.823, 3.4e-6), (0.602, 0.744, 6.1e-6), (0.674, 0.693), (0.310, 0.634),
-                     0.759, 2034, 52.7, (0.848, 12.5e-6), 0.944, 4.7e-6),
-    "a100-80gb": _kernels(f"A100 SXM: {_AIC}; no fp8 (fp8 rows: bf16's); MoE: the bf16 GEMM's; head width g and "
-                          "small all-reduce: the H100's", (0.910, 0.722, 4.4e-6), (0.910, 0.722, 4.4e-6),
-                          (0.910, 0.722), (0.910, 0.722), 0.627, 1201, 49.0, (0.756, 19.9e-6), 0.683, 4.7e-6),
+    "h100-sxm": _kernels(f"H100 SXM: {_AIC}; elementwise: aiconfigurator system file; DSA: kvplan's H100 kernels; "
+                         "all-to-all: examples/ep2-h100.csv",
+                         (0.794, 0.860, 3.2e-6), (0.532, 0.786, 5.9e-6), (0.517, 0.803, 15.4e-6),
+                         (0.303, 1.0, 27.9e-6), 0.779, 2159, 49.0, (0.860, 11.0e-6), 0.918, 4.7e-6,
+                         (0.924, 11855, 84.4e-6), (0.869, 81.1e-6)),
+    "h200": _kernels(f"H200: {_AIC}; head width g and small all-reduce: the H100's; DSA: kvplan's H100 fractions; "
+                     "all-to-all: aiconfigurator's DeepEP table",
+                     (0.769, 0.823, 3.4e-6), (0.602, 0.744, 6.1e-6), (0.674, 0.829, 12.4e-6), (0.310, 1.0, 23.1e-6),
+                     0.759, 2034, 52.7, (0.848, 12.5e-6), 0.944, 4.7e-6, (0.936, 11932, 87.1e-6), (0.881, 81.1e-6),
+                     Kernel(1.0, 0.449, 48.3e-6)),
+    "a100-80gb": _kernels(f"A100 SXM: {_AIC}; no fp8 (fp8 rows: bf16's); MoE: the bf16 GEMM's; head width g, "
+                          "small all-reduce and MLA: the H100's; all-to-all: the H100's, an assumption",
+                          (0.910, 0.722, 4.4e-6), (0.910, 0.722, 4.4e-6),
+                          (0.910, 0.722), (0.910, 0.722), 0.627, 1201, 49.0, (0.756, 19.9e-6), 0.683, 4.7e-6,
+                          (0.924, 11855, 84.4e-6), (0.869, 81.1e-6)),
     # L40S: small GEMM and decode fits exceed the datasheet bandwidth (its 96 MB L2 holds the smaller tables'
     # operands), so bandwidth is capped at 0.9; its PCIe all-reduce reaches 5% of 32 GB/s (no peer-to-peer).
     "l40s": _kernels(f"L40S: {_AIC}, bandwidth capped at 0.9 (L2-resident fits exceed the datasheet); head "
-                     "width g: the H100's", (0.614, 0.9, 3.0e-6), (0.496, 0.9, 3.0e-6), (0.602, 0.833),
-                     (0.402, 0.765), 0.573, 982, 49.0, (0.9, 11.0e-6), 0.050, 22.4e-6),
-    "b200": _kernels(f"B200: {_AIC}; small all-reduce: the H100's", (0.689, 0.769, 2.8e-6), (0.474, 0.668, 6.6e-6),
-                     (0.241, 0.775), (0.206, 0.537), 0.763, 4746, 49.0, (0.881, 8.2e-6), 0.680, 4.7e-6),
+                     "width g: the H100's; all-to-all: the H100's, an assumption", (0.614, 0.9, 3.0e-6),
+                     (0.496, 0.9, 3.0e-6), (0.602, 0.833), (0.402, 0.765), 0.573, 982, 49.0, (0.9, 11.0e-6),
+                     0.050, 22.4e-6, (0.499, 3088, 94.0e-6), (0.742, 119.6e-6)),
+    "b200": _kernels(f"B200: {_AIC}; small all-reduce: the H100's; all-to-all: aiconfigurator's DeepEP table",
+                     (0.689, 0.769, 2.8e-6), (0.474, 0.668, 6.6e-6), (0.241, 0.659, 4.0e-6), (0.206, 1.0, 16.4e-6),
+                     0.763, 4746, 49.0, (0.881, 8.2e-6), 0.680, 4.7e-6, (0.861, 3276, 48.1e-6), (0.656, 36.4e-6),
+                     Kernel(1.0, 0.490, 53.9e-6)),
 }
 for _name, _like, _why in (("h100-pcie", "h100-sxm", "H100 SXM's fractions (same kernels, no PCIe table)"),
                            ("h800", "h100-sxm", "H100 SXM's fractions (same chip)"),

@@ -15,7 +15,9 @@ GPUs in all = tp x pp x dp; ep divides the tp x dp GPUs of a stage (ep = tp x dp
 
 Links: a group of GPUs within one node (gpus_per_node, an NVLink domain) talks over the GPU link
 (GPU.link_bytes_per_s, one direction); a group spanning nodes over the network (GPU.network_bytes_per_s per GPU).
-Every collective also pays a fixed latency per call.
+Every collective also pays a fixed latency per call: the GPU's communication and all_to_all kernels
+(kvplan.roofline) give it where measured (all-to-all: NCCL on 2 H100s, 53 us per call, examples/ep2-h100.csv);
+LINK_LATENCY_SECONDS and NETWORK_LATENCY_SECONDS below are assumptions.
 """
 
 from __future__ import annotations
@@ -72,16 +74,17 @@ def all_reduce_seconds(message_bytes: float, ranks: int, bytes_per_s: float, lat
 
 
 def all_to_all_seconds(bytes_out_per_gpu: float, ranks: int, gpus_per_node: int, link_bytes_per_s: float,
-                       network_bytes_per_s: float) -> float:
+                       network_bytes_per_s: float, call_seconds: float = LINK_LATENCY_SECONDS) -> float:
     """All-to-all in which every GPU sends `bytes_out_per_gpu` spread evenly over `ranks` destinations
     (itself included, which costs nothing): the part for GPUs of its own node goes over the GPU link, the rest
-    over the network, both at once."""
+    over the network, both at once; `call_seconds` per call inside a node (across nodes at least
+    NETWORK_LATENCY_SECONDS)."""
     if ranks <= 1:
         return 0.0
     same_node = min(ranks, gpus_per_node)
     inside = bytes_out_per_gpu * (same_node - 1) / ranks
     across = bytes_out_per_gpu * (ranks - same_node) / ranks
-    latency = NETWORK_LATENCY_SECONDS if ranks > same_node else LINK_LATENCY_SECONDS
+    latency = maximum(call_seconds, NETWORK_LATENCY_SECONDS) if ranks > same_node else call_seconds
     return maximum(inside / link_bytes_per_s, across / network_bytes_per_s) + latency
 
 

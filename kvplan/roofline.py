@@ -19,14 +19,21 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
   attention_half_head_dim) (fitted to vLLM's FlashAttention-3 timings; 128-wide heads at long prompts reach
   `compute`).
 - decode_attention: a scan of the cache at `bandwidth`, one call per layer.
+- mla_prefill_attention / mla_decode_attention: Multi-head Latent Attention (MLA, and DSA's dense part) in its
+  own kernels: prefill at e(L) = compute x L / (L + mla_half_tokens) of bf16 peak (192-wide query-key heads,
+  128-wide values), decode a scan of the latent cache at `bandwidth`. `call_seconds` per layer is what vLLM's
+  MLA block spends besides its projection GEMMs (latent norms, RoPE, cache writes, the absorbed per-head
+  products, activation quantisation), fitted as the remainder of aiconfigurator's MLA module tables.
 - elementwise: norms, residual adds, the gated activation: bytes read and written per token.
 - logits: the LM head GEMM on the tokens that need a logit (gemm's figures), and the fp32 logits it writes.
 - indexer, topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over every
   visible key), the top-k selection over its fp32 scores, and sparse MLA attention, priced as the larger of its
   FLOPs and the bytes of the latent rows each query reads. The indexer and top-k run whole on every tensor-
-  parallel rank (the indexer is replicated), split only over data-parallel ranks.
-- communication: all-reduce, all-to-all and sends (kvplan.parallel) at `bandwidth` of the link and
-  `call_seconds` per collective inside a node.
+  parallel rank (the indexer is replicated), split only over data-parallel ranks; in decode the indexer reads
+  its cached keys as it scores them (one kernel: the larger of its FLOPs and those bytes).
+- communication: all-reduce and sends (kvplan.parallel) at `bandwidth` of the link and `call_seconds` per
+  collective inside a node; all_to_all: expert-parallel dispatch and combine, its own fraction of the link
+  and time per call (NCCL's all-to-all inside a node).
 
 Every figure is a plain number: hardware.KERNELS holds the defaults per GPU with their sources, and
 `kvplan calibrate` measures them.
@@ -69,11 +76,15 @@ class Kernels:
     attention_half_head_dim: float = 0.0  # head width at which r(hd) = hd / (hd + this) is one half
     moe_half_width: float = 0.0  # expert width per GPU at which grouped GEMMs reach half their compute
     decode_attention: Kernel = Kernel()
+    mla_prefill_attention: Kernel = Kernel()
+    mla_half_tokens: float = 0.0  # keys per query at which MLA prefill attention reaches half its efficiency
+    mla_decode_attention: Kernel = Kernel()
     elementwise: Kernel = Kernel()
     indexer: Kernel = Kernel()
     topk: Kernel = Kernel()
     sparse_attention: Kernel = Kernel()
     communication: Kernel = Kernel()
+    all_to_all: Kernel = Kernel()
     source: str = ""
 
     def attention_efficiency(self, keys: float, head_dim: float):
@@ -81,6 +92,10 @@ class Kernels:
         g = self.attention_half_head_dim
         shape = (head_dim / (head_dim + g)) / (REFERENCE_HEAD_DIM / (REFERENCE_HEAD_DIM + g))
         return minimum(self.prefill_attention.compute * keys / (keys + self.attention_half_tokens) * shape, 1.0)
+
+    def mla_attention_efficiency(self, keys: float):
+        """Compute efficiency of MLA's causal prefill attention at `keys` keys per sequence."""
+        return minimum(self.mla_prefill_attention.compute * keys / (keys + self.mla_half_tokens), 1.0)
 
     def moe_gemm_for(self, fp8: bool, width: int) -> Kernel:
         """The grouped GEMM kernel for experts `width` wide on one GPU."""
@@ -94,12 +109,14 @@ class Kernels:
         changed = {}
         for f in fields(self):
             kernel = getattr(self, f.name)
-            if isinstance(kernel, Kernel) and f.name != "communication":
+            if isinstance(kernel, Kernel) and f.name not in ("communication", "all_to_all"):
                 changed[f.name] = replace(kernel, compute=compute or kernel.compute,
                                           bandwidth=bandwidth or kernel.bandwidth)
         if attention or compute:
-            changed["prefill_attention"] = replace(changed["prefill_attention"], compute=attention or compute)
+            for name in ("prefill_attention", "mla_prefill_attention"):
+                changed[name] = replace(changed[name], compute=attention or compute)
             changed["attention_half_tokens"] = 0.0
+            changed["mla_half_tokens"] = 0.0
             changed["attention_half_head_dim"] = 0.0
             changed["moe_half_width"] = 0.0
         return replace(self, **changed)
@@ -121,6 +138,12 @@ def kernels_from_dict(data: dict) -> Kernels:
             values[key] = Kernel(**{k: _fraction(f"{key}.{k}", v, k != "call_seconds") for k, v in value.items()})
         else:
             values[key] = _fraction(key, value, False)
+    # A profile measured without MLA or all-to-all figures prices them with its generic attention and
+    # communication figures.
+    for name, like in (("mla_prefill_attention", "prefill_attention"), ("mla_half_tokens", "attention_half_tokens"),
+                       ("mla_decode_attention", "decode_attention"), ("all_to_all", "communication")):
+        if name not in values and like in values:
+            values[name] = values[like]
     return replace(Kernels(), **values)
 
 

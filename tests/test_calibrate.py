@@ -35,7 +35,7 @@ def test_single_efficiencies_replace_every_operations():
     linear = est.prefill_linear_flops(batch, prompt) - 2 * get_preset("llama-3.1-8b").lm_head_params()
     row = est.row(batch, prompt)
     assert row["prefill_attention_seconds"] == pytest.approx(attention / (989.4e12 * 0.4), rel=1e-12)
-    calls = 4 * 32 * 3.2e-6  # the H100 GEMM kernel's time per call stays
+    calls = 4 * 4 * 32 * 3.2e-6  # 4 forwards of 8192 tokens; the H100 GEMM kernel's time per call stays
     assert row["prefill_gemm_seconds"] == pytest.approx(calls + linear / (989.4e12 * 0.8), rel=1e-12)
     # Unset, attention runs at the compute efficiency.
     plain = Estimator(get_preset("llama-3.1-8b"), deployment_for(replace(gpu, attention_efficiency=None)))

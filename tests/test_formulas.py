@@ -381,10 +381,11 @@ def test_prefill_roofline_per_operation_by_hand():
     attention_flops = 32 * 4 * 32 * 128 * causal_pairs(32 * K)
     flops = 2 * (32 * K * LLAMA_8B_LINEAR + LLAMA_8B_LM_HEAD) + attention_flops
     assert row["prefill_flops"] == flops
-    gemm = 4 * 32 * GEMM_CALL + 2 * 32 * K * LLAMA_8B_LINEAR / (PEAK * GEMM_C)  # compute bound
+    # Chunked prefill (8192 tokens per forward): 4 forwards, each compute bound, each paying its calls.
+    gemm = 4 * 4 * 32 * GEMM_CALL + 2 * 32 * K * LLAMA_8B_LINEAR / (PEAK * GEMM_C)
     efficiency = ATTN_C * 32 * K / (32 * K + ATTN_HALF)  # 128-wide heads: no head-shape factor
     attention = attention_flops / (PEAK * efficiency)
-    elementwise = 4 * 32 * ELEM_CALL + 32 * K * 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
+    elementwise = 4 * 4 * 32 * ELEM_CALL + 32 * K * 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
     lm_head = LLAMA_8B_LM_HEAD * BF16
     logits = GEMM_CALL + max(2 * LLAMA_8B_LM_HEAD / (PEAK * GEMM_C), (lm_head + 128256 * 4) / (HBM * GEMM_B))
     for name, seconds in (("gemm", gemm), ("attention", attention), ("elementwise", elementwise), ("logits", logits)):
@@ -394,14 +395,49 @@ def test_prefill_roofline_per_operation_by_hand():
     assert row["prefill_usd_per_mtok"] == pytest.approx(2.99 / 3600 * seconds / (32 * K) * 1e6, rel=1e-12)
 
 
+def test_chunked_prefill_reads_the_weights_and_pays_the_calls_of_every_forward():
+    # llama-3.1-8b on an H100, a 1024-token prompt in chunks of 256: 4 forwards, each streaming every dense
+    # weight (256 tokens of GEMMs take less time than reading the weights); whole (no chunks): one forward,
+    # compute bound. Attention keeps the whole prompt's work.
+    chunked, whole = est("llama-3.1-8b", prefill_chunk=256).row(1, K), est("llama-3.1-8b", prefill_chunk=0).row(1, K)
+    dense = LLAMA_8B_WEIGHTS * BF16 - 128256 * 4096 * BF16 - LLAMA_8B_LM_HEAD * BF16  # 256 rows of 128256 looked up
+    dense += 256 * 4096 * BF16
+    per_forward = max(2 * 256 * LLAMA_8B_LINEAR / (PEAK * GEMM_C), dense / (HBM * GEMM_B))
+    assert per_forward == dense / (HBM * GEMM_B)
+    assert chunked["prefill_gemm_seconds"] == pytest.approx(4 * (4 * 32 * GEMM_CALL + per_forward), rel=1e-12)
+    assert whole["prefill_gemm_seconds"] == pytest.approx(4 * 32 * GEMM_CALL + 2 * K * LLAMA_8B_LINEAR / (PEAK * GEMM_C),
+                                                          rel=1e-12)
+    elementwise = 4 * 4 * 32 * ELEM_CALL + K * 32 * LLAMA_8B_ELEMENTWISE / (HBM * ELEM_B)
+    assert chunked["prefill_elementwise_seconds"] == pytest.approx(elementwise, rel=1e-12)
+    assert chunked["prefill_attention_seconds"] == whole["prefill_attention_seconds"]  # no call time (dense)
+    assert chunked["prefill_logits_seconds"] == whole["prefill_logits_seconds"]  # the last token's alone
+    assert est("llama-3.1-8b", prefill_chunk=K).row(1, K)["prefill_seconds"] == whole["prefill_seconds"]
+
+
+def test_mla_attention_by_hand():
+    # deepseek-v3 on 8 H200s (tp 8: 16 of 128 heads per GPU), fp8: a 4k prompt in one forward, then one decode
+    # step. MLA's kernels (vLLM's MLA block less its projections, aiconfigurator's H200 tables): prefill
+    # e(L) = 0.936 L / (L + 11932) of bf16 peak + 87.1 us per layer; decode 81.1 us per layer + the latent
+    # (576 values x 2 bytes per token, every GPU holds it all) at 0.881 of 4.8 TB/s, or its FLOPs at 0.759.
+    row = est("deepseek-v3", gpu="h200", gpus=8, weight_dtype="fp8").row(1, 4 * K + 1, 4 * K)
+    pairs = causal_pairs(4 * K)
+    flops = 61 * (2 * 16 * 192 + 2 * 16 * 128) * pairs  # per GPU: decompressed 192-wide keys, 128-wide values
+    prefill = 61 * 87.1e-6 + flops / (989.4e12 * 0.936 * 4 * K / (4 * K + 11932))
+    assert row["prefill_attention_seconds"] == pytest.approx(prefill, rel=1e-12)
+    keys = 4 * K + 1
+    decode_flops = 61 * (2 * 16 * 576 + 2 * 16 * 512) * keys  # absorbed: scores and values over the latent
+    decode = 61 * 81.1e-6 + max(decode_flops / (989.4e12 * 0.759), 61 * keys * 576 * BF16 / (4.8e12 * 0.881))
+    assert row["decode_attention_seconds"] == pytest.approx(decode, rel=1e-12)
+
+
 def test_fp8_weights_run_linear_layers_at_the_fp8_rate():
     # fp8 weights on an H100: dense GEMMs at 1978.9 TFLOP/s x 0.532 (the fp8 GEMM kernel), attention at bf16's.
-    row = est("llama-3.1-8b", weight_dtype="fp8").row(1, 32 * K)
-    assert row["prefill_gemm_seconds"] == pytest.approx(4 * 32 * 5.9e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (1978.9e12 * 0.532),
+    row = est("llama-3.1-8b", weight_dtype="fp8").row(1, 32 * K)  # 4 forwards of 8192 tokens
+    assert row["prefill_gemm_seconds"] == pytest.approx(4 * 4 * 32 * 5.9e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (1978.9e12 * 0.532),
                                                         rel=1e-12)
     # An A100 has no fp8 units: its fp8 weights multiply at its bf16 GEMM's rate (0.910 of 312 TFLOP/s).
     a100 = est("llama-3.1-8b", gpu="a100-80gb", weight_dtype="fp8").row(1, 32 * K)
-    assert a100["prefill_gemm_seconds"] == pytest.approx(4 * 32 * 4.4e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (312e12 * 0.910),
+    assert a100["prefill_gemm_seconds"] == pytest.approx(4 * 4 * 32 * 4.4e-6 + 2 * 32 * K * LLAMA_8B_LINEAR / (312e12 * 0.910),
                                                          rel=1e-12)
 
 
@@ -477,7 +513,8 @@ def test_encoders_attend_both_ways_and_decode_nothing():
 def test_moe_grouped_gemm_by_hand():
     # deepseek-v3, fp8 weights on 8 H200s (tp 8, experts split over tp): a 4k prompt. Each of 58 MoE layers runs
     # 2 grouped GEMMs over its 256 experts, each 2048 / 8 = 256 wide per GPU: the H200's fp8 grouped GEMM (0.310
-    # of peak at 2048 wide) scaled to e_max = 0.310 x (2048 + 372) / 2048, then by 256 / (256 + 372).
+    # of peak at 2048 wide) scaled to e_max = 0.310 x (2048 + 372) / 2048, then by 256 / (256 + 372); 23.1 us
+    # per call and the datasheet bandwidth (aiconfigurator's vLLM table at 1-32 tokens).
     from kvplan.parallel import experts_touched
 
     row = est("deepseek-v3", gpu="h200", gpus=8, weight_dtype="fp8").row(1, 4 * K, 4 * K)
@@ -485,5 +522,32 @@ def test_moe_grouped_gemm_by_hand():
     expert = 3 * 7168 * 2048  # fp8: one byte each
     flops = 4 * K * 58 * 8 * 2 * expert / 8
     read = 58 * experts_touched(256, 8, 4 * K) * expert / 8
-    seconds = 2 * 58 * 6.1e-6 + max(flops / (1978.9e12 * efficiency), read / (4.8e12 * 0.634))
+    seconds = 2 * 58 * 23.1e-6 + max(flops / (1978.9e12 * efficiency), read / (4.8e12 * 1.0))
     assert row["prefill_moe_seconds"] == pytest.approx(seconds, rel=1e-12)
+    # Decode of one sequence: its 8 experts' 256-wide slices streamed, and the two calls.
+    step = est("deepseek-v3", gpu="h200", gpus=8, weight_dtype="fp8").row(1, 4 * K)
+    decode = 2 * 58 * 23.1e-6 + 58 * 8 * expert / 8 / 4.8e12
+    assert step["decode_moe_seconds"] == pytest.approx(decode, rel=1e-12)
+
+
+def test_a_profile_without_mla_or_all_to_all_figures_prices_them_with_its_generic_ones():
+    from kvplan.roofline import kernels_from_dict
+
+    kernels = kernels_from_dict({"prefill_attention": {"compute": 0.5, "bandwidth": 0.7},
+                                 "attention_half_tokens": 1000, "decode_attention": {"bandwidth": 0.8,
+                                                                                      "call_seconds": 1e-5},
+                                 "communication": {"bandwidth": 0.9, "call_seconds": 4e-6}})
+    assert kernels.mla_prefill_attention == kernels.prefill_attention
+    assert kernels.mla_half_tokens == 1000 and kernels.mla_attention_efficiency(1000) == 0.25
+    assert kernels.mla_decode_attention == kernels.decode_attention
+    assert kernels.all_to_all == kernels.communication
+
+
+def test_dsa_decode_indexer_reads_its_keys_while_it_scores_them():
+    # deepseek-v3.2-exp on 8 H100s, one sequence at 8k: each GPU's indexer scores 8192 cached keys per layer
+    # (64 heads x 128, fp8, at 0.276 of 1978.9 TFLOP/s) while reading them (128 fp8 values + one fp32 scale, at
+    # MLA decode's 0.869 of 3.35 TB/s): the larger of the two; then top-k over the fp32 scores.
+    row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
+    keys = 61 * 8 * K
+    scoring = max(keys * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.276), keys * (128 + 4) / (HBM * 0.869))
+    assert row["decode_indexer_seconds"] == pytest.approx(scoring + keys * 4 / (HBM * 0.087), rel=1e-12)
