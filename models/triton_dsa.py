@@ -36,7 +36,8 @@ if HAVE_TRITON:
     import triton.language as tl
 
 # (queries per program, keys per step, warps, pipeline stages); the first entry serves where nothing is timed.
-INDEX_CONFIGS = [(2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2), (4, 128, 8, 2)]
+INDEX_CONFIGS = [(2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2), (4, 128, 8, 2),
+                 (2, 128, 8, 4), (2, 64, 4, 4)]
 TOPK_BLOCK = 2048  # scores per step of select_topk's passes over a row
 # (heads per program, keys per step, warps, pipeline stages, rows loaded as they lie).
 SPARSE_CONFIGS = [(32, 32, 8, 2, False), (32, 64, 8, 2, False), (16, 32, 4, 2, False), (64, 16, 8, 2, False),

@@ -76,6 +76,17 @@ def _dsa_parts(net, T: int, repeats: int) -> dict:
     parts["sparse_seconds"], _ = median_seconds(
         lambda: triton_dsa.sparse_latent_attention(q_cat, latent, top, start, 0, layer.spec.kv_lora_rank, None),
         device, repeats)
+    unordered = s.topk(k, dim=-1, sorted=False).indices  # the same keys in torch.topk's order, not by position
+    parts["sparse_topk_order_seconds"], _ = median_seconds(
+        lambda: triton_dsa.sparse_latent_attention(q_cat, latent, unordered, start, 0, layer.spec.kv_lora_rank,
+                                                   None), device, repeats)
+    for config in triton_dsa.SPARSE_CONFIGS:  # the tuner keeps the fastest; all of them, for the log
+        try:
+            seconds, _ = median_seconds(lambda: triton_dsa.sparse_latent_attention(
+                q_cat, latent, top, start, 0, layer.spec.kv_lora_rank, None, config), device, repeats)
+            print(f"sparse attention {config}: {seconds * 1e3:.3f} ms", flush=True)
+        except Exception as error:  # noqa: BLE001 - a config that does not compile here
+            print(f"sparse attention {config}: {type(error).__name__}", flush=True)
     C = T - start
     parts["index_tflops"] = C * T * layer.dsa.indexer_pair_flops() / parts["index_seconds"] / 1e12
     return parts
@@ -128,6 +139,8 @@ def main(argv=None) -> list[dict]:
                 _kernels(True)
                 if name == "dsa":
                     row.update(_dsa_parts(net, T, args.repeats))
+                    print({key: config for key, config in triton_decode.CHOSEN.items() if key[0].startswith("dsa")},
+                          flush=True)
             rows.append(row)
             print(row, flush=True)
             del net
