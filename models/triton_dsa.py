@@ -331,18 +331,19 @@ def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tens
         else:
             topk_g = 0
 
-    def launch(config):
+    def launch(config, with_max=True):
         bq, bn, warps, stages = config
         bq = min(bq, max(1, 256 // n_pad))
         _index_prefill_kernel[(triton.cdiv(C, bq), B)](
             q_fp8, q_scale, weights, k_fp8, k_scale, out, out if gmax is None else gmax, T, C, S, q_start, k_first,
             window or 0, n_groups, groups_pad, N=N, D=D, GROUPS=groups, GROUP=group,
             GROUP_PAD=max(32, _pad(min(group, D))), N_PAD=n_pad, BQ=bq, BN=bn, WINDOWED=window is not None,
-            FP8_DOT=fp8_dot, TOPK_G=topk_g, num_warps=warps, num_stages=stages)
+            FP8_DOT=fp8_dot, TOPK_G=topk_g if with_max else 0, num_warps=warps, num_stages=stages)
 
-    # One timing per (shape, power-of-two span of keys): spans grow chunk by chunk through a prompt.
-    key = ("dsa-index", B, C, N, D, group, weights.dtype, triton.next_power_of_2(S), window is not None, topk_g)
-    launch(_fastest(key, INDEX_CONFIGS, launch))
+    # One timing per (shape, power-of-two span of keys): spans grow chunk by chunk through a prompt. Timed without
+    # the group maxima (each group width would compile every config again); they add a few stores per tile.
+    key = ("dsa-index", B, C, N, D, group, weights.dtype, triton.next_power_of_2(S), window is not None)
+    launch(_fastest(key, INDEX_CONFIGS, lambda config: launch(config, False)))
     return out, gmax
 
 
