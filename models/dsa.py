@@ -121,10 +121,10 @@ class DSALayer(MLALayer):
             k = min(self.dsa.index_topk, end - first)
             q_fp8, q_scale = self._quantize(index_q[:, start:end])  # per chunk: the fp32 scratch stays small
             if fused:  # the kernels of kvplan.models.triton_dsa: no dequantized keys, per-head scores or gathers
-                scores, group_max = triton_dsa.index_scores(q_fp8, q_scale, index_w[:, start:end].contiguous(), k_fp8,
-                                                            k_scale, self.group, start, first, self.window, k)
-                top = triton_dsa.select_topk(scores, k, group_max)  # [B, C, k] int32, in position order
-                del scores, group_max
+                scores = triton_dsa.index_scores(q_fp8, q_scale, index_w[:, start:end].contiguous(), k_fp8, k_scale,
+                                                 self.group, start, first, self.window)
+                top = triton_dsa.select_topk(scores, k)  # [B, C, k] int32, in position order
+                del scores
                 q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
                 o_latent = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first,
                                                               self.spec.kv_lora_rank, self.window)

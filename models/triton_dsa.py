@@ -7,12 +7,13 @@ k = 2048) and runs attention over the copies. Here:
 - `index_scores`: one kernel reads the FP8 keys and their scales once per block of queries, computes every
   head's dot products on the tensor cores ((query, head) rows x keys), applies the ReLU and sums the heads
   with their weights as a second tensor-core product (a block-diagonal weight matrix), and writes one fp32
-  score per (query, key), and the maximum of each group of keys that select_topk starts from. Key blocks a
-  query block cannot see (past its last query, before its window) are not read; their scores are -inf.
+  score per (query, key). Key blocks a query block cannot see (past its last query, before its window) are
+  not read; their scores are written as -inf.
 - `select_topk`: the exact top k per query, one program a row: the k-th largest group maximum bounds the
   k-th largest score from below; the scores above that bound (about k of them) are compacted into a few
-  thousand slots and the k-th largest found among them by bisection on chip. No sort, and the scores are
-  read once more after the indexer wrote them (torch.topk: a radix select over the whole row).
+  thousand slots and the k-th largest found among them by bisection on chip: two reads of the scores, no
+  sort. The chosen keys come out in position order, which the sparse attention reads about twice as fast
+  as torch.topk's order (neighbouring rows of the cache, fetched together).
 - `sparse_latent_attention`: absorbed MLA attention of each query over its top-k latent rows, read in place
   through the indices (no gathered copy), with the online softmax of the decode kernels; every head of the
   query is a row of the tensor-core products, so one latent row read serves all of them.
@@ -36,14 +37,13 @@ if HAVE_TRITON:
     import triton.language as tl
 
 # (queries per program, keys per step, warps, pipeline stages); the first entry serves where nothing is timed.
-INDEX_CONFIGS = [(2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2), (4, 128, 8, 2),
-                 (2, 128, 8, 4), (2, 64, 4, 4)]
-TOPK_BLOCK = 2048  # scores per step of select_topk's passes over a row
+INDEX_CONFIGS = [(2, 64, 4, 4), (2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2),
+                 (4, 128, 8, 2), (2, 128, 8, 4)]
+# (scores per step of select_topk's passes over a row, warps)
+TOPK_CONFIGS = [(2048, 8), (4096, 8), (8192, 8), (2048, 4), (4096, 4), (1024, 4)]
 # (heads per program, keys per step, warps, pipeline stages, rows loaded as they lie).
-SPARSE_CONFIGS = [(32, 32, 8, 2, False), (32, 64, 8, 2, False), (16, 32, 4, 2, False), (64, 16, 8, 2, False),
-                  (32, 16, 4, 3, False), (32, 32, 8, 3, False), (32, 64, 8, 3, False), (32, 32, 8, 4, False),
-                  (32, 32, 8, 2, True), (32, 64, 8, 2, True), (32, 32, 4, 3, True), (32, 16, 4, 4, True),
-                  (64, 32, 8, 3, True), (32, 64, 4, 3, True)]
+SPARSE_CONFIGS = [(32, 64, 4, 3, True), (32, 32, 4, 3, True), (32, 64, 8, 2, True), (32, 32, 4, 4, True),
+                  (32, 64, 8, 2, False), (16, 32, 4, 2, False), (64, 16, 8, 2, False), (32, 16, 4, 3, False)]
 
 
 def serves(x: torch.Tensor) -> bool:
@@ -61,19 +61,10 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _store_group_max(gmax_ptr, score, start, rows, rows_ok, NG, NG_PAD, BN: tl.constexpr, G: tl.constexpr):
-        """select_topk's group maxima of a score tile [BN keys, 16 query columns]: the ordered key of each G keys'
-        maximum, at row rows[column] of gmax_ptr (NG_PAD wide)."""
-        top = _ordered(tl.max(tl.reshape(score, [BN // G, G, 16]), axis=1))  # [BN // G, 16]
-        g = start // G + tl.arange(0, BN // G)
-        tl.store(gmax_ptr + rows[None, :] * NG_PAD + g[:, None], top, mask=rows_ok[None, :] & (g < NG)[:, None])
-
-
-    @triton.jit
-    def _index_prefill_kernel(q_ptr, qs_ptr, w_ptr, k_ptr, ks_ptr, out_ptr, gmax_ptr, T, C, S, q_start, k_first,
-                              window, NG, NG_PAD, N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr,
-                              GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BQ: tl.constexpr,
-                              BN: tl.constexpr, WINDOWED: tl.constexpr, FP8_DOT: tl.constexpr, TOPK_G: tl.constexpr):
+    def _index_prefill_kernel(q_ptr, qs_ptr, w_ptr, k_ptr, ks_ptr, out_ptr, T, C, S, q_start, k_first, window,
+                              N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
+                              GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BQ: tl.constexpr, BN: tl.constexpr,
+                              WINDOWED: tl.constexpr, FP8_DOT: tl.constexpr):
         # Columns of the first product: (query, head) pairs, BQ queries of N_PAD heads each; rows: BN keys.
         # Keys [BN, d] are the first operand and the queries the second, K-major, as FP8 tensor cores take them.
         qb = tl.program_id(0)
@@ -108,13 +99,10 @@ if HAVE_TRITON:
             lo = tl.maximum(q_start + qb * BQ - window + 1 - k_first, 0)
         lo = lo // BN * BN
         hi_end = lo + tl.cdiv(hi - lo, BN) * BN
-        out_rows = (b * C + out_q).to(tl.int64)
         blank = tl.full([BN, 16], float("-inf"), tl.float32)
         for start in range(0, lo, BN):
             s = start + tl.arange(0, BN)
             tl.store(out_cols + s[:, None], blank, mask=out_ok[None, :] & (s < S)[:, None])
-            if TOPK_G:
-                _store_group_max(gmax_ptr, blank, start, out_rows, out_ok, NG, NG_PAD, BN, TOPK_G)
         for start in range(lo, hi, BN):
             s = start + tl.arange(0, BN)
             key_ok = s < S
@@ -141,15 +129,10 @@ if HAVE_TRITON:
             ok = (k_pos[:, None] <= pos_q[None, :]) & key_ok[:, None]
             if WINDOWED:
                 ok = ok & (pos_q[None, :] - k_pos[:, None] < window)
-            score = tl.where(ok, score, float("-inf"))
-            tl.store(out_cols + s[:, None], score, mask=out_ok[None, :] & key_ok[:, None])
-            if TOPK_G:
-                _store_group_max(gmax_ptr, score, start, out_rows, out_ok, NG, NG_PAD, BN, TOPK_G)
+            tl.store(out_cols + s[:, None], tl.where(ok, score, float("-inf")), mask=out_ok[None, :] & key_ok[:, None])
         for start in range(hi_end, S, BN):
             s = start + tl.arange(0, BN)
             tl.store(out_cols + s[:, None], blank, mask=out_ok[None, :] & (s < S)[:, None])
-            if TOPK_G:
-                _store_group_max(gmax_ptr, blank, start, out_rows, out_ok, NG, NG_PAD, BN, TOPK_G)
 
 
     @triton.jit
@@ -222,12 +205,12 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _kth_key(keys, K):
-        """The K-th largest of int32 `keys` (padding holds INT32_MIN, below every score's key): the largest t
-        with at least K keys >= t, by bisection over the 2^32 keys (32 counting steps on the tile in registers)."""
-        lo = tl.full([], -2147483647, tl.int64)  # count(keys >= lo) >= K: every real key
-        hi = tl.full([], 2147483648, tl.int64)  # count(keys >= hi) = 0 < K
-        for _ in range(32):
+    def _kth_key(keys, K, least, most):
+        """The K-th largest of int32 `keys` (padding holds INT32_MIN), given least <= it <= most: the largest t with
+        at least K keys >= t, by bisection (one count over the tile in registers per halving of most - least)."""
+        lo = least.to(tl.int64)  # count(keys >= lo) >= K
+        hi = most.to(tl.int64) + 1  # count(keys >= hi) < K
+        while hi - lo > 1:
             mid = lo + (hi - lo) // 2
             enough = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0) >= K
             lo = tl.where(enough, mid, lo)
@@ -237,20 +220,20 @@ if HAVE_TRITON:
 
     @triton.jit
     def _topk_kernel(s_ptr, gmax_ptr, ckey_ptr, cidx_ptr, out_ptr, S, K, NG, G: tl.constexpr, NG_PAD: tl.constexpr,
-                     BLOCK: tl.constexpr, W: tl.constexpr, HAVE_MAX: tl.constexpr):
+                     BLOCK: tl.constexpr, W: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         scores = s_ptr + row * S
         lowest: tl.constexpr = -2147483648
         # 1. The maximum key of every group of G consecutive scores. The K-th largest of them, tau, is at most
         # the K-th largest score (K groups hold a score >= tau each), so every selected score is >= tau.
         gmax = gmax_ptr + row * NG_PAD
-        if not HAVE_MAX:
-            for start in range(0, S, BLOCK):
-                s, key = _row_keys(scores, start, S, BLOCK)
-                g = start // G + tl.arange(0, BLOCK // G)
-                tl.store(gmax + g, tl.max(tl.reshape(key, [BLOCK // G, G]), axis=1), mask=g < NG)
-            tl.debug_barrier()  # the maxima written above are read back by other threads of this program
-        tau = _kth_key(tl.load(gmax + tl.arange(0, NG_PAD), mask=tl.arange(0, NG_PAD) < NG, other=lowest), K)
+        for start in range(0, S, BLOCK):
+            s, key = _row_keys(scores, start, S, BLOCK)
+            g = start // G + tl.arange(0, BLOCK // G)
+            tl.store(gmax + g, tl.max(tl.reshape(key, [BLOCK // G, G]), axis=1), mask=g < NG)
+        tl.debug_barrier()  # the maxima written above are read back by other threads of this program
+        maxima = tl.load(gmax + tl.arange(0, NG_PAD), mask=tl.arange(0, NG_PAD) < NG, other=lowest)
+        tau = _kth_key(maxima, K, tl.min(tl.where(maxima > lowest, maxima, 2147483647), axis=0), tl.max(maxima, axis=0))
         # 2. The candidates (keys >= tau), compacted in position order into W slots.
         ckey = ckey_ptr + row * W
         cidx = cidx_ptr + row * W
@@ -268,7 +251,7 @@ if HAVE_TRITON:
             # 3. The K-th largest candidate t; every candidate above t, then those equal to t in position order.
             c = tl.arange(0, W)
             key = tl.load(ckey + c, mask=c < n, other=lowest)
-            t = _kth_key(key, K)
+            t = _kth_key(key, K, tau, tl.max(key, axis=0))
             above = key > t
             tied = key == t
             take = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= K - tl.sum(above.to(tl.int32), axis=0)))
@@ -306,11 +289,9 @@ if HAVE_TRITON:
 
 
 def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor,
-                 k_scale: torch.Tensor, group: int, q_start: int, k_first: int, window: int | None,
-                 k: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Indexer scores of the C queries at q_start.. over keys k_first..q_start+C-1 -> (fp32 [B, C, S], -inf where
-    the key is not visible (after the query, or outside its window); select_topk's group maxima for `k` [B, C,
-    groups padded], or None: no k given, k >= S, or groups wider than the kernel's key block).
+                 k_scale: torch.Tensor, group: int, q_start: int, k_first: int, window: int | None) -> torch.Tensor:
+    """Indexer scores of the C queries at q_start.. over keys k_first..q_start+C-1 -> fp32 [B, C, S], -inf where
+    the key is not visible (after the query, or outside its window).
 
     q_fp8 [B, C, n, d_i] with q_scale [B, C, n, groups], weights [B, C, n], k_fp8 [B, T, d_i] with k_scale
     [B, T, groups]: FP8 (e4m3) values and fp32 scales, one per `group` elements. score = sum_j weights[j]
@@ -322,29 +303,19 @@ def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tens
     out = torch.empty(B, C, S, device=q_fp8.device, dtype=torch.float32)
     n_pad = _pad(N)
     fp8_dot = q_fp8.is_cuda and torch.cuda.get_device_capability(q_fp8.device) >= (8, 9)
-    topk_g, n_groups, groups_pad = 0, 0, 0
-    gmax = None
-    if k is not None and k < S:
-        topk_g, n_groups, groups_pad, _ = topk_layout(S, k)
-        if topk_g <= min(config[1] for config in INDEX_CONFIGS):
-            gmax = torch.empty(B, C, groups_pad, device=q_fp8.device, dtype=torch.int32)
-        else:
-            topk_g = 0
 
-    def launch(config, with_max=True):
+    def launch(config):
         bq, bn, warps, stages = config
         bq = min(bq, max(1, 256 // n_pad))
         _index_prefill_kernel[(triton.cdiv(C, bq), B)](
-            q_fp8, q_scale, weights, k_fp8, k_scale, out, out if gmax is None else gmax, T, C, S, q_start, k_first,
-            window or 0, n_groups, groups_pad, N=N, D=D, GROUPS=groups, GROUP=group,
-            GROUP_PAD=max(32, _pad(min(group, D))), N_PAD=n_pad, BQ=bq, BN=bn, WINDOWED=window is not None,
-            FP8_DOT=fp8_dot, TOPK_G=topk_g if with_max else 0, num_warps=warps, num_stages=stages)
+            q_fp8, q_scale, weights, k_fp8, k_scale, out, T, C, S, q_start, k_first, window or 0, N=N, D=D,
+            GROUPS=groups, GROUP=group, GROUP_PAD=max(32, _pad(min(group, D))), N_PAD=n_pad, BQ=bq, BN=bn,
+            WINDOWED=window is not None, FP8_DOT=fp8_dot, num_warps=warps, num_stages=stages)
 
-    # One timing per (shape, power-of-two span of keys): spans grow chunk by chunk through a prompt. Timed without
-    # the group maxima (each group width would compile every config again); they add a few stores per tile.
+    # One timing per (shape, power-of-two span of keys): spans grow chunk by chunk through a prompt.
     key = ("dsa-index", B, C, N, D, group, weights.dtype, triton.next_power_of_2(S), window is not None)
-    launch(_fastest(key, INDEX_CONFIGS, lambda config: launch(config, False)))
-    return out, gmax
+    launch(_fastest(key, INDEX_CONFIGS, launch))
+    return out
 
 
 def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int,
@@ -374,16 +345,16 @@ def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torc
     return out
 
 
-def select_topk(scores: torch.Tensor, k: int, group_max: torch.Tensor | None = None) -> torch.Tensor:
+def select_topk(scores: torch.Tensor, k: int, config: tuple | None = None) -> torch.Tensor:
     """The k highest scores' positions along the last dimension of fp32 `scores` -> int32 [..., k], in position
-    order.
+    order (`config`: one of TOPK_CONFIGS instead of the fastest).
 
     Exact: every score above the k-th largest, then as many of those equal to it as k leaves, lowest positions
     first (torch.topk breaks ties in no stated order; its values and ours are the same multiset). One program a
-    row: the maxima of groups of G scores (`group_max` when index_scores wrote them, else a pass over the row),
-    the k-th largest maximum tau (at most the k-th largest score), the scores >= tau compacted in position order
-    into W slots (a second pass), and the k-th largest of those by bisection on chip. Rows whose candidates
-    overflow the slots (many equal scores) bisect over the whole row instead.
+    row: the maxima of groups of G scores (a pass over the row), their k-th largest tau (at most the k-th largest
+    score), the scores >= tau compacted in position order into W slots (a second pass), and the k-th largest of
+    those by bisection on chip. Rows whose candidates overflow the slots (many equal scores) bisect over the
+    whole row instead.
     """
     *lead, S = scores.shape
     if k >= S:
@@ -391,13 +362,15 @@ def select_topk(scores: torch.Tensor, k: int, group_max: torch.Tensor | None = N
     rows = scores.reshape(-1, S)
     group, groups, groups_pad, slots = topk_layout(S, k)
     n = rows.size(0)
-    have_max = group_max is not None
-    gmax = group_max.reshape(n, groups_pad) if have_max else torch.empty(n, groups_pad, device=scores.device,
-                                                                          dtype=torch.int32)
+    gmax = torch.empty(n, groups_pad, device=scores.device, dtype=torch.int32)
     ckey = torch.empty(n, slots, device=scores.device, dtype=torch.int32)
     cidx = torch.empty(n, slots, device=scores.device, dtype=torch.int32)
     out = torch.empty(n, k, device=scores.device, dtype=torch.int32)
-    block = max(group, min(TOPK_BLOCK, triton.next_power_of_2(S)))
-    _topk_kernel[(n,)](rows, gmax, ckey, cidx, out, S, k, groups, G=group, NG_PAD=groups_pad, BLOCK=block, W=slots,
-                       HAVE_MAX=have_max, num_warps=8)
+
+    def launch(config):
+        block, warps = config
+        _topk_kernel[(n,)](rows, gmax, ckey, cidx, out, S, k, groups, G=group, NG_PAD=groups_pad,
+                           BLOCK=max(group, min(block, triton.next_power_of_2(S))), W=slots, num_warps=warps)
+
+    launch(config or _fastest(("dsa-topk", n, triton.next_power_of_2(S), k), TOPK_CONFIGS, launch))
     return out.view(*lead, k)

@@ -5,9 +5,9 @@
 Each case is llama-3.1-8b's first 2 layers re-cast (as kvplan.profilers.validate runs them), batch 1: the whole
 prefill (median of --repeats after a warm-up that compiles and tunes), with the kernels (FlexAttention for
 local layers, kvplan.models.triton_dsa for DSA) and, up to --torch-max tokens, without them. For DSA the
-last query chunk of one layer is also timed part by part: indexer scores (with and without the group maxima
-the top-k reads), top-k (kvplan.models.triton_dsa.select_topk with and without them, and torch.topk), sparse
-attention. Each path's prefill peak (CUDA bytes above those allocated before it) is written beside the
+last query chunk of one layer is also timed part by part: indexer scores, top-k (kvplan.models.triton_dsa.
+select_topk, and torch.topk), sparse attention (over select_topk's keys, and over the same keys in torch.topk's
+order). Each path's prefill peak (CUDA bytes above those allocated before it) is written beside the
 estimate of that path (Estimator.activation_bytes_per_gpu, flash = kernels). Writes DIR/bench_prefill.csv and
 prints a markdown table.
 """
@@ -59,19 +59,19 @@ def _dsa_parts(net, T: int, repeats: int) -> dict:
     q_fp8, q_scale = layer._quantize(index_q[:, start:T])
     weights = index_w[:, start:T].contiguous()
 
-    def scores(with_max):
-        return triton_dsa.index_scores(q_fp8, q_scale, weights, k_fp8, k_scale, layer.group, start, 0, None,
-                                       k if with_max else None)
+    def scores():
+        return triton_dsa.index_scores(q_fp8, q_scale, weights, k_fp8, k_scale, layer.group, start, 0, None)
 
-    s, group_max = scores(True)
-    parts["index_seconds"], _ = median_seconds(lambda: scores(True), device, repeats)  # group maxima included
-    parts["index_alone_seconds"], _ = median_seconds(lambda: scores(False), device, repeats)
+    s = scores()
+    parts["index_seconds"], _ = median_seconds(scores, device, repeats)
     parts["torch_topk_seconds"], _ = median_seconds(lambda: s.topk(k, dim=-1, sorted=False), device, repeats)
-    parts["topk_seconds"], _ = median_seconds(lambda: triton_dsa.select_topk(s, k, group_max), device, repeats)
-    parts["topk_alone_seconds"], _ = median_seconds(lambda: triton_dsa.select_topk(s, k), device, repeats)
-    top = triton_dsa.select_topk(s, k, group_max)
+    parts["topk_seconds"], _ = median_seconds(lambda: triton_dsa.select_topk(s, k), device, repeats)
+    top = triton_dsa.select_topk(s, k)
     expected = s.topk(k, dim=-1).values.sort(-1).values
     parts["topk_equal"] = bool(torch.equal(s.gather(-1, top.long()).sort(-1).values, expected))
+    for config in triton_dsa.TOPK_CONFIGS:  # the tuner keeps the fastest; all of them, for the log
+        seconds, _ = median_seconds(lambda: triton_dsa.select_topk(s, k, config), device, repeats)
+        print(f"top-k {config}: {seconds * 1e3:.3f} ms", flush=True)
     q_cat = layer._absorbed_query(q[:, start:T], cos[start:T], sin[start:T])
     parts["sparse_seconds"], _ = median_seconds(
         lambda: triton_dsa.sparse_latent_attention(q_cat, latent, top, start, 0, layer.spec.kv_lora_rank, None),
