@@ -123,7 +123,7 @@ class DSALayer(MLALayer):
             if fused:  # the kernels of kvplan.models.triton_dsa: no dequantized keys, per-head scores or gathers
                 scores = triton_dsa.index_scores(q_fp8, q_scale, index_w[:, start:end].contiguous(), k_fp8, k_scale,
                                                  self.group, start, first, self.window)
-                top = scores.topk(k, dim=-1, sorted=False).indices  # [B, C, k]
+                top = triton_dsa.select_topk(scores, k)  # [B, C, k] int32, in position order
                 del scores
                 q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
                 o_latent = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first,

@@ -1,22 +1,31 @@
 """Triton kernels for DeepSeek Sparse Attention prefill (used on CUDA tensors when Triton is installed).
 
 Per chunk of queries, the PyTorch path (kvplan.models.dsa) dequantizes every FP8 indexer key, writes each
-indexer head's scores over the whole prompt (index_n_heads values per query and key), gathers the top-k
-latent rows of every query ([queries, k, L + R], about 2.4 MB a query at k = 2048) and runs attention over
-the copies. Here:
+indexer head's scores over the whole prompt (index_n_heads values per query and key), sorts out the top k with
+torch.topk, gathers the top-k latent rows of every query ([queries, k, L + R], about 2.4 MB a query at
+k = 2048) and runs attention over the copies. Here:
 - `index_scores`: one kernel reads the FP8 keys and their scales once per block of queries, computes every
   head's dot products on the tensor cores ((query, head) rows x keys), applies the ReLU and sums the heads
   with their weights as a second tensor-core product (a block-diagonal weight matrix), and writes one fp32
   score per (query, key). Key blocks a query block cannot see (past its last query, before its window) are
-  not read; their scores are written as -inf. torch.topk then picks the keys.
+  not read; their scores are written as -inf.
+- `select_topk`: the exact top k per query, one program a row: the k-th largest group maximum bounds the
+  k-th largest score from below; the scores above that bound (about k of them) are compacted into a few
+  thousand slots and the k-th largest found among them by bisection on chip: two reads of the scores, no
+  sort. The chosen keys come out in position order, which the sparse attention reads about twice as fast
+  as torch.topk's order (neighbouring rows of the cache, fetched together).
 - `sparse_latent_attention`: absorbed MLA attention of each query over its top-k latent rows, read in place
-  through the indices (no gathered copy), with the online softmax of the decode kernels.
-Both equal the PyTorch path up to rounding (tests/test_triton_dsa.py, on a GPU or Triton's interpreter).
+  through the indices (no gathered copy), with the online softmax of the decode kernels; every head of the
+  query is a row of the tensor-core products, so one latent row read serves all of them.
+All equal the PyTorch path up to rounding, and select_topk picks the values torch.topk picks
+(tests/test_triton_dsa.py, on a GPU or Triton's interpreter).
 """
 
 from __future__ import annotations
 
 import torch
+
+from kvplan.kinds.dsa import topk_layout
 
 from .triton_decode import HAVE_TRITON, _fastest, _pad, enabled
 
@@ -28,10 +37,13 @@ if HAVE_TRITON:
     import triton.language as tl
 
 # (queries per program, keys per step, warps, pipeline stages); the first entry serves where nothing is timed.
-INDEX_CONFIGS = [(2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2), (4, 128, 8, 2)]
-# (heads per program, keys per step, warps, pipeline stages).
-SPARSE_CONFIGS = [(32, 32, 8, 2), (32, 64, 8, 2), (16, 32, 4, 2), (64, 16, 8, 2), (32, 16, 4, 3), (32, 32, 8, 3),
-                  (32, 64, 8, 3), (32, 32, 8, 4)]
+INDEX_CONFIGS = [(2, 64, 4, 4), (2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1, 128, 4, 3), (2, 128, 8, 2),
+                 (4, 128, 8, 2), (2, 128, 8, 4)]
+# (scores per step of select_topk's passes over a row, warps)
+TOPK_CONFIGS = [(2048, 8), (4096, 8), (8192, 8), (2048, 4), (4096, 4), (1024, 4)]
+# (heads per program, keys per step, warps, pipeline stages, rows loaded as they lie).
+SPARSE_CONFIGS = [(32, 64, 4, 3, True), (32, 32, 4, 3, True), (32, 64, 8, 2, True), (32, 32, 4, 4, True),
+                  (32, 64, 8, 2, False), (16, 32, 4, 2, False), (64, 16, 8, 2, False), (32, 16, 4, 3, False)]
 
 
 def serves(x: torch.Tensor) -> bool:
@@ -124,9 +136,29 @@ if HAVE_TRITON:
 
 
     @triton.jit
+    def _row_block(q_lat, q_rope, row, live, m, l, acc, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                   R_PAD: tl.constexpr):
+        """_latent_block with the gathered rows loaded as they lie ([BLOCK, L_PAD]: one row's elements contiguous
+        along the tile's fast axis; pointers `row` [BLOCK, 1]), so the value product takes the tile untransposed."""
+        lat = tl.arange(0, L_PAD)
+        rope = tl.arange(0, R_PAD)
+        k_lat = tl.load(row + lat[None, :], mask=live[:, None] & (lat < L)[None, :], other=0.0)  # [BLOCK, L_PAD]
+        k_rope = tl.load(row + L + rope[None, :], mask=live[:, None] & (rope < R)[None, :], other=0.0)
+        scores = tl.dot(q_lat, tl.trans(k_lat)) + tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, BLOCK]
+        scores = tl.where(live[None, :], scores, float("-inf"))
+        m_new = tl.maximum(m, tl.max(scores, axis=1))
+        p = tl.exp(scores - m_new[:, None])
+        correction = tl.exp(m - m_new)
+        l = l * correction + tl.sum(p, axis=1)
+        acc = acc * correction[:, None] + tl.dot(p.to(k_lat.dtype), k_lat)
+        return m_new, l, acc
+
+
+    @triton.jit
     def _sparse_mla_kernel(q_ptr, kv_ptr, top_ptr, out_ptr, T, C, K, q_start, k_first, window,
                            H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
-                           R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, WINDOWED: tl.constexpr):
+                           R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, WINDOWED: tl.constexpr,
+                           ROWS_FIRST: tl.constexpr):
         # Queries vary fastest: neighbouring queries, whose top-k sets overlap, run together and share L2.
         c = tl.program_id(0)
         hb = tl.program_id(1)
@@ -145,12 +177,115 @@ if HAVE_TRITON:
             live = (n < K) & (k_pos <= pos)
             if WINDOWED:
                 live = live & (pos - k_pos < window)
-            m, l, acc = _latent_block(q_lat, q_rope, kv_base + k_pos.to(tl.int64)[None, :] * (L + R), live, m, l, acc,
-                                      L, R, L_PAD, R_PAD)
+            if ROWS_FIRST:
+                m, l, acc = _row_block(q_lat, q_rope, kv_base + k_pos.to(tl.int64)[:, None] * (L + R), live, m, l,
+                                       acc, L, R, L_PAD, R_PAD)
+            else:
+                m, l, acc = _latent_block(q_lat, q_rope, kv_base + k_pos.to(tl.int64)[None, :] * (L + R), live, m, l,
+                                          acc, L, R, L_PAD, R_PAD)
         lat = tl.arange(0, L_PAD)
         out = (b * C + c).to(tl.int64) * H + heads
         tl.store(out_ptr + out[:, None] * L + lat[None, :], (acc / l[:, None]).to(out_ptr.dtype.element_ty),
                  mask=(heads < H)[:, None] & (lat < L)[None, :])
+
+
+    @triton.jit
+    def _ordered(x):
+        """fp32 -> int32 whose signed order is the floats' order (NaN-free input): negative floats' magnitude
+        bits flipped."""
+        bits = x.to(tl.int32, bitcast=True)
+        return bits ^ ((bits >> 31) & 0x7FFFFFFF)
+
+
+    @triton.jit
+    def _row_keys(scores, start, S, BLOCK: tl.constexpr):
+        """Positions start.. and the ordered keys of a row's BLOCK scores; INT32_MIN past the row's S."""
+        s = start + tl.arange(0, BLOCK)
+        return s, tl.where(s < S, _ordered(tl.load(scores + s, mask=s < S, other=0.0)), -2147483648)
+
+
+    @triton.jit
+    def _kth_key(keys, K, least, most):
+        """The K-th largest of int32 `keys` (padding holds INT32_MIN), given least <= it <= most: the largest t with
+        at least K keys >= t, by bisection (one count over the tile in registers per halving of most - least)."""
+        lo = least.to(tl.int64)  # count(keys >= lo) >= K
+        hi = most.to(tl.int64) + 1  # count(keys >= hi) < K
+        while hi - lo > 1:
+            mid = lo + (hi - lo) // 2
+            enough = tl.sum((keys >= mid.to(tl.int32)).to(tl.int32), axis=0) >= K
+            lo = tl.where(enough, mid, lo)
+            hi = tl.where(enough, hi, mid)
+        return lo.to(tl.int32)
+
+
+    @triton.jit
+    def _topk_kernel(s_ptr, gmax_ptr, ckey_ptr, cidx_ptr, out_ptr, S, K, NG, G: tl.constexpr, NG_PAD: tl.constexpr,
+                     BLOCK: tl.constexpr, W: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        scores = s_ptr + row * S
+        lowest: tl.constexpr = -2147483648
+        # 1. The maximum key of every group of G consecutive scores. The K-th largest of them, tau, is at most
+        # the K-th largest score (K groups hold a score >= tau each), so every selected score is >= tau.
+        gmax = gmax_ptr + row * NG_PAD
+        for start in range(0, S, BLOCK):
+            s, key = _row_keys(scores, start, S, BLOCK)
+            g = start // G + tl.arange(0, BLOCK // G)
+            tl.store(gmax + g, tl.max(tl.reshape(key, [BLOCK // G, G]), axis=1), mask=g < NG)
+        tl.debug_barrier()  # the maxima written above are read back by other threads of this program
+        maxima = tl.load(gmax + tl.arange(0, NG_PAD), mask=tl.arange(0, NG_PAD) < NG, other=lowest)
+        tau = _kth_key(maxima, K, tl.min(tl.where(maxima > lowest, maxima, 2147483647), axis=0), tl.max(maxima, axis=0))
+        # 2. The candidates (keys >= tau), compacted in position order into W slots.
+        ckey = ckey_ptr + row * W
+        cidx = cidx_ptr + row * W
+        n = tl.full([], 0, tl.int32)
+        for start in range(0, S, BLOCK):
+            s, key = _row_keys(scores, start, S, BLOCK)
+            take = key >= tau
+            slot = n + tl.cumsum(take.to(tl.int32), axis=0) - 1
+            tl.store(ckey + slot, key, mask=take & (slot < W))
+            tl.store(cidx + slot, s, mask=take & (slot < W))
+            n += tl.sum(take.to(tl.int32), axis=0)
+        tl.debug_barrier()
+        out = out_ptr + row * K
+        if n <= W:
+            # 3. The K-th largest candidate t; every candidate above t, then those equal to t in position order.
+            c = tl.arange(0, W)
+            key = tl.load(ckey + c, mask=c < n, other=lowest)
+            t = _kth_key(key, K, tau, tl.max(key, axis=0))
+            above = key > t
+            tied = key == t
+            take = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= K - tl.sum(above.to(tl.int32), axis=0)))
+            slot = tl.cumsum(take.to(tl.int32), axis=0) - 1
+            tl.store(out + slot, tl.load(cidx + c, mask=take, other=0), mask=take)
+        else:
+            # More candidates than slots (many equal or clustered scores): the same selection over the whole row,
+            # each bisection step a pass over it.
+            lo = tau.to(tl.int64)
+            hi = tl.full([], 2147483648, tl.int64)
+            for _ in range(32):
+                mid = lo + (hi - lo) // 2
+                count = tl.full([], 0, tl.int32)
+                for start in range(0, S, BLOCK):
+                    s, key = _row_keys(scores, start, S, BLOCK)
+                    count += tl.sum((key >= mid.to(tl.int32)).to(tl.int32), axis=0)
+                enough = count >= K
+                lo = tl.where(enough, mid, lo)
+                hi = tl.where(enough, hi, mid)
+            t = lo.to(tl.int32)
+            above_total = tl.full([], 0, tl.int32)
+            for start in range(0, S, BLOCK):
+                s, key = _row_keys(scores, start, S, BLOCK)
+                above_total += tl.sum((key > t).to(tl.int32), axis=0)
+            written = tl.full([], 0, tl.int32)
+            tied_seen = tl.full([], 0, tl.int32)
+            for start in range(0, S, BLOCK):
+                s, key = _row_keys(scores, start, S, BLOCK)
+                tied = key == t
+                take = (key > t) | (tied & (tied_seen + tl.cumsum(tied.to(tl.int32), axis=0) <= K - above_total))
+                slot = written + tl.cumsum(take.to(tl.int32), axis=0) - 1
+                tl.store(out + slot, s, mask=take)
+                written += tl.sum(take.to(tl.int32), axis=0)
+                tied_seen += tl.sum(tied.to(tl.int32), axis=0)
 
 
 def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor,
@@ -184,8 +319,10 @@ def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tens
 
 
 def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int,
-                            k_first: int, kv_lora_rank: int, window: int | None) -> torch.Tensor:
-    """Absorbed MLA attention of queries q_start.. over their selected latent rows -> [B, C, h, L].
+                            k_first: int, kv_lora_rank: int, window: int | None,
+                            config: tuple | None = None) -> torch.Tensor:
+    """Absorbed MLA attention of queries q_start.. over their selected latent rows -> [B, C, h, L] (`config`: one
+    of SPARSE_CONFIGS instead of the fastest).
 
     q_cat [B, C, h, L + R] carries the softmax scale; latent [B, T, L + R] the whole prompt's [latent | rope
     key] rows; top [B, C, K] the selected keys, as offsets from k_first. A selected key after the query or
@@ -197,12 +334,43 @@ def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torc
     out = torch.empty(B, C, H, L, device=q_cat.device, dtype=q_cat.dtype)
 
     def launch(config):
-        block_h, block, warps, stages = config
+        block_h, block, warps, stages, rows_first = config
         block_h = min(block_h, _pad(H))
         _sparse_mla_kernel[(C, triton.cdiv(H, block_h), B)](
             q_cat, latent, top, out, T, C, K, q_start, k_first, window or 0, H=H, L=L, R=W - L, L_PAD=_pad(L),
-            R_PAD=_pad(W - L), BLOCK_H=block_h, BLOCK=block, WINDOWED=window is not None, num_warps=warps,
-            num_stages=stages)
+            R_PAD=_pad(W - L), BLOCK_H=block_h, BLOCK=block, WINDOWED=window is not None, ROWS_FIRST=rows_first,
+            num_warps=warps, num_stages=stages)
 
-    launch(_fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype), SPARSE_CONFIGS, launch))
+    launch(config or _fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype), SPARSE_CONFIGS, launch))
     return out
+
+
+def select_topk(scores: torch.Tensor, k: int, config: tuple | None = None) -> torch.Tensor:
+    """The k highest scores' positions along the last dimension of fp32 `scores` -> int32 [..., k], in position
+    order (`config`: one of TOPK_CONFIGS instead of the fastest).
+
+    Exact: every score above the k-th largest, then as many of those equal to it as k leaves, lowest positions
+    first (torch.topk breaks ties in no stated order; its values and ours are the same multiset). One program a
+    row: the maxima of groups of G scores (a pass over the row), their k-th largest tau (at most the k-th largest
+    score), the scores >= tau compacted in position order into W slots (a second pass), and the k-th largest of
+    those by bisection on chip. Rows whose candidates overflow the slots (many equal scores) bisect over the
+    whole row instead.
+    """
+    *lead, S = scores.shape
+    if k >= S:
+        return torch.arange(S, device=scores.device, dtype=torch.int32).expand(*lead, S)
+    rows = scores.reshape(-1, S)
+    group, groups, groups_pad, slots = topk_layout(S, k)
+    n = rows.size(0)
+    gmax = torch.empty(n, groups_pad, device=scores.device, dtype=torch.int32)
+    ckey = torch.empty(n, slots, device=scores.device, dtype=torch.int32)
+    cidx = torch.empty(n, slots, device=scores.device, dtype=torch.int32)
+    out = torch.empty(n, k, device=scores.device, dtype=torch.int32)
+
+    def launch(config):
+        block, warps = config
+        _topk_kernel[(n,)](rows, gmax, ckey, cidx, out, S, k, groups, G=group, NG_PAD=groups_pad,
+                           BLOCK=max(group, min(block, triton.next_power_of_2(S))), W=slots, num_warps=warps)
+
+    launch(config or _fastest(("dsa-topk", n, triton.next_power_of_2(S), k), TOPK_CONFIGS, launch))
+    return out.view(*lead, k)

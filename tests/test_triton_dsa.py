@@ -13,6 +13,19 @@ from kvplan.models.mla import latent_attention
 from test_models import _DSA, tiny
 from test_triton_decode import _close, _dtypes, _kernel_device
 
+@pytest.fixture(autouse=True)
+def _one_config(monkeypatch):
+    """The first launch config of each kernel (as the interpreter runs): on a GPU, no tuning over the others
+    (each would compile for every shape here); kvplan.profilers.bench_prefill tunes over them all."""
+    try:
+        from kvplan.models import triton_dsa
+    except ImportError:
+        return
+    monkeypatch.setattr(triton_dsa, "INDEX_CONFIGS", triton_dsa.INDEX_CONFIGS[:1])
+    monkeypatch.setattr(triton_dsa, "SPARSE_CONFIGS", triton_dsa.SPARSE_CONFIGS[:1])
+    monkeypatch.setattr(triton_dsa, "TOPK_CONFIGS", triton_dsa.TOPK_CONFIGS[:1])
+
+
 # (prompt, first query, last query + 1, window): the first chunk, a later chunk, a window that starts inside
 # the chunk's span, a window shorter than a key block.
 SPANS = [(150, 0, 40, None), (150, 64, 150, None), (150, 90, 130, 50), (150, 100, 150, 9)]
@@ -45,8 +58,9 @@ def test_index_scores_equal_the_pytorch_path(index_head_dim):
             _close(got[allowed.expand_as(got)], expected[allowed.expand_as(expected)], tol)
 
 
+@pytest.mark.parametrize("rows_first", [False, True])
 @pytest.mark.parametrize("heads, window", [(4, None), (20, None), (4, 7)])
-def test_sparse_attention_equals_attention_over_gathered_rows(heads, window):
+def test_sparse_attention_equals_attention_over_gathered_rows(heads, window, rows_first):
     from kvplan.models import triton_dsa
 
     device = _kernel_device()
@@ -64,7 +78,8 @@ def test_sparse_attention_equals_attention_over_gathered_rows(heads, window):
         chosen = latent[:, first:end][torch.arange(B, device=device)[:, None, None], top]
         chosen_allowed = allowed.expand(B, -1, -1).gather(-1, top)
         expected = latent_attention(q_cat, chosen, L, chosen_allowed.unsqueeze(-2))
-        got = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first, L, window)
+        config = (32, 32, 4, 2, rows_first)
+        got = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first, L, window, config)
         _close(got, expected, tol)
 
 
@@ -72,7 +87,7 @@ def test_sparse_attention_equals_attention_over_gathered_rows(heads, window):
 def test_layer_prefill_with_kernels_equals_without(windows, monkeypatch):
     """A whole DSA prefill: with every visible key selected (index_topk >= the chunks' spans) the choice cannot
     differ; under the interpreter, in fp32, a small index_topk selects the same keys too."""
-    from kvplan.models import dsa as dsa_module, triton_decode
+    from kvplan.models import dsa as dsa_module, triton_decode, triton_dsa
 
     device = _kernel_device()
     monkeypatch.setattr(dsa_module, "DSA_QUERY_CHUNK", 8)
@@ -83,6 +98,61 @@ def test_layer_prefill_with_kernels_equals_without(windows, monkeypatch):
         outputs = {}
         for on in (True, False):
             monkeypatch.setattr(triton_decode, "ENABLED", on)
+            monkeypatch.setattr(triton_dsa, "serves", lambda x, on=on: on)  # the interpreter's CPU tensors too
             net = build(desc, max_batch=2, max_context=T, dtype=torch.float32, device=device, seed=5)
             outputs[on] = net.forward(toks)
         _close(outputs[True], outputs[False], 2e-2 if device == "cuda" else 1e-4)
+
+
+# (rows, scores per row, k): k-th largest group maximum as the bound with candidates fitting their slots, and
+# rows whose candidates overflow them (many equal scores) taking the whole-row path; one group per score.
+TOPK_SHAPES = [(3, 150, 5), (2, 40, 7), (2, 300, 64), (2, 1000, 16), (1, 9000, 32)]
+
+
+@pytest.mark.parametrize("block", [16, 64])
+@pytest.mark.parametrize("rows, keys, k", TOPK_SHAPES)
+def test_select_topk_picks_the_values_torch_topk_picks(rows, keys, k, block):
+    from kvplan.models import triton_dsa
+
+    device = _kernel_device()
+    g = torch.Generator(device=device).manual_seed(keys)
+    scores = torch.randn(rows, keys, device=device, generator=g)
+    scores[0, ::3] = float("-inf")  # keys a query cannot see
+    scores[-1, 10:20] = scores[-1].max()  # ties among the highest
+    got = triton_dsa.select_topk(scores, k, (block, 4)).long()
+    assert got.shape == (rows, k) and all(len(set(row.tolist())) == k for row in got)
+    assert torch.equal(got, got.sort(-1).values)  # in position order
+    expected = scores.topk(k, dim=-1).values
+    assert torch.equal(scores.gather(-1, got).sort(-1).values, expected.sort(-1).values)
+
+
+@pytest.mark.parametrize("keys, k", [(200, 60), (200, 8), (5000, 100)])
+def test_select_topk_breaks_ties_at_the_kth_score_by_lowest_position(keys, k):
+    """Scores 1 on the last 50 keys, 0 before: the 50 ones, then the lowest-positioned zeros. (200, 8): the k-th
+    score is 1 and its ties overflow the candidate slots; (5000, 100): groups of 2 keys."""
+    from kvplan.models import triton_dsa
+
+    device = _kernel_device()
+    scores = torch.zeros(2, keys, device=device)
+    scores[:, -50:] = 1.0
+    got = triton_dsa.select_topk(scores, k).long().sort(-1).values
+    ones = torch.arange(keys - 50, keys, device=device)
+    expected = ones[:k] if k <= 50 else torch.cat([torch.arange(k - 50, device=device), ones])
+    assert torch.equal(got, expected.expand(2, -1))
+
+
+def test_select_topk_beats_torch_topk_on_a_gpu():
+    """One 1024-query chunk at 128k keys, k = 2048 (DeepSeek-V3.2's): the same values as torch.topk, sooner."""
+    from kvplan.models import triton_dsa
+    from kvplan.profilers.timing import median_seconds
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    scores = torch.randn(1024, 131072, device=device, generator=torch.Generator(device=device).manual_seed(0))
+    got = triton_dsa.select_topk(scores, 2048).long()
+    expected = scores.topk(2048, dim=-1).values
+    assert torch.equal(scores.gather(-1, got).sort(-1).values, expected.sort(-1).values)
+    ours, _ = median_seconds(lambda: triton_dsa.select_topk(scores, 2048), device, 5)
+    theirs, _ = median_seconds(lambda: scores.topk(2048, dim=-1, sorted=False), device, 5)
+    assert ours < theirs

@@ -9,6 +9,24 @@ from .base import AttentionKind
 from .mla import MLA, latent_of
 
 QUERY_CHUNK = 1024  # queries per chunk of sparse prefill; bounds the indexer's score matrix
+# Top-k selection on the GPU (kvplan.models.triton_dsa.select_topk): the k-th largest of at most this many group
+# maxima per k bounds the selection from below, and this many candidate slots per k hold the scores above it.
+TOPK_GROUPS_PER_K = 4
+TOPK_SLOTS_PER_K = 2
+
+
+def _power_of_two_above(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def topk_layout(keys: int, k: int) -> tuple[int, int, int, int]:
+    """(keys per group G, groups NG, NG padded to a power of two, candidate slots W) of the GPU's top-k over `keys`
+    scores: G the smallest power of two leaving at most TOPK_GROUPS_PER_K x k groups, W = TOPK_SLOTS_PER_K x k (k
+    padded to a power of two)."""
+    k_pad = _power_of_two_above(k)
+    group = _power_of_two_above(ceil_div(keys, TOPK_GROUPS_PER_K * k_pad))
+    groups = ceil_div(keys, group)
+    return group, groups, _power_of_two_above(groups), TOPK_SLOTS_PER_K * k_pad
 
 
 @dataclass(frozen=True)
@@ -92,14 +110,29 @@ class DSA(AttentionKind):
         """The output buffer the query chunks write into."""
         return d_model
 
-    def query_scratch_bytes(self, tokens: int, activation_bytes: float, tp: int = 1) -> int:
-        """Transient bytes per query row of sparse prefill over a `tokens`-token prompt: its indexer scores
-        (fp32) over all keys, its top-k indices (int64), the gathered latents, and the scores and
-        probabilities over the selected keys."""
+    def query_scratch_bytes(self, tokens: int, activation_bytes: float, tp: int = 1, kernels: bool = True) -> int:
+        """Transient bytes per query row of sparse prefill over a `tokens`-token prompt.
+
+        Both paths hold the row's FP8 indexer queries with their fp32 scales and its fp32 indexer scores over
+        every key. The kernels (kvplan.models.triton_dsa, `kernels`) then hold, while selecting, the group maxima
+        and candidate slots of select_topk (topk_layout) and the int32 top-k, and while attending, the top-k,
+        the absorbed query and the latent output of each head (the latent rows are read in place); the larger
+        moment counts. The PyTorch path holds it all at once, the int64 top-k and the gathered latent rows with
+        the scores and probabilities over them included."""
         keys = min(tokens, self.index_topk)
         heads = ceil_div(self.n_heads, tp)
         latent = self.mla.kv_lora_rank + self.mla.qk_rope_head_dim
-        return int(tokens * 4 + keys * 8 + keys * latent * activation_bytes + 2 * heads * keys * activation_bytes)
+        n = self.index_n_heads
+        queries = n * self.index_head_dim + n * ceil_div(self.index_head_dim, self.INDEX_SCALE_GROUP) * 4
+        if not kernels:
+            return int(queries + tokens * 4 + keys * 8 + keys * latent * activation_bytes
+                       + 2 * heads * keys * activation_bytes)
+        selecting = tokens * 4 + keys * 4
+        if keys < tokens:
+            _, _, groups_padded, slots = topk_layout(int(tokens), int(keys))
+            selecting += groups_padded * 4 + slots * 8
+        attending = keys * 4 + heads * (latent + self.mla.kv_lora_rank) * activation_bytes
+        return int(queries + n * activation_bytes + max(selecting, attending))
 
     @property
     def prefill_query_chunk(self) -> int:
@@ -115,9 +148,9 @@ class DSA(AttentionKind):
 
     def prefill_scratch_bytes(self, batch: int, prompt: int, in_flight: int, activation_bytes: float, tp: int,
                               flash: bool) -> int:
-        """Prefill runs in chunks of prefill_query_chunk queries per sequence, flash or not."""
+        """Prefill runs in chunks of prefill_query_chunk queries per sequence; `flash`: through the kernels."""
         queries = minimum(batch * min(prompt, self.prefill_query_chunk), in_flight)
-        return self.query_scratch_bytes(prompt, activation_bytes, tp) * queries
+        return self.query_scratch_bytes(prompt, activation_bytes, tp, kernels=flash) * queries
 
     def decode_read_bytes(self, cached_tokens: int, attended_keys: int, layer_bytes: int) -> int:
         """Every indexer key, but only the latents of the keys it selects (the rest is held, not read)."""
