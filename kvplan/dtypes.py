@@ -59,7 +59,10 @@ def weight_storage(name: str | None) -> StorageFormat | None:
     """The weight format called `name`, or None for "auto" (or None): the checkpoint's own (WeightsFormat)."""
     if name is None or str(name).strip().lower() == "auto":
         return None
-    return storage_format(name, "weight_dtype")
+    try:
+        return storage_format(name, "weight_dtype")
+    except InputError as error:
+        raise InputError(f"{error}, or auto (as the checkpoint stores them)", error.argument) from None
 
 
 def gemm_dtype(storage: str) -> str:

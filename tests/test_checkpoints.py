@@ -243,3 +243,15 @@ def test_model_id_not_cached_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="huggingface-cli download Qwen/Qwen3-8B config.json") as error:
         load_model("Qwen/Qwen3-8B")
     assert "\n" not in str(error.value)
+
+
+def test_plan_serves_the_checkpoint_format_unless_told():
+    # gpt-oss-120b's mxfp4 experts (60.7 GiB in all) fit one H100; as bf16 (217 GiB) nothing does.
+    from kvplan.plan import Workload, search
+
+    w = Workload(isl=1024, osl=256, ttft_seconds=5.0, tpot_seconds=0.2)
+    row = search("gpt-oss-120b", w, gpu="h100-sxm", max_gpus=1, max_batch=4, top=1).rows[0]
+    assert row["weight_dtype"] == "mxfp4 experts, bf16 rest" and row["gpus"] == 1
+    assert row["weights_format"] == "mxfp4 experts, bf16 rest (quantization_config)"
+    with pytest.raises(InputError, match="No candidate fits in memory"):
+        search("gpt-oss-120b", w, gpu="h100-sxm", max_gpus=1, max_batch=4, top=1, weight_dtype="bf16")
