@@ -253,5 +253,5 @@ def test_plan_serves_the_checkpoint_format_unless_told():
     row = search("gpt-oss-120b", w, gpu="h100-sxm", max_gpus=1, max_batch=4, top=1).rows[0]
     assert row["weight_dtype"] == "mxfp4 experts, bf16 rest" and row["gpus"] == 1
     assert row["weights_format"] == "mxfp4 experts, bf16 rest (quantization_config)"
-    with pytest.raises(InputError, match="No candidate fits in memory"):
+    with pytest.raises(InputError, match="no candidate fits in memory"):
         search("gpt-oss-120b", w, gpu="h100-sxm", max_gpus=1, max_batch=4, top=1, weight_dtype="bf16")
