@@ -12,7 +12,7 @@ import os
 import warnings
 from typing import Iterable, Sequence
 
-from .dtypes import storage_format
+from .dtypes import storage_format, weight_storage
 from .estimator import VLLM_MEMORY_UTILIZATION, VLLM_PREFILL_CHUNK, Deployment, Estimator
 from .hardware import GPU, get_gpu, gpu_from_file, with_overrides
 from .model import Model
@@ -86,7 +86,7 @@ def resolve_model(model: str | Model, attention: str | None = None) -> Model:
 
 
 def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, kv_dtype: str = "bf16",
-                   weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int | None = None,
+                   weight_dtype: str = "auto", block_size: int = 0, reserve: str | int | None = None,
                    flash: bool = True, prefill_chunk: int = VLLM_PREFILL_CHUNK, dp: int = 1, ep: int = 1,
                    gpus_per_node: int = 0, overlap: bool = False,
                    memory_utilization: float = VLLM_MEMORY_UTILIZATION) -> Deployment:
@@ -94,6 +94,8 @@ def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, 
     gpus when tp is given too. ep divides tp x dp (kvplan.parallel). As vLLM decides by default: prefill in
     chunks of 8192 tokens across the batch (0: whole prompts at once), 0.9 of each GPU's memory usable, and a
     runtime reserve (reserve None or "auto": parallel.runtime_reserve_bytes; else bytes, e.g. "1GiB" or 0).
+    Weights as the checkpoint stores them (weight_dtype "auto": Model.weights, else bf16) unless weight_dtype
+    names a format.
     Each argument is checked, its name in the message."""
     gpus, pp, dp, ep = (_count(v, name) for v, name in ((gpus, "gpus"), (pp, "pp"), (dp, "dp"), (ep, "ep")))
     gpus_per_node = _count(gpus_per_node, "gpus_per_node", minimum=0)
@@ -111,7 +113,7 @@ def deployment_for(gpu: GPU, gpus: int = 1, tp: int | None = None, pp: int = 1, 
     else:
         reserve_bytes = parse_bytes(reserve, "reserve", minimum=0)
     return Deployment(gpu=gpu, tp=tp, pp=pp, dp=dp, ep=ep, kv_format=storage_format(kv_dtype),
-                      weight_format=storage_format(weight_dtype, "weight_dtype"), block_size=block_size,
+                      weight_format=weight_storage(weight_dtype), block_size=block_size,
                       reserve_bytes=reserve_bytes, flash=flash, prefill_chunk=prefill_chunk,
                       gpus_per_node=gpus_per_node, overlap=overlap, memory_utilization=memory_utilization)
 
@@ -155,7 +157,7 @@ def estimator_warnings(estimator: Estimator, contexts: Iterable[int]) -> list[st
 
 def estimators(model: str | Model, gpu: str | GPU = "h100-sxm", attention: str | Sequence[str] | None = None,
                kv_dtype: str | Sequence[str] = "bf16", gpus: int = 1, tp: int | None = None, pp: int = 1,
-               weight_dtype: str = "bf16", block_size: int = 0, reserve: str | int | None = None, flash: bool = True,
+               weight_dtype: str = "auto", block_size: int = 0, reserve: str | int | None = None, flash: bool = True,
                hardware_profile: str | None = None, prefill_chunk: int = VLLM_PREFILL_CHUNK, dp: int = 1, ep: int = 1,
                gpus_per_node: int = 0, overlap: bool = False, memory_utilization: float = VLLM_MEMORY_UTILIZATION,
                **gpu_overrides) -> list[Estimator]:

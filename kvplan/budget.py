@@ -167,5 +167,5 @@ def budget_report(deployment: dict, batch: int, context: int | None = None, plot
                      f"allows; the model was not trained that long.")
     return Report(rows, title=f"kvplan budget, {found[0].model.name}: longest context at batch {batch}, largest batch "
                               f"at context {format_tokens(tokens)}",
-                  caption=deployment_caption(found[0].deployment, memory_and_weights=True), messages=messages,
+                  caption=deployment_caption(found[0].deployment, found[0].weights_format), messages=messages,
                   notes=notes)

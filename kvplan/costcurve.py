@@ -50,7 +50,7 @@ def cost_curve(estimator: Estimator, context: int, batch: int = 1, chunk: int = 
     model, dep = estimator.model, estimator.deployment
     label = {"model": model.name, "attention": model.kind_label, "gpu": dep.gpu.name, "gpus": dep.gpus,
              "usd_per_hour": dep.gpu.usd_per_hour, "kv_dtype": dep.kv_format.name,
-             "weight_dtype": dep.weight_format.name, "batch": batch, "chunk": chunk}
+             "weight_dtype": estimator.weights_format.name, "batch": batch, "chunk": chunk}
     return [{**label, **cost_at(estimator, p, batch, chunk)} for p in positions(context, points)]
 
 
@@ -87,5 +87,5 @@ def cost_report(deployment: dict, context: int | None = None, batch: int = 1, ch
     table_rows = [r for e in found for r in cost_curve(e, tokens, batch, chunk, TABLE_POSITIONS)]
     return Report([row for curve in curves for row in curve], table_rows=table_rows, messages=messages,
                   title=f"kvplan cost by token position, {found[0].model.name}: batch {batch}",
-                  caption=deployment_caption(found[0].deployment, memory_and_weights=True)
+                  caption=deployment_caption(found[0].deployment, found[0].weights_format)
                   + f"; prefill in {chunk:,}-token chunks")

@@ -53,3 +53,60 @@ def storage_format(name: str, what: str = "kv_dtype") -> StorageFormat:
         raise InputError(f"{what} {name!r} is not a storage format{hint}; choose one of {', '.join(FORMATS)}",
                          what if what.isidentifier() else None)
     return FORMATS[key]
+
+
+def weight_storage(name: str | None) -> StorageFormat | None:
+    """The weight format called `name`, or None for "auto" (or None): the checkpoint's own (WeightsFormat)."""
+    if name is None or str(name).strip().lower() == "auto":
+        return None
+    try:
+        return storage_format(name, "weight_dtype")
+    except InputError as error:
+        raise InputError(f"{error}, or auto (as the checkpoint stores them)", error.argument) from None
+
+
+def gemm_dtype(storage: str) -> str:
+    """The dtype linear layers multiply in for weights stored as `storage`: fp8 weights meet fp8 activations (fp8
+    serving quantizes the activations too: DeepSeek-V3's block-scaled GEMMs, vLLM's fp8 checkpoints); weight-only
+    formats (int4 GPTQ/AWQ, mxfp4, nf4, int8) are widened to bf16 and multiplied in bf16, as their kernels do on
+    GPUs without native 4-bit products."""
+    return "fp8" if storage == "fp8" else "bf16"
+
+
+@dataclass(frozen=True)
+class WeightsFormat:
+    """How a model's weights are stored: bytes per weight of each weight group (Model.weight_groups' names; a group
+    not listed takes `default_bytes`), the dtype its GEMMs run in (gemm_dtype) and where the figures come from."""
+
+    name: str  # e.g. "fp8 block 128x128", "mxfp4 experts, bf16 rest"
+    source: str  # "quantization_config", "safetensors headers", "--weight-dtype"
+    default_bytes: float
+    group_bytes: tuple[tuple[str, float], ...] = ()
+    gemm: str = "bf16"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.source})"
+
+    def bytes_per_weight(self, group: str) -> float:
+        return dict(self.group_bytes).get(group, self.default_bytes)
+
+    def bytes_of(self, groups: dict[str, int]) -> int:
+        """Bytes of `groups` (weights per group)."""
+        per_weight = dict(self.group_bytes)
+        return round(sum(n * per_weight.get(group, self.default_bytes) for group, n in groups.items()))
+
+
+def uniform_weights(storage: StorageFormat, source: str = "--weight-dtype") -> WeightsFormat:
+    """Every weight stored as `storage`."""
+    return WeightsFormat(storage.name, source, storage.bytes_per_element, gemm=gemm_dtype(storage.name))
+
+
+def served_weights(checkpoint: WeightsFormat | None, given: StorageFormat | None) -> WeightsFormat:
+    """The weights a deployment serves: `given` (an explicit --weight-dtype) over the checkpoint's format, else the
+    checkpoint's, else bf16."""
+    if given is None:
+        return checkpoint or uniform_weights(FORMATS["bf16"])
+    if checkpoint is None:
+        return uniform_weights(given)
+    return uniform_weights(given, f"--weight-dtype, over the checkpoint's {checkpoint.name}")

@@ -8,8 +8,12 @@ Conventions (units in names: *_bytes are bytes, *_seconds seconds, *_flops FLOPs
   min(L, cap) keys, over a cache holding L tokens once it is written.
 - `batch`: sequences in flight in the whole deployment; each of the dp attention ranks holds and runs
   ceil(batch / dp) of them (kvplan.parallel describes tp, pp, dp and ep).
+- Weights are counted in bytes as the checkpoint stores each weight group (Model.weights: quantization_config or
+  safetensors headers; dtypes.WeightsFormat), or all in the format --weight-dtype names (bf16 if neither);
+  fp8 weights run fp8 GEMMs, weight-only formats bf16 ones (dtypes.gemm_dtype). The row says which
+  (weights_format).
 - Memory on one GPU = its pipeline stage's weights (attention split as each kind splits under tensor
-  parallelism, routed experts over ep, Model.stage_params) + its share of the cache + its prefill
+  parallelism, routed experts over ep, Model.weight_groups) + its share of the cache + its prefill
   activation peak + reserve. Whole-deployment columns sum over GPUs, counting replicated copies.
 - Linear FLOPs count every weight a token multiplies through (2 per weight); the LM head runs on the last
   prompt token in prefill (serving engines only need that logit) and on every decoded token.
@@ -43,7 +47,7 @@ from . import parallel
 from .kinds import keys_attended_sum
 from .kinds.dsa import DSA
 from .kinds.mla import MLA
-from .dtypes import FORMATS, StorageFormat
+from .dtypes import FORMATS, StorageFormat, served_weights
 from .hardware import GPU
 from .model import Model, chunked_keys_sum
 from .roofline import OPERATIONS, SCORE_BYTES
@@ -69,7 +73,7 @@ class Deployment:
     dp: int = 1  # data-parallel attention ranks
     ep: int = 1  # expert-parallel GPUs (1: experts split like the feed-forward under tp)
     kv_format: StorageFormat = FORMATS["bf16"]
-    weight_format: StorageFormat = FORMATS["bf16"]
+    weight_format: StorageFormat | None = None  # None: as the checkpoint stores them (Model.weights), else bf16
     activation_format: StorageFormat = FORMATS["bf16"]
     block_size: int = 0  # paged KV cache block in tokens; 0 = contiguous
     reserve_bytes: int | None = None  # per GPU for the runtime; None: parallel.runtime_reserve_bytes (CUDA context, NCCL)
@@ -135,22 +139,23 @@ class Estimator:
 
         self.total_params = model.total_params()
         self.active_params = model.active_params()
-        self.weights_bytes = int(self.total_params * dep.weight_format.bytes_per_element)
-        stage_params = [model.stage_params(first, last, dep.tp, pipeline=dep.pp > 1, ep=dep.ep)
-                        for first, last in stage_bounds]
-        self.weights_bytes_per_gpu = int(dep.weight_format.bytes_per_element * max(stage_params))
+        # Bytes per weight of each weight group: an explicit weight format, else the checkpoint's.
+        fmt = self.weights_format = served_weights(model.weights, dep.weight_format)
+        self.weights_bytes = fmt.bytes_of(model.weight_groups())
+        stage_bytes = [fmt.bytes_of(model.weight_groups(first, last, dep.tp, pipeline=dep.pp > 1, ep=dep.ep))
+                       for first, last in stage_bounds]
+        self.weights_bytes_per_gpu = max(stage_bytes)
         # What all GPUs hold together: more than weights_bytes where tp, dp or ep replicate weights.
-        self.weights_bytes_all_gpus = int(dep.weight_format.bytes_per_element * dep.tp * dep.dp * sum(stage_params))
+        self.weights_bytes_all_gpus = dep.tp * dep.dp * sum(stage_bytes)
         self.linear_flops_per_token = 2 * model.active_linear_params_per_token()
         self.lm_head_flops = 2 * model.lm_head_params()
         self.pair_flops = {p: attention.pair_flops(p) for p in ("prefill", "decode")}
         self.token_flops = {p: attention.token_flops(p) for p in ("prefill", "decode")}
         self.indexer_pair_flops = attention.indexer_pair_flops()
         ffn, d = model.ffn, model.d_model
-        w = dep.weight_format.bytes_per_element
         moe_layers = ffn.moe_layer_count(0, model.n_layers)
         self._moe_layers = moe_layers
-        self._expert_bytes = ffn.expert_params(d) * w if ffn.is_moe else 0
+        self._expert_bytes = ffn.expert_params(d) * fmt.bytes_per_weight("mlp.experts") if ffn.is_moe else 0
         # Copies of the routed experts the deployment holds: one per dp rank's tp group, or per ep group.
         self._expert_copies = dep.dp if dep.ep == 1 else dep.tp * dep.dp // dep.ep
         self._routed_expert_bytes = self._expert_copies * moe_layers * ffn.n_experts * self._expert_bytes
@@ -306,14 +311,15 @@ class Estimator:
         """What the per-operation roofline (kvplan.roofline) needs that does not depend on batch and context."""
         model, dep, gpu = self.model, self.deployment, self.deployment.gpu
         k = self.kernels = gpu.kernel_figures
-        fp8 = dep.weight_format.name == "fp8" and gpu.fp8_flops > 0  # fp8 x fp8 products, as fp8 serving runs them
+        fp8 = self.weights_format.gemm == "fp8" and gpu.fp8_flops > 0  # fp8 x fp8 products (dtypes.gemm_dtype)
         self._gemm = (k.gemm_fp8, gpu.fp8_flops) if fp8 else (k.gemm, gpu.bf16_flops)
         ffn, d = model.ffn, model.d_model
         expert_width = ffn.moe_intermediate if dep.ep > 1 else ceil_div(ffn.moe_intermediate, dep.tp)
         self._moe_gemm = (k.moe_gemm_for(fp8, max(expert_width, 1)), gpu.fp8_flops if fp8 else gpu.bf16_flops)
         self._routed_flops_per_token = (2 * self._moe_layers * ffn.n_active_experts * ffn.expert_params(d)
                                         if ffn.is_moe else 0)
-        self._lm_head_bytes = model.lm_head_params() * dep.weight_format.bytes_per_element
+        self._lm_head_bytes = model.lm_head_params() * self.weights_format.bytes_per_weight(
+            "embed_tokens" if model.tie_embeddings else "lm_head")
         # Norms and residual adds (2 each per layer; read and write d, read 2d and write d) on the whole hidden
         # state of every tensor-parallel rank, and the gated activation (read gate and up, write their product)
         # on its 1/tp slice.
@@ -391,7 +397,8 @@ class Estimator:
         tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * (tokens // sequences)
         skipped_rows = 0 if model.tie_embeddings else maximum(model.vocab_size - tokens_per_rank, 0)
         held = (self.weights_bytes_all_gpus - self._routed_expert_bytes) * active_ranks / dep.dp
-        read = held - active_ranks * skipped_rows * model.d_model * dep.weight_format.bytes_per_element
+        row_bytes = model.d_model * self.weights_format.bytes_per_weight("embed_tokens")
+        read = held - active_ranks * skipped_rows * row_bytes
         return read + self._expert_read_bytes(tokens, sequences)
 
     def _operations(self, sequences, tokens: int, logit_tokens, attention_flops, attention_bytes,
@@ -586,6 +593,7 @@ class Estimator:
             "prompt": prompt,
             "cached_prefix": cached,
             "kv_dtype": dep.kv_format.name,
+            "weights_format": self.weights_format.label,
             "params": self.total_params,
             "active_params": self.active_params,
             "kv_bytes_per_token": self.kv_bytes_per_token,
@@ -630,6 +638,8 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "batch": "sequences", "context": "tokens per sequence", "prompt": "prefill tokens per sequence",
     "cached_prefix": "prompt tokens per sequence found in a prefix cache (not recomputed)",
     "kv_dtype": "cache storage format",
+    "weights_format": "how weights are stored and where that comes from: the checkpoint (quantization_config, "
+                      "safetensors headers) or --weight-dtype",
     "params": "weights in all (routed experts included)",
     "active_params": "weights one token uses: all but the routed experts it does not select (embeddings counted)",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",

@@ -6,6 +6,7 @@ from bisect import bisect_left
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .dtypes import WeightsFormat
 from .kinds import Attention, keys_attended_sum
 from .units import ceil_div
 
@@ -165,6 +166,7 @@ class Model:
     block_norm: str = "rmsnorm"
     recurrent: Attention | None = None
     layer_mixers: tuple[str, ...] = ()
+    weights: WeightsFormat | None = None  # how the checkpoint stores its weights (None: not stated; bf16 assumed)
     window_groups: tuple[tuple[int | None, int], ...] = field(init=False, repr=False, compare=False)
     attention_layer_ids: tuple[int, ...] = field(init=False, repr=False, compare=False)
     recurrent_layer_ids: tuple[int, ...] = field(init=False, repr=False, compare=False)
@@ -323,27 +325,35 @@ class Model:
         return self.vocab_size * self.d_model
 
     def stage_params(self, first: int, last: int, tp: int = 1, pipeline: bool = False, ep: int = 1) -> int:
-        """Weights one GPU holds for layers first..last-1 under `tp`-way tensor parallelism.
+        """Weights one GPU holds for layers first..last-1 under `tp`-way tensor parallelism (weight_groups)."""
+        return sum(self.weight_groups(first, last, tp, pipeline, ep).values())
+
+    def weight_groups(self, first: int = 0, last: int | None = None, tp: int = 1, pipeline: bool = False,
+                      ep: int = 1) -> dict[str, int]:
+        """Weights one GPU holds for layers first..last-1 under `tp`-way tensor parallelism, per group, each named
+        by the Hugging Face module path it sits under (a quantized checkpoint stores groups differently).
 
         Mixers split as their kinds say (AttentionKind.params); feed-forwards, embeddings and the LM head
         split evenly (vocabulary-parallel); norms replicate. With `ep` > 1 (expert parallelism) each GPU holds
         ceil(n_experts / ep) whole routed experts, the shared experts split over tp and the router whole. The
         stage holding layer 0 holds the input embedding, the one holding the last layer the final norm and the
-        LM head (with `pipeline`, a tied LM head is a second copy there).
+        LM head (with `pipeline`, a tied LM head is a second copy there). The defaults give the whole model.
         """
         d, ffn = self.d_model, self.ffn
+        last = self.n_layers if last is None else last
         moe_here = ffn.moe_layer_count(first, last)
-        dense_here = ffn.dense_layer_count(last, first=first)
-        total = self.mixer_params(first, last, tp) + self.sublayer_count(first, last) * self.norm_width
-        total += dense_here * ceil_div(ffn.dense_params(d), tp)
-        if moe_here and ep > 1:
-            routed = ceil_div(ffn.n_experts, ep) * ffn.expert_params(d)
-            total += moe_here * (routed + ceil_div(ffn.shared_params(d), tp) + d * ffn.n_experts)
-        elif moe_here:
-            total += moe_here * ceil_div(ffn.moe_layer_params(d), tp)
+        router = d * ffn.n_experts
+        routed = (ceil_div(ffn.n_experts, ep) * ffn.expert_params(d) if ep > 1
+                  else ceil_div(ffn.n_experts * ffn.expert_params(d), tp))
         embedding = ceil_div(self.vocab_size * d, tp)
-        if first == 0:
-            total += embedding
-        if last == self.n_layers:
-            total += self.norm_width + (embedding if not self.tie_embeddings or pipeline else 0)
-        return total
+        is_last = last == self.n_layers
+        return {
+            "self_attn": self.mixer_params(first, last, tp),
+            "mlp": ffn.dense_layer_count(last, first=first) * ceil_div(ffn.dense_params(d), tp),
+            "mlp.experts": moe_here * routed,
+            "mlp.shared_expert": moe_here * ceil_div(ffn.shared_params(d), tp),
+            "mlp.gate": moe_here * (router if ep > 1 else ceil_div(router, tp)),
+            "embed_tokens": embedding if first == 0 else 0,
+            "lm_head": embedding if is_last and (not self.tie_embeddings or pipeline) else 0,
+            "norm": (self.sublayer_count(first, last) + is_last) * self.norm_width,
+        }

@@ -108,9 +108,10 @@ def estimate_columns(rows: Sequence[dict], wide: bool = False) -> tuple[list[Col
     return columns, "kvplan estimate" + (f": {', '.join(stated)}" if stated else "")
 
 
-def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
-    """The line under a table saying where its numbers hold: GPUs and parallelism, (memory per GPU and weight
-    format,) the unit GiB, the roofline's efficiencies and peaks, and the price."""
+def deployment_caption(deployment, weights_format=None) -> str:
+    """The line under a table saying where its numbers hold: GPUs and parallelism, (with a dtypes.WeightsFormat:
+    memory per GPU and how weights are stored,) the unit GiB, the roofline's efficiencies and peaks, and the
+    price."""
     gpu = deployment.gpu
     layout = f"tp {deployment.tp}, pp {deployment.pp}"
     if deployment.dp > 1 or deployment.ep > 1:
@@ -118,8 +119,8 @@ def deployment_caption(deployment, memory_and_weights: bool = False) -> str:
     if deployment.overlap:
         layout += ", communication overlapped"
     where = f"{gpu.name} x{deployment.gpus} ({layout})"
-    if memory_and_weights:
-        where += f", {format_gib(gpu.memory_bytes)} GiB per GPU, {deployment.weight_format.name} weights"
+    if weights_format is not None:
+        where += f", {format_gib(gpu.memory_bytes)} GiB per GPU, {weights_format.name} weights"
     gemm = gpu.kernel_figures.gemm
     return (f"{where}; GiB = 2^30 bytes; roofline per operation (bf16 GEMMs at {gemm.compute:.0%} of "
             f"{gpu.bf16_flops / 1e12:,.4g} TFLOP/s, weights streamed at {gemm.bandwidth:.0%} of "

@@ -39,7 +39,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
-from .dtypes import storage_format
+from .dtypes import storage_format, weight_storage
 from .disaggregated import kv_transfer_seconds
 from .estimator import Deployment, Estimator
 from .hardware import GPU, get_gpu
@@ -215,7 +215,7 @@ class _Search:
             return
         gpu_seconds = dep.gpus * busy / batches
         miss = np.maximum(ttft / w.ttft_seconds, tpot / w.tpot_seconds)
-        group = (estimator.model.name, dep.gpu.name, dep.kv_format.name, dep.weight_format.name)
+        group = (estimator.model.name, dep.gpu.name, dep.kv_format.name, estimator.weights_format.name)
         self._track_nearest(dep.role, group, np.where(fits, miss, np.inf), estimator, batches, ttft, tpot)
         # The fronts: every batch that fits and meets TTFT, whatever its TPOT (the x axis).
         shown = fits & (ttft <= w.ttft_seconds)
@@ -308,7 +308,7 @@ def _describe(estimator: Estimator, batch: int) -> str:
     layout = ", ".join(f"{name} {value}" for name, value in
                        (("tp", dep.tp), ("pp", dep.pp), ("dp", dep.dp), ("ep", dep.ep)) if value > 1)
     serving = {"both": "aggregated", "prefill": "prefill pool", "decode": "decode pool"}[dep.role]
-    weights = "" if dep.weight_format.name == "bf16" else f", {dep.weight_format.name} weights"
+    weights = "" if estimator.weights_format.name == "bf16" else f", {estimator.weights_format.name} weights"
     return (f"{dep.gpus}x {dep.gpu.name} ({layout + ', ' if layout else ''}kv {dep.kv_format.name}{weights}, "
             f"batch {batch}, {serving})")
 
@@ -380,8 +380,8 @@ def _rows(ranked: list[tuple[tuple[Option, ...], dict]], workload: Workload, obj
             dep = option.estimator.deployment
             rows.append({"rank": rank, "objective": objective, "objective_value": value, **figures,
                          "pool": dep.role, "copies_for_rate": option.copies(rate) if rate else None,
-                         "weight_dtype": dep.weight_format.name, "overlap": dep.overlap, "isl": workload.isl,
-                         "osl": workload.osl, **pool_row(option.estimator, option.batch, workload)})
+                         "weight_dtype": option.estimator.weights_format.name, "overlap": dep.overlap,
+                         "isl": workload.isl, "osl": workload.osl, **pool_row(option.estimator, option.batch, workload)})
     return rows
 
 
@@ -394,7 +394,7 @@ def _names(value) -> list:
 
 def search(model: str | Model | Sequence[str | Model], workload: Workload,
            gpu: str | GPU | Sequence[str | GPU] = DEFAULT_GPUS, max_gpus: int = 64,
-           kv_dtype: str | Sequence[str] = "bf16", weight_dtype: str | Sequence[str] = "bf16",
+           kv_dtype: str | Sequence[str] = "bf16", weight_dtype: str | Sequence[str] = "auto",
            attention: str | Sequence[str] = "native", disaggregated: bool = False, objective: str = "usd_per_mtok",
            rate: float | None = None, top: int = 10, max_batch: int = DEFAULT_MAX_BATCH, overlap: bool = False,
            front_by: str | None = None) -> Plan:
@@ -419,7 +419,7 @@ def search(model: str | Model | Sequence[str | Model], workload: Workload,
                 for base in bases for spec in specs]
     devices = [g if isinstance(g, GPU) else get_gpu(g) for g in _names(gpu)]
     kv_formats = [storage_format(kv) for kv in _names(kv_dtype)]
-    weight_formats = [storage_format(weight, "weight dtype") for weight in _names(weight_dtype)]
+    weight_formats = [weight_storage(weight) for weight in _names(weight_dtype)]
     roles = ("both", "prefill", "decode") if disaggregated else ("both",)
     by = front_by or ("attention" if len(specs) > 1 else "gpu")
     if by not in ("gpu", "attention"):

@@ -61,10 +61,14 @@ def _t6_presets() -> dict[str, tuple[dict, str]]:
     return presets
 
 
+# The published checkpoints' formats (quantization_config, as config.json states it).
+_MXFP4_EXPERTS = {"quant_method": "mxfp4", "modules_to_not_convert": [
+    "model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]}
+_FP8_BLOCKS = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": [128, 128]}
 _GPT_OSS = {"model_type": "gpt_oss", "hidden_size": 2880, "num_attention_heads": 64, "num_key_value_heads": 8,
             "head_dim": 64, "intermediate_size": 2880, "num_experts_per_tok": 4, "vocab_size": 201088,
             "max_position_embeddings": 131072, "sliding_window": 128, "attention_bias": True,
-            "tie_word_embeddings": False}
+            "tie_word_embeddings": False, "quantization_config": _MXFP4_EXPERTS}
 _GPT_OSS_SOURCE = "openai/gpt-oss-{} config.json (attention sinks and expert biases left out of the counts)"
 _LLAMA4 = {"model_type": "llama4_text", "num_hidden_layers": 48, "hidden_size": 5120, "num_attention_heads": 40,
            "num_key_value_heads": 8, "head_dim": 128, "intermediate_size": 8192, "intermediate_size_mlp": 16384,
@@ -177,7 +181,7 @@ PRESETS: dict[str, tuple[dict, str]] = {
                      "v_head_dim": 128, "intermediate_size": 18432, "moe_intermediate_size": 2048,
                      "n_routed_experts": 256, "num_experts_per_tok": 8, "n_shared_experts": 1,
                      "first_k_dense_replace": 3, "vocab_size": 129280, "max_position_embeddings": 163840,
-                     "tie_word_embeddings": False},
+                     "tie_word_embeddings": False, "quantization_config": _FP8_BLOCKS},
                     "deepseek-ai/DeepSeek-V3 config.json (the multi-token-prediction layer is left out)"),
     "deepseek-v3.2-exp": ({"model_type": "deepseek_v32", "num_hidden_layers": 61, "hidden_size": 7168,
                            "num_attention_heads": 128, "kv_lora_rank": 512, "q_lora_rank": 1536, "qk_rope_head_dim": 64,
@@ -185,7 +189,8 @@ PRESETS: dict[str, tuple[dict, str]] = {
                            "moe_intermediate_size": 2048, "n_routed_experts": 256, "num_experts_per_tok": 8,
                            "n_shared_experts": 1, "first_k_dense_replace": 3, "vocab_size": 129280,
                            "max_position_embeddings": 163840, "index_n_heads": 64, "index_head_dim": 128,
-                           "index_topk": 2048, "tie_word_embeddings": False},
+                           "index_topk": 2048, "tie_word_embeddings": False,
+                           "quantization_config": {**_FP8_BLOCKS, "scale_fmt": "ue8m0"}},
                           "deepseek-ai/DeepSeek-V3.2-Exp config.json (the multi-token-prediction layer is left out)"),
     "qwen3-next-80b-a3b": ({"model_type": "qwen3_next", "num_hidden_layers": 48, "hidden_size": 2048,
                             "num_attention_heads": 16, "num_key_value_heads": 2, "head_dim": 256,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from kvplan.dtypes import FORMATS
 from kvplan.kinds import MLA, DenseAttention
 from kvplan.estimator import Deployment, Estimator
 from kvplan.hardware import get_gpu
@@ -94,6 +95,12 @@ def fill_cache_randomly(net, seed: int) -> None:
             buf.normal_(generator=generator)
 
 
+def estimator_of(model: Model) -> Estimator:
+    """The estimate of the model as built here: bf16 weights, whatever format its checkpoint stores (the GPU preset
+    does not enter bytes)."""
+    return Estimator(model, Deployment(get_gpu("h100-sxm"), weight_format=FORMATS["bf16"]))
+
+
 def transient_bytes(model: Model, batch: int, context: int) -> int:
     """A generous bound on decode temporaries: the kind's scratch elements at 8 bytes each, plus 1 GiB."""
     return 8 * batch * model.attention.decode_scratch_elements(context) + GiB
@@ -101,7 +108,7 @@ def transient_bytes(model: Model, batch: int, context: int) -> int:
 
 def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype: torch.dtype, copy_bps: float,
               repeats: int) -> dict:
-    est = Estimator(case.model, Deployment(get_gpu("h100-sxm")))  # the GPU preset does not enter bytes
+    est = estimator_of(case.model)
     weights_read = est.weights_read_bytes(batch)
     cache_read = est.decode_cache_read_bytes(batch, context)
     row = {"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers, "batch": batch,
@@ -243,7 +250,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for case in cases:
         for batch in batches:
             for context in contexts:
-                est = Estimator(case.model, Deployment(get_gpu("h100-sxm")))
+                est = estimator_of(case.model)
                 need = est.weights_bytes + est.kv_cache_bytes(batch, context) + transient_bytes(case.model, batch, context)
                 if not args.smoke and need > args.memory_gib * GiB:
                     rows.append({"kind": case.kind, "model": case.model.name, "layers": case.model.n_layers,

@@ -96,7 +96,7 @@ def test_estimator_arguments_parse_the_deployment():
                                 usd_per_hour=2.5)
     assert options.estimator_arguments() == dict(
         model="llama-3.1-8b", gpu="h100-sxm", attention=["mla", "tpa:k_rank=2,v_rank=2", "window:4096"],
-        kv_dtype=["bf16", "fp8"], gpus=4, pp=2, dp=1, ep=1, gpus_per_node=0, overlap=False, weight_dtype="bf16",
+        kv_dtype=["bf16", "fp8"], gpus=4, pp=2, dp=1, ep=1, gpus_per_node=0, overlap=False, weight_dtype="auto",
         block_size=0, reserve="auto", flash=False, memory_utilization=0.9,
         hardware_profile=None, prefill_chunk=8192, usd_per_hour=2.5, bf16_flops="9e14", memory_bytes=80 * 2**30)
 
@@ -122,7 +122,7 @@ def test_help_lists_come_from_the_registries(run_cli, command):
     for kind in RECAST_KINDS:
         assert re.search(rf"\b{re.escape(kind)}\b", flat), kind
     assert f"KV cache format: {', '.join(FORMATS)};" in flat
-    assert f"Weight format: {', '.join(FORMATS)}." in flat
+    assert f"Weight format: {', '.join(FORMATS)}; auto:" in flat
 
 
 def test_both_chunks_say_how_they_differ(run_cli):

@@ -40,6 +40,8 @@ def estimator(model, **kw) -> Estimator:
 ])
 def test_published_config_gives_the_preset(preset, folder):
     from_file, expected = load(folder), get_preset(preset)
+    if folder.endswith("-gptq-int4"):  # a quantized upload of the preset's model: the same but for its weights' format
+        from_file = replace(from_file, weights=None)
     assert replace(from_file, name=expected.name, source=expected.source, architecture=expected.architecture) == expected
 
 

@@ -478,7 +478,7 @@ def test_rows_show_flash_and_naive_peaks_side_by_side():
 def test_whole_deployment_counts_weights_tensor_parallelism_replicates():
     # deepseek-v3 over 8 GPUs: every GPU holds the whole latent path (attention.params(d, tp)); the sum over
     # GPUs is 8 x the per-GPU weights (one pipeline stage), more than the model's own weight count.
-    e = est("deepseek-v3", gpus=8)
+    e = est("deepseek-v3", gpus=8, weight_dtype="bf16")
     model = get_preset("deepseek-v3")
     assert e.weights_bytes_all_gpus == 8 * model.stage_params(0, 61, 8) * BF16 == 8 * e.weights_bytes_per_gpu
     assert e.weights_bytes_all_gpus > e.weights_bytes

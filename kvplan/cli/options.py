@@ -54,7 +54,7 @@ class DeploymentOptions:
     memory: Optional[str] = None  # replaces the GPU's memory, e.g. "80GiB"
     kv_dtype: str = "bf16"  # one format, or several comma-separated
     attention: tuple[str, ...] = ()  # --attention values as given (each may hold several comma-separated specs)
-    weight_dtype: str = "bf16"
+    weight_dtype: str = "auto"
     block_size: int = 0
     reserve: str = "auto"
     naive_attention: bool = False
@@ -134,7 +134,8 @@ _DECLARED: dict[str, tuple] = {
                   f"KIND[:its options] one of {recast_help(option_separator=', ')} (e.g. tpa:k_rank=2,v_rank=2  "
                   f"gqa:kv_heads=4  window:4096). Any kind also takes window=W and global_every=N. Repeat or "
                   f"comma-separate for one row each.", {"metavar": "KIND[:k=v]"}),
-    "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}.", {"metavar": "FORMAT"}),
+    "weight_dtype": (str, ("--weight-dtype",), f"Weight format: {', '.join(FORMATS)}; auto: as the checkpoint "
+                     f"stores them (quantization_config, safetensors headers), else bf16.", {"metavar": "FORMAT"}),
     "block_size": (int, ("--block-size",), "Paged KV cache block, tokens (vLLM uses 16); 0 = contiguous.",
                    {"min": 0, "metavar": "TOKENS"}),
     "reserve": (str, ("--reserve",), "Memory held back per GPU for the runtime, e.g. 1GiB (a bare number is bytes); "

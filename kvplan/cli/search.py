@@ -41,7 +41,8 @@ def plan(
     gpu: str = typer.Option(",".join(DEFAULT_GPUS), "--gpu", "-g", help="GPU types to search, comma-separated."),
     max_gpus: int = typer.Option(64, "--max-gpus", help="Most GPUs in one deployment (or pool pair).", min=1),
     kv_dtype: str = typer.Option("bf16", "--kv-dtype", help="Cache formats to search, comma-separated."),
-    weight_dtype: str = typer.Option("bf16", "--weight-dtype", help="Weight formats to search, comma-separated."),
+    weight_dtype: str = typer.Option("auto", "--weight-dtype", help="Weight formats to search, comma-separated; "
+                                     "auto: as the checkpoint stores them, else bf16."),
     attention: Optional[List[str]] = typer.Option(None, "--attention", "-a", help="Attention re-casts to search "
                                                   "beside the model's own (as estimate's --attention)."),
     disaggregated: bool = typer.Option(False, "--disaggregated", help="Also search prefill/decode pool pairs."),

@@ -7,12 +7,15 @@ Both the transformers 4.x and 5.x forms load: multimodal wrappers keep the langu
 the wrapper holds beside it (tie_word_embeddings, quantization_config, torch_dtype/dtype) apply to it too.
 A model_type no family knows loads as a Llama-like dense decoder when it has the standard fields, with one
 warning saying so.
+The Model carries how the checkpoint stores its weights (Model.weights): from a local folder's *.safetensors
+headers where it holds them (exact), else from config.json's quantization_config (families.quantization).
 """
 
 from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from ..model import Model
@@ -20,6 +23,8 @@ from ..units import InputError
 from . import (deepseek, falcon_h1, gemma, glm, gpt_oss, jamba, llama, llama4, mixtral, modernbert, nemotron_h,
                qwen_moe, qwen_next, t6)
 from .fields import Fields, common_fields
+from .quantization import checkpoint_weights
+from .safetensors import safetensors_weights
 
 FAMILIES = {model_type: module.model
             for module in (llama, gemma, mixtral, qwen_moe, gpt_oss, glm, llama4, deepseek, modernbert, t6, qwen_next,
@@ -55,7 +60,9 @@ def model_from_config(config: dict, name: str = "config.json", source: str = "")
     if defaults:
         config = {**defaults, **{k: v for k, v in config.items() if v is not None}}
     f = Fields(config, name)
-    return build(f, common_fields(f, model_type, name, source))
+    model = build(f, common_fields(f, model_type, name, source))
+    weights = checkpoint_weights(config, model, name)
+    return replace(model, weights=weights) if weights else model
 
 
 def _assumed_dense(config: dict, model_type: str, name: str):
@@ -87,5 +94,9 @@ def load_config_file(path: str | Path) -> tuple[dict, str]:
 
 
 def model_from_file(path: str | Path) -> Model:
+    """Model from a config.json file or a folder holding one, with the weight bytes of the *.safetensors files
+    beside it where there are any."""
     config, where = load_config_file(path)
-    return model_from_config(config, name=where, source=f"local file {where}")
+    model = model_from_config(config, name=where, source=f"local file {where}")
+    weights = safetensors_weights(Path(where).parent, model)
+    return replace(model, weights=weights) if weights else model

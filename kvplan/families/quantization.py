@@ -21,39 +21,19 @@ Bytes per quantized weight, scales included (formats as their libraries store th
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
+from ..dtypes import WeightsFormat, gemm_dtype
 from ..model import Model
 from ..units import InputError
 
 DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2, "float8_e4m3fn": 1}
+DTYPE_NAMES = {"float32": "fp32", "float": "fp32", "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
+               "float8_e4m3fn": "fp8"}
+# The groups of Model.weight_groups a quantized checkpoint stores quantized (less its modules_to_not_convert):
+# the decoder layers' linear layers.
 QUANTIZED_GROUPS = ("self_attn", "mlp", "mlp.experts", "mlp.shared_expert")
-
-
-@dataclass(frozen=True)
-class CheckpointWeights:
-    """Weight bytes of a checkpoint and the format that gives them."""
-
-    format: str  # e.g. "fp8 (block 128x128)", "gptq int4 g128", "bf16"
-    weight_bytes: int
-    quantized_params: int  # weights stored in the quantized format
-    params: int
-
-
-def weight_groups(model: Model) -> dict[str, int]:
-    """Parameters per weight group, named by the Hugging Face module path they sit under."""
-    d, ffn, n = model.d_model, model.ffn, model.n_layers
-    moe_layers = ffn.moe_layer_count(0, n)
-    return {
-        "self_attn": model.attention_params(),
-        "mlp": (n - moe_layers) * ffn.dense_params(d),
-        "mlp.experts": moe_layers * ffn.n_experts * ffn.expert_params(d),
-        "mlp.shared_expert": moe_layers * 3 * d * ffn.shared_width(),
-        "mlp.gate": moe_layers * d * ffn.n_experts,
-        "embed_tokens": model.vocab_size * d,
-        "lm_head": 0 if model.tie_embeddings else model.vocab_size * d,
-        "norm": model.norm_params(),
-    }
+GROUP_NAMES = {"self_attn": "attention", "mlp": "dense MLP", "mlp.experts": "experts",
+               "mlp.shared_expert": "shared experts"}
 
 
 _LAYER_PREFIX = re.compile(r"^model\.(language_model\.)?(layers\.(\*|\d+|\.\*|\[\^.\]\+)\.)?")
@@ -71,49 +51,62 @@ def _kept(patterns: list[str], group: str) -> bool:
     return False
 
 
-def _quantized_bytes_per_weight(q: dict, where: str) -> tuple[float, str]:
+def _quantized_bytes_per_weight(q: dict, where: str) -> tuple[float, str, str]:
+    """(bytes per quantized weight, the format's name, the storage its GEMMs see: "fp8" or a weight-only one)."""
     method = str(q.get("quant_method", "")).lower()
     if method == "fp8":
         block = q.get("weight_block_size")
         if block:
-            return 1 + 4 / (block[0] * block[1]), f"fp8 (block {block[0]}x{block[1]})"
-        return 1.0, "fp8 (per tensor)"
+            return 1 + 4 / (block[0] * block[1]), f"fp8 block {block[0]}x{block[1]}", "fp8"
+        return 1.0, "fp8 per tensor", "fp8"
     if method in ("gptq", "awq"):
         bits, group = q.get("bits", q.get("w_bit", 4)), q.get("group_size", q.get("q_group_size", 128))
         per_group = 2 + bits / 8  # fp16 scale + packed zero point
-        return bits / 8 + (per_group / group if group and group > 0 else 0), f"{method} int{bits} g{group}"
+        return bits / 8 + (per_group / group if group and group > 0 else 0), f"{method} int{bits} g{group}", "int"
     if method == "mxfp4":
-        return 4.25 / 8, "mxfp4"
+        return 4.25 / 8, "mxfp4", "mxfp4"
     if method == "bitsandbytes":
         if q.get("load_in_4bit"):
             kind = q.get("bnb_4bit_quant_type", "fp4")
             absmax = (1 + 4 / 256) / 64 if q.get("bnb_4bit_use_double_quant") else 4 / 64
-            return 0.5 + absmax, f"bitsandbytes {kind}"
-        return 1.0, "bitsandbytes int8"
+            return 0.5 + absmax, f"bitsandbytes {kind}", kind
+        return 1.0, "bitsandbytes int8", "int8"
     if method == "compressed-tensors":
         groups = q.get("config_groups") or {}
-        weights = next((g.get("weights") for g in groups.values() if isinstance(g, dict) and g.get("weights")), None)
-        if not weights:
+        group = next((g for g in groups.values() if isinstance(g, dict) and g.get("weights")), None)
+        if not group:
             raise InputError(f"{where}: compressed-tensors quantization_config has no config_groups weights")
-        bits, size = weights.get("num_bits", 8), weights.get("group_size")
+        weights, inputs = group["weights"], group.get("input_activations") or {}
+        bits, size, kind = weights.get("num_bits", 8), weights.get("group_size"), weights.get("type", "int")
         scale = 2 / size if weights.get("strategy") == "group" and size else 0
-        label = f"compressed-tensors {weights.get('type', 'int')}{bits}" + (f" g{size}" if scale else "")
-        return bits / 8 + scale, label
+        # fp8 weights with fp8 activations (W8A8) run fp8 GEMMs; anything else is weight-only.
+        fp8 = kind == "float" and bits == 8 and inputs.get("type") == "float" and inputs.get("num_bits") == 8
+        return bits / 8 + scale, f"compressed-tensors {kind}{bits}" + (f" g{size}" if scale else ""), \
+            "fp8" if fp8 else f"{kind}{bits}"
     raise InputError(f"{where}: quant_method {method!r} is not supported; kvplan reads fp8, gptq, awq, "
                      f"compressed-tensors, mxfp4 and bitsandbytes")
 
 
-def checkpoint_weights(config: dict, model: Model, where: str = "config.json") -> CheckpointWeights:
-    """Weight bytes the checkpoint that `config` describes stores (quantization_config where present)."""
+def checkpoint_dtype(config: dict) -> tuple[str, float]:
+    """(name, bytes per weight) of the unquantized weights of the checkpoint `config` describes (bf16 if unstated)."""
     dtype = str(config.get("dtype") or config.get("torch_dtype") or "bfloat16").removeprefix("torch.")
-    base = DTYPE_BYTES.get(dtype, 2)
-    groups = weight_groups(model)
-    params = sum(groups.values())
+    return DTYPE_NAMES.get(dtype, "bf16"), DTYPE_BYTES.get(dtype, 2)
+
+
+def checkpoint_weights(config: dict, model: Model, where: str = "config.json") -> WeightsFormat | None:
+    """How the checkpoint that `config` describes stores its weights, from its quantization_config (None without
+    one): the quantized groups at the format's bytes per weight, the rest in the checkpoint's dtype."""
     q = config.get("quantization_config")
     if not isinstance(q, dict):
-        return CheckpointWeights(dtype, int(base * params), 0, params)
-    per_weight, label = _quantized_bytes_per_weight(q, where)
+        return None
+    per_weight, name, storage = _quantized_bytes_per_weight(q, where)
+    base_name, base = checkpoint_dtype(config)
     kept = list(q.get("modules_to_not_convert") or []) + list(q.get("ignore") or [])
     kept += list(q.get("llm_int8_skip_modules") or [])
-    quantized = sum(n for group, n in groups.items() if group in QUANTIZED_GROUPS and not _kept(kept, group))
-    return CheckpointWeights(label, int(per_weight * quantized + base * (params - quantized)), quantized, params)
+    groups = model.weight_groups()
+    quantized = [g for g in QUANTIZED_GROUPS if groups[g] and not _kept(kept, g)]
+    present = [g for g in QUANTIZED_GROUPS if groups[g]]
+    if quantized != present:  # say which groups are quantized where some linear layers are not
+        name = f"{name} {', '.join(GROUP_NAMES[g] for g in quantized) or 'nothing'}, {base_name} rest"
+    return WeightsFormat(name, "quantization_config", base, tuple((g, per_weight) for g in quantized),
+                         gemm_dtype(storage))
