@@ -27,6 +27,8 @@ and decode steps (measured as `kvplan profile` measures them) then solve what th
   one mostly attention);
 - decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
   attention's bandwidth (least squares; its call time stays the micro-benchmark's).
+MLA's prefill attention takes the calibrated prefill attention (kvplan.models runs it through the same flash
+kernel); MLA's decode kernel keeps the preset's figures.
 Each point's prediction with the final profile and its error are stored beside it.
 """
 
@@ -394,9 +396,14 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
                for b, c in ref.prefill_points]
     fitted = fit_reference(calibrated.kernels, lambda k: Estimator(desc, deployment(replace(calibrated, kernels=k),
                                                                                      kv, dtype)), prefill, decode)
+    # kvplan.models runs MLA's prefill attention through the same flash kernel as every other kind (the latents
+    # expanded to heads), so the calibrated prefill attention stands for MLA's too.
+    fitted = replace(fitted, mla_prefill_attention=fitted.prefill_attention,
+                     mla_half_tokens=fitted.attention_half_tokens)
     calibrated = replace(calibrated, kernels=replace(fitted, source=f"{fitted.source}; elementwise and attention "
                          f"solved from the reference model's measured prefills and decode steps ({ref.model}, "
-                         f"first {desc.n_layers} layers)"))
+                         f"first {desc.n_layers} layers); MLA prefill attention as the calibrated prefill "
+                         f"attention (the same flash kernel in kvplan.models)"))
     check = Estimator(desc, deployment(calibrated, kv, dtype))
     for point in decode:
         point["predicted_seconds"] = check.decode_step(point["batch"], point["context"])[1]
