@@ -639,7 +639,7 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "cached_prefix": "prompt tokens per sequence found in a prefix cache (not recomputed)",
     "kv_dtype": "cache storage format",
     "weights_format": "how weights are stored and where that comes from: the checkpoint (quantization_config, "
-                      "safetensors headers) or --weight-dtype",
+                      "safetensors headers), --weight-dtype, or bf16 where neither states a format",
     "params": "weights in all (routed experts included)",
     "active_params": "weights one token uses: all but the routed experts it does not select (embeddings counted)",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",

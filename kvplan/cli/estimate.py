@@ -45,7 +45,7 @@ MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
                  ("KV KiB/token bf16", lambda r: f"{r['kv_bytes_per_token_bf16'] / 1024:,.1f}"),
                  ("state MiB/seq bf16", lambda r: f"{r['state_bytes_per_sequence_bf16'] / 2**20:,.1f}"
                   if r["state_bytes_per_sequence_bf16"] else ""),
-                 ("source", text("source"))]
+                 ("weights", text("weights_format")), ("source", text("source"))]
 
 
 @output_options
