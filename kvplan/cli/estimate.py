@@ -50,7 +50,7 @@ MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
 
 @output_options
 def models(options: OutputFormat) -> None:
-    """List the bundled model presets and where their numbers come from."""
+    """List the bundled model presets, how each checkpoint stores its weights, and where their numbers come from."""
     from ..presets import preset_rows
 
     show(Report(preset_rows(), title="kvplan models"), options, MODEL_COLUMNS)

@@ -138,8 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rank = int(os.environ.get("RANK", "0"))
     try:
         if args.reestimate:
-            rows = reestimate_file(args.reestimate)
-            print(json.dumps(rows, indent=1)) if args.json else print_table(rows)
+            _print_rows(reestimate_file(args.reestimate), args.json)
             return 0
         jobs = _jobs_from_args(args)
         device = init_process_group(args.device)
@@ -157,11 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.destroy_process_group()
     if rank == 0:
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        else:
-            print_table(rows)
+        _print_rows(rows, args.json)
     return 0
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows)
 
 
 def reestimate_file(path: str) -> list[dict]:
