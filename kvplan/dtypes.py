@@ -79,7 +79,7 @@ class WeightsFormat:
     not listed takes `default_bytes`), the dtype its GEMMs run in (gemm_dtype) and where the figures come from."""
 
     name: str  # e.g. "fp8 block 128x128", "mxfp4 experts, bf16 rest"
-    source: str  # "quantization_config", "safetensors headers", "--weight-dtype"
+    source: str  # "quantization_config", "safetensors headers", "--weight-dtype", "no quantization_config"
     default_bytes: float
     group_bytes: tuple[tuple[str, float], ...] = ()
     gemm: str = "bf16"
@@ -104,9 +104,9 @@ def uniform_weights(storage: StorageFormat, source: str = "--weight-dtype") -> W
 
 def served_weights(checkpoint: WeightsFormat | None, given: StorageFormat | None) -> WeightsFormat:
     """The weights a deployment serves: `given` (an explicit --weight-dtype) over the checkpoint's format, else the
-    checkpoint's, else bf16."""
+    checkpoint's, else bf16 (a checkpoint without a quantization_config or safetensors headers)."""
     if given is None:
-        return checkpoint or uniform_weights(FORMATS["bf16"])
+        return checkpoint or uniform_weights(FORMATS["bf16"], "no quantization_config")
     if checkpoint is None:
         return uniform_weights(given)
     return uniform_weights(given, f"--weight-dtype, over the checkpoint's {checkpoint.name}")

@@ -351,7 +351,6 @@ class Estimator:
         dep, model = self.deployment, self.model
         tokens_per_rank = parallel.sequences_per_rank(sequences, dep.dp) * tokens_per_sequence
         message = tokens_per_rank * model.d_model * self._act_bytes
-        gpu, node, comm = dep.gpu, dep.node_gpus, self.kernels.communication
         seconds = 0.0
         if dep.tp > 1:
             seconds += model.sublayer_count() * parallel.all_reduce_seconds(message, dep.tp, *self._link(dep.tp))
@@ -361,16 +360,21 @@ class Estimator:
         if dep.ep > 1 and self._moe_layers:
             # Each token leaves from one GPU of its tp group, to the GPUs of its top-k experts, and comes back.
             copies = ceil_div(tokens_per_rank, dep.tp) * model.ffn.n_active_experts * model.d_model
-            a2a = self.kernels.all_to_all
-            per_layer = sum(parallel.all_to_all_seconds(copies * element_bytes, dep.ep, node,
-                                                        gpu.link_bytes_per_s * a2a.bandwidth,
-                                                        gpu.network_bytes_per_s * comm.bandwidth,
-                                                        a2a.call_seconds or parallel.LINK_LATENCY_SECONDS)
+            per_layer = sum(self.all_to_all_seconds(copies * element_bytes)
                             for element_bytes in (parallel.DISPATCH_BYTES_PER_ELEMENT, parallel.COMBINE_BYTES_PER_ELEMENT))
             seconds += self._moe_layers * per_layer
         if dep.pp > 1:
             seconds += (dep.pp - 1) * parallel.send_seconds(message, *self._link(dep.gpus))
         return seconds
+
+    def all_to_all_seconds(self, bytes_out_per_gpu):
+        """Seconds of one all-to-all over the ep group in which each GPU sends `bytes_out_per_gpu` (kvplan.parallel),
+        at the all_to_all kernel's fraction of the GPU link and its time per call (the communication kernel's
+        fraction of the network across nodes)."""
+        dep, gpu, a2a = self.deployment, self.deployment.gpu, self.kernels.all_to_all
+        return parallel.all_to_all_seconds(bytes_out_per_gpu, dep.ep, dep.node_gpus, gpu.link_bytes_per_s * a2a.bandwidth,
+                                           gpu.network_bytes_per_s * self.kernels.communication.bandwidth,
+                                           a2a.call_seconds or parallel.LINK_LATENCY_SECONDS)
 
     def _expert_read_bytes(self, tokens: int, sequences: int):
         """The routed experts' share of weights_read_bytes."""
@@ -639,7 +643,7 @@ COLUMNS = {  # name -> unit and meaning of each key of row(), in order: the CSV 
     "cached_prefix": "prompt tokens per sequence found in a prefix cache (not recomputed)",
     "kv_dtype": "cache storage format",
     "weights_format": "how weights are stored and where that comes from: the checkpoint (quantization_config, "
-                      "safetensors headers) or --weight-dtype",
+                      "safetensors headers), --weight-dtype, or bf16 where neither states a format",
     "params": "weights in all (routed experts included)",
     "active_params": "weights one token uses: all but the routed experts it does not select (embeddings counted)",
     "kv_bytes_per_token": "bytes of cache per token, all layers, one sequence (window caps not applied)",

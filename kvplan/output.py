@@ -127,7 +127,7 @@ def deployment_caption(deployment, weights_format=None) -> str:
             f"{gpu.bandwidth_bytes_per_s / 1e12:,.2f} TB/s); ${gpu.usd_per_hour:.2f}/GPU-hour")
 
 
-_TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source", "aliases", "change", "caveat",
+_TEXT_HEADERS = ("model", "attention", "kv", "gpu", "kind", "name", "source", "aliases", "change", "caveat", "weights",
                  "binding", "figure", "measured")
 
 

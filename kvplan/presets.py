@@ -253,7 +253,8 @@ _CACHE: dict[str, Model] = {}
 def preset_rows() -> list[dict]:
     """One row per preset for `kvplan models`: name, family, attention, depth, parameter counts (params: every
     weight; active_params: all but the routed experts a token does not select, embeddings counted), MoE shape,
-    bf16 cache bytes per token, bf16 recurrent state bytes per sequence (hybrids) and the source."""
+    bf16 cache bytes per token, bf16 recurrent state bytes per sequence (hybrids), how the checkpoint stores its
+    weights (weights_format, as Estimator.row gives it) and the source."""
     from .estimator import Deployment, Estimator
     from .hardware import GPUS
 
@@ -268,7 +269,7 @@ def preset_rows() -> list[dict]:
                      "d_model": m.d_model, "params": m.total_params(), "active_params": m.active_params(),
                      "experts": experts, "kv_bytes_per_token_bf16": est.kv_bytes_per_token,
                      "state_bytes_per_sequence_bf16": est.state_bytes_per_sequence, "max_positions": m.max_positions,
-                     "source": m.source})
+                     "weights_format": est.weights_format.label, "source": m.source})
     return rows
 
 

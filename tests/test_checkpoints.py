@@ -47,7 +47,7 @@ def test_unquantized_checkpoint_takes_the_weight_dtype():
     model = model_from_config(c)
     assert checkpoint_weights(c, model) is None and model.weights is None
     r = row(model)
-    assert r["weights_format"] == "bf16 (--weight-dtype)" and r["weights_bytes"] == 2 * model.total_params()
+    assert r["weights_format"] == "bf16 (no quantization_config)" and r["weights_bytes"] == 2 * model.total_params()
 
 
 def test_mxfp4_quantizes_only_the_experts():

@@ -195,6 +195,15 @@ def test_models_and_gpus_list_presets(run_cli):
     (llama,) = [r for r in models if r["name"] == "llama-3.1-8b"]
     # 32 layers x 2 (K, V) x 8 KV heads x 128 x 2 bytes; 8,030,261,248 parameters as Meta publishes.
     assert (llama["kv_bytes_per_token_bf16"], llama["params"]) == (32 * 2 * 8 * 128 * 2, 8_030_261_248)
+    formats = {r["name"]: r["weights_format"] for r in models}
+    # The published config.json files: DeepSeek-V3 quantization_config fp8 with weight_block_size [128, 128];
+    # gpt-oss mxfp4 with attention, router, embeddings and LM head in modules_to_not_convert; Llama none.
+    assert formats["deepseek-v3"] == "fp8 block 128x128 (quantization_config)"
+    assert formats["gpt-oss-120b"] == "mxfp4 experts, bf16 rest (quantization_config)"
+    assert formats["llama-3.1-8b"] == "bf16 (no quantization_config)"
+    for name in ("deepseek-v3", "gpt-oss-120b", "llama-3.1-8b"):  # the text an estimate row carries
+        assert json.loads(run_cli("estimate", "-m", name, "--json")[1])[0]["weights_format"] == formats[name]
+    assert "fp8 block 128x128" in run_cli("models")[1]
     code, out, _ = run_cli("gpus", "--json")
     gpus = {r["name"] for r in json.loads(out)}
     assert code == 0 and {"h100-sxm", "h100-pcie", "h200", "h800", "a100-40gb", "a100-80gb", "l40s", "b200", "mi300x",

@@ -4,7 +4,8 @@ float64.
 EP: one MoE layer with its routed experts spread whole over 2 ranks gives the unsharded layer's output; each
 rank holds the weights counted here by hand, which the most loaded rank's equal Estimator.weights_bytes_per_gpu;
 the bytes dispatched and combined are each token's top-k copies, and the communication estimates are
-kvplan.parallel's formulas worked by hand. DP: each rank runs its own sequences through whole attention layers,
+kvplan.parallel's formulas at the H100's all-to-all figures worked by hand (also for the committed H100 rows,
+examples/ep2-h100.csv, derived again with no GPU). DP: each rank runs its own sequences through whole attention layers,
 its outputs equal the unsharded layers' rows, its cache bytes equal Estimator.kv_cache_bytes_per_gpu at dp.
 """
 
@@ -27,7 +28,7 @@ from kvplan.profilers import distributed as dist_mod  # noqa: E402
 
 F64 = 8  # bytes per float64 element
 D, K, EXPERT, SHARED = 16, 2, 8, 24  # d_model, experts per token, expert width, shared experts' width
-LINK, LATENCY = 450e9, 5e-6  # h100-sxm's GPU link (bytes/s one way) and kvplan.parallel's link latency
+LINK = 450e9  # h100-sxm's GPU link, bytes/s one way
 # The Estimator's all-to-all: NCCL's on 2 H100s (examples/ep2-h100.csv), 0.642 of the link and 53.2 us per call.
 A2A_FRACTION, A2A_SECONDS = 0.642, 53.2e-6
 
@@ -94,18 +95,66 @@ def test_dispatch_and_combine_bytes(rows, name):
 @pytest.mark.parametrize("name", EP_JOBS)
 def test_communication_estimates_by_hand(rows, name):
     """On the CPU nothing is timed; the estimates are h100-sxm's: each all-to-all sends half its bytes over the
-    link (the other half stays on the rank) plus the link latency. The Estimator's own figure sends the most
-    loaded rank's K copies per token as fp8 with a 4-byte scale per 128 elements, and combines them in bf16, at
-    the GPU's all-to-all figures."""
+    link (the other half stays on the rank) at the GPU's all-to-all figures. The Estimator's own figure sends the
+    most loaded rank's K copies per token as fp8 with a 4-byte scale per 128 elements, and combines them in
+    bf16."""
     _, tokens = EP_JOBS[name]
     for row in rows[name]:
         assert row["all_to_all_seconds"] is None and row["dispatch_seconds"] is None
-        by_hand = sum(size / 2 / LINK + LATENCY for size in (row["dispatch_bytes"], row["combine_bytes"]))
+        by_hand = sum(size / 2 / (LINK * A2A_FRACTION) + A2A_SECONDS
+                      for size in (row["dispatch_bytes"], row["combine_bytes"]))
         assert row["all_to_all_seconds_estimate"] == pytest.approx(by_hand, rel=1e-12)
         copies = (tokens + 1) // 2 * K * D
         assert row["estimator_seconds"] == pytest.approx(
             copies * (1 + 4 / 128) / 2 / (LINK * A2A_FRACTION) + A2A_SECONDS + copies * 2 / 2 / (LINK * A2A_FRACTION)
             + A2A_SECONDS, rel=1e-12)
+
+
+def test_reestimate_derives_the_committed_h100_rows_again(tmp_path, capsys):
+    """examples/ep2-h100.csv (DeepSeek-V3's MoE layer on 2 H100s, bf16): --reestimate rewrites only the estimate
+    columns, each worked by hand from the row's measured bytes (the most loaded rank: 2048 of 4096 tokens)."""
+    import csv
+    from pathlib import Path
+
+    committed = Path(__file__).parents[1] / "examples" / "ep2-h100.csv"
+    copy = tmp_path / "ep2.csv"
+    copy.write_text(committed.read_text())
+    assert dist_mod.main(["--reestimate", str(copy), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    before, after = (list(csv.DictReader(path.open())) for path in (committed, copy))
+    assert len(printed) == len(after) == len(before) == 4 and list(after[0]) == list(before[0])
+    estimates = {"all_to_all_seconds_estimate", "all_to_all_error", "estimator_seconds", "weights_bytes_estimate",
+                 "weights_error", "estimate_gpu"}
+    for old, new, row in zip(before, after, printed):
+        assert {k: v for k, v in old.items() if k not in estimates} == {k: v for k, v in new.items() if k not in estimates}
+        by_hand = sum(int(old[k]) / 2 / (LINK * A2A_FRACTION) + A2A_SECONDS for k in ("dispatch_bytes", "combine_bytes"))
+        assert float(new["all_to_all_seconds_estimate"]) == pytest.approx(by_hand, rel=1e-12)
+        assert float(new["all_to_all_error"]) == pytest.approx(by_hand / float(old["all_to_all_seconds"]) - 1)
+        copies = int(old["tokens"]) // 2 * 8 * 7168  # top-8 copies of the rank's tokens, d_model 7168
+        assert float(new["estimator_seconds"]) == pytest.approx(
+            copies * (1 + 4 / 128 + 2) / 2 / (LINK * A2A_FRACTION) + 2 * A2A_SECONDS, rel=1e-12)
+        # 128 experts of 3 x 7168 x 2048, the shared expert (3 x 7168 x 2048) and the router (256 x 7168), bf16
+        assert int(new["weights_bytes_estimate"]) == (129 * 3 * 7168 * 2048 + 256 * 7168) * 2
+        assert row["all_to_all_seconds_estimate"] == pytest.approx(float(new["all_to_all_seconds_estimate"]))
+    # the committed file is current: deriving it again changes nothing
+    assert copy.read_text() == committed.read_text()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--reestimate", "no-such-file.csv"], "is not a file"),
+    (["--device", "cpu"], "--model is required"),
+])
+def test_reestimate_bad_input_is_one_line(tmp_path, capsys, argv, message):
+    code = dist_mod.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_reestimate_takes_only_expert_parallel_rows(tmp_path, capsys):
+    path = tmp_path / "dp.json"
+    path.write_text(json.dumps([{"parallel": "dp", "model": "llama-3.1-8b"}]))
+    assert dist_mod.main(["--reestimate", str(path)]) == 2
+    assert "no expert-parallel rows" in capsys.readouterr().err
 
 
 def test_data_parallel_attention(rows):

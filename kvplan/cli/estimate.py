@@ -45,12 +45,12 @@ MODEL_COLUMNS = [("name", text("name")), ("attention", text("attention")),
                  ("KV KiB/token bf16", lambda r: f"{r['kv_bytes_per_token_bf16'] / 1024:,.1f}"),
                  ("state MiB/seq bf16", lambda r: f"{r['state_bytes_per_sequence_bf16'] / 2**20:,.1f}"
                   if r["state_bytes_per_sequence_bf16"] else ""),
-                 ("source", text("source"))]
+                 ("weights", text("weights_format")), ("source", text("source"))]
 
 
 @output_options
 def models(options: OutputFormat) -> None:
-    """List the bundled model presets and where their numbers come from."""
+    """List the bundled model presets, how each checkpoint stores its weights, and where their numbers come from."""
     from ..presets import preset_rows
 
     show(Report(preset_rows(), title="kvplan models"), options, MODEL_COLUMNS)

@@ -14,8 +14,8 @@ communication time) beside the estimate, and outputs checked against the unshard
 - ep (expert parallelism, expert.py): one MoE layer with its routed experts spread whole over the ranks (router
   and shared experts whole on each), each rank's tokens dispatched to the ranks of their top-k experts and
   combined back with all_to_all_single; per rank the weights it holds beside the estimate, the bytes it
-  dispatches and combines, and on CUDA the time of those all-to-alls beside kvplan.parallel.all_to_all_seconds
-  of the same bytes.
+  dispatches and combines, and on CUDA the time of those all-to-alls beside Estimator.all_to_all_seconds of
+  the same bytes (the GPU's all_to_all kernel figures); --reestimate FILE derives a file's estimates again.
 
 For tp and dp, per rank it reports the bytes of its real cache tensors beside Estimator.kv_cache_bytes_per_gpu
 for the same model slice, batch, context, tp and dp; the bytes of its weights beside

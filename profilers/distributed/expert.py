@@ -15,9 +15,10 @@ Per rank: the bytes of the weights it holds beside Estimator.weights_bytes_per_g
 (moe_model) at tp 1, dp = ep = ranks, less that of the same model with no feed-forward (the attention and
 norms, which this harness does not build); the bytes it dispatches and combines; on CUDA the measured seconds of
 the two payload all-to-alls (the exchange of counts and expert ids before them is not timed) beside
-kvplan.parallel.all_to_all_seconds of the same bytes on the estimate's GPU preset; and Estimator.communication_seconds
-of the model. Rank 0 checks the layer's output against the unsharded layer (kvplan.models' MoE) run on the
-same tokens, each rank's tokens in one call as that rank routed them (same shapes, so the same router logits).
+Estimator.all_to_all_seconds of the same bytes on the estimate's GPU preset (its all_to_all kernel figures); and
+Estimator.communication_seconds of the model (reestimate derives them again from a measured row, with no GPU).
+Rank 0 checks the layer's output against the unsharded layer (kvplan.models' MoE) run on the same tokens, each
+rank's tokens in one call as that rank routed them (same shapes, so the same router logits).
 
 Weights: each routed expert, the router and the shared experts are drawn on the device from a seed of their own
 (N(0, 1/fan_in)), so a rank draws only the experts it holds and rank 0 draws the same full layer for the check.
@@ -32,8 +33,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from kvplan import parallel
 from kvplan.estimator import Deployment, Estimator
+from kvplan.hardware import GPU
 from kvplan.model import FeedForward, Model
 from kvplan.models.transformer import MoE, SwiGLU
 from kvplan.units import InputError, ceil_div
@@ -192,18 +193,35 @@ def collective_seconds(fn, device: torch.device, repeats: int) -> float | None:
     return statistics.median(samples)
 
 
-def estimators(job: ExpertJob, ranks: int, device: torch.device) -> tuple[Estimator, Estimator]:
+def estimators(job: ExpertJob, ranks: int, gpu: GPU) -> tuple[Estimator, Estimator]:
     """(the one-layer MoE model, the same with no feed-forward) at tp 1, dp = ep = ranks, in the compute dtype."""
-    from ..commands import estimate_gpu
-
     compute = compute_format(job.dtype)
-    deployment = Deployment(gpu=estimate_gpu(device, job.gpu, None), dp=ranks, ep=ranks, weight_format=compute,
-                            activation_format=compute)
+    deployment = Deployment(gpu=gpu, dp=ranks, ep=ranks, weight_format=compute, activation_format=compute)
     return Estimator(job.desc, deployment), Estimator(replace(job.desc, ffn=FeedForward(0)), deployment)
+
+
+def estimate_columns(job: ExpertJob, ranks: int, gpu: GPU, weights_bytes: int, dispatch_bytes: int,
+                     combine_bytes: int, measured_seconds: float | None) -> dict:
+    """A rank's estimates beside what it measured: the weights it holds (bytes), its dispatch and combine of the
+    same bytes (Estimator.all_to_all_seconds, the GPU's all_to_all kernel figures; seconds) and
+    Estimator.communication_seconds of the layer (fp8 dispatch), with their errors (estimate / measured - 1)."""
+    with_moe, without_ffn = estimators(job, ranks, gpu)
+    weights_estimate = with_moe.weights_bytes_per_gpu - without_ffn.weights_bytes_per_gpu
+    estimate = sum(with_moe.all_to_all_seconds(size) for size in (dispatch_bytes, combine_bytes))
+    return {
+        "weights_bytes_estimate": weights_estimate,
+        "all_to_all_seconds_estimate": estimate,
+        "all_to_all_error": None if not measured_seconds else estimate / measured_seconds - 1,
+        "estimator_seconds": with_moe.communication_seconds(job.tokens, 1),
+        "estimate_gpu": gpu.name,
+        "weights_error": weights_estimate / weights_bytes - 1,  # the estimate: the most loaded rank
+    }
 
 
 def measure_expert_rank(job: ExpertJob, device: torch.device) -> tuple[dict, torch.Tensor]:
     """This rank's shard: its row (weights, bytes and seconds of dispatch and combine) and its tokens' output."""
+    from ..commands import estimate_gpu
+
     ranks, rank = dist.get_world_size(), dist.get_rank()
     ffn, d = job.desc.ffn, job.desc.d_model
     shard = ExpertShard(d, ffn, ranks, rank, dtype=job.dtype, device="meta")
@@ -215,19 +233,15 @@ def measure_expert_rank(job: ExpertJob, device: torch.device) -> tuple[dict, tor
         output, traffic = shard(flat)
         dispatch_seconds = collective_seconds(traffic.dispatch, device, job.repeats)
         combine_seconds = collective_seconds(traffic.combine, device, job.repeats)
-    with_moe, without_ffn = estimators(job, ranks, device)
-    gpu, node = with_moe.deployment.gpu, with_moe.deployment.node_gpus
     row_bytes = d * job.dtype.itemsize
+    weights_bytes = sum(p.nbytes for p in shard.parameters())
     dispatch_bytes, combine_bytes = traffic.sent.nbytes, traffic.results.nbytes
-    estimate = sum(parallel.all_to_all_seconds(size, ranks, node, gpu.link_bytes_per_s, gpu.network_bytes_per_s)
-                   for size in (dispatch_bytes, combine_bytes))
     measured = None if dispatch_seconds is None else dispatch_seconds + combine_seconds
     row = {
         "rank": rank,
         "rank_tokens": end - first,
         "rank_experts": len(held),
-        "weights_bytes": sum(p.nbytes for p in shard.parameters()),
-        "weights_bytes_estimate": with_moe.weights_bytes_per_gpu - without_ffn.weights_bytes_per_gpu,
+        "weights_bytes": weights_bytes,
         "dispatch_bytes": dispatch_bytes,
         "dispatch_bytes_remote": dispatch_bytes - traffic.send_splits[rank] * row_bytes,
         "combine_bytes": combine_bytes,
@@ -235,10 +249,8 @@ def measure_expert_rank(job: ExpertJob, device: torch.device) -> tuple[dict, tor
         "dispatch_seconds": dispatch_seconds,
         "combine_seconds": combine_seconds,
         "all_to_all_seconds": measured,
-        "all_to_all_seconds_estimate": estimate,
-        "all_to_all_error": None if not measured else estimate / measured - 1,
-        "estimator_seconds": with_moe.communication_seconds(job.tokens, 1),
-        "estimate_gpu": gpu.name,
+        **estimate_columns(job, ranks, estimate_gpu(device, job.gpu, None), weights_bytes, dispatch_bytes,
+                           combine_bytes, measured),
     }
     del shard, traffic
     return row, output
@@ -285,9 +297,23 @@ def profile_expert_job(job: ExpertJob, device: torch.device) -> list[dict]:
         "output_error": error, "output_tolerance": tolerance,
         "output_matches": None if error is None else error <= tolerance,  # None: the unsharded check did not fit
     }
-    out = []
-    for r in rows:
-        r = {**common, **r}
-        r["weights_error"] = r["weights_bytes_estimate"] / r["weights_bytes"] - 1  # the estimate: the most loaded
-        out.append(r)
-    return out
+    return [{**common, **r} for r in rows]
+
+
+def reestimate(row: dict) -> dict:
+    """A measured row (as profile_expert_job gives it, or read back from its CSV) with its estimate columns
+    (estimate_columns) derived again from its model, tokens, ranks, dtype, GPU preset and measured bytes and
+    seconds, at today's formulas: no GPU needed."""
+    from kvplan.api import resolve_model
+    from kvplan.hardware import get_gpu
+
+    def number(key: str) -> float | None:
+        return None if row.get(key) in (None, "") else float(row[key])
+
+    dtype = getattr(torch, str(row["dtype"]), None)
+    if not isinstance(dtype, torch.dtype):
+        raise InputError(f"row dtype {row['dtype']!r} is not a torch dtype")
+    job = ExpertJob(moe_model(resolve_model(str(row["model"]), None)), int(number("tokens")), dtype)
+    return {**row, **estimate_columns(job, int(number("ep")), get_gpu(str(row["estimate_gpu"])),
+                                      int(number("weights_bytes")), int(number("dispatch_bytes")),
+                                      int(number("combine_bytes")), number("all_to_all_seconds"))}

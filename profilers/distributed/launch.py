@@ -18,7 +18,7 @@ import torch.distributed as dist
 from kvplan.hardware import get_gpu
 from kvplan.units import InputError
 
-from .expert import ExpertJob, moe_model
+from .expert import ExpertJob, moe_model, reestimate
 from .measure import LAYOUTS, Job, cache_format, run_jobs
 from .report import print_table, write_rows
 
@@ -81,7 +81,7 @@ def init_process_group(device_type: str, rank: int | None = None, world_size: in
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m kvplan.profilers.distributed",
                                      description=sys.modules[__package__].__doc__.split("\n\n")[0])
-    parser.add_argument("--model", "-m", required=True, help="preset name or config.json path")
+    parser.add_argument("--model", "-m", help="preset name or config.json path (required unless --reestimate)")
     parser.add_argument("--parallel", choices=PARALLEL, default="tp", help="tp: attention layers split over the "
                         "ranks' heads; dp: whole attention layers, each rank its share of the batch; ep: one MoE "
                         "layer, its routed experts spread whole over the ranks (default tp)")
@@ -102,6 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "local GPU's; h100-sxm on the CPU)")
     parser.add_argument("--out", "-o", help="write the rows here: .json, else CSV")
     parser.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
+    parser.add_argument("--reestimate", metavar="FILE", help="ep: derive the estimate columns of the measured rows "
+                        "in FILE (.json or CSV) again with this version's formulas and rewrite it; no GPU, no ranks")
     return parser.parse_args(argv)
 
 
@@ -109,6 +111,8 @@ def _jobs_from_args(args: argparse.Namespace) -> list:
     from kvplan.recast import split_specs
     from kvplan.units import parse_token_list
 
+    if not args.model:
+        raise InputError("--model is required (or --reestimate FILE)")
     if args.layers < 1 or args.decode_steps < 1 or args.repeats < 1:
         raise InputError("--layers, --decode-steps and --repeats must be at least 1")
     dtype = DTYPES[args.dtype or ("bf16" if args.device == "cuda" else "fp64")]
@@ -133,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
     try:
+        if args.reestimate:
+            _print_rows(reestimate_file(args.reestimate), args.json)
+            return 0
         jobs = _jobs_from_args(args)
         device = init_process_group(args.device)
     except InputError as error:
@@ -149,11 +156,38 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.destroy_process_group()
     if rank == 0:
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        else:
-            print_table(rows)
+        _print_rows(rows, args.json)
     return 0
+
+
+def _print_rows(rows: list[dict], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=1))
+    else:
+        print_table(rows)
+
+
+def reestimate_file(path: str) -> list[dict]:
+    """Rewrite the expert-parallel rows in `path` (.json or CSV) with their estimates derived again (reestimate)."""
+    from ..store import read_rows
+
+    if not Path(path).is_file():
+        raise InputError(f"{path} is not a file")
+    if path.endswith(".json"):
+        try:
+            rows = json.loads(Path(path).read_text())
+        except ValueError as error:
+            raise InputError(f"{path} is not JSON: {error}") from None
+    else:
+        rows = read_rows(path)
+    if not rows or not all(isinstance(row, dict) and row.get("parallel") == "ep" for row in rows):
+        raise InputError(f"{path} holds no expert-parallel rows (parallel ep) to estimate again")
+    try:
+        rows = [reestimate(row) for row in rows]
+    except (KeyError, TypeError, ValueError) as error:
+        raise InputError(f"{path}: a row lacks or garbles a measured column ({error})") from None
+    write_rows(rows, path)
+    return rows
 
 
 def free_port() -> int:

@@ -60,7 +60,7 @@ def print_table(rows: list[dict]) -> None:
         caption = ("MiB = 2^20 bytes, us = microseconds. weights est: kvplan's Estimator for the MoE layer at tp 1, "
                    "dp = ep (the most loaded GPU). dispatch/combine: bytes this rank sends (remote: to other ranks) "
                    "in the compute dtype, and the median time of each all-to-all; a2a est: "
-                   "kvplan.parallel.all_to_all_seconds of the same bytes on "
+                   "Estimator.all_to_all_seconds of the same bytes on "
                    f"{escape(str(first['estimate_gpu']))} (err = est / measured - 1); estimator: "
                    "Estimator.communication_seconds (fp8 dispatch, bf16 combine). output: "
                    "max|sharded - unsharded| / max|unsharded| on rank 0.")
