@@ -22,13 +22,15 @@ from .units import InputError, parse_bytes
 
 _AIC = "aiconfigurator 0.12.0 vLLM 0.24 tables, fitted by examples/derive_kernel_defaults.py"
 _ELEMENTWISE = Kernel(1.0, 0.8, 3e-6)  # aiconfigurator's system files: memory-bound ops at 0.8 of bandwidth + 3 us
-# DeepSeek Sparse Attention on an H100 at 128k, per 1024-query chunk and layer, kvplan's Triton kernels
-# (examples/bench/bench_prefill-h100-dsa.csv: `python3 -m kvplan.profilers.bench_prefill --cases dsa`): FP8 indexer
-# 585 TFLOP/s = 0.296 of 1979; exact top-k over 1024 x 131072 fp32 scores (537 MB) in 1.22 ms = 0.131 of
-# 3.35 TB/s; sparse attention reading 2.36 MB of latents per query in 0.80 ms = 0.898 of 3.35 TB/s. Other GPUs
-# take the same fractions (no published measurement). The indexer reads its cached keys at MLA decode's scan
-# bandwidth (an assumption: the same memory-bound scan of a latent-like cache).
-_DSA = dict(indexer=Kernel(0.296, 1.0, 0.0), topk=Kernel(1.0, 0.131, 0.0), sparse_attention=Kernel(1.0, 0.898, 0.0))
+# DeepSeek Sparse Attention on an H100, kvplan's Triton kernels (examples/bench/bench_prefill-h100-dsa.csv:
+# `python3 -m kvplan.profilers.bench_prefill --cases dsa`, per 1024-query chunk and layer at 128k; and
+# examples/bench/bench_decode-h100-b16-128k.csv's log): FP8 indexer 585 TFLOP/s = 0.296 of 1979; exact top-k
+# 1.22 ms over 1024 x 131072 fp32 scores (537 MB) and 96 us over 16 x 131072 (8.4 MB, a decode step): the line
+# through both gives 78 us a call + 0.140 of 3.35 TB/s (a few rows leave most of the GPU idle); sparse attention
+# reading 2.36 MB of latents per query in 0.80 ms = 0.898 of 3.35 TB/s. Other GPUs take the same figures (no
+# published measurement). The indexer reads its cached keys at MLA decode's scan bandwidth (an assumption: the
+# same memory-bound scan of a latent-like cache).
+_DSA = dict(indexer=Kernel(0.296, 1.0, 0.0), topk=Kernel(1.0, 0.140, 78e-6), sparse_attention=Kernel(1.0, 0.898, 0.0))
 
 
 # Grouped expert GEMMs lose compute efficiency as tp narrows each expert (aiconfigurator's H100 vLLM table,
