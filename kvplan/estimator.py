@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 
 from . import parallel
 from .kinds import keys_attended_sum
-from .kinds.dsa import DSA
-from .kinds.mla import MLA
 from .dtypes import FORMATS, StorageFormat, served_weights
 from .hardware import GPU
 from .model import Model, chunked_keys_sum
@@ -327,12 +325,11 @@ class Estimator:
             10 * d + ceil_div(ffn.activation_elements(d), dep.tp))
         attention = model.attention
         self._head_dim = attention.pair_flops("prefill") / (4 * attention.n_heads)
-        # MLA, and DSA (MLA with an indexer), run vLLM's MLA attention block (Kernels.mla_*: its per-layer calls
-        # and latent scan); MLA's prefill decompresses the latent (its own efficiency), DSA's runs absorbed and
-        # sparse (the generic efficiency and sparse_attention).
-        self._latent = isinstance(attention, (MLA, DSA))
-        self._indexer_key_bytes = attention.fixed_cache_bytes() if isinstance(attention, DSA) else 0
-        self._mla = isinstance(attention, MLA)
+        # Which kernels price the kind's attention (AttentionKind.roofline_block, latent_prefill_curve), and the
+        # keys an indexer reads each decode step.
+        self._latent = attention.roofline_block == "latent"
+        self._indexer_key_bytes = attention.indexer_key_bytes()
+        self._mla = attention.latent_prefill_curve
         self._latent_row_bytes = self.kv_bytes_per_token_layer - attention.fixed_cache_bytes()
 
     def _link(self, group: int) -> tuple[float, float]:

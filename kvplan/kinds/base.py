@@ -31,6 +31,12 @@ class AttentionKind:
     recast_names: ClassVar[tuple[str, ...]] = ()  # --attention names that build this kind
     layer: ClassVar[str]  # "module:Class" of its torch layer inside kvplan.models
     recurrent: ClassVar[bool] = False  # a per-sequence state instead of a per-token cache (kinds.recurrent)
+    # The attention block kvplan.roofline prices it with: "standard" (Kernels.prefill_attention and
+    # decode_attention) or "latent" (an MLA block, as vLLM runs it: Kernels.mla_*'s per-layer calls and latent scan).
+    roofline_block: ClassVar[str] = "standard"
+    # Prefill on MLA's own efficiency curve (Kernels.mla_attention_efficiency: the latent decompressed into
+    # per-head keys and values) instead of the flash curve by head width.
+    latent_prefill_curve: ClassVar[bool] = False
     n_heads: int
 
     # --- what it is ------------------------------------------------------------------------------------------
@@ -54,6 +60,10 @@ class AttentionKind:
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
         """(count, length) of the vectors cached per token per layer on one GPU, stored in the KV dtype."""
         raise NotImplementedError
+
+    def indexer_key_bytes(self) -> int:
+        """Bytes per cached token per layer that an indexer reads while scoring keys each decode step (0: none)."""
+        return 0
 
     def fixed_cache_bytes(self) -> int:
         """Bytes cached per token per layer in the kind's own format (not the KV dtype), replicated under tp."""

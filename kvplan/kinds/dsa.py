@@ -41,6 +41,7 @@ class DSA(AttentionKind):
     index_topk: int = 2048
 
     name = "dsa"
+    roofline_block = "latent"  # MLA's block, absorbed and sparse: the flash curve and sparse_attention
     recast_names = ("dsa",)
     layer = "dsa:DSALayer"
     INDEX_SCALE_GROUP = 128
@@ -68,6 +69,9 @@ class DSA(AttentionKind):
 
     def cache_vectors(self, tp: int = 1) -> tuple[tuple[int, int], ...]:
         return self.mla.cache_vectors(tp)
+
+    def indexer_key_bytes(self) -> int:
+        return self.fixed_cache_bytes()  # the indexer's FP8 keys and scales
 
     def fixed_cache_bytes(self) -> int:
         """The indexer key: FP8 plus its scales."""

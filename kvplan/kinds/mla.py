@@ -22,6 +22,8 @@ class MLA(AttentionKind):
     q_lora_rank: int = 0  # 0: queries projected directly from the hidden state
 
     name = "mla"
+    roofline_block = "latent"
+    latent_prefill_curve = True
     recast_names = ("mla",)
     layer = "mla:MLALayer"
 
