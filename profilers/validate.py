@@ -160,7 +160,21 @@ def row_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def report(rows: list[dict], profile: dict, command: str, not_run: list[dict]) -> str:
+CAUSES = "## Causes of the misses"
+
+
+def causes_section(report_text: str) -> list[str]:
+    """The "Causes of the misses" section a person wrote into an earlier report (up to the next heading), kept
+    when the report is written again."""
+    lines = report_text.splitlines()
+    if CAUSES not in lines:
+        return []
+    start = lines.index(CAUSES)
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return [*lines[start:end]] + ([""] if lines[end - 1] else [])
+
+
+def report(rows: list[dict], profile: dict, command: str, not_run: list[dict], causes: list[str] = ()) -> str:
     gpu, measured = profile["gpu"], profile["measured"]
     first = rows[0] if rows else {}
     fits = [r for r in rows if r["status"] != "ok"]
@@ -205,6 +219,7 @@ def report(rows: list[dict], profile: dict, command: str, not_run: list[dict]) -
         "",
         *(misses(rows) or ["- none"]),
         "",
+        *causes,
         "## Rows that did not fit",
         "",
         *(verdicts or ["- none"]),
@@ -259,7 +274,8 @@ def main(argv=None) -> int:
                if (r["attention"], r["batch"], r["context"]) not in done]
     command = "python3 -m kvplan.profilers.validate " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     report_path = out / f"{args.name}.md"
-    write_atomically(report_path, report(rows, profile, command, not_run))
+    causes = causes_section(report_path.read_text()) if report_path.exists() else []
+    write_atomically(report_path, report(rows, profile, command, not_run, causes))
     print(f"wrote {csv_path}, {report_path}, {profile_path} in {time.monotonic() - started:,.0f} s", file=sys.stderr)
     return 0
 
@@ -298,7 +314,7 @@ def _reestimate_files(out: Path, name: str, model: str) -> int:
     command = _regenerate_command(old_report) or f"python3 -m kvplan.profilers.validate --out {out} --name {name}"
     not_run = [{"attention": a, "batch": int(b), "context": int(c)} for a, b, c in _not_run_lines(old_report)]
     profile = json.loads(profile_path.read_text())
-    write_atomically(report_path, report(rows, profile, command, not_run))
+    write_atomically(report_path, report(rows, profile, command, not_run, causes_section(old_report)))
     print(f"re-estimated {len(rows)} rows: wrote {csv_path}, {report_path}", file=sys.stderr)
     return 0
 

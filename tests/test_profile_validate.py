@@ -63,6 +63,14 @@ def test_validate_writes_csv_report_and_profile(tiny, tmp_path):
     for before, after in zip(rows, again):
         assert after["prefill_seconds_estimate"] == pytest.approx(2 * before["prefill_seconds_estimate"])
     assert "python3 -m kvplan.profilers.validate --out" in (out / "run.md").read_text()
+    # A "Causes of the misses" section written by hand survives both a re-estimate and a resumed run.
+    text = (out / "run.md").read_text().replace("## Rows that did not fit",
+                                                "## Causes of the misses\n\n- a cause.\n\n## Rows that did not fit")
+    (out / "run.md").write_text(text)
+    assert validate.main(reestimate) == 0
+    assert validate.main(args) == 0
+    text = (out / "run.md").read_text()
+    assert text.count("## Causes of the misses\n\n- a cause.\n\n## Rows that did not fit") == 1
 
 
 def test_time_budget_leaves_rows_out_and_says_so(tiny, tmp_path):
