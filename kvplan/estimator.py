@@ -77,6 +77,9 @@ class Deployment:
     reserve_bytes: int | None = None  # per GPU for the runtime; None: parallel.runtime_reserve_bytes (CUDA context, NCCL)
     flash: bool = True  # False: attention materialises the score matrix (quadratic in context)
     prefill_chunk: int = VLLM_PREFILL_CHUNK  # tokens per prefill forward across the batch; 0 = whole prompts
+    # True: a fused MoE kernel holds every active expert's intermediates at once (vLLM's fused_moe); False: the
+    # routed experts run one at a time, as kvplan.models runs them (FeedForward.prefill_peak_bytes).
+    fused_moe: bool = True
     gpus_per_node: int = 0  # GPUs on one link domain; 0 = the GPU's own figure
     overlap: bool = False  # communication hidden behind compute (two micro-batches)
     role: str = "both"  # "both" prefill and decode, or a disaggregated pool: "prefill" or "decode" only
@@ -168,7 +171,9 @@ class Estimator:
         ) if self._has_attention else 0
         self._recurrent_phase_per_token = self._act_bytes * (
             2 * d + model.recurrent.activation_elements(tp)) if model.is_hybrid else 0
-        self._ffn_phase_per_token = self._act_bytes * (2 * d + ceil_div(ffn.activation_elements(d), tp))
+        self._ffn_phase_per_token = (self._act_bytes * 2 * d
+                                     + ffn.prefill_peak_bytes(d, model.n_layers, tp, self._act_bytes,
+                                                              dep.fused_moe))
         self._sparse = attention.sparse_topk is not None  # decode reads part of the cache, not all of it
         self._chunked = model.chunked
         self._kind_label = model.kind_label  # per row it would rebuild a set over the layers
@@ -225,8 +230,10 @@ class Estimator:
         The larger of two phases, each per token in flight on top of the residual stream and normed input
         (2 d): the attention block's intermediates, plus with naive attention one layer's score and probability
         matrices (2 x heads x queries in flight x prompt) or a kind's own scratch (prefill_scratch_bytes); or the
-        feed-forward's gate, up and product. Plus the last tokens' fp32 logits. Tokens in flight: the prompts
-        of the GPU's dp rank, or at most `prefill_chunk` with chunked prefill.
+        feed-forward's (FeedForward.prefill_peak_bytes: gate, up and product; a fused MoE's over every active
+        expert, or kvplan.models' experts one at a time).
+        Plus the last tokens' fp32 logits. Tokens in flight: the prompts of the GPU's dp rank, or at most
+        `prefill_chunk` with chunked prefill.
         """
         flash = self.deployment.flash if flash is None else flash
         batch = parallel.sequences_per_rank(batch, self.deployment.dp)

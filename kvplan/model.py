@@ -10,6 +10,8 @@ from .dtypes import WeightsFormat
 from .kinds import Attention, keys_attended_sum
 from .units import ceil_div
 
+INDEX_BYTES = 8  # torch's int64: the expert ids topk returns, the rows torch.where gives
+
 
 def chunked_keys_sum(n: int, chunk: int, cap: int | None = None) -> int:
     """Sum over positions 0..n-1 of min(p mod chunk + 1, cap): the keys chunked attention attends
@@ -102,13 +104,44 @@ class FeedForward:
                 + d_model * self.n_experts)
 
     def activation_elements(self, d_model: int) -> int:
-        """Per-token elements live at the feed-forward's peak: gate, up and their product (ungated: up and its
-        activation)."""
+        """Per-token elements a fused kernel reads and writes in the gated activation: gate, up and their product
+        (ungated: up and its activation) over every active expert's width."""
         per_width = 3 if self.gated else 2
         if self.is_moe:
             width = self.n_active_experts * self.moe_intermediate + self.shared_width()
             return per_width * max(self.intermediate, width)
         return per_width * self.intermediate
+
+    def prefill_peak_bytes(self, d_model: int, n_layers: int, tp: int, activation_bytes: float,
+                           fused_moe: bool = True) -> float:
+        """Bytes per token in flight that the feed-forward holds at its prefill peak on one of `tp` GPUs, besides
+        the residual stream and the normed input.
+
+        fused_moe (what serving engines run, e.g. vLLM's fused_moe): every active expert's gate, up and product
+        at once, activation_elements / tp. Otherwise as kvplan.models runs it, the larger of a dense and an MoE
+        layer's where the first `n_layers` have each:
+
+        Dense: gate (after its activation), up and their product (ungated: up and its activation), each
+        intermediate / tp wide. MoE holds each token's k renormalised weights and int64 expert ids throughout and
+        peaks in one of three steps: the router's logits and probabilities (2 E); the shared experts' three (two)
+        intermediates; or the loop that runs the routed experts one at a time, holding the output accumulator
+        (d_model) and, at an expert, its tokens' gathered input (d_model), int64 row and slot indices and three
+        (two) intermediates moe_intermediate / tp wide. Uniform routing gives each expert k / E of the tokens; a
+        busier expert holds more, by its excess tokens times its share."""
+        if fused_moe or not self.is_moe:
+            return ceil_div(self.activation_elements(d_model), tp) * activation_bytes
+        per_width = 3 if self.gated else 2
+        dense = (per_width * ceil_div(self.intermediate, tp) * activation_bytes
+                 if self.dense_layer_count(n_layers) else 0.0)
+        if not self.moe_layer_count(0, n_layers):
+            return dense
+        k, experts = self.n_active_experts, self.n_experts
+        choices = k * (activation_bytes + INDEX_BYTES)
+        router = 2 * experts * activation_bytes
+        shared = per_width * ceil_div(self.shared_width(), tp) * activation_bytes
+        expert = (k / experts) * ((d_model + per_width * ceil_div(self.moe_intermediate, tp)) * activation_bytes
+                                  + 2 * INDEX_BYTES)
+        return max(dense, choices + max(router, shared, d_model * activation_bytes + expert))
 
 
 ROPE_CONVENTIONS = ("hf", "t6")

@@ -9,7 +9,8 @@ free their projections before the output projection, so the live set per token i
 + the block's intermediates. Where the measured peak can differ from that model: the last token's logits
 exist in the compute dtype before their fp32 copy; a window shorter than the prompt adds a fixed
 per-chunk band mask and expanded K/V chunk (attend_prefill); DSA's indexer holds 2 more bytes per (query,
-key) pair than its fp32 scores while scoring; MoE runs its experts one at a time (below the model).
+key) pair than its fp32 scores while scoring; MoE runs its experts one at a time, and an expert busier than
+uniform routing's k / E of the tokens holds more than FeedForward.prefill_peak_bytes counts.
 Each kind's activation_elements counts what its prefill holds at the attention kernel.
 """
 
@@ -35,7 +36,7 @@ class SwiGLU(nn.Module):
         self.w_down = nn.Linear(hidden, d_model, bias=False, **factory)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Live at the peak: silu(gate), up and their product (FeedForward.activation_elements' 3 x hidden).
+        # Live at the peak: silu(gate), up and their product (FeedForward.prefill_peak_bytes' 3 x hidden).
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
 

@@ -71,11 +71,11 @@ def device_environment(device: torch.device) -> dict:
 
 
 def deployment(gpu: GPU, kv_dtype: str, dtype: torch.dtype) -> Deployment:
-    """One GPU, the cache format asked for, weights and activations in the dtype the network runs in, and whole
-    prompts prefilled at once, as kvplan.models runs them."""
+    """One GPU, the cache format asked for, weights and activations in the dtype the network runs in, whole
+    prompts prefilled at once and routed experts run one at a time, as kvplan.models runs them."""
     compute = "fp32" if dtype == torch.float32 else "bf16"
     dep = deployment_for(gpu, kv_dtype=kv_dtype, weight_dtype=compute, prefill_chunk=0)
-    return replace(dep, activation_format=FORMATS[compute])
+    return replace(dep, activation_format=FORMATS[compute], fused_moe=False)
 
 
 def plan_rows(sweep: Sweep):
