@@ -98,6 +98,29 @@ def test_unknown_quantization_is_named():
         weights("llama-3.1-8b", quantization_config={"quant_method": "hqq"})
 
 
+@pytest.mark.parametrize("quantization,message", [
+    ({"quant_method": "gptq", "bits": "x"}, "bits must be a whole number in \\[1, 16\\], not 'x'"),
+    ({"quant_method": "awq", "bits": 4, "group_size": 0}, "group_size must be a whole number"),
+    ({"quant_method": "fp8", "weight_block_size": [128]}, "weight_block_size must be two whole numbers"),
+    ({"quant_method": "fp8", "weight_block_size": [128, 0.5]}, "weight_block_size must be a whole number"),
+    ({"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 99}}}},
+     "num_bits must be a whole number"),
+    ({"quant_method": "mxfp4", "modules_to_not_convert": 7}, "modules_to_not_convert must be a list of module names"),
+])
+def test_malformed_quantization_config_is_one_input_error(quantization, message):
+    with pytest.raises(InputError, match=message):
+        weights("llama-3.1-8b", quantization_config=quantization)
+
+
+def test_malformed_quantization_config_exits_2_in_one_line(tmp_path, run_cli):
+    config = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 256, "num_attention_heads": 4,
+              "num_key_value_heads": 2, "intermediate_size": 512, "vocab_size": 1000,
+              "quantization_config": {"quant_method": "gptq", "bits": "x"}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    code, out, err = run_cli("estimate", "--model", str(tmp_path))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "bits" in err
+
+
 @pytest.mark.parametrize("quantization,label,linear_bytes", [
     # fp8: one byte per weight and an fp32 scale per 128 x 128 block.
     ({"quant_method": "fp8", "weight_block_size": [128, 128]}, "fp8 block 128x128 (quantization_config)",

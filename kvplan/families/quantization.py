@@ -51,16 +51,41 @@ def _kept(patterns: list[str], group: str) -> bool:
     return False
 
 
+def _whole(value, field: str, where: str, low: int, high: int) -> int:
+    """A whole-number field of quantization_config in [low, high] (group sizes also take -1: no groups)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+            or not (low <= value <= high or (field.endswith("group_size") and value == -1)):
+        raise InputError(f"{where}: quantization_config {field} must be a whole number in [{low}, {high}], "
+                         f"not {value!r}")
+    return int(value)
+
+
+def _module_names(value, field: str, where: str) -> list[str]:
+    """A quantization_config list of module names (null: none; one name alone: a list of it)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return value
+    raise InputError(f"{where}: quantization_config {field} must be a list of module names, not {value!r}")
+
+
 def _quantized_bytes_per_weight(q: dict, where: str) -> tuple[float, str, str]:
     """(bytes per quantized weight, the format's name, the storage its GEMMs see: "fp8" or a weight-only one)."""
     method = str(q.get("quant_method", "")).lower()
     if method == "fp8":
         block = q.get("weight_block_size")
         if block:
+            if not isinstance(block, (list, tuple)) or len(block) != 2:
+                raise InputError(f"{where}: quantization_config weight_block_size must be two whole numbers, "
+                                 f"not {block!r}")
+            block = [_whole(b, "weight_block_size", where, 1, 2**16) for b in block]
             return 1 + 4 / (block[0] * block[1]), f"fp8 block {block[0]}x{block[1]}", "fp8"
         return 1.0, "fp8 per tensor", "fp8"
     if method in ("gptq", "awq"):
-        bits, group = q.get("bits", q.get("w_bit", 4)), q.get("group_size", q.get("q_group_size", 128))
+        bits = _whole(q.get("bits", q.get("w_bit", 4)), "bits", where, 1, 16)
+        group = _whole(q.get("group_size", q.get("q_group_size", 128)), "group_size", where, 1, 2**20)
         per_group = 2 + bits / 8  # fp16 scale + packed zero point
         return bits / 8 + (per_group / group if group and group > 0 else 0), f"{method} int{bits} g{group}", "int"
     if method == "mxfp4":
@@ -77,7 +102,11 @@ def _quantized_bytes_per_weight(q: dict, where: str) -> tuple[float, str, str]:
         if not group:
             raise InputError(f"{where}: compressed-tensors quantization_config has no config_groups weights")
         weights, inputs = group["weights"], group.get("input_activations") or {}
+        if not isinstance(weights, dict):
+            raise InputError(f"{where}: compressed-tensors config_groups weights must be an object")
         bits, size, kind = weights.get("num_bits", 8), weights.get("group_size"), weights.get("type", "int")
+        bits = _whole(bits, "num_bits", where, 1, 16)
+        size = None if size is None else _whole(size, "group_size", where, 1, 2**20)
         scale = 2 / size if weights.get("strategy") == "group" and size else 0
         # fp8 weights with fp8 activations (W8A8) run fp8 GEMMs; anything else is weight-only.
         fp8 = kind == "float" and bits == 8 and inputs.get("type") == "float" and inputs.get("num_bits") == 8
@@ -101,8 +130,8 @@ def checkpoint_weights(config: dict, model: Model, where: str = "config.json") -
         return None
     per_weight, name, storage = _quantized_bytes_per_weight(q, where)
     base_name, base = checkpoint_dtype(config)
-    kept = list(q.get("modules_to_not_convert") or []) + list(q.get("ignore") or [])
-    kept += list(q.get("llm_int8_skip_modules") or [])
+    kept = [name for field in ("modules_to_not_convert", "ignore", "llm_int8_skip_modules")
+            for name in _module_names(q.get(field), field, where)]
     groups = model.weight_groups()
     quantized = [g for g in QUANTIZED_GROUPS if groups[g] and not _kept(kept, g)]
     present = [g for g in QUANTIZED_GROUPS if groups[g]]
