@@ -200,6 +200,24 @@ def test_safetensors_bad_header_says_so(tmp_path):
         read_header(tmp_path / "x.safetensors")
 
 
+@pytest.mark.parametrize("header,message", [
+    ([1, 2], "not a JSON object"),
+    ({"w": {"dtype": "BF16", "shape": [2, "x"], "data_offsets": [0, 8]}}, "has shape \\[2, 'x'\\]"),
+    ({"w": {"dtype": "BF16", "shape": [2**41], "data_offsets": [0, 8]}}, "not a list of whole numbers"),
+])
+def test_safetensors_malformed_header_is_one_input_error(tmp_path, header, message):
+    write_safetensors(tmp_path / "model.safetensors", header)
+    with pytest.raises(InputError, match=message):
+        weight_bytes_by_dtype(tmp_path)
+
+
+def test_safetensors_index_without_a_weight_map_object_is_refused(tmp_path, run_cli):
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": "nope"}))
+    code, out, err = run_cli("estimate", "--model", str(tmp_path))
+    assert code == 2 and out == "" and "weight_map must map tensor names to file names" in err
+
+
 def tiny_checkpoint(folder: Path) -> int:
     """TINY's config.json and its weights written with the safetensors package: linear layers int8 with an fp32
     scale per output row, the rest fp16, in two shards. Returns the bytes of tensor data, counted by hand."""

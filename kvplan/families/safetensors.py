@@ -23,6 +23,7 @@ from ..units import InputError
 DTYPE_BITS = {"F64": 64, "I64": 64, "U64": 64, "F32": 32, "I32": 32, "U32": 32, "F16": 16, "BF16": 16, "I16": 16,
               "U16": 16, "F8_E4M3": 8, "F8_E5M2": 8, "F8_E8M0": 8, "I8": 8, "U8": 8, "BOOL": 8, "F4": 4}
 MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
+MAX_DIMENSION = 2**40  # per dimension of a tensor's shape: far above any checkpoint's, bounds the arithmetic
 INDEX = "model.safetensors.index.json"
 # Model.weight_groups' group of a tensor, by the module path in its name (Llama, Qwen, Mixtral, DeepSeek, gpt-oss,
 # Llama 4 and hybrids' names); the first match wins.
@@ -48,9 +49,21 @@ def read_header(path: Path) -> dict:
         if length > MAX_HEADER_BYTES:
             raise InputError(f"{path}: safetensors header of {length} bytes exceeds the format's 100 MiB limit")
         try:
-            return json.loads(file.read(length))
+            header = json.loads(file.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise InputError(f"{path}: safetensors header is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise InputError(f"{path}: safetensors header is not a JSON object")
+    return header
+
+
+def _shape(value, path: Path, name: str) -> list[int]:
+    """A tensor's shape from a header: whole numbers >= 0, at most MAX_DIMENSION each."""
+    if not isinstance(value, list) or not all(isinstance(n, int) and not isinstance(n, bool)
+                                              and 0 <= n <= MAX_DIMENSION for n in value):
+        raise InputError(f"{path}: tensor {name!r} has shape {value!r}, not a list of whole numbers "
+                         f"in [0, {MAX_DIMENSION}]")
+    return value
 
 
 def tensor_bytes(folder: str | Path) -> list[tuple[str, str, int]]:
@@ -63,7 +76,8 @@ def tensor_bytes(folder: str | Path) -> list[tuple[str, str, int]]:
             dtype = tensor.get("dtype") if isinstance(tensor, dict) else None
             if dtype not in DTYPE_BITS:
                 raise InputError(f"{path}: tensor {name!r} has unknown dtype {dtype!r}")
-            tensors.append((name, dtype, (prod(tensor.get("shape", [])) * DTYPE_BITS[dtype] + 7) // 8))
+            shape = _shape(tensor.get("shape", []), path, name)
+            tensors.append((name, dtype, (prod(shape) * DTYPE_BITS[dtype] + 7) // 8))
     return tensors
 
 
@@ -89,7 +103,9 @@ def missing_shards(folder: Path) -> list[str]:
         weight_map = json.loads(index.read_text()).get("weight_map", {})
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError) as error:
         raise InputError(f"{index}: not a valid safetensors index ({error})") from None
-    return sorted({str(f) for f in weight_map.values() if not (folder / str(f)).exists()})
+    if not isinstance(weight_map, dict) or not all(isinstance(f, str) for f in weight_map.values()):
+        raise InputError(f"{index}: weight_map must map tensor names to file names")
+    return sorted({f for f in weight_map.values() if not (folder / f).exists()})
 
 
 def safetensors_weights(folder: str | Path, model: Model) -> WeightsFormat | None:
