@@ -312,7 +312,9 @@ def _reestimate_files(out: Path, name: str, model: str) -> int:
     write_atomically(csv_path, text.getvalue())
     old_report = report_path.read_text() if report_path.exists() else ""
     command = _regenerate_command(old_report) or f"python3 -m kvplan.profilers.validate --out {out} --name {name}"
-    not_run = [{"attention": a, "batch": int(b), "context": int(c)} for a, b, c in _not_run_lines(old_report)]
+    measured = {(r["attention"], int(r["batch"]), int(r["context"])) for r in rows}
+    not_run = [{"attention": a, "batch": int(b), "context": int(c)} for a, b, c in _not_run_lines(old_report)
+               if (a, int(b), int(c)) not in measured]
     profile = json.loads(profile_path.read_text())
     write_atomically(report_path, report(rows, profile, command, not_run, causes_section(old_report)))
     print(f"re-estimated {len(rows)} rows: wrote {csv_path}, {report_path}", file=sys.stderr)
