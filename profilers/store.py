@@ -31,6 +31,11 @@ def _line(values: list, fields: list[str] | None = None) -> str:
     return buffer.getvalue()
 
 
+def rows_text(columns: list[str], rows: list[dict]) -> str:
+    """A whole results file: the header and each row's cells in `columns` (keys outside them left out)."""
+    return _line(columns) + "".join(_line(row, columns) for row in rows)
+
+
 def _cell(value) -> str:
     if value is None:
         return ""

@@ -39,7 +39,7 @@ from kvplan.units import format_tokens, parse_token_list
 from .calibrate import calibrate
 from .compare import FIGURES, compare, scaling_note
 from .measure import Settings
-from .store import read_rows
+from .store import read_rows, rows_text
 from .sweep import Sweep, device_environment, plan_rows, run
 from .timing import default_dtype, pick_device
 
@@ -305,11 +305,7 @@ def _reestimate_files(out: Path, name: str, model: str) -> int:
     csv_path, profile_path, report_path = out / f"{name}.csv", out / f"{name}-profile.json", out / f"{name}.md"
     rows = reestimate(read_rows(csv_path), profile_path, model)
     columns = next(csv.reader(io.StringIO(csv_path.read_text())))
-    text = io.StringIO()
-    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
-    write_atomically(csv_path, text.getvalue())
+    write_atomically(csv_path, rows_text(columns, rows))
     old_report = report_path.read_text() if report_path.exists() else ""
     command = _regenerate_command(old_report) or f"python3 -m kvplan.profilers.validate --out {out} --name {name}"
     measured = {(r["attention"], int(r["batch"]), int(r["context"])) for r in rows}
