@@ -139,8 +139,8 @@ def attend_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: flo
     query at i sees keys attention_chunk * (i // attention_chunk) .. i).
 
     Full causal attention is one scaled_dot_product_attention call (flash or memory-efficient on the GPU).
-    Local attention on CUDA runs FlashAttention-2's own window or chunks as a batch, else compiled
-    FlexAttention that skips the key blocks outside the band (kvplan.models.flex_prefill). Elsewhere, and as the reference: chunks alone are one causal call per chunk;
+    Local attention on CUDA runs compiled FlexAttention that skips the key blocks outside the band
+    (kvplan.models.flex_prefill). Elsewhere, and as the reference: chunks alone are one causal call per chunk;
     a window runs query chunks of `chunk` (default: window_chunk) against only the keys they can see, under
     a band mask, so no T x T mask or score matrix is ever built.
     """

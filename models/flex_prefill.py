@@ -1,11 +1,5 @@
-"""Windowed and chunked causal prefill that skips the key blocks no query of a block can see.
-
-Where torch's FlashAttention-2 kernel serves the call (CUDA, fp16/bf16, query and value heads of one width, a
-multiple of 8 up to 256), a sliding window is that kernel's own local mode (window_size_left) and chunks are
-independent causal calls over the prompt cut into chunks (a batch of chunks, no copy): the same kernel as full
-causal attention, so a window costs the pairs it attends at the flash kernel's speed. Otherwise (and for a
-window inside chunks) FlexAttention (torch.nn.attention.flex_attention, compiled) runs under a block mask built
-from the band's geometry.
+"""Windowed and chunked causal prefill that skips the key blocks no query of a block can see: FlexAttention
+(torch.nn.attention.flex_attention, compiled) under a block mask built from the band's geometry.
 
 Two local patterns, both causal:
 - sliding window W: the query at position i attends keys i - W + 1 .. i;
@@ -27,6 +21,8 @@ BLOCK = 128  # queries and keys per FlexAttention block
 ENABLED = True  # False: attend_prefill takes its PyTorch path on CUDA too (for comparisons)
 _COMPILED = {}  # "flex" -> the compiled flex_attention, built on first use
 RECOMPILE_LIMIT = 64  # shapes compiled before dynamo would fall back to uncompiled flex_attention
+_MASKS = {}  # (q_len, k_len, window, chunk, device) -> BlockMask, oldest dropped first
+MASKS_KEPT = 8  # a mask holds 2 x (T / BLOCK)^2 int32 block indices: 32 MiB at 256k tokens
 
 
 def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, chunk: int | None) -> torch.Tensor:
@@ -87,6 +83,17 @@ def block_mask(q_len: int, k_len: int, window: int | None, chunk: int | None, de
                                     seq_lengths=(q_len, k_len))
 
 
+def cached_block_mask(q_len: int, k_len: int, window: int | None, chunk: int | None, device):
+    """block_mask, built once per pattern: every local layer of a forward, and every forward of the same prompt
+    length, attends under the same mask (its block lists are a few small kernels and a sort)."""
+    key = (q_len, k_len, window, chunk, str(device))
+    if key not in _MASKS:
+        if len(_MASKS) >= MASKS_KEPT:
+            _MASKS.pop(next(iter(_MASKS)))
+        _MASKS[key] = block_mask(q_len, k_len, window, chunk, device)
+    return _MASKS[key]
+
+
 def serves(q: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the compiled FlexAttention path takes this call: enabled, CUDA tensors, head widths of a power of
     two in 16..256 (what its kernel tiles), and no dispatch mode (FlopCounterMode would count the kernel's
@@ -100,50 +107,10 @@ def serves(q: torch.Tensor, v: torch.Tensor) -> bool:
             and _get_current_dispatch_mode() is None)
 
 
-def flash_serves(q: torch.Tensor, v: torch.Tensor, window: int | None, chunk: int | None) -> bool:
-    """Whether torch's FlashAttention-2 kernel takes this local call: a window alone or chunks alone, fp16/bf16
-    on a GPU of compute capability 8.0 or later, query and value heads of one width (a multiple of 8, <= 256)."""
-    d = q.size(-1)
-    return ((window is None) != (chunk is None) and q.dtype in (torch.float16, torch.bfloat16)
-            and v.size(-1) == d and d % 8 == 0 and d <= 256 and torch.cuda.get_device_capability(q.device) >= (8, 0))
-
-
-def _flash(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None) -> torch.Tensor:
-    """FlashAttention-2 over [B, T, H|Hkv, d] tensors (its own layout), causal, within `window` if given."""
-    T = q.size(1)
-    left = {} if window is None else {"window_size_left": window - 1, "window_size_right": 0}
-    return torch.ops.aten._flash_attention_forward(q, k, v, None, None, T, T, 0.0, True, False, scale=scale,
-                                                   **left)[0]
-
-
-def attend_flash_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None,
-                       chunk: int | None) -> torch.Tensor:
-    """Causal attention of q [B, H, T, d] over k, v [B, Hkv, T, d] within a sliding window, or within chunks of
-    `chunk` tokens (whole chunks as one batch, then the last partial chunk), through FlashAttention-2."""
-    B, H, T, d = q.shape
-    # [B, T, heads, d]: for q and k the layout the projections were written in, so these are views.
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if window is not None:
-        return _flash(q, k, v, scale, window).transpose(1, 2)
-    out = q.new_empty(B, T, H, d)
-    whole = T // chunk * chunk
-    if whole:
-        def chunks(x):
-            return x[:, :whole].reshape(B * (whole // chunk), chunk, x.size(2), d)
-
-        out[:, :whole] = _flash(chunks(q), chunks(k), chunks(v), scale, None).view(B, whole, H, d)
-    if whole < T:
-        out[:, whole:] = _flash(q[:, whole:], k[:, whole:], v[:, whole:], scale, None)
-    return out.transpose(1, 2)
-
-
 def attend_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None,
                  chunk: int | None) -> torch.Tensor:
     """Causal attention of q [B, H, T, dq] over k [B, Hkv, T, dq], v [B, Hkv, T, dv] under a window and/or
-    chunks: FlashAttention-2 where it serves (flash_serves), else compiled FlexAttention with the block mask
-    above. Returns [B, H, T, dv]."""
-    if flash_serves(q, v, window, chunk):
-        return attend_flash_local(q, k, v, scale, window, chunk)
+    chunks, through compiled FlexAttention with the block mask above. Returns [B, H, T, dv]."""
     if "flex" not in _COMPILED:
         import torch._dynamo.config as dynamo_config
         from torch.nn.attention.flex_attention import flex_attention
@@ -154,5 +121,5 @@ def attend_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
         if hasattr(dynamo_config, "recompile_limit"):
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
-    mask = block_mask(q.size(2), k.size(2), window, chunk, q.device)
+    mask = cached_block_mask(q.size(2), k.size(2), window, chunk, q.device)
     return _COMPILED["flex"](q, k, v, block_mask=mask, scale=scale, enable_gqa=k.size(1) != q.size(1))

@@ -1,7 +1,6 @@
 """Local (windowed, chunked) causal prefill: the block lists of kvplan.models.flex_prefill against a brute-force
 count of each block pair's allowed pairs, the PyTorch reference of attend_prefill against one dense mask,
-FlexAttention under the block mask (eager on the CPU, compiled on a GPU) and FlashAttention-2's own window and
-chunks as a batch (GPU) against that reference."""
+FlexAttention under the block mask (eager on the CPU, compiled on a GPU) against that reference."""
 
 import pytest
 import torch
@@ -73,16 +72,21 @@ def test_flex_under_the_block_mask_equals_the_reference(window, chunk):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("window, chunk, kv_heads, T", [(512, None, 2, 2048), (100, None, 4, 1000),
                                                         (None, 384, 1, 1500), (256, 1024, 2, 2048)])
-@pytest.mark.parametrize("flash", [True, False], ids=["flash-or-flex", "flex"])
-def test_local_kernels_on_the_gpu_equal_the_reference(window, chunk, kv_heads, T, flash, monkeypatch):
-    """FlashAttention-2's window / chunks as a batch (where flash_serves) and compiled FlexAttention (always with
-    flash=False) against the chunked reference."""
+def test_compiled_flex_on_the_gpu_equals_the_reference(window, chunk, kv_heads, T, monkeypatch):
     q, k, v = _qkv(2, 4, kv_heads, T, 128, dtype=torch.bfloat16, device="cuda")
     assert flex_prefill.serves(q, v)
-    assert flex_prefill.flash_serves(q, v, window, chunk) == ((window is None) != (chunk is None))
-    if not flash:
-        monkeypatch.setattr(flex_prefill, "flash_serves", lambda *args: False)
     got = attend_prefill(q, k, v, 0.1, window, attention_chunk=chunk)
     monkeypatch.setattr(flex_prefill, "ENABLED", False)
     expected = attend_prefill(q, k, v, 0.1, window, attention_chunk=chunk)
     torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_block_masks_are_built_once_per_pattern(monkeypatch):
+    monkeypatch.setattr(flex_prefill, "_MASKS", {})
+    first = flex_prefill.cached_block_mask(300, 300, 50, None, "cpu")
+    assert flex_prefill.cached_block_mask(300, 300, 50, None, "cpu") is first
+    assert flex_prefill.cached_block_mask(300, 300, 60, None, "cpu") is not first
+    for window in range(1, flex_prefill.MASKS_KEPT + 1):  # the oldest pattern is dropped past MASKS_KEPT
+        flex_prefill.cached_block_mask(300, 300, 100 + window, None, "cpu")
+    assert len(flex_prefill._MASKS) == flex_prefill.MASKS_KEPT
+    assert (300, 300, 50, None, "cpu") not in flex_prefill._MASKS
