@@ -16,7 +16,11 @@ a preset does:
   (m <= 16) gives b and the call time; the large ones (m >= 1024) give compute = FLOPs / ((t - call) x peak).
 - prefill_attention: causal attention at three lengths L; 1 / e(L) is linear in 1 / L, so the line through
   (1 / L, 1 / e) gives e_max = 1 / intercept and attention_half_tokens = slope / intercept.
-- decode_attention: one query over a cache at a few batch x context points; t = call + bytes / (bandwidth x b).
+- decode_attention: one query over a cache at a few batch x context points, through the decode kernel
+  kvplan.models runs (kvplan.models.triton_decode.dense_decode where Triton serves the device, else PyTorch's
+  scaled_dot_product_attention); t = call + bytes / (bandwidth x b).
+- mla_decode_attention (where the Triton kernels serve the device): kvplan.models' absorbed MLA decode kernel
+  over a latent cache at a few batch x context points, the same line.
 - elementwise: a copy; its bandwidth fraction, and the time of a tiny copy as its call time.
 The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures.
 Micro-benchmarks time each kernel alone; the network `kvplan profile` measures also runs unfused norms, RoPE,
@@ -28,7 +32,7 @@ and decode steps (measured as `kvplan profile` measures them) then solve what th
 - decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
   attention's bandwidth (least squares; its call time stays the micro-benchmark's).
 MLA's prefill attention takes the calibrated prefill attention (kvplan.models runs it through the same flash
-kernel); MLA's decode kernel keeps the preset's figures.
+kernel); MLA's decode attention is its own micro-benchmark's where one ran, else the preset's.
 Each point's prediction with the final profile and its error are stored beside it.
 """
 
@@ -73,6 +77,9 @@ class Reference:
     head_dim: int = 64
     attention_lengths: tuple[int, ...] = (128, 256, 512)
     decode_attention_points: tuple[tuple[int, int], ...] = ((1, 512), (2, 1024), (4, 2048))
+    mla_heads: int = 32  # absorbed MLA decode: query heads over a [kv_lora_rank | rope] latent row
+    mla_kv_lora_rank: int = 512
+    mla_rope_dim: int = 64
 
 
 # Prefill at the two ends of the range kvplan is asked about (4k and 128k): the attention share of prefill
@@ -121,6 +128,8 @@ def _check_below_peaks(gpu: GPU, points: dict[str, list[dict]]) -> None:
               for p in points["prefill_attention"]]
     rates += [(f"decode attention at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
                gpu.bandwidth_bytes_per_s, "B/s") for p in points["decode_attention"]]
+    rates += [(f"MLA decode attention at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
+               gpu.bandwidth_bytes_per_s, "B/s") for p in points.get("mla_decode_attention", [])]
     rates += [(f"copy of {p['bytes']} bytes", p["bytes"] / p["seconds"], gpu.bandwidth_bytes_per_s, "B/s")
               for p in points["copy"]]
     for what, rate, peak, unit in rates:
@@ -159,15 +168,49 @@ def time_prefill_attention(device: torch.device, dtype: torch.dtype, ref: Refere
 
 def time_decode_attention(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
     """One query per sequence over a cache of `context` keys and values: bytes = the cache read."""
-    points = []
+    points, kernels = [], _decode_kernels(device)
     for batch, context in ref.decode_attention_points:
         q = torch.randn(batch, ref.heads, 1, ref.head_dim, device=device, dtype=dtype)
         k, v = (torch.randn(batch, ref.heads, context, ref.head_dim, device=device, dtype=dtype) for _ in range(2))
-        seconds, _ = median_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), device,
-                                    repeats, warmup=2)
+        if kernels is None:
+            def step():
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            position, scale = torch.tensor([context - 1], device=device), ref.head_dim ** -0.5
+
+            def step():
+                return kernels.dense_decode(q[:, :, 0], k, v, position, scale)
+        seconds, _ = median_seconds(step, device, repeats, warmup=2)
         points.append({"batch": batch, "context": context, "seconds": seconds,
                        "bytes": 2 * k.numel() * k.element_size()})
         del q, k, v
+        free_memory(device)
+    return points
+
+
+def _decode_kernels(device: torch.device):
+    """kvplan.models.triton_decode where its kernels serve this device, else None."""
+    from kvplan.models import triton_decode
+
+    return triton_decode if triton_decode.enabled(torch.empty(0, device=device)) else None
+
+
+def time_mla_decode(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
+    """kvplan.models' absorbed MLA decode kernel (mla_heads query heads over a latent cache) at each of
+    decode_attention_points: bytes = the latent rows read. None where the Triton kernels do not serve."""
+    kernels = _decode_kernels(device)
+    if kernels is None:
+        return []
+    points, width = [], ref.mla_kv_lora_rank + ref.mla_rope_dim
+    for batch, context in ref.decode_attention_points:
+        q = torch.randn(batch, ref.mla_heads, width, device=device, dtype=dtype) * width ** -0.5
+        kv = torch.randn(batch, context, width, device=device, dtype=dtype)
+        position = torch.tensor([context - 1], device=device)
+        kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank)  # tunes its launch config on this shape
+        seconds, _ = median_seconds(lambda: kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank), device,
+                                    repeats, warmup=2)
+        points.append({"batch": batch, "context": context, "seconds": seconds, "bytes": kv.numel() * kv.element_size()})
+        del q, kv
         free_memory(device)
     return points
 
@@ -185,11 +228,17 @@ def time_copies(device: torch.device, ref: Reference, repeats: int) -> list[dict
     return points
 
 
-def solve_kernels(base: GPU, gemm: list[dict], attention: list[dict], decode: list[dict], copies: list[dict]):
-    """The base GPU's kernels with the measured kinds replaced (roofline.Kernels); the rest stay the preset's."""
+def solve_kernels(base: GPU, gemm: list[dict], attention: list[dict], decode: list[dict], copies: list[dict],
+                  mla_decode: list[dict] = ()):
+    """The base GPU's kernels with the measured kinds replaced (roofline.Kernels); the rest stay the preset's
+    (MLA decode too where fewer than two of its points were measured)."""
     kernels = base.kernels
     e_max, half = solve_prefill_attention(attention, base.bf16_flops)
     decode_kernel = solve_streaming(decode, base.bandwidth_bytes_per_s)
+    if len(mla_decode) >= 2:
+        mla = solve_streaming(mla_decode, base.bandwidth_bytes_per_s)
+        kernels = replace(kernels, mla_decode_attention=replace(kernels.mla_decode_attention, bandwidth=mla.bandwidth,
+                                                                call_seconds=mla.call_seconds))
     return replace(kernels, gemm=solve_gemm(gemm, base.bf16_flops, base.bandwidth_bytes_per_s),
                    prefill_attention=replace(kernels.prefill_attention, compute=e_max),
                    attention_half_tokens=half,
@@ -377,12 +426,14 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     kernel_points = {"gemm": time_gemms(device, dtype, ref, repeats),
                      "prefill_attention": time_prefill_attention(device, dtype, ref, repeats),
                      "decode_attention": time_decode_attention(device, dtype, ref, repeats),
-                     "copy": time_copies(device, ref, repeats)}
+                     "copy": time_copies(device, ref, repeats),
+                     "mla_decode_attention": time_mla_decode(device, dtype, ref, repeats)}
     if not cpu:  # a CPU's peaks are the rates measured here, so only a GPU's datasheet can be exceeded
         _check_below_peaks(base, kernel_points)
     kernels = solve_kernels(base, *kernel_points.values())
     calibrated = replace(base, compute_efficiency=None, bandwidth_efficiency=None, attention_efficiency=None,
-                         kernels=replace(kernels, source=f"gemm, prefill and decode attention, elementwise: kvplan "
+                         kernels=replace(kernels, source=f"gemm, prefill and decode attention, elementwise"
+                                         f"{', MLA decode' if kernel_points['mla_decode_attention'] else ''}: kvplan "
                                          f"calibrate on {env.get('gpu_name')} ({datetime.date.today().isoformat()}); "
                                          f"the rest: {base.kernels.source or 'none'}"),
                          source=f"{base.source}; kernels by kvplan calibrate on {env.get('gpu_name')}")
