@@ -53,14 +53,20 @@ MLA_GATHERED_SLICES = (256, 512, 1024)
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
 # MLA: (heads per program, keys per inner step, warps, pipeline stages), each with every shortest slice above;
-# TPA and dense (MHA/GQA/MQA): (keys per step, warps, stages).
+# TPA and dense (MHA/GQA/MQA): (keys per step, warps, stages, shortest slice).
 MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (32, 32, 4, 2), (32, 64, 4, 2),
                (16, 32, 4, 2)]
 # DSA indexer: (keys per step, warps, stages, 1 for keys as the product's rows).
 INDEX_CONFIGS = [(64, 4, 2, 0), (128, 4, 3, 0), (256, 8, 3, 0), (64, 4, 2, 1), (128, 4, 3, 1), (128, 8, 3, 1),
                  (256, 8, 3, 1)]
-DENSE_CONFIGS = [(64, 4, 2), (128, 4, 2), (64, 4, 3), (32, 4, 3), (128, 8, 3), (64, 8, 2)]
-TPA_CONFIGS = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
+DENSE_TILES = [(64, 4, 2), (128, 4, 2), (64, 4, 3), (128, 8, 3)]
+TPA_TILES = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
+# Shortest slice of the cache a dense or TPA program streams (each tile above is timed with each): short
+# slices fill the GPU when batch x heads is small, long ones keep the merge short (it reads every slice's
+# partial output) and each program's stream long against its start-up.
+SPLIT_KEYS = (MIN_KEYS_PER_SPLIT, 1024, 4096)
+DENSE_CONFIGS = [tiles + (keys,) for keys in SPLIT_KEYS for tiles in DENSE_TILES]
+TPA_CONFIGS = [tiles + (keys,) for keys in SPLIT_KEYS for tiles in TPA_TILES]
 
 TOPK_GROUPS = (4, 8, 16, 32)  # group sizes topk_indices tries besides a plain torch.topk (group size 1)
 
@@ -273,6 +279,10 @@ if HAVE_TRITON:
         heads = kvh * G + rows
         q = tl.load(q_ptr + (b * KV * G + heads[:, None]) * D + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :],
                     other=0.0)
+        if D == D_PAD:  # no mask along the rows: the cache loads vectorize
+            row_mask = tl.full([D_PAD], 1, tl.int1)
+        else:
+            row_mask = dim_ok
         base = (b * KV + kvh).to(tl.int64) * slots * D  # int64: B x kv x slots x d can pass 2^31
         k_ptr += base
         v_ptr += base
@@ -285,14 +295,14 @@ if HAVE_TRITON:
         for start in range(first, end, BLOCK):
             s = start + tl.arange(0, BLOCK)
             live = s < end
-            k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :], other=0.0)
+            k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & row_mask[None, :], other=0.0)
             scores = tl.dot(q, tl.trans(k)) * score_scale  # [G_PAD, BLOCK], log2 units
             scores = tl.where(live[None, :], scores, float("-inf"))
             m_new = tl.maximum(m, tl.max(scores, axis=1))
             p = tl.math.exp2(scores - m_new[:, None])
             correction = tl.math.exp2(m - m_new)
             l = l * correction + tl.sum(p, axis=1)
-            v = tl.load(v_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :], other=0.0)
+            v = tl.load(v_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & row_mask[None, :], other=0.0)
             acc = tl.dot(p.to(v.dtype), v, acc * correction[:, None])
             m = m_new
         out = (b * splits + split) * KV * G + heads
@@ -483,7 +493,9 @@ def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dty
     """acc [B, splits, H, D], m and l [B, splits, H] (fp32) -> [B, H, D] in dtype."""
     B, splits, H, D = acc.shape
     out = torch.empty(B, H, D, device=acc.device, dtype=dtype)
-    _merge_kernel[(B, H)](acc, m, l, out, splits, H=H, D=D, D_PAD=_pad(D), STEP=MERGE_SPLITS)
+    # Slices per step: MERGE_SPLITS rows of MLA's 512-wide outputs, more of narrower ones (the same registers).
+    step = max(MERGE_SPLITS, min(32, MERGE_SPLITS * 512 // _pad(D)))
+    _merge_kernel[(B, H)](acc, m, l, out, splits, H=H, D=D, D_PAD=_pad(D), STEP=step)
     return out
 
 
@@ -536,8 +548,8 @@ def dense_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, limit: torch
     LOG2E = 1.4426950408889634
 
     def launch(config):
-        block, warps, stages = config
-        splits, keys_per_split = _split_keys(B * KV, slots, block, q.device)
+        block, warps, stages, min_keys = config
+        splits, keys_per_split = _split_keys(B * KV, slots, block, q.device, min_keys=min_keys)
         acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
         l = torch.empty_like(m)
@@ -565,8 +577,8 @@ def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch
     b_q = q if b_q is None else b_q.contiguous()
 
     def launch(config):
-        block, warps, stages = config
-        splits, keys_per_split = _split_keys(B, slots, block, q.device, min_keys=MIN_KEYS_PER_SPLIT)
+        block, warps, stages, min_keys = config
+        splits, keys_per_split = _split_keys(B, slots, block, q.device, min_keys=min_keys)
         acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
         l = torch.empty_like(m)

@@ -17,10 +17,11 @@ a preset does:
 - prefill_attention: causal attention at three lengths L; 1 / e(L) is linear in 1 / L, so the line through
   (1 / L, 1 / e) gives e_max = 1 / intercept and attention_half_tokens = slope / intercept.
 - decode_attention: one query over a cache at a few batch x context points, through the decode kernel
-  kvplan.models runs (kvplan.models.triton_decode.dense_decode where Triton serves the device, else PyTorch's
-  scaled_dot_product_attention); t = call + bytes / (bandwidth x b).
+  kvplan.models runs (kvplan.models.triton_decode.dense_decode replayed from a CUDA graph, as decode steps
+  are timed, where Triton serves the device; else PyTorch's scaled_dot_product_attention);
+  t = call + bytes / (bandwidth x b).
 - mla_decode_attention (where the Triton kernels serve the device): kvplan.models' absorbed MLA decode kernel
-  over a latent cache at a few batch x context points, the same line.
+  over a latent cache at a few batch x context points (CUDA graph replays), the same line.
 - elementwise: a copy; its bandwidth fraction, and the time of a tiny copy as its call time.
 The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures.
 Micro-benchmarks time each kernel alone; the network `kvplan profile` measures also runs unfused norms, RoPE,
@@ -51,7 +52,7 @@ from kvplan.hardware import GPU, get_gpu
 from kvplan.roofline import Kernel, Kernels
 from kvplan.units import InputError, MeasurementError
 
-from .measure import Settings, measure_row
+from .measure import Settings, graph_replay, measure_row
 from .timing import default_dtype, free_memory, local_gpu, median_seconds
 
 PROFILE_FORMAT = 1
@@ -178,9 +179,12 @@ def time_decode_attention(device: torch.device, dtype: torch.dtype, ref: Referen
         else:
             position, scale = torch.tensor([context - 1], device=device), ref.head_dim ** -0.5
 
-            def step():
+            def kernel():
                 return kernels.dense_decode(q[:, :, 0], k, v, position, scale)
+            kernel()  # tunes its launch config on this shape
+            step, _ = graph_replay(kernel)
         seconds, _ = median_seconds(step, device, repeats, warmup=2)
+        del step
         points.append({"batch": batch, "context": context, "seconds": seconds,
                        "bytes": 2 * k.numel() * k.element_size()})
         del q, k, v
@@ -207,8 +211,9 @@ def time_mla_decode(device: torch.device, dtype: torch.dtype, ref: Reference, re
         kv = torch.randn(batch, context, width, device=device, dtype=dtype)
         position = torch.tensor([context - 1], device=device)
         kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank)  # tunes its launch config on this shape
-        seconds, _ = median_seconds(lambda: kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank), device,
-                                    repeats, warmup=2)
+        call, _ = graph_replay(lambda: kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank))
+        seconds, _ = median_seconds(call, device, repeats, warmup=2)
+        del call
         points.append({"batch": batch, "context": context, "seconds": seconds, "bytes": kv.numel() * kv.element_size()})
         del q, kv
         free_memory(device)

@@ -37,19 +37,13 @@ def build_network(desc: Model, batch: int, context: int, settings: Settings, kv_
                  kv_dtype=kv_dtype, seed=settings.seed)
 
 
-def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings: Settings):
-    """(call, how): a CUDA graph replay of one decode step where capture works, else the eager step."""
-    def step():
-        return net.decode(tokens, position)
-
-    if settings.device.type != "cuda" or not settings.cuda_graph:
-        return step, "eager"
-    if not getattr(net, "graph_safe", True):
-        return step, "eager (MoE routing is read on the host)"
+def graph_replay(step):
+    """(call, how): a CUDA graph replay of `step` (warmed up on a side stream, as capture requires), so timing
+    sees the GPU's work, not the host's launches; the eager step where capture fails."""
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        with torch.cuda.stream(side):
             for _ in range(3):
                 step()
         torch.cuda.current_stream().wait_stream(side)
@@ -62,6 +56,18 @@ def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings
     except Exception as error:  # noqa: BLE001 - an op that cannot be captured: time it eagerly instead
         torch.cuda.synchronize()
         return step, f"eager (graph capture failed: {type(error).__name__})"
+
+
+def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings: Settings):
+    """(call, how): a CUDA graph replay of one decode step where capture works, else the eager step."""
+    def step():
+        return net.decode(tokens, position)
+
+    if settings.device.type != "cuda" or not settings.cuda_graph:
+        return step, "eager"
+    if not getattr(net, "graph_safe", True):
+        return step, "eager (MoE routing is read on the host)"
+    return graph_replay(step)
 
 
 def _prefill(net, tokens: torch.Tensor, settings: Settings, out: dict) -> None:
