@@ -3,7 +3,8 @@
 The network is built fresh for each row with its cache sized for exactly `batch` x `context`, so the
 allocated cache is the one the estimate describes and decode reads a cache of that length.
 Prefill runs the whole `context`-token prompt; the decode step writes position context-1 (the context-th
-token, as Estimator.decode_step defines it) over the filled cache, again and again for timing.
+token, as Estimator.decode_step defines it) over the filled cache, again and again for timing, once the
+GPU's clocks are back from the prefill's power draw (timing.settle).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from kvplan.model import Model
 
 from .flops import count_flops
-from .timing import allocated_bytes, free_memory, median_seconds, synchronize
+from .timing import allocated_bytes, free_memory, median_seconds, settle, synchronize
 
 
 @dataclass
@@ -119,8 +120,11 @@ def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: 
         out["phase"] = "decode"
         step_tokens = torch.randint(0, desc.vocab_size, (batch, 1), generator=gen).to(device)
         position = torch.tensor([context - 1], dtype=torch.long, device=device)
+        # The prefill's power draw leaves the clocks lowered for a while: tune and time decode after it passes.
+        settle(device)
         call, how = _decode_callable(net, step_tokens, position, settings)
         out["decode_mode"] = how
+        settle(device)
         out["decode_seconds_measured"], _ = median_seconds(call, device, settings.repeats, 2)
         del call
 
