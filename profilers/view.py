@@ -85,13 +85,11 @@ def print_profile(profile: dict, path: str | None) -> None:
 
 def kernel_summary(kernels: dict) -> str:
     """The measured kernels of a profile in one line."""
-    gemm, attention, decode, mla, copy = (kernels[k] for k in ("gemm", "prefill_attention", "decode_attention",
-                                                               "mla_decode_attention", "elementwise"))
+    gemm, attention, decode, copy = (kernels[k] for k in ("gemm", "prefill_attention", "decode_attention", "elementwise"))
     return (f"GEMM {gemm['compute']:.1%} of peak FLOP/s, {gemm['bandwidth']:.1%} of bandwidth, "
             f"{gemm['call_seconds'] * 1e6:,.1f} us a call; prefill attention {attention['compute']:.1%} x L / (L + "
             f"{kernels['attention_half_tokens']:,.0f}); decode attention {decode['bandwidth']:.1%} of bandwidth + "
-            f"{decode['call_seconds'] * 1e6:,.1f} us; MLA decode attention {mla['bandwidth']:.1%} + "
-            f"{mla['call_seconds'] * 1e6:,.1f} us; copies {copy['bandwidth']:.1%} + {copy['call_seconds'] * 1e6:,.1f} us")
+            f"{decode['call_seconds'] * 1e6:,.1f} us; copies {copy['bandwidth']:.1%} + {copy['call_seconds'] * 1e6:,.1f} us")
 
 
 def _predicted(point: dict) -> str:
