@@ -5,22 +5,22 @@
     python3 -m kvplan.profilers.bench_prefill --out DIR --device cpu --model CONFIG --contexts 64   # checks the script
 
 Each case is the first --layers layers (2) of --model (a preset or a config.json; llama-3.1-8b) re-cast as
-kvplan.profilers.validate re-casts them (CASES: --attention specs of kvplan.recast), batch 1. gqa, mla and dsa
-re-cast the attention, and a model that already has the kind keeps its own: for deepseek-v3.2-exp "dsa" is
-the model itself and "mla" the same layers without the indexer (every other weight of the same shape);
-window (4096 tokens) and local-global (1024-token local layers alternating with global ones) put windows on the
-model's own attention. Per context (shortest first, so a run cut short keeps them) and case: the whole prefill
-(median of --repeats after a warm-up that compiles and tunes) with the kernels (FlexAttention for local layers,
-kvplan.models.triton_dsa for DSA) and, up to --torch-max tokens (0: never), without them; beside the kernels'
-time the estimate of the same slice (Estimator.row's prefill_seconds, as kvplan.profilers.sweep sets a row
-beside its estimate, whole prompts at once, for the GPU of --hardware-profile, else the h100-sxm preset) and
-its error, estimate / measured - 1. For DSA the last query chunk of one layer is also timed part by part:
-indexer scores, top-k (kvplan.models.triton_dsa.select_topk, and torch.topk), sparse attention (over
-select_topk's keys, and over the same keys in torch.topk's order). Each path's prefill peak (CUDA bytes above
-those allocated before it) is written beside the estimate of that path (Estimator.activation_bytes_per_gpu,
-flash = kernels). DIR/bench_prefill.csv is rewritten after every row (a row that runs out of memory says so in
-its status); a markdown table is printed at the end. On the CPU both paths run PyTorch, and neither peaks nor
-DSA parts are measured.
+kvplan.profilers.validate re-casts them (CASES: --attention specs of kvplan.recast), batch 1. gqa is the model as
+published (llama-3.1-8b's GQA); mla and dsa re-cast the attention, and a model that already has the kind keeps its
+own: for deepseek-v3.2-exp "dsa" is the model itself and "mla" the same layers without the indexer (every other
+weight of the same shape); window (4096 tokens) and local-global (1024-token local layers alternating with global
+ones) put windows on the model's own attention. Per context (shortest first, so a run cut short keeps them) and
+case: the whole prefill (median of --repeats after a warm-up that compiles and tunes) with the kernels
+(FlexAttention for local layers, kvplan.models.triton_dsa for DSA) and, up to --torch-max tokens (0: never), without
+them; beside the kernels' time the estimate of the same slice (Estimator.row's prefill_seconds, as
+kvplan.profilers.sweep sets a row beside its estimate, whole prompts at once, for the GPU of --hardware-profile,
+else the h100-sxm preset) and its error, estimate / measured - 1. For DSA the last query chunk of one layer is also
+timed part by part: indexer scores, top-k (kvplan.models.triton_dsa.select_topk, and torch.topk), sparse attention
+(over select_topk's keys, and over the same keys in torch.topk's order). Each path's prefill peak (CUDA bytes above
+those allocated before it) is written beside the estimate of that path (Estimator.activation_bytes_per_gpu, flash =
+kernels). DIR/bench_prefill.csv is rewritten after every row (a row that runs out of memory says so in its status);
+a markdown table is printed at the end. On the CPU both paths run PyTorch, and neither peaks nor DSA parts are
+measured.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ from .store import rows_text
 from .sweep import deployment
 from .timing import default_dtype, free_memory, median_seconds, pick_device
 
-# case -> --attention spec (kvplan.recast); a re-cast to the kind the model has keeps its own attention
-CASES = {"gqa": "gqa", "window": "window:4096", "local-global": "window:size=1024,global_every=2",
+# case -> --attention spec (kvplan.recast): "native" is the model as published; a re-cast to MLA or DSA of a model
+# that has that kind keeps its own attention
+CASES = {"gqa": "native", "window": "window:4096", "local-global": "window:size=1024,global_every=2",
          "mla": "mla", "dsa": "dsa"}
 
 
@@ -146,7 +147,7 @@ def _arguments(argv):
 def main(argv=None) -> list[dict]:
     args = _arguments(sys.argv[1:] if argv is None else argv)
     try:
-        contexts = parse_token_list(args.contexts, "--contexts")
+        contexts = sorted(parse_token_list(args.contexts, "--contexts"))
         torch_max = parse_count(args.torch_max, "--torch-max", minimum=0)
         cases = [name.strip() for name in args.cases.split(",") if name.strip()]
         unknown = [name for name in cases if name not in CASES] or ([] if cases else [args.cases])

@@ -105,10 +105,12 @@ def test_sparse_attention_at_deepseek_width(config):
         _close(got, expected, tol)
 
 
-# (attention, windows, layers, batch, prompt): test_models' tiny DSA without and with windows, and one layer of
-# DeepSeek-V3.2-Exp's attention (128 heads, latent 512, RoPE key 64, indexer 64 heads x 128) on a narrow residual.
-LAYER_CASES = {"tiny": (_DSA, (), 2, 2, 30), "tiny-window": (_DSA, (6, 6), 2, 2, 30),
-               "deepseek-v3.2-exp": (get_preset("deepseek-v3.2-exp").attention, (), 1, 1, 20)}
+# (attention, windows, layers, batch, prompt, dtype on a GPU): test_models' tiny DSA without and with windows, and
+# one layer of DeepSeek-V3.2-Exp's attention (128 heads, latent 512, RoPE key 64, indexer 64 heads x 128) on a
+# narrow residual stream, in bf16 as served: in fp32 the sparse kernel's first launch config needs 280 KiB of
+# shared memory at latent 512 (an H100 has 227 KiB), and the tuner, which skips such configs, is off here.
+LAYER_CASES = {"tiny": (_DSA, (), 2, 2, 30, torch.float32), "tiny-window": (_DSA, (6, 6), 2, 2, 30, torch.float32),
+               "deepseek-v3.2-exp": (get_preset("deepseek-v3.2-exp").attention, (), 1, 1, 20, torch.bfloat16)}
 
 
 @pytest.mark.parametrize("case", LAYER_CASES)
@@ -119,7 +121,9 @@ def test_layer_prefill_with_kernels_equals_without(case, monkeypatch):
 
     device = _kernel_device()
     monkeypatch.setattr(dsa_module, "DSA_QUERY_CHUNK", 8)
-    attention, windows, layers, batch, T = LAYER_CASES[case]
+    attention, windows, layers, batch, T, gpu_dtype = LAYER_CASES[case]
+    gpu_tol = 2e-2 if gpu_dtype == torch.float32 else 5e-2
+    dtype, tol = (gpu_dtype, gpu_tol) if device == "cuda" else (torch.float32, 1e-4)
     for topk in ([T] if device == "cuda" else [T, 5]):
         desc = tiny(replace(attention, index_topk=topk), windows=windows, layers=layers)
         toks = torch.randint(0, 61, (batch, T), generator=torch.Generator().manual_seed(2)).to(device)
@@ -127,10 +131,10 @@ def test_layer_prefill_with_kernels_equals_without(case, monkeypatch):
         for on in (True, False):
             monkeypatch.setattr(triton_decode, "ENABLED", on)
             monkeypatch.setattr(triton_dsa, "serves", lambda x, on=on: on)  # the interpreter's CPU tensors too
-            net = build(desc, max_batch=batch, max_context=T, dtype=torch.float32, device=device, seed=5)
+            net = build(desc, max_batch=batch, max_context=T, dtype=dtype, device=device, seed=5)
             outputs[on] = net.forward(toks)
             del net
-        _close(outputs[True], outputs[False], 2e-2 if device == "cuda" else 1e-4)
+        _close(outputs[True], outputs[False], tol)
 
 
 # (rows, scores per row, k): k-th largest group maximum as the bound with candidates fitting their slots, and
