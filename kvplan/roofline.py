@@ -17,7 +17,8 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - prefill_attention: causal flash attention; its compute efficiency grows with the keys a query attends and the
   width of its heads: e(L, hd) = compute x L / (L + attention_half_tokens) x r(hd) / r(128), r(hd) = hd / (hd +
   attention_half_head_dim) (fitted to vLLM's FlashAttention-3 timings; 128-wide heads at long prompts reach
-  `compute`).
+  `compute`). L is a causal prompt's length, whose queries attend L/2 keys on average; a windowed or chunked
+  layer reads the curve at twice the keys its queries attend on average (Estimator._prefill_keys).
 - decode_attention: a scan of the cache at `bandwidth`, one call per layer.
 - mla_prefill_attention / mla_decode_attention: Multi-head Latent Attention (MLA, and DSA's dense part) in its
   own kernels: prefill at e(L) = compute x L / (L + mla_half_tokens) of bf16 peak (192-wide query-key heads,
