@@ -20,12 +20,6 @@ a preset does:
   kvplan.models runs (kvplan.models.triton_decode.dense_decode replayed from a CUDA graph, as decode steps
   are timed, where Triton serves the device; else PyTorch's scaled_dot_product_attention);
   t = call + bytes / (bandwidth x b).
-- MLA decode (where the Triton kernels serve the device): kvplan.models' absorbed MLA decode kernel over a
-  latent cache at a few batch x context points (CUDA graph replays), stored beside the others but not
-  applied: the kernel alone leaves out the rest of an MLA layer's decode (the absorbed query and output
-  products, RoPE on the rope part, the latent norm: a dozen small kernels a layer), which the preset's
-  per-layer MLA figure covers (on an H100, 2 layers of llama-3.1-8b re-cast as MLA: decode errors median
-  -10.6% with the kernel's 84% + 23 us, -1.0% with the preset's 86.9% + 81 us, from the same measurements).
 - elementwise: a copy; its bandwidth fraction, and the time of a tiny copy as its call time.
 The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures.
 Micro-benchmarks time each kernel alone; the network `kvplan profile` measures also runs unfused norms, RoPE,
@@ -37,7 +31,11 @@ and decode steps (measured as `kvplan profile` measures them) then solve what th
 - decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
   attention's bandwidth (least squares; its call time stays the micro-benchmark's).
 MLA's prefill attention takes the calibrated prefill attention (kvplan.models runs it through the same flash
-kernel); MLA's decode keeps the preset's figures.
+kernel). MLA's decode keeps the preset's figures: kvplan.models' MLA decode kernel alone (timed the same way on
+an H100: 84% of bandwidth + 23 us) leaves out the rest of an MLA layer's decode (the absorbed query and output
+products, RoPE on the rope part, the latent norm: about a dozen small kernels a layer), which the preset's
+per-layer figure covers; with the kernel's figures the H100 validation's MLA and DSA decode medians were -10.6%
+and -15.6%, with the preset's -1.0% and -7.0%, from the same measurements (examples/validation-h100.md).
 Each point's prediction with the final profile and its error are stored beside it.
 """
 
@@ -82,9 +80,6 @@ class Reference:
     head_dim: int = 64
     attention_lengths: tuple[int, ...] = (128, 256, 512)
     decode_attention_points: tuple[tuple[int, int], ...] = ((1, 512), (2, 1024), (4, 2048))
-    mla_heads: int = 32  # absorbed MLA decode: query heads over a [kv_lora_rank | rope] latent row
-    mla_kv_lora_rank: int = 512
-    mla_rope_dim: int = 64
 
 
 # Prefill at the two ends of the range kvplan is asked about (4k and 128k): the attention share of prefill
@@ -133,8 +128,6 @@ def _check_below_peaks(gpu: GPU, points: dict[str, list[dict]]) -> None:
               for p in points["prefill_attention"]]
     rates += [(f"decode attention at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
                gpu.bandwidth_bytes_per_s, "B/s") for p in points["decode_attention"]]
-    rates += [(f"MLA decode attention at batch {p['batch']}, context {p['context']}", p["bytes"] / p["seconds"],
-               gpu.bandwidth_bytes_per_s, "B/s") for p in points.get("mla_decode_attention", [])]
     rates += [(f"copy of {p['bytes']} bytes", p["bytes"] / p["seconds"], gpu.bandwidth_bytes_per_s, "B/s")
               for p in points["copy"]]
     for what, rate, peak, unit in rates:
@@ -171,6 +164,13 @@ def time_prefill_attention(device: torch.device, dtype: torch.dtype, ref: Refere
     return points
 
 
+def _decode_kernels(device: torch.device):
+    """kvplan.models.triton_decode where its kernels serve this device, else None."""
+    from kvplan.models import triton_decode
+
+    return triton_decode if triton_decode.enabled(torch.empty(0, device=device)) else None
+
+
 def time_decode_attention(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
     """One query per sequence over a cache of `context` keys and values: bytes = the cache read."""
     points, kernels = [], _decode_kernels(device)
@@ -192,34 +192,6 @@ def time_decode_attention(device: torch.device, dtype: torch.dtype, ref: Referen
         points.append({"batch": batch, "context": context, "seconds": seconds,
                        "bytes": 2 * k.numel() * k.element_size()})
         del q, k, v
-        free_memory(device)
-    return points
-
-
-def _decode_kernels(device: torch.device):
-    """kvplan.models.triton_decode where its kernels serve this device, else None."""
-    from kvplan.models import triton_decode
-
-    return triton_decode if triton_decode.enabled(torch.empty(0, device=device)) else None
-
-
-def time_mla_decode(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
-    """kvplan.models' absorbed MLA decode kernel (mla_heads query heads over a latent cache) at each of
-    decode_attention_points: bytes = the latent rows read. None where the Triton kernels do not serve."""
-    kernels = _decode_kernels(device)
-    if kernels is None:
-        return []
-    points, width = [], ref.mla_kv_lora_rank + ref.mla_rope_dim
-    for batch, context in ref.decode_attention_points:
-        q = torch.randn(batch, ref.mla_heads, width, device=device, dtype=dtype) * width ** -0.5
-        kv = torch.randn(batch, context, width, device=device, dtype=dtype)
-        position = torch.tensor([context - 1], device=device)
-        kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank)  # tunes its launch config on this shape
-        call, _ = graph_replay(lambda: kernels.mla_decode(q, kv, position, ref.mla_kv_lora_rank))
-        seconds, _ = median_seconds(call, device, repeats, warmup=2)
-        del call
-        points.append({"batch": batch, "context": context, "seconds": seconds, "bytes": kv.numel() * kv.element_size()})
-        del q, kv
         free_memory(device)
     return points
 
@@ -429,11 +401,10 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     kernel_points = {"gemm": time_gemms(device, dtype, ref, repeats),
                      "prefill_attention": time_prefill_attention(device, dtype, ref, repeats),
                      "decode_attention": time_decode_attention(device, dtype, ref, repeats),
-                     "copy": time_copies(device, ref, repeats),
-                     "mla_decode_attention": time_mla_decode(device, dtype, ref, repeats)}
+                     "copy": time_copies(device, ref, repeats)}
     if not cpu:  # a CPU's peaks are the rates measured here, so only a GPU's datasheet can be exceeded
         _check_below_peaks(base, kernel_points)
-    kernels = solve_kernels(base, *(kernel_points[k] for k in ("gemm", "prefill_attention", "decode_attention", "copy")))
+    kernels = solve_kernels(base, *kernel_points.values())
     calibrated = replace(base, compute_efficiency=None, bandwidth_efficiency=None, attention_efficiency=None,
                          kernels=replace(kernels, source=f"gemm, prefill and decode attention, elementwise: kvplan "
                                          f"calibrate on {env.get('gpu_name')} ({datetime.date.today().isoformat()}); "
