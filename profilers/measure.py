@@ -4,7 +4,9 @@ The network is built fresh for each row with its cache sized for exactly `batch`
 allocated cache is the one the estimate describes and decode reads a cache of that length.
 Prefill runs the whole `context`-token prompt; the decode step writes position context-1 (the context-th
 token, as Estimator.decode_step defines it) over the filled cache, again and again for timing, once the
-GPU's clocks are back from the prefill's power draw (timing.settle).
+GPU's clocks are back from the prefill's power draw (timing.settle) and after DECODE_STEADY_SECONDS of the same
+steps (on the H100, steps timed right after a 32k or 128k prefill ran 11-18% slower than with no prefill before
+them, even once the power cap had lifted: examples/validation-h100.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,10 @@ import torch
 from kvplan.model import Model
 
 from .flops import count_flops
-from .timing import allocated_bytes, free_memory, median_seconds, settle, synchronize
+from .timing import allocated_bytes, free_memory, median_seconds, run_for, settle, synchronize
+
+
+DECODE_STEADY_SECONDS = 0.3  # decode steps run before the timed ones (a GPU only)
 
 
 @dataclass
@@ -120,11 +125,14 @@ def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: 
         out["phase"] = "decode"
         step_tokens = torch.randint(0, desc.vocab_size, (batch, 1), generator=gen).to(device)
         position = torch.tensor([context - 1], dtype=torch.long, device=device)
-        # The prefill's power draw leaves the clocks lowered for a while: tune and time decode after it passes.
+        # The prefill's power draw leaves the clocks lowered for a while: tune and time decode after it passes,
+        # and after a stretch of decode steps, so the samples see the GPU as steady decoding keeps it.
         settle(device)
         call, how = _decode_callable(net, step_tokens, position, settings)
         out["decode_mode"] = how
         settle(device)
+        if device.type == "cuda":
+            run_for(call, device, DECODE_STEADY_SECONDS)
         out["decode_seconds_measured"], _ = median_seconds(call, device, settings.repeats, 2)
         del call
 

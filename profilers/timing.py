@@ -91,6 +91,17 @@ def settle(device: torch.device) -> float:
     return time.monotonic() - began
 
 
+def run_for(fn: Callable[[], object], device: torch.device, seconds: float) -> int:
+    """Call fn again and again for `seconds` of wall time (synchronizing each call) and return the calls made:
+    a step timed after this runs in the state a stream of the same steps keeps the GPU in."""
+    began, calls = time.monotonic(), 0
+    while time.monotonic() - began < seconds:
+        fn()
+        synchronize(device)
+        calls += 1
+    return calls
+
+
 def allocated_bytes(device: torch.device) -> int | None:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 
