@@ -28,8 +28,9 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - elementwise: norms, residual adds, the gated activation: bytes read and written per token.
 - logits: the LM head GEMM on the tokens that need a logit (gemm's figures), and the fp32 logits it writes.
 - indexer, topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over every
-  visible key), the top-k selection over its fp32 scores, and sparse MLA attention, priced as the larger of its
-  FLOPs and the bytes of the latent rows each query reads. The indexer and top-k run whole on every tensor-
+  visible key), the top-k selection over its fp32 scores, and sparse MLA attention: its FLOPs (absorbed, over
+  the selected pairs) on MLA's attention figures, plus the bytes of the latent rows each query reads at
+  sparse_attention's bandwidth. The indexer and top-k run whole on every tensor-
   parallel rank (the indexer is replicated), split only over data-parallel ranks; in decode the indexer reads
   its cached keys as it scores them (one kernel: the larger of its FLOPs and those bytes).
 - communication: all-reduce and sends (kvplan.parallel) at `bandwidth` of the link and `call_seconds` per
