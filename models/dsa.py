@@ -188,7 +188,7 @@ class DSALayer(MLALayer):
             o_latent = triton_decode.mla_decode(q_cat, self.kv_cache[:B], limit, self.spec.kv_lora_rank, chosen=top)
         else:
             keys = self.read("kv_cache", B, x.dtype)
-            top = top.long()  # select_topk's are int32
+            top = top.long()  # radix_topk's are int32
             chosen = keys.gather(1, top.unsqueeze(-1).expand(-1, -1, keys.size(-1)))  # [B, k, L + R]
             allowed = self.decode_slots(input_pos)[top].unsqueeze(1)  # [B, 1, k]
             o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed)
