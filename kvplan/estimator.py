@@ -526,8 +526,26 @@ class Estimator:
                 layers * self._pairs(tokens, window, cap, start) for window, layers, cap in self._groups)
         indexer_flops = scores * self.indexer_pair_flops
         operations = self._operations(batch, tokens, batch, attention_flops - indexer_flops, cache_bytes,
-                                      sparse_bytes, indexer_flops, scores, start + tokens)
+                                      sparse_bytes, indexer_flops, scores, self._prefill_keys(tokens, start))
         return flops, self._in_chunks(operations, batch, tokens, start)
+
+    def _prefill_keys(self, tokens: int, start: int):
+        """The L at which prefill attention's efficiency curve (RooflineKernels.attention_efficiency) is read.
+        The curve is stated for causal attention over L keys, whose queries attend L/2 keys on average, so a
+        layer whose queries attend n keys on average (a window's band: n ~ window) reads it at 2n, at most the
+        context (a full layer: the context itself). Layer groups of different reach combine as the harmonic
+        mean weighted by their pairs: with efficiency ~ L / (L + half), pairs / efficiency then adds up group by
+        group."""
+        context = start + tokens
+        groups = [(window, layers) for window, layers, _ in self._groups if layers]
+        if self.model.is_encoder or all(window is None for window, _ in groups):
+            return context
+        pairs_sum = inverse_sum = 0
+        for window, layers in groups:
+            pairs = layers * self._pairs(tokens, window, window, start)
+            pairs_sum = pairs_sum + pairs
+            inverse_sum = inverse_sum + pairs / minimum(context, 2 * pairs / (layers * tokens))
+        return pairs_sum / inverse_sum
 
     def _in_chunks(self, operations: dict, batch: int, tokens: int, start: int) -> dict:
         """A prefill's operations as chunked prefill runs them: each data-parallel rank's batch x tokens go

@@ -17,7 +17,8 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - prefill_attention: causal flash attention; its compute efficiency grows with the keys a query attends and the
   width of its heads: e(L, hd) = compute x L / (L + attention_half_tokens) x r(hd) / r(128), r(hd) = hd / (hd +
   attention_half_head_dim) (fitted to vLLM's FlashAttention-3 timings; 128-wide heads at long prompts reach
-  `compute`).
+  `compute`). L is a causal prompt's length, whose queries attend L/2 keys on average; a windowed or chunked
+  layer reads the curve at twice the keys its queries attend on average (Estimator._prefill_keys).
 - decode_attention: a scan of the cache at `bandwidth`, one call per layer.
 - mla_prefill_attention / mla_decode_attention: Multi-head Latent Attention (MLA, and DSA's dense part) in its
   own kernels: prefill at e(L) = compute x L / (L + mla_half_tokens) of bf16 peak (192-wide query-key heads,
@@ -27,8 +28,9 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - elementwise: norms, residual adds, the gated activation: bytes read and written per token.
 - logits: the LM head GEMM on the tokens that need a logit (gemm's figures), and the fp32 logits it writes.
 - indexer, topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over every
-  visible key), the top-k selection over its fp32 scores, and sparse MLA attention, priced as the larger of its
-  FLOPs and the bytes of the latent rows each query reads. The indexer and top-k run whole on every tensor-
+  visible key), the top-k selection over its fp32 scores, and sparse MLA attention: its FLOPs (absorbed, over
+  the selected pairs) on MLA's attention figures, plus the bytes of the latent rows each query reads at
+  sparse_attention's bandwidth. The indexer and top-k run whole on every tensor-
   parallel rank (the indexer is replicated), split only over data-parallel ranks; in decode the indexer reads
   its cached keys as it scores them (one kernel: the larger of its FLOPs and those bytes).
 - communication: all-reduce and sends (kvplan.parallel) at `bandwidth` of the link and `call_seconds` per

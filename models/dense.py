@@ -1,4 +1,7 @@
-"""MHA / GQA / MQA: per-head K and V cached, [B, kv_heads, slots, head_dim] each."""
+"""MHA / GQA / MQA: per-head K and V cached, [B, kv_heads, slots, head_dim] each.
+
+Decode runs kvplan.models.triton_decode.dense_decode on the GPU (one pass over the cache, no score tensor in
+memory); the PyTorch path below it is the reference the kernel is tested against and what runs elsewhere."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from torch import nn
 from kvplan.kinds import DenseAttention
 from kvplan.units import ceil_div
 
+from . import triton_decode
 from .common import CacheMixin, Rope, apply_rope, attend_prefill, head_block
 
 
@@ -61,6 +65,10 @@ class DenseAttentionLayer(nn.Module, CacheMixin):
         q, k, v = self._project(x, *self.rope.at(input_pos))
         self.write("k_cache", k.transpose(1, 2), input_pos)
         self.write("v_cache", v.transpose(1, 2), input_pos)
+        if triton_decode.enabled(x) and self.k_cache.dtype == x.dtype:
+            out = triton_decode.dense_decode(q.view(B, h, d_h), self.k_cache[:B], self.v_cache[:B],
+                                             self.decode_limit(input_pos), self.scale)
+            return self._output(x, out.reshape(B, 1, h * d_h))
         keys, values = self.read("k_cache", B, x.dtype), self.read("v_cache", B, x.dtype)
         # Each KV head serves its group of query heads as the rows of one matrix product over the cache.
         q = (q.view(B, kv, h // kv, d_h) * self.scale)

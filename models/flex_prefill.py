@@ -21,6 +21,8 @@ BLOCK = 128  # queries and keys per FlexAttention block
 ENABLED = True  # False: attend_prefill takes its PyTorch path on CUDA too (for comparisons)
 _COMPILED = {}  # "flex" -> the compiled flex_attention, built on first use
 RECOMPILE_LIMIT = 64  # shapes compiled before dynamo would fall back to uncompiled flex_attention
+_MASKS = {}  # (q_len, k_len, window, chunk, device) -> BlockMask, oldest dropped first
+MASKS_KEPT = 8  # a mask holds 2 x (T / BLOCK)^2 int32 block indices: 32 MiB at 256k tokens
 
 
 def allowed(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int | None, chunk: int | None) -> torch.Tensor:
@@ -81,6 +83,17 @@ def block_mask(q_len: int, k_len: int, window: int | None, chunk: int | None, de
                                     seq_lengths=(q_len, k_len))
 
 
+def cached_block_mask(q_len: int, k_len: int, window: int | None, chunk: int | None, device):
+    """block_mask, built once per pattern: every local layer of a forward, and every forward of the same prompt
+    length, attends under the same mask (its block lists are a few small kernels and a sort)."""
+    key = (q_len, k_len, window, chunk, str(device))
+    if key not in _MASKS:
+        if len(_MASKS) >= MASKS_KEPT:
+            _MASKS.pop(next(iter(_MASKS)))
+        _MASKS[key] = block_mask(q_len, k_len, window, chunk, device)
+    return _MASKS[key]
+
+
 def serves(q: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the compiled FlexAttention path takes this call: enabled, CUDA tensors, head widths of a power of
     two in 16..256 (what its kernel tiles), and no dispatch mode (FlopCounterMode would count the kernel's
@@ -108,5 +121,5 @@ def attend_local(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
         if hasattr(dynamo_config, "recompile_limit"):
             dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, RECOMPILE_LIMIT)
         _COMPILED["flex"] = torch.compile(flex_attention, dynamic=False)
-    mask = block_mask(q.size(2), k.size(2), window, chunk, q.device)
+    mask = cached_block_mask(q.size(2), k.size(2), window, chunk, q.device)
     return _COMPILED["flex"](q, k, v, block_mask=mask, scale=scale, enable_gqa=k.size(1) != q.size(1))

@@ -1,11 +1,14 @@
-"""Optional Triton kernels for decode (used on CUDA tensors when Triton is installed): MLA's absorbed
-attention, TPA's factorized attention, and DSA's lightning indexer over its FP8 keys.
+"""Optional Triton kernels for decode (used on CUDA tensors when Triton is installed): MHA/GQA/MQA attention,
+MLA's absorbed attention, TPA's factorized attention, and DSA's lightning indexer over its FP8 keys.
 
-MLA and TPA are split-KV (flash-decoding) kernels: each program takes one sequence, one block of heads and
-one slice of the cache, streams that slice once, keeps every head's running max, sum and output in
-registers (online softmax) and writes them; `_merge_kernel` then combines the slices (log-sum-exp merge).
+Dense (MHA/GQA/MQA), MLA and TPA are split-KV (flash-decoding) kernels: each program takes one sequence,
+one block of heads and one slice of the cache, streams that slice once, keeps every head's running max, sum
+and output in registers (online softmax) and writes them; `_merge_kernel` then combines the slices (log-sum-exp merge).
 Keys past input_pos are masked (and whole blocks past it skipped) on the device, so a step captures in a
 CUDA graph.
+Dense: a program takes the query heads of one KV head; in PyTorch the step writes a score per (head, slot),
+masks it, and reads and writes it again for the softmax, which at MQA's one KV head moves about as many
+bytes as the cache itself.
 MLA: a program takes up to 64 heads of one sequence, so each cached [latent | rope key] row is read from
 memory once per head block; scores are one [heads, L + R] x [L + R, keys] tensor-core product, and the same
 latent tile (already on chip) is the value: P x latent accumulates [heads, L]. In PyTorch the scores and
@@ -54,7 +57,7 @@ MLA_GATHERED_SLICES = (256, 512, 1024)
 # Launch settings tried on the first call of each shape (timed on the GPU, outside graph capture); the first
 # entry serves where no timing is possible (the interpreter, or a shape first seen during capture).
 # MLA: (heads per program, keys per inner step, warps, pipeline stages), each with every shortest slice above;
-# TPA: (keys per step, warps, stages).
+# TPA and dense (MHA/GQA/MQA): (keys per step, warps, stages, shortest slice).
 MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (32, 32, 4, 2), (32, 64, 4, 2),
                (16, 32, 4, 2)]
 # DSA indexer: (keys per step, warps, stages, 1 for keys as the product's rows, 1 for FP8 tensor cores (where the
@@ -62,7 +65,14 @@ MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (
 INDEX_CONFIGS = [(128, 4, 3, 1, 1, 8), (128, 8, 3, 1, 1, 8), (256, 8, 3, 1, 1, 8), (128, 4, 4, 1, 1, 8),
                  (64, 4, 4, 1, 1, 8), (256, 8, 2, 1, 1, 4), (128, 4, 3, 1, 1, 16), (128, 4, 3, 0, 1, 8),
                  (128, 8, 3, 1, 0, 8), (128, 4, 3, 1, 0, 8), (64, 4, 2, 0, 0, 8)]
-TPA_CONFIGS = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
+DENSE_TILES = [(64, 4, 2), (128, 4, 2), (64, 4, 3), (128, 8, 3)]
+TPA_TILES = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
+# Shortest slice of the cache a dense or TPA program streams (each tile above is timed with each): short
+# slices fill the GPU when batch x heads is small, long ones keep the merge short (it reads every slice's
+# partial output) and each program's stream long against its start-up.
+SPLIT_KEYS = (MIN_KEYS_PER_SPLIT, 1024, 4096)
+DENSE_CONFIGS = [tiles + (keys,) for keys in SPLIT_KEYS for tiles in DENSE_TILES]
+TPA_CONFIGS = [tiles + (keys,) for keys in SPLIT_KEYS for tiles in TPA_TILES]
 
 TOPK_GROUPS = (4, 8, 16, 32)  # group sizes topk_indices tries besides a plain torch.topk (group size 1)
 
@@ -256,6 +266,55 @@ if HAVE_TRITON:
         tl.store(acc_ptr + out[:, None] * D + dims[None, :], acc, mask=head_ok[:, None] & dim_ok[None, :])
         tl.store(m_ptr + out, m, mask=head_ok)
         tl.store(l_ptr + out, l, mask=head_ok)
+
+
+    @triton.jit
+    def _dense_decode_kernel(q_ptr, k_ptr, v_ptr, limit_ptr, acc_ptr, m_ptr, l_ptr, slots, keys_per_split, splits,
+                             score_scale, KV: tl.constexpr, G: tl.constexpr, D: tl.constexpr, G_PAD: tl.constexpr,
+                             D_PAD: tl.constexpr, BLOCK: tl.constexpr):
+        # One program: the G query heads of one KV head of one sequence over one slice of its cache. Each cached
+        # key and value row is read once for the whole group; the group's heads are the rows (M) of both
+        # tensor-core products (padded to 16 rows: MHA's single head wastes tensor-core work, not bandwidth).
+        kvh = tl.program_id(0)
+        b = tl.program_id(1)
+        split = tl.program_id(2)
+        rows = tl.arange(0, G_PAD)
+        dims = tl.arange(0, D_PAD)
+        row_ok = rows < G
+        dim_ok = dims < D
+        heads = kvh * G + rows
+        q = tl.load(q_ptr + (b * KV * G + heads[:, None]) * D + dims[None, :], mask=row_ok[:, None] & dim_ok[None, :],
+                    other=0.0)
+        if D == D_PAD:  # no mask along the rows: the cache loads vectorize
+            row_mask = tl.full([D_PAD], 1, tl.int1)
+        else:
+            row_mask = dim_ok
+        base = (b * KV + kvh).to(tl.int64) * slots * D  # int64: B x kv x slots x d can pass 2^31
+        k_ptr += base
+        v_ptr += base
+        m = tl.full([G_PAD], -1e30, tl.float32)
+        l = tl.zeros([G_PAD], tl.float32)
+        acc = tl.zeros([G_PAD, D_PAD], tl.float32)
+        limit = tl.load(limit_ptr).to(tl.int32)
+        first = split * keys_per_split
+        end = tl.minimum(tl.minimum(first + keys_per_split, limit + 1), slots)  # later slots: not read at all
+        for start in range(first, end, BLOCK):
+            s = start + tl.arange(0, BLOCK)
+            live = s < end
+            k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & row_mask[None, :], other=0.0)
+            scores = tl.dot(q, tl.trans(k)) * score_scale  # [G_PAD, BLOCK], log2 units
+            scores = tl.where(live[None, :], scores, float("-inf"))
+            m_new = tl.maximum(m, tl.max(scores, axis=1))
+            p = tl.math.exp2(scores - m_new[:, None])
+            correction = tl.math.exp2(m - m_new)
+            l = l * correction + tl.sum(p, axis=1)
+            v = tl.load(v_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & row_mask[None, :], other=0.0)
+            acc = tl.dot(p.to(v.dtype), v, acc * correction[:, None])
+            m = m_new
+        out = (b * splits + split) * KV * G + heads
+        tl.store(acc_ptr + out[:, None] * D + dims[None, :], acc, mask=row_ok[:, None] & dim_ok[None, :])
+        tl.store(m_ptr + out, m * 0.6931471805599453, mask=row_ok)  # natural-log units, as the merge takes them
+        tl.store(l_ptr + out, l, mask=row_ok)
 
 
     @triton.jit
@@ -588,7 +647,9 @@ def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dty
     """acc [B, splits, H, D], m and l [B, splits, H] (fp32) -> [B, H, D] in dtype."""
     B, splits, H, D = acc.shape
     out = torch.empty(B, H, D, device=acc.device, dtype=dtype)
-    _merge_kernel[(B, H)](acc, m, l, out, splits, H=H, D=D, D_PAD=_pad(D), STEP=MERGE_SPLITS)
+    # Slices per step: MERGE_SPLITS rows of MLA's 512-wide outputs, more of narrower ones (the same registers).
+    step = max(MERGE_SPLITS, min(32, MERGE_SPLITS * 512 // _pad(D)))
+    _merge_kernel[(B, H)](acc, m, l, out, splits, H=H, D=D, D_PAD=_pad(D), STEP=step)
     return out
 
 
@@ -627,6 +688,33 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
     return launch(_fastest(key, configs, launch))
 
 
+def dense_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, limit: torch.Tensor, scale: float
+                 ) -> torch.Tensor:
+    """softmax_s(scale q[h] . k[s]) v[s] over slots s <= limit of each head's KV head -> [B, h, d].
+
+    q [B, h, d]; k and v [B, kv, slots, d], contiguous, in q's dtype; query head i reads KV head i // (h / kv)
+    (MHA: kv = h, MQA: kv = 1). limit: a one-element tensor (the decode position, or its offset in a chunked
+    layer's chunk). Static shapes and no host reads: capturable in a CUDA graph.
+    """
+    B, H, D = q.shape
+    KV, slots = k.size(1), k.size(2)
+    q = q.contiguous()
+    LOG2E = 1.4426950408889634
+
+    def launch(config):
+        block, warps, stages, min_keys = config
+        splits, keys_per_split = _split_keys(B * KV, slots, block, q.device, min_keys=min_keys)
+        acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
+        m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
+        l = torch.empty_like(m)
+        _dense_decode_kernel[(KV, B, splits)](q, k, v, limit, acc, m, l, slots, keys_per_split, splits,
+                                              scale * LOG2E, KV=KV, G=H // KV, D=D, G_PAD=_pad(H // KV),
+                                              D_PAD=_pad(D), BLOCK=block, num_warps=warps, num_stages=stages)
+        return _merge(acc, m, l, q.dtype)  # timed with the kernel: more slices leave the merge more
+
+    return launch(_fastest(("dense", B, H, KV, D, slots, q.dtype), DENSE_CONFIGS, launch))
+
+
 def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch.Tensor, b_v: torch.Tensor,
                input_pos: torch.Tensor, b_q: torch.Tensor | None = None) -> torch.Tensor:
     """sum over live slots s of softmax_s(sum_r A_K[r,h,s] (q[h] . B_K[s,r])) sum_r A_V[r,h,s] B_V[s,r] -> [B, h, d].
@@ -643,8 +731,8 @@ def tpa_decode(q: torch.Tensor, a_k: torch.Tensor, b_k: torch.Tensor, a_v: torch
     b_q = q if b_q is None else b_q.contiguous()
 
     def launch(config):
-        block, warps, stages = config
-        splits, keys_per_split = _split_keys(B, slots, block, q.device, min_keys=MIN_KEYS_PER_SPLIT)
+        block, warps, stages, min_keys = config
+        splits, keys_per_split = _split_keys(B, slots, block, q.device, min_keys=min_keys)
         acc = torch.empty(B, splits, H, D, device=q.device, dtype=torch.float32)
         m = torch.empty(B, splits, H, device=q.device, dtype=torch.float32)
         l = torch.empty_like(m)

@@ -9,8 +9,8 @@ filled with random values for exactly batch x context tokens (decode writes posi
 a step must read are the estimate's (Estimator.weights_read_bytes + decode_cache_read_bytes: every weight,
 every cached byte, DSA only its top-k latents); achieved bandwidth = bytes / step time, set against a large
 device copy measured here (bytes read + written). TPA and MHA share d_model and heads (t6-medium), so the
-ratio of their step times can be set against the ratio of their cache bytes. MLA, TPA and DSA run twice:
-through the Triton kernels (kvplan.models.triton_decode; the launch config each kernel timed fastest on the
+ratio of their step times can be set against the ratio of their cache bytes. Each kind but the window runs
+twice: through the Triton kernels (kvplan.models.triton_decode; the launch config each kernel timed fastest on the
 first call is in the kernel_config column) and through the PyTorch path (the "-torch" rows); TPA also runs
 in the contraction order its shape does not pick (the "tpa-rebuild" rows at t6-medium, where FlashTPA's order
 is the one with fewer FLOPs).
@@ -49,7 +49,7 @@ GiB = 2**30
 class Case:
     kind: str
     model: Model  # already sliced
-    triton: bool = True  # False: MLA/TPA/DSA decode through the PyTorch path even where a Triton kernel could run
+    triton: bool = True  # False: decode through the PyTorch path even where a Triton kernel could run
     order: str | None = None  # TPA's decode contraction order; None: the one TPA.decode_order picks
 
 
@@ -57,8 +57,11 @@ def gpu_cases() -> list[Case]:
     llama, t6 = get_preset("llama-3.1-8b"), get_preset("t6-medium")
     return [
         Case("gqa", sliced(llama, 4)),
+        Case("gqa-torch", sliced(llama, 4), triton=False),
         Case("mqa", sliced(recast(llama, "mqa"), 4)),
+        Case("mqa-torch", sliced(recast(llama, "mqa"), 4), triton=False),
         Case("mha", sliced(recast(t6, "mha"), 2)),  # t6-medium's 47 heads of 64, as TPA below
+        Case("mha-torch", sliced(recast(t6, "mha"), 2), triton=False),
         Case("tpa", sliced(t6, 2)),  # the Triton kernel where Triton is installed
         Case("tpa-torch", sliced(t6, 2), triton=False),
         Case("tpa-rebuild", sliced(t6, 2), order="rebuild"),  # the order t6-medium does not pick, for comparison
@@ -127,7 +130,7 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
             call, how = _decode_callable(net, tokens, position, Settings(device=device, dtype=dtype))
             seconds, _ = median_seconds(call, device, repeats, warmup=3)
             del call
-        if case.kind.startswith(("tpa", "dsa", "mla")) and device.type == "cuda":
+        if device.type == "cuda":
             how += " + triton" if case.triton and triton_decode.HAVE_TRITON else " (pytorch path)"
             row["kernel_config"] = " ".join(f"{key[0]}:{'x'.join(map(str, config))}"
                                             for key, config in triton_decode.CHOSEN.items())

@@ -16,7 +16,10 @@ a preset does:
   (m <= 16) gives b and the call time; the large ones (m >= 1024) give compute = FLOPs / ((t - call) x peak).
 - prefill_attention: causal attention at three lengths L; 1 / e(L) is linear in 1 / L, so the line through
   (1 / L, 1 / e) gives e_max = 1 / intercept and attention_half_tokens = slope / intercept.
-- decode_attention: one query over a cache at a few batch x context points; t = call + bytes / (bandwidth x b).
+- decode_attention: one query over a cache at a few batch x context points, through the decode kernel
+  kvplan.models runs (kvplan.models.triton_decode.dense_decode replayed from a CUDA graph, as decode steps
+  are timed, where Triton serves the device; else PyTorch's scaled_dot_product_attention);
+  t = call + bytes / (bandwidth x b).
 - elementwise: a copy; its bandwidth fraction, and the time of a tiny copy as its call time.
 The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's figures.
 Micro-benchmarks time each kernel alone; the network `kvplan profile` measures also runs unfused norms, RoPE,
@@ -28,7 +31,11 @@ and decode steps (measured as `kvplan profile` measures them) then solve what th
 - decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
   attention's bandwidth (least squares; its call time stays the micro-benchmark's).
 MLA's prefill attention takes the calibrated prefill attention (kvplan.models runs it through the same flash
-kernel); MLA's decode kernel keeps the preset's figures.
+kernel). MLA's decode keeps the preset's figures: kvplan.models' MLA decode kernel alone (timed the same way on
+an H100: 84% of bandwidth + 23 us) leaves out the rest of an MLA layer's decode (the absorbed query and output
+products, RoPE on the rope part, the latent norm: about a dozen small kernels a layer), which the preset's
+per-layer figure covers; with the kernel's figures the H100 validation's MLA and DSA decode medians were -10.6%
+and -15.6%, with the preset's -1.0% and -7.0%, from the same measurements (examples/validation-h100.md).
 Each point's prediction with the final profile and its error are stored beside it.
 """
 
@@ -47,7 +54,7 @@ from kvplan.hardware import GPU, get_gpu
 from kvplan.roofline import Kernel, Kernels
 from kvplan.units import InputError, MeasurementError
 
-from .measure import Settings, measure_row
+from .measure import Settings, graph_replay, measure_row
 from .timing import default_dtype, free_memory, local_gpu, median_seconds
 
 PROFILE_FORMAT = 1
@@ -157,14 +164,31 @@ def time_prefill_attention(device: torch.device, dtype: torch.dtype, ref: Refere
     return points
 
 
+def _decode_kernels(device: torch.device):
+    """kvplan.models.triton_decode where its kernels serve this device, else None."""
+    from kvplan.models import triton_decode
+
+    return triton_decode if triton_decode.enabled(torch.empty(0, device=device)) else None
+
+
 def time_decode_attention(device: torch.device, dtype: torch.dtype, ref: Reference, repeats: int) -> list[dict]:
     """One query per sequence over a cache of `context` keys and values: bytes = the cache read."""
-    points = []
+    points, kernels = [], _decode_kernels(device)
     for batch, context in ref.decode_attention_points:
         q = torch.randn(batch, ref.heads, 1, ref.head_dim, device=device, dtype=dtype)
         k, v = (torch.randn(batch, ref.heads, context, ref.head_dim, device=device, dtype=dtype) for _ in range(2))
-        seconds, _ = median_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v), device,
-                                    repeats, warmup=2)
+        if kernels is None:
+            def step():
+                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            position, scale = torch.tensor([context - 1], device=device), ref.head_dim ** -0.5
+
+            def kernel():
+                return kernels.dense_decode(q[:, :, 0], k, v, position, scale)
+            kernel()  # tunes its launch config on this shape
+            step, _ = graph_replay(kernel)
+        seconds, _ = median_seconds(step, device, repeats, warmup=2)
+        del step
         points.append({"batch": batch, "context": context, "seconds": seconds,
                        "bytes": 2 * k.numel() * k.element_size()})
         del q, k, v

@@ -3,7 +3,10 @@
 The network is built fresh for each row with its cache sized for exactly `batch` x `context`, so the
 allocated cache is the one the estimate describes and decode reads a cache of that length.
 Prefill runs the whole `context`-token prompt; the decode step writes position context-1 (the context-th
-token, as Estimator.decode_step defines it) over the filled cache, again and again for timing.
+token, as Estimator.decode_step defines it) over the filled cache, again and again for timing, once the
+GPU's clocks are back from the prefill's power draw (timing.settle) and after DECODE_STEADY_SECONDS of the same
+steps (on the H100, steps timed right after a 32k or 128k prefill ran 11-18% slower than with no prefill before
+them, even once the power cap had lifted: examples/validation-h100.md).
 """
 
 from __future__ import annotations
@@ -15,7 +18,10 @@ import torch
 from kvplan.model import Model
 
 from .flops import count_flops
-from .timing import allocated_bytes, free_memory, median_seconds, synchronize
+from .timing import allocated_bytes, free_memory, median_seconds, run_for, settle, synchronize
+
+
+DECODE_STEADY_SECONDS = 0.3  # decode steps run before the timed ones (a GPU only)
 
 
 @dataclass
@@ -37,19 +43,13 @@ def build_network(desc: Model, batch: int, context: int, settings: Settings, kv_
                  kv_dtype=kv_dtype, seed=settings.seed)
 
 
-def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings: Settings):
-    """(call, how): a CUDA graph replay of one decode step where capture works, else the eager step."""
-    def step():
-        return net.decode(tokens, position)
-
-    if settings.device.type != "cuda" or not settings.cuda_graph:
-        return step, "eager"
-    if not getattr(net, "graph_safe", True):
-        return step, "eager (MoE routing is read on the host)"
+def graph_replay(step):
+    """(call, how): a CUDA graph replay of `step` (warmed up on a side stream, as capture requires), so timing
+    sees the GPU's work, not the host's launches; the eager step where capture fails."""
     try:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # warm-up off the default stream, as capture requires
+        with torch.cuda.stream(side):
             for _ in range(3):
                 step()
         torch.cuda.current_stream().wait_stream(side)
@@ -62,6 +62,18 @@ def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings
     except Exception as error:  # noqa: BLE001 - an op that cannot be captured: time it eagerly instead
         torch.cuda.synchronize()
         return step, f"eager (graph capture failed: {type(error).__name__})"
+
+
+def _decode_callable(net, tokens: torch.Tensor, position: torch.Tensor, settings: Settings):
+    """(call, how): a CUDA graph replay of one decode step where capture works, else the eager step."""
+    def step():
+        return net.decode(tokens, position)
+
+    if settings.device.type != "cuda" or not settings.cuda_graph:
+        return step, "eager"
+    if not getattr(net, "graph_safe", True):
+        return step, "eager (MoE routing is read on the host)"
+    return graph_replay(step)
 
 
 def _prefill(net, tokens: torch.Tensor, settings: Settings, out: dict) -> None:
@@ -113,8 +125,14 @@ def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: 
         out["phase"] = "decode"
         step_tokens = torch.randint(0, desc.vocab_size, (batch, 1), generator=gen).to(device)
         position = torch.tensor([context - 1], dtype=torch.long, device=device)
+        # The prefill's power draw leaves the clocks lowered for a while: tune and time decode after it passes,
+        # and after a stretch of decode steps, so the samples see the GPU as steady decoding keeps it.
+        settle(device)
         call, how = _decode_callable(net, step_tokens, position, settings)
         out["decode_mode"] = how
+        settle(device)
+        if device.type == "cuda":
+            run_for(call, device, DECODE_STEADY_SECONDS)
         out["decode_seconds_measured"], _ = median_seconds(call, device, settings.repeats, 2)
         del call
 

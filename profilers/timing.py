@@ -64,6 +64,44 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+POWER_CAPPED = 0x4  # NVML's clocks-event reason: clocks lowered to hold the power limit
+SETTLE_SECONDS = 1.5  # longest wait for the clocks to come back after a power-capped burst
+
+
+def settle(device: torch.device) -> float:
+    """Wait (at most SETTLE_SECONDS) until the GPU no longer holds its clocks down for power, and return the
+    seconds waited. A long prefill draws the power limit and leaves the SM clocks lowered for a while; a decode
+    step timed then runs several percent slower than the same step in steady decoding (measured on an H200:
+    1485-1815 MHz and +6% right after a 32k prefill, 1980 MHz and equal after 1 s). No wait without a GPU or
+    without pynvml."""
+    if device.type != "cuda":
+        return 0.0
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device() if device.index is None else device.index)
+    except Exception:  # noqa: BLE001 - no NVML here: nothing to wait on
+        return 0.0
+    began = time.monotonic()
+    while time.monotonic() - began < SETTLE_SECONDS:
+        if not pynvml.nvmlDeviceGetCurrentClocksThrottleReasons(handle) & POWER_CAPPED:
+            break
+        time.sleep(0.02)
+    return time.monotonic() - began
+
+
+def run_for(fn: Callable[[], object], device: torch.device, seconds: float) -> int:
+    """Call fn again and again for `seconds` of wall time (synchronizing each call) and return the calls made:
+    a step timed after this runs in the state a stream of the same steps keeps the GPU in."""
+    began, calls = time.monotonic(), 0
+    while time.monotonic() - began < seconds:
+        fn()
+        synchronize(device)
+        calls += 1
+    return calls
+
+
 def allocated_bytes(device: torch.device) -> int | None:
     return torch.cuda.memory_allocated(device) if device.type == "cuda" else None
 

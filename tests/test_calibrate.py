@@ -65,6 +65,7 @@ def test_calibration_recovers_known_kernels_from_synthetic_timings():
     copies = [{"bytes": b, "seconds": 2e-6 + b / (hbm * 0.85)} for b in (2**17, 2**32)]
     base = replace(GPUS["h100-sxm"], bf16_flops=peak, bandwidth_bytes_per_s=hbm)
     k = cal.solve_kernels(base, gemm, attention, decode, copies)
+    assert k.mla_decode_attention == GPUS["h100-sxm"].kernels.mla_decode_attention  # the preset's (the docstring)
     assert (k.gemm.compute, k.gemm.bandwidth, k.gemm.call_seconds) == (pytest.approx(0.75), pytest.approx(0.8),
                                                                        pytest.approx(4e-6))
     assert k.prefill_attention.compute == pytest.approx(0.6) and k.attention_half_tokens == pytest.approx(2000)

@@ -414,6 +414,27 @@ def test_chunked_prefill_reads_the_weights_and_pays_the_calls_of_every_forward()
     assert est("llama-3.1-8b", prefill_chunk=K).row(1, K)["prefill_seconds"] == whole["prefill_seconds"]
 
 
+@pytest.mark.parametrize("attention", ["window:4096", "window:size=1024,global_every=2", "native"])
+def test_windowed_prefill_reads_the_attention_curve_at_twice_its_keys_per_query(attention):
+    # The flash curve e(L) is stated for causal attention over L keys (L/2 keys per query on average): a layer
+    # group whose queries attend n keys on average reads it at min(2 n, context), and groups combine as the
+    # pair-weighted harmonic mean of their L. llama-3.1-8b, one 32k prompt in one forward, 32 heads x 128.
+    T = 32 * K
+    estimator = est("llama-3.1-8b", attention=attention, prefill_chunk=0)
+    kernels = estimator.deployment.gpu.kernel_figures
+    groups = {"window:4096": [(32, 4096)], "native": [(32, None)],
+              "window:size=1024,global_every=2": [(16, 1024), (16, None)]}[attention]
+    pairs = {w: n * (windowed_pairs(T, w) if w else causal_pairs(T)) for n, w in groups}
+    reach = {w: min(T, 2 * pairs[w] / (n * T)) for n, w in groups}
+    L = sum(pairs.values()) / sum(pairs[w] / reach[w] for w in pairs)
+    flops = sum(pairs.values()) * 2 * 2 * 32 * 128  # scores and values, 32 heads of 128
+    expected = 32 * kernels.prefill_attention.call_seconds + flops / (
+        989.4e12 * kernels.attention_efficiency(L, 128))
+    assert estimator.row(1, T)["prefill_attention_seconds"] == pytest.approx(expected, rel=1e-9)
+    if attention == "native":
+        assert L == T
+
+
 def test_mla_attention_by_hand():
     # deepseek-v3 on 8 H200s (tp 8: 16 of 128 heads per GPU), fp8: a 4k prompt in one forward, then one decode
     # step. MLA's kernels (vLLM's MLA block less its projections, aiconfigurator's H200 tables): prefill

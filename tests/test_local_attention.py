@@ -79,3 +79,14 @@ def test_compiled_flex_on_the_gpu_equals_the_reference(window, chunk, kv_heads, 
     monkeypatch.setattr(flex_prefill, "ENABLED", False)
     expected = attend_prefill(q, k, v, 0.1, window, attention_chunk=chunk)
     torch.testing.assert_close(got.float(), expected.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_block_masks_are_built_once_per_pattern(monkeypatch):
+    monkeypatch.setattr(flex_prefill, "_MASKS", {})
+    first = flex_prefill.cached_block_mask(300, 300, 50, None, "cpu")
+    assert flex_prefill.cached_block_mask(300, 300, 50, None, "cpu") is first
+    assert flex_prefill.cached_block_mask(300, 300, 60, None, "cpu") is not first
+    for window in range(1, flex_prefill.MASKS_KEPT + 1):  # the oldest pattern is dropped past MASKS_KEPT
+        flex_prefill.cached_block_mask(300, 300, 100 + window, None, "cpu")
+    assert len(flex_prefill._MASKS) == flex_prefill.MASKS_KEPT
+    assert (300, 300, 50, None, "cpu") not in flex_prefill._MASKS

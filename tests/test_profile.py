@@ -276,3 +276,13 @@ def test_cuda_rows_too_large_still_run(tiny, monkeypatch):
     monkeypatch.setattr(memory, "available_bytes", lambda device: 1)
     plan = _sweep(tiny, settings=Settings(device=torch.device("cuda"), dtype=torch.bfloat16, repeats=1))
     assert "4 row(s) need more than" in memory.check_memory(plan)
+
+
+def test_decode_timing_waits_only_on_a_gpu_and_runs_steady_steps():
+    from kvplan.profilers import timing
+
+    cpu = torch.device("cpu")
+    assert timing.settle(cpu) == 0.0  # no clocks to wait for
+    calls = []
+    made = timing.run_for(lambda: calls.append(1), cpu, 0.02)
+    assert made == len(calls) >= 1

@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from kvplan.kinds import MLA, TPA
+from kvplan.kinds import MLA, TPA, DenseAttention
 from kvplan.models import build
 from kvplan.models.common import decode_mask
 from kvplan.models.mla import latent_attention
@@ -87,6 +87,29 @@ def test_tpa_kernel_equals_pytorch_path(shape):
                 expected = layer._attend_flash(a_q, b_q, position)
                 got = triton_decode.tpa_decode(a_q, layer.a_k, layer.b_k, layer.a_v, layer.b_v, position, b_q=b_q)
                 _close(got, expected, tol)
+
+
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(4, 4, 12), (6, 2, 8), (8, 1, 64), (3, 3, 128)],
+                         ids=["mha", "gqa", "mqa", "mha-128"])
+def test_dense_kernel_equals_softmax_over_live_slots(heads, kv_heads, head_dim):
+    """dense_decode against softmax(q k^T * scale) v written out over the slots <= position, with caches
+    long enough for several split-KV slices (600 slots: three slices of 256 keys)."""
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    gen = torch.Generator().manual_seed(11)
+    group = heads // kv_heads
+    for dtype, tol in _dtypes(device):
+        for slots, pos in POSITIONS + ((600, 599), (600, 300)):
+            q = torch.randn(2, heads, head_dim, generator=gen).to(device, dtype)
+            k = torch.randn(2, kv_heads, slots, head_dim, generator=gen).to(device, dtype)
+            v = torch.randn(2, kv_heads, slots, head_dim, generator=gen).to(device, dtype)
+            scale = head_dim ** -0.5
+            keys = k.repeat_interleave(group, 1)[:, :, :pos + 1].float()  # [2, heads, live, d]
+            weights = torch.softmax((q.float()[:, :, None, :] * keys).sum(-1) * scale, dim=-1)
+            expected = (weights[..., None] * v.repeat_interleave(group, 1)[:, :, :pos + 1].float()).sum(2)
+            got = triton_decode.dense_decode(q, k, v, torch.tensor([pos], device=device), scale)
+            _close(got, expected, tol)
 
 
 @pytest.mark.parametrize("spec", [_MLA, replace(_MLA, n_heads=20, kv_lora_rank=64, qk_rope_head_dim=16)],
@@ -178,16 +201,23 @@ _TPA_FLASH = TPA(n_heads=6, head_dim=8, q_rank=3, k_rank=2, v_rank=1)  # decode_
 _TPA_REBUILD = TPA(n_heads=3, head_dim=8, q_rank=4, k_rank=2, v_rank=2)  # decode_order "rebuild"
 
 
-@pytest.mark.parametrize("attention, windows", [(_MLA, ()), (_MLA, (7, None)), (_DSA, ()), (_DSA, (7, None)),
-                                                (_TPA_FLASH, (7, None)), (_TPA_REBUILD, (7, None))],
-                         ids=["mla", "mla-ring", "dsa", "dsa-ring", "tpa-flash-ring", "tpa-rebuild-ring"])
-def test_layer_decode_with_kernel_equals_without(attention, windows, monkeypatch):
+_MHA, _GQA, _MQA = DenseAttention(4, 4, 12), DenseAttention(6, 2, 8, qkv_bias=True), DenseAttention(4, 1, 12)
+
+
+@pytest.mark.parametrize("attention, windows, chunked", [
+    (_MLA, (), False), (_MLA, (7, None), False), (_DSA, (), False), (_DSA, (7, None), False),
+    (_TPA_FLASH, (7, None), False), (_TPA_REBUILD, (7, None), False), (_MHA, (), False), (_GQA, (7, None), False),
+    (_MQA, (), False), (_GQA, (5, None), True)],
+    ids=["mla", "mla-ring", "dsa", "dsa-ring", "tpa-flash-ring", "tpa-rebuild-ring", "mha", "gqa-ring", "mqa",
+         "gqa-chunked"])
+def test_layer_decode_with_kernel_equals_without(attention, windows, chunked, monkeypatch):
     """Whole decode steps with the kernel on and off: from a 3-token prompt (DSA's top-5 then holds keys
-    that may not be attended, which the kernel skips by position) to past a ring's wrap."""
+    that may not be attended, which the kernel skips by position) to past a ring's wrap and, chunked, across
+    chunk boundaries (the limit restarts at each chunk)."""
     from kvplan.models import triton_decode
 
     device = _kernel_device()
-    desc = tiny(attention, windows=windows)
+    desc = tiny(attention, windows=windows, chunked=chunked)
     toks = torch.randint(0, desc.vocab_size, (2, 14), generator=torch.Generator().manual_seed(3)).to(device)
     outputs = {}
     for on in (True, False):
