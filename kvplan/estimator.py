@@ -438,6 +438,10 @@ class Estimator:
                           else k.attention_efficiency(prefill_keys, self._head_dim))
             attention = n_layers * prefill.call_seconds + maximum(
                 attention_flops / (gpus * bf16 * efficiency), attention_bytes / (gpus * bandwidth * prefill.bandwidth))
+        # The indexer and the top-k run once a layer in decode, and in prefill once a layer per query chunk of the
+        # kind (prefill_query_chunk: the queries one indexer call scores and one top-k call selects for).
+        query_chunk = None if prefill_keys is None else self.model.attention.prefill_query_chunk
+        indexer_calls = n_layers * (ceil_div(tokens, query_chunk) if query_chunk else 1)
         if self._sparse:  # the selected latent rows each query reads, on every tensor-parallel rank
             attention = attention + k.sparse_attention.seconds(0, sparse_bytes / ranks, bf16, bandwidth, 0)
         seconds = {
@@ -446,8 +450,8 @@ class Estimator:
                     if self._moe_layers else 0.0),
             "attention": attention,
             "indexer": (k.indexer.seconds(indexer_flops / ranks, indexer_bytes / gpus, gpu.fp8_flops or bf16, bandwidth,
-                                          n_layers)
-                        + k.topk.seconds(0, indexer_scores * SCORE_BYTES / ranks, bf16, bandwidth, n_layers)
+                                          indexer_calls)
+                        + k.topk.seconds(0, indexer_scores * SCORE_BYTES / ranks, bf16, bandwidth, indexer_calls)
                         if self.indexer_pair_flops else 0.0),
             "elementwise": k.elementwise.seconds(0, tokens_per_rank * self._elementwise_bytes_per_token, bf16, bandwidth,
                                                  ELEMENTWISE_CALLS_PER_LAYER * n_layers),
@@ -552,8 +556,8 @@ class Estimator:
         through n = ceil(tokens on the rank / prefill_chunk) forwards, and each forward reads the weights and
         pays its calls again. Per forward of c tokens on every busy rank, the GEMMs, experts, elementwise
         kernels and communication cost what `_operations` prices for c tokens (n - 1 full chunks and the last);
-        attention and the indexer keep the whole prefill's work and add n - 1 forwards' call times; the logits
-        are the finished sequences' alone."""
+        attention and the indexer keep the whole prefill's work, attention adds n - 1 forwards' call times and the
+        indexer takes each forward's calls (one per query chunk); the logits are the finished sequences' alone."""
         dep = self.deployment
         chunk, per_rank = dep.prefill_chunk, parallel.sequences_per_rank(batch, dep.dp) * tokens
         if not chunk or self.model.is_encoder:
@@ -569,8 +573,12 @@ class Estimator:
         for name in ("gemm", "moe", "elementwise", "communication"):
             in_chunks = (forwards - 1) * full[name] + last[name]
             chunked[name] = operations[name] + chunked_once * (in_chunks - operations[name])
-        for name in ("attention", "indexer"):  # with no work, an operation's seconds are its calls' time
-            chunked[name] = operations[name] + (forwards - 1) * full[name]
+        # With no work, an operation's seconds are its calls' time: attention pays its calls again per forward;
+        # the indexer's calls, one per query chunk, are the forwards' own instead of the whole prompt's.
+        chunked["attention"] = operations["attention"] + (forwards - 1) * full["attention"]
+        whole_calls = self._operations(ranks, tokens, 0, 0, 0, 0, 0, 0, start + tokens)["indexer"]
+        chunked["indexer"] = operations["indexer"] + chunked_once * (
+            (forwards - 1) * full["indexer"] + last["indexer"] - whole_calls)
         return chunked
 
     # --- one row --------------------------------------------------------------------------------------

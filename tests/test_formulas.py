@@ -463,13 +463,21 @@ def test_fp8_weights_run_linear_layers_at_the_fp8_rate():
 
 
 def test_dsa_prefill_prices_indexer_topk_and_latent_reads():
-    # deepseek-v3.2-exp on one H100 at 8k: the indexer (64 heads x 128, fp8) scores every visible key on every
+    # deepseek-v3.2-exp on 8 H100s at 8k: the indexer (64 heads x 128, fp8) scores every visible key on every
     # tp rank; top-k reads 4 bytes per score; each query reads min(position + 1, 2048) latent rows of 576 x 2 bytes.
+    # Both run once per 1024-query chunk and layer (8 chunks), as the 78 us top-k call was fitted (one call over
+    # 1024 queries).
     row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
     scores = 61 * causal_pairs(8 * K)
-    indexer = 61 * 0.0 + scores * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.296)
-    topk = 61 * 78e-6 + scores * 4 / (HBM * 0.140)  # one top-k call per layer
+    indexer = 61 * 8 * 0.0 + scores * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.296)
+    topk = 61 * 8 * 78e-6 + scores * 4 / (HBM * 0.140)
     assert row["prefill_indexer_seconds"] == pytest.approx(indexer + topk, rel=1e-12)
+    # Chunked prefill: each forward's own query chunks. 2048-token forwards: 4 x 2 = the same 8 calls a layer;
+    # 512-token forwards: 16 forwards of one call; 1536: 5 forwards of 2 calls and a last 512-token one, 11.
+    for chunk, calls in ((2048, 8), (512, 16), (1536, 11)):
+        chunked = est("deepseek-v3.2-exp", gpus=8, prefill_chunk=chunk).row(1, 8 * K)
+        assert chunked["prefill_indexer_seconds"] == pytest.approx(indexer + topk + 61 * (calls - 8) * 78e-6,
+                                                                   rel=1e-12)
     latent_reads = 61 * keys_attended_sum(8 * K, 2048) * 576 * BF16 / (HBM * 0.898)
     dense_part = row["prefill_attention_seconds"] - latent_reads
     assert 0 < dense_part < latent_reads  # the rest: the MLA FLOPs of its 16 heads per GPU
