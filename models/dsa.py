@@ -40,6 +40,7 @@ class DSALayer(MLALayer):
         self.index_k_norm = nn.LayerNorm(d_i, **factory)
         self.index_weights = nn.Linear(d_model, n, bias=False, **factory)
         self.group = spec.INDEX_SCALE_GROUP
+        self.weight_scale = 1.0 / math.sqrt(n * d_i)  # the scores' scale, folded into the head weights
         device = factory.get("device")
         self.register_buffer("index_k", torch.zeros(max_batch, self.slots, d_i, dtype=torch.float8_e4m3fn,
                                                     device=device), persistent=False)
@@ -57,15 +58,23 @@ class DSALayer(MLALayer):
     # --- the lightning indexer --------------------------------------------------------------------------
     def _index_inputs(self, x, q_latent, cos, sin):
         """Indexer queries [B, T, n, d_i] (rotated), weights [B, T, n], FP8 keys [B, T, d_i] and scales."""
+        return self._index_rotated(*self._index_projections(x, q_latent), cos, sin)
+
+    def _index_projections(self, x, q_latent):
+        """Indexer queries [B, T, n, d_i] and normed keys [B, T, d_i], both before RoPE, and unscaled head
+        weights [B, T, n]."""
         B, T, _ = x.shape
-        n, d_i, rope = self.dsa.index_n_heads, self.dsa.index_head_dim, self.spec.qk_rope_head_dim
-        q = self.index_wq(x if q_latent is None else q_latent).view(B, T, n, d_i)
+        q = self.index_wq(x if q_latent is None else q_latent).view(B, T, self.dsa.index_n_heads, -1)
+        return q, self.index_k_norm(self.index_wk(x)), self.index_weights(x)
+
+    def _index_rotated(self, q, k, weights, cos, sin):
+        """_index_projections' outputs -> queries rotated in place, weights scaled in place, FP8 keys and scales."""
+        rope = self.spec.qk_rope_head_dim
         q[..., :rope] = apply_rope(q[..., :rope], cos, sin)
-        k = self.index_k_norm(self.index_wk(x)).unsqueeze(2)
+        k = k.unsqueeze(2)
         k[..., :rope] = apply_rope(k[..., :rope], cos, sin)
         k_fp8, k_scale = self._quantize(k.squeeze(2))
-        weights = self.index_weights(x).mul_(1.0 / math.sqrt(n * d_i))
-        return q, weights, k_fp8, k_scale
+        return q, weights.mul_(self.weight_scale), k_fp8, k_scale
 
     def _quantize(self, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """FP8 values and one fp32 scale (amax / 448) per group of 128 elements of the last dimension (the last
@@ -73,7 +82,9 @@ class DSALayer(MLALayer):
         (act_quant, whose scales it folds into the head weights)."""
         d, g = k.size(-1), self.group
         groups = F.pad(k.float(), (0, -d % g)).unflatten(-1, (-1, g))
-        scale = groups.abs().amax(-1).clamp_min(1e-12) / FP8_MAX
+        # x (1 / 448), not / 448: CUDA divides by a scalar as a product with its reciprocal and the CPU does not; a
+        # product rounds alike on both and in the decode kernel (triton_decode.dsa_decode_inputs).
+        scale = groups.abs().amax(-1).clamp_min(1e-12) * (1 / FP8_MAX)
         return (groups / scale[..., None]).flatten(-2)[..., :d].to(torch.float8_e4m3fn), scale
 
     def _dequantize(self, k_fp8: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -149,19 +160,23 @@ class DSALayer(MLALayer):
         cos, sin = self.rope.at(input_pos)
         self.write("kv_cache", self._latent(x, cos, sin), input_pos)
         q_latent, q = self._query(x)
-        index_q, index_w, k_fp8, k_scale = self._index_inputs(x, q_latent, cos, sin)
-        self.write("index_k", k_fp8, input_pos)
-        self.write("index_scale", k_scale, input_pos)
-        index_q = self._dequantize(*self._quantize(index_q), x.dtype)  # FP8 queries, as prefill's
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
         k = min(self.dsa.index_topk, self.slots)  # static k: every step has the same shapes
         limit = self.decode_limit(input_pos)
         kernel = triton_decode.enabled(x)
-        if kernel:  # scores -inf past the limit; the k chosen slots in any order
-            scores = triton_decode.dsa_index_scores(index_q[:, 0], index_w[:, 0], self.index_k[:B],
-                                                    self.index_scale[:B], self.group, limit)
-            top = triton_decode.topk_indices(scores, k)  # [B, k]
+        if kernel:  # the key written, the queries quantized, in one kernel; scores -inf past the limit
+            index_q, index_key, index_w = self._index_projections(x, q_latent)
+            q_fp8, q_scale, index_w = triton_decode.dsa_decode_inputs(
+                index_q[:, 0], index_key[:, 0], index_w[:, 0], cos, sin, self.index_k, self.index_scale, input_pos,
+                self.group, self.weight_scale)
+            scores = triton_decode.dsa_index_scores(q_fp8, q_scale, index_w, self.index_k[:B], self.index_scale[:B],
+                                                    self.group, limit)
+            top = triton_decode.topk_indices(scores, k)  # [B, k], the k chosen slots in any order
         else:
+            index_q, index_w, k_fp8, k_scale = self._index_inputs(x, q_latent, cos, sin)
+            self.write("index_k", k_fp8, input_pos)
+            self.write("index_scale", k_scale, input_pos)
+            index_q = self._dequantize(*self._quantize(index_q), x.dtype)  # FP8 queries, as prefill's
             index_keys = self._dequantize(self.index_k[:B], self.index_scale[:B], x.dtype)
             scores = self._index_scores(index_q, index_w, index_keys)[:, 0]  # [B, slots]
             scores.masked_fill_(~self.decode_slots(input_pos), float("-inf"))
@@ -173,6 +188,7 @@ class DSALayer(MLALayer):
             o_latent = triton_decode.mla_decode(q_cat, self.kv_cache[:B], limit, self.spec.kv_lora_rank, chosen=top)
         else:
             keys = self.read("kv_cache", B, x.dtype)
+            top = top.long()  # radix_topk's are int32
             chosen = keys.gather(1, top.unsqueeze(-1).expand(-1, -1, keys.size(-1)))  # [B, k, L + R]
             allowed = self.decode_slots(input_pos)[top].unsqueeze(1)  # [B, 1, k]
             o_latent = latent_attention(q_cat, chosen, self.spec.kv_lora_rank, allowed)

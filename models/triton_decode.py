@@ -20,10 +20,14 @@ TPA: plain PyTorch contracts the query with the cached factors through intermedi
 cached token, each written to and read back from memory: more bytes than the factor cache itself. The kernel
 runs either contraction order (kvplan.kinds.TPA.decode_order): the rebuilt query dotted with B_K, or FlashTPA's
 B_Q . B_K products mixed into the heads by A_Q, both as tensor-core products over a block of keys.
-DSA: the PyTorch path dequantizes every FP8 indexer key to the compute dtype and writes each indexer head's
-scores (index_n_heads values per cached token) before weighting them; the kernel reads each FP8 key and
-its scales once (a program holds one query and runs over a slice of the keys) and writes one fp32 score per
-token, -inf past the position. topk_indices then picks the k slots.
+DSA: the PyTorch path rotates, quantizes and writes the indexer's key and queries through 38 small operations
+(besides its projections and LayerNorm), dequantizes every FP8 indexer key to the compute dtype and writes each
+indexer head's scores (index_n_heads values per cached token) before weighting them. Here one kernel
+(dsa_decode_inputs) rotates and quantizes the key and the queries and writes the key into the cache; the
+indexer (dsa_index_scores) reads each FP8 key and its scales once (a program holds one FP8 query and runs over
+a slice of the keys; the products run on FP8 tensor cores where the GPU has them) and writes one fp32 score
+per token, -inf past the position. topk_indices then picks the k slots (by default whichever of torch.topk
+and triton_dsa.radix_topk is faster at the shape).
 All are checked against the layers' PyTorch paths in tests/test_triton_decode.py (GPU, or Triton's
 interpreter).
 """
@@ -56,9 +60,11 @@ MLA_GATHERED_SLICES = (256, 512, 1024)
 # TPA and dense (MHA/GQA/MQA): (keys per step, warps, stages, shortest slice).
 MLA_CONFIGS = [(64, 32, 8, 2), (64, 64, 8, 2), (64, 32, 8, 3), (64, 16, 8, 4), (32, 32, 4, 2), (32, 64, 4, 2),
                (16, 32, 4, 2)]
-# DSA indexer: (keys per step, warps, stages, 1 for keys as the product's rows).
-INDEX_CONFIGS = [(64, 4, 2, 0), (128, 4, 3, 0), (256, 8, 3, 0), (64, 4, 2, 1), (128, 4, 3, 1), (128, 8, 3, 1),
-                 (256, 8, 3, 1)]
+# DSA indexer: (keys per step, warps, stages, 1 for keys as the product's rows, 1 for FP8 tensor cores (where the
+# GPU has them; else bf16 ones), programs per SM).
+INDEX_CONFIGS = [(128, 4, 3, 1, 1, 8), (128, 8, 3, 1, 1, 8), (256, 8, 3, 1, 1, 8), (128, 4, 4, 1, 1, 8),
+                 (64, 4, 4, 1, 1, 8), (256, 8, 2, 1, 1, 4), (128, 4, 3, 1, 1, 16), (128, 4, 3, 0, 1, 8),
+                 (128, 8, 3, 1, 0, 8), (128, 4, 3, 1, 0, 8), (64, 4, 2, 0, 0, 8)]
 DENSE_TILES = [(64, 4, 2), (128, 4, 2), (64, 4, 3), (128, 8, 3)]
 TPA_TILES = [(32, 4, 3), (64, 4, 3), (32, 4, 2), (64, 8, 2), (32, 4, 4), (16, 4, 4)]
 # Shortest slice of the cache a dense or TPA program streams (each tile above is timed with each): short
@@ -339,25 +345,52 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _dsa_index_kernel(q_ptr, w_ptr, k_ptr, scale_ptr, pos_ptr, out_ptr, slots, keys_per_program,
+    def _dot_operand(x, DOT: tl.constexpr):
+        """FP8 values as a product takes them: DOT 2, FP8 tensor cores; 1, bf16 ones; 0, fp32 (the interpreter).
+        FP8 values are exact in bf16 and fp32, so every choice forms the same products."""
+        if DOT == 1:
+            return x.to(tl.bfloat16)
+        if DOT == 0:
+            return x.to(tl.float32)
+        return x
+
+
+    @triton.jit
+    def _index_dot(k, q, KEYS_AS_ROWS: tl.constexpr, DOT: tl.constexpr):
+        """FP8 keys [BLOCK, d] against queries [N_PAD, d] (already _dot_operand) -> fp32 [BLOCK, N_PAD]
+        (KEYS_AS_ROWS) or [N_PAD, BLOCK]."""
+        k = _dot_operand(k, DOT)
+        if KEYS_AS_ROWS:  # keys [BLOCK, d] and queries as [d, N_PAD], both K-major, as FP8 tensor cores take them
+            return tl.dot(k, tl.trans(q))
+        return tl.dot(q, tl.trans(k))
+
+
+    @triton.jit
+    def _dsa_index_kernel(q_ptr, qs_ptr, w_ptr, k_ptr, ks_ptr, pos_ptr, out_ptr, slots, keys_per_program,
                           N: tl.constexpr, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
                           GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr, BLOCK: tl.constexpr, MASK: tl.constexpr,
-                          KEYS_AS_ROWS: tl.constexpr):
-        # One program: one sequence's query (all indexer heads, loaded once where the key is one scale group)
-        # against a run of keys_per_program slots, BLOCK keys per tensor-core product.
+                          KEYS_AS_ROWS: tl.constexpr, DOT: tl.constexpr, EVEN: tl.constexpr):
+        # One program: one sequence's FP8 query (all indexer heads) against a run of keys_per_program slots, BLOCK
+        # keys per tensor-core product. With one scale group the query's scales fold into the head weights and the
+        # key's scale multiplies the weighted sum (scales are positive, so they pass through the ReLU): the
+        # [BLOCK, heads] products see one max and one multiply-add each.
+        # EVEN (one group of GROUP_PAD elements): no mask along a key's row, so its loads vectorize.
         b = tl.program_id(0)
         first = tl.program_id(1) * keys_per_program
         end = tl.minimum(first + keys_per_program, slots)
         heads = tl.arange(0, N_PAD)
         head_ok = heads < N
         k_ptr += b.to(tl.int64) * slots * D
-        scale_ptr += b.to(tl.int64) * slots * GROUPS
+        ks_ptr += b.to(tl.int64) * slots * GROUPS
         out_ptr += b.to(tl.int64) * slots
-        q_ptr += b * N * D
+        rows = b * N + heads  # rows of q, its scales and the weights
         dims0 = tl.arange(0, GROUP_PAD)
         dim0_ok = (dims0 < D) & (dims0 < GROUP)
-        q0 = tl.load(q_ptr + heads[:, None] * D + dims0[None, :], mask=head_ok[:, None] & dim0_ok[None, :], other=0.0)
-        w = tl.load(w_ptr + b * N + heads, mask=head_ok, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + rows, mask=head_ok, other=0.0)
+        if GROUPS == 1:
+            w = w * tl.load(qs_ptr + rows, mask=head_ok, other=0.0)
+            q0 = _dot_operand(tl.load(q_ptr + rows[:, None] * D + dims0[None, :], mask=head_ok[:, None] & dim0_ok[None, :],
+                                      other=0.0), DOT)
         if MASK:
             limit = tl.load(pos_ptr).to(tl.int32)
         else:
@@ -366,63 +399,180 @@ if HAVE_TRITON:
             s = start + tl.arange(0, BLOCK)
             key_ok = s < end
             live = key_ok & (s <= limit)  # keys past the limit are not read
-            if KEYS_AS_ROWS:  # [BLOCK, N_PAD] = keys x q^T: the head sum stays inside each warp's rows
-                acc = tl.zeros([BLOCK, N_PAD], tl.float32)
-            else:  # [N_PAD, BLOCK] = q x keys^T
-                acc = tl.zeros([N_PAD, BLOCK], tl.float32)
-            for g in tl.static_range(GROUPS):
-                dims = g * GROUP + dims0
-                dim_ok = (dims < D) & (dims0 < GROUP)
-                if g == 0:
-                    q = q0
+            if GROUPS == 1:
+                if EVEN:
+                    k = tl.load(k_ptr + s[:, None] * D + dims0[None, :], mask=live[:, None], other=0.0)
                 else:
-                    q = tl.load(q_ptr + heads[:, None] * D + dims[None, :], mask=head_ok[:, None] & dim_ok[None, :],
+                    k = tl.load(k_ptr + s[:, None] * D + dims0[None, :], mask=live[:, None] & dim0_ok[None, :],
                                 other=0.0)
-                k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :],
-                            other=0.0).to(q.dtype)  # [BLOCK, GROUP_PAD]
-                scale = tl.load(scale_ptr + s * GROUPS + g, mask=live, other=0.0)
+                acc = _index_dot(k, q0, KEYS_AS_ROWS, DOT)
                 if KEYS_AS_ROWS:
-                    acc += tl.dot(k, tl.trans(q)) * scale[:, None]
+                    score = tl.sum(tl.maximum(acc, 0.0) * w[None, :], axis=1)
                 else:
-                    acc += tl.dot(q, tl.trans(k)) * scale[None, :]
-            if KEYS_AS_ROWS:
-                score = tl.sum(tl.maximum(acc, 0.0) * w[None, :], axis=1)
+                    score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
+                score = score * tl.load(ks_ptr + s, mask=live, other=0.0)
             else:
-                score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
+                if KEYS_AS_ROWS:
+                    acc = tl.zeros([BLOCK, N_PAD], tl.float32)
+                else:
+                    acc = tl.zeros([N_PAD, BLOCK], tl.float32)
+                for g in tl.static_range(GROUPS):
+                    dims = g * GROUP + dims0
+                    dim_ok = (dims < D) & (dims0 < GROUP)
+                    q = _dot_operand(tl.load(q_ptr + rows[:, None] * D + dims[None, :],
+                                             mask=head_ok[:, None] & dim_ok[None, :], other=0.0), DOT)
+                    qs = tl.load(qs_ptr + rows * GROUPS + g, mask=head_ok, other=0.0)
+                    k = tl.load(k_ptr + s[:, None] * D + dims[None, :], mask=live[:, None] & dim_ok[None, :], other=0.0)
+                    ks = tl.load(ks_ptr + s * GROUPS + g, mask=live, other=0.0)
+                    if KEYS_AS_ROWS:
+                        acc += _index_dot(k, q, KEYS_AS_ROWS, DOT) * ks[:, None] * qs[None, :]
+                    else:
+                        acc += _index_dot(k, q, KEYS_AS_ROWS, DOT) * qs[:, None] * ks[None, :]
+                if KEYS_AS_ROWS:
+                    score = tl.sum(tl.maximum(acc, 0.0) * w[None, :], axis=1)
+                else:
+                    score = tl.sum(tl.maximum(acc, 0.0) * w[:, None], axis=0)
             if MASK:  # slots past the limit: -inf, so no top-k takes them while a live slot is left
                 score = tl.where(s <= limit, score, float("-inf"))
             tl.store(out_ptr + s, score, mask=key_ok)
 
 
-def dsa_index_scores(q: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor, scale: torch.Tensor,
-                     group: int, limit: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_j weights[b, j] relu(q[b, j] . dequant(k[b, s])) -> fp32 [B, slots]; given limit (a one-element
-    tensor), -inf for the slots past it (their keys are not read).
+    @triton.jit
+    def _rounded(x, like):
+        """fp32 x rounded to the dtype of `like` (ties to even), kept in fp32. bf16 through its bits: Triton's
+        interpreter rounds in its conversions without carrying into the exponent (127 to FP8 gave 64)."""
+        if like.dtype == tl.bfloat16:
+            bits = x.to(tl.int32, bitcast=True)
+            return ((bits + 0x7FFF + ((bits >> 16) & 1)) & -0x10000).to(tl.float32, bitcast=True)
+        return x.to(like.dtype).to(tl.float32)
 
-    q [B, n, d_i], weights [B, n], k_fp8 [B, slots, d_i] (float8_e4m3fn), scale [B, slots, groups] fp32 with
-    one scale per `group` elements; all contiguous.
+
+    @triton.jit
+    def _rotated(row, row_ok, dims, dim_ok, cos_ptr, sin_ptr, R: tl.constexpr):
+        """Elements `dims` of rows `row` [M, 1] (pointers) with RoPE on their first R (half-split pairs (j, j + R/2),
+        angles from cos/sin [R/2]) -> fp32 [M, len(dims)], rounded as apply_rope rounds in the rows' dtype: each
+        product, then each sum."""
+        HALF: tl.constexpr = R // 2
+        ok = row_ok[:, None] & dim_ok[None, :]
+        x = tl.load(row + dims[None, :], mask=ok, other=0.0)
+        first_half = dims < HALF
+        turned = dims < R
+        partner = tl.where(first_half, dims + HALF, dims - HALF)
+        other = tl.load(row + partner[None, :], mask=ok & turned[None, :], other=0.0).to(tl.float32)
+        angle = tl.where(turned, dims % HALF, 0)
+        cos = _rounded(tl.load(cos_ptr + angle, mask=turned, other=1.0), x)
+        sin = _rounded(tl.load(sin_ptr + angle, mask=turned, other=0.0), x)
+        sin = tl.where(first_half, -sin, sin)  # (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin)
+        out = _rounded(x.to(tl.float32) * cos[None, :], x)
+        out = _rounded(out + other * sin[None, :], x)
+        return tl.where(turned[None, :], out, x.to(tl.float32))
+
+
+    @triton.jit
+    def _e4m3_value(x):
+        """fp32 -> the nearest float8 e4m3 value (ties to even), still in fp32, so that converting it is exact
+        (as _rounded, for the interpreter)."""
+        bits = x.to(tl.int32, bitcast=True)
+        normal = ((bits + 0x7FFFF + ((bits >> 20) & 1)) & -0x100000).to(tl.float32, bitcast=True)  # 3 mantissa bits
+        small = (tl.abs(x) + 24576.0) - 24576.0  # below 2^-6, multiples of 2^-9 (1.5 x 2^14 has ulp 2^-9)
+        return tl.where(tl.abs(x) < 0.015625, tl.where(x < 0, -small, small), normal)
+
+
+    @triton.jit
+    def _fp8_rows(x, dim_ok):
+        """fp32 [M, d] -> (FP8 e4m3 values, fp32 scales [M]): one scale amax / 448 per row, as DSALayer._quantize."""
+        amax = tl.max(tl.where(dim_ok[None, :], tl.abs(x), 0.0), axis=1)
+        scale = tl.maximum(amax, 1e-12) * (1.0 / 448.0)  # a product, as _quantize's
+        return _e4m3_value(tl.math.div_rn(x, scale[:, None])).to(tl.float8e4nv), scale
+
+
+    @triton.jit
+    def _dsa_inputs_kernel(q_ptr, w_ptr, k_ptr, cos_ptr, sin_ptr, pos_ptr, q8_ptr, qs_ptr, w_out_ptr, kc_ptr, kcs_ptr,
+                           slots, weight_scale, N: tl.constexpr, D: tl.constexpr, R: tl.constexpr,
+                           GROUPS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, N_PAD: tl.constexpr):
+        # One program per sequence: its indexer key rotated, quantized and written into the cache at slot
+        # position % slots; its queries (every head) rotated and quantized; its head weights scaled.
+        b = tl.program_id(0)
+        heads = tl.arange(0, N_PAD)
+        head_ok = heads < N
+        w = tl.load(w_ptr + b * N + heads, mask=head_ok, other=0.0)
+        w = _rounded(w.to(tl.float32) * weight_scale, w)  # as DSALayer's in-place mul_
+        tl.store(w_out_ptr + b * N + heads, w, mask=head_ok)
+        slot = (tl.load(pos_ptr) % slots).to(tl.int64)
+        one = tl.zeros([1], tl.int32)  # the key: a tile of one row
+        for g in tl.static_range(GROUPS):
+            dims = g * GROUP + tl.arange(0, GROUP_PAD)
+            dim_ok = (dims < D) & (tl.arange(0, GROUP_PAD) < GROUP)
+            q8, qs = _fp8_rows(_rotated(q_ptr + (b * N + heads[:, None]) * D, head_ok, dims, dim_ok, cos_ptr, sin_ptr,
+                                        R), dim_ok)
+            tl.store(q8_ptr + (b * N + heads[:, None]) * D + dims[None, :], q8, mask=head_ok[:, None] & dim_ok[None, :])
+            tl.store(qs_ptr + (b * N + heads) * GROUPS + g, qs, mask=head_ok)
+            k8, ks = _fp8_rows(_rotated(k_ptr + b * D + one[:, None], one >= 0, dims, dim_ok, cos_ptr, sin_ptr, R),
+                               dim_ok)
+            row = b.to(tl.int64) * slots + slot
+            tl.store(kc_ptr + row * D + one[:, None] + dims[None, :], k8, mask=dim_ok[None, :])
+            tl.store(kcs_ptr + row * GROUPS + g + one, ks)
+
+
+def dsa_decode_inputs(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                      k_cache: torch.Tensor, scale_cache: torch.Tensor, input_pos: torch.Tensor, group: int,
+                      weight_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The indexer's inputs of one decode step in one kernel (DSALayer._index_rotated, _quantize and the cache
+    writes of its PyTorch path): -> (FP8 queries [B, n, d_i], their fp32 scales [B, n, groups], fp32 head weights
+    [B, n] times weight_scale).
+
+    q [B, n, d_i] and the normed keys k [B, d_i] before RoPE, which turns their first 2 x cos.size(-1) elements
+    (cos, sin [1, R/2]: the position's angles); weights [B, n] unscaled. The key goes, quantized, into k_cache
+    [>= B, slots, d_i] (float8_e4m3fn) and its scales into scale_cache [>= B, slots, groups] at slot
+    input_pos % slots, on the device. One fp32 scale per `group` elements, as DSALayer._quantize.
     """
     B, N, D = q.shape
-    slots, groups = k_fp8.size(1), scale.size(-1)
-    out = torch.empty(B, slots, device=q.device, dtype=torch.float32)
-    q, weights = q.contiguous(), weights.contiguous()
+    rope = 2 * cos.size(-1)
+    slots, groups = k_cache.size(1), scale_cache.size(-1)
+    q, k, weights = q.contiguous(), k.contiguous(), weights.contiguous()
+    q_fp8 = torch.empty(B, N, D, device=q.device, dtype=torch.float8_e4m3fn)
+    q_scale = torch.empty(B, N, groups, device=q.device, dtype=torch.float32)
+    w = torch.empty(B, N, device=q.device, dtype=torch.float32)
+    _dsa_inputs_kernel[(B,)](q, weights, k, cos.contiguous(), sin.contiguous(), input_pos, q_fp8, q_scale, w, k_cache,
+                             scale_cache, slots, weight_scale, N=N, D=D, R=rope, GROUPS=groups, GROUP=group,
+                             GROUP_PAD=_pad(min(group, D)), N_PAD=_pad(N), num_warps=4)
+    return q_fp8, q_scale, w
+
+
+def dsa_index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor,
+                     k_scale: torch.Tensor, group: int, limit: torch.Tensor | None = None) -> torch.Tensor:
+    """sum_j weights[b, j] relu(dequant(q[b, j]) . dequant(k[b, s])) -> fp32 [B, slots]; given limit (a one-element
+    tensor), -inf for the slots past it (their keys are not read).
+
+    q_fp8 [B, n, d_i] with q_scale [B, n, groups] and k_fp8 [B, slots, d_i] with k_scale [B, slots, groups]: FP8
+    (e4m3) values and fp32 scales, one per `group` elements; weights [B, n] fp32. All contiguous.
+    """
+    B, N, D = q_fp8.shape
+    slots, groups = k_fp8.size(1), k_scale.size(-1)
+    out = torch.empty(B, slots, device=q_fp8.device, dtype=torch.float32)
+    cuda = q_fp8.is_cuda
+    fp8 = cuda and torch.cuda.get_device_capability(q_fp8.device) >= (8, 9)
+    group_pad = max(32, _pad(min(group, D)))  # FP8 products take at least 32 along the contraction
 
     def launch(config):
-        block, warps, stages, keys_as_rows = config
-        parts, keys_per_program = _split_keys(B, slots, block, q.device)
+        block, warps, stages, keys_as_rows, fp8_dot, per_sm = config
+        parts, keys_per_program = _split_keys(B, slots, block, q_fp8.device, per_sm)
         _dsa_index_kernel[(B, parts)](
-            q, weights, k_fp8, scale, out if limit is None else limit, out, slots, keys_per_program, N=N, D=D,
-            GROUPS=groups, GROUP=group, GROUP_PAD=_pad(min(group, D)), N_PAD=_pad(N), BLOCK=block, MASK=limit is not None,
-            KEYS_AS_ROWS=bool(keys_as_rows), num_warps=warps, num_stages=stages)
+            q_fp8, q_scale, weights, k_fp8, k_scale, out if limit is None else limit, out, slots, keys_per_program,
+            N=N, D=D, GROUPS=groups, GROUP=group, GROUP_PAD=group_pad, N_PAD=_pad(N), BLOCK=block,
+            MASK=limit is not None, KEYS_AS_ROWS=bool(keys_as_rows), DOT=(2 if fp8_dot and fp8 else 1) if cuda else 0,
+            EVEN=groups == 1 and D == group_pad, num_warps=warps, num_stages=stages)
         return out
 
-    return launch(_fastest(("index", B, N, D, group, slots, q.dtype), INDEX_CONFIGS, launch))
+    configs = [config for config in INDEX_CONFIGS if fp8 or not config[4]]
+    return launch(_fastest(("index", B, N, D, group, slots), configs, launch))
 
 
 def topk_indices(scores: torch.Tensor, k: int, group: int | None = None) -> torch.Tensor:
     """The slots of the k largest of scores [B, S] per row, in no particular order: the set torch.topk returns
-    (up to ties), through groups of `group` slots (1: plain torch.topk), by default the group size timed
-    fastest for this shape (1 or one of TOPK_GROUPS).
+    (up to ties), by the method timed fastest for this shape, or `group`'s: 0, the radix selection of
+    kvplan.models.triton_dsa.radix_topk (five kernels, whatever the scores); 1, plain torch.topk; g in
+    TOPK_GROUPS, torch.topk through groups of g slots.
 
     With groups of g slots: the k groups with the largest maxima hold the top k. (Their maxima are k distinct
     scores >= T, the k-th largest maximum, so the k-th largest score is >= T; every other group's scores are
@@ -432,6 +582,10 @@ def topk_indices(scores: torch.Tensor, k: int, group: int | None = None) -> torc
 
     def launch(config):
         g = config[0]
+        if g == 0:
+            from .triton_dsa import radix_topk  # triton_dsa imports this module
+
+            return radix_topk(scores, k)
         if g == 1:
             return scores.topk(k, dim=-1, sorted=False).indices
         groups = scores.view(B, S // g, g).amax(-1).topk(k, dim=-1, sorted=False).indices  # [B, k]
@@ -440,7 +594,7 @@ def topk_indices(scores: torch.Tensor, k: int, group: int | None = None) -> torc
 
     if group is not None:
         return launch((group,))
-    configs = [(1,)] + [(g,) for g in TOPK_GROUPS if S % g == 0 and S // g >= 2 * k]
+    configs = [(0,), (1,)] + [(g,) for g in TOPK_GROUPS if S % g == 0 and S // g >= 2 * k]
     return launch(_fastest(("topk", B, S, k), configs, launch))
 
 

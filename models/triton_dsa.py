@@ -17,7 +17,9 @@ k = 2048) and runs attention over the copies. Here:
 - `sparse_latent_attention`: absorbed MLA attention of each query over its top-k latent rows, read in place
   through the indices (no gathered copy), with the online softmax of the decode kernels; every head of the
   query is a row of the tensor-core products, so one latent row read serves all of them.
-All equal the PyTorch path up to rounding, and select_topk picks the values torch.topk picks
+- `radix_topk`: the same selection for few long rows (a decode step's, one per sequence over the whole cache,
+  which one program a row would take serially): each row cut into parts, a program a part, in five passes.
+All equal the PyTorch path up to rounding, and select_topk and radix_topk pick the values torch.topk picks
 (tests/test_triton_dsa.py, on a GPU or Triton's interpreter).
 """
 
@@ -27,7 +29,7 @@ import torch
 
 from kvplan.kinds.dsa import topk_layout
 
-from .triton_decode import HAVE_TRITON, _fastest, _pad, enabled
+from .triton_decode import HAVE_TRITON, _fastest, _pad, _split_keys, enabled
 
 if HAVE_TRITON:
     from .triton_decode import _latent_block, _latent_query
@@ -41,6 +43,8 @@ INDEX_CONFIGS = [(2, 64, 4, 4), (2, 128, 8, 3), (2, 64, 4, 3), (4, 64, 8, 3), (1
                  (4, 128, 8, 2), (2, 128, 8, 4)]
 # (scores per step of select_topk's passes over a row, warps)
 TOPK_CONFIGS = [(2048, 8), (4096, 8), (8192, 8), (2048, 4), (4096, 4), (1024, 4)]
+# radix_topk: (scores per step, warps, programs per SM over all rows' parts)
+RADIX_CONFIGS = [(2048, 4, 2), (1024, 4, 2), (2048, 8, 2), (1024, 4, 4)]
 # (heads per program, keys per step, warps, pipeline stages, rows loaded as they lie).
 SPARSE_CONFIGS = [(32, 64, 4, 3, True), (32, 32, 4, 3, True), (32, 64, 8, 2, True), (32, 32, 4, 4, True),
                   (32, 64, 8, 2, False), (16, 32, 4, 2, False), (64, 16, 8, 2, False), (32, 16, 4, 3, False)]
@@ -288,6 +292,95 @@ if HAVE_TRITON:
                 tied_seen += tl.sum(tied.to(tl.int32), axis=0)
 
 
+    @triton.jit
+    def _radix_keys(scores, start, end, BLOCK: tl.constexpr):
+        """Positions start.. of a row, whether each is before `end`, and its score's ordered key as an int64 in
+        [0, 2^32) (so shifts read its bytes, highest first)."""
+        s = start + tl.arange(0, BLOCK)
+        ok = s < end
+        return s, ok, _ordered(tl.load(scores + s, mask=ok, other=0.0)).to(tl.int64) + 2147483648
+
+
+    @triton.jit
+    def _radix_prefix(hist, K, P, PASSES: tl.constexpr, P_PAD: tl.constexpr):
+        """From one row's byte histograms (hist: [4, P, 256], pass, part of the row, byte value) of passes
+        0..PASSES-1: the PASSES highest bytes of the K-th largest key, as one number, and its rank among the keys
+        that share them (K less the keys above them)."""
+        parts = tl.arange(0, P_PAD)
+        values = tl.arange(0, 256)
+        prefix = tl.full([], 0, tl.int64)
+        rank = tl.full([], 0, tl.int32) + K
+        for q in tl.static_range(PASSES):
+            counts = tl.sum(tl.load(hist + (q * P + parts[:, None]) * 256 + values[None, :],
+                                    mask=(parts < P)[:, None], other=0), axis=0)  # [256], over the parts
+            at_or_above = tl.sum(counts, axis=0) - tl.cumsum(counts, axis=0) + counts
+            byte = tl.max(tl.where(at_or_above >= rank, values, -1), axis=0)  # the K-th largest's byte
+            rank -= tl.sum(tl.where(values > byte, counts, 0), axis=0)
+            prefix = prefix * 256 + byte
+        return prefix, rank
+
+
+    @triton.jit
+    def _radix_pass_kernel(s_ptr, hist_ptr, above_ptr, S, K, part_len, P, PASS: tl.constexpr, P_PAD: tl.constexpr,
+                           BLOCK: tl.constexpr):
+        # Program (row, part): the histogram of byte PASS of the part's keys whose higher bytes are the K-th
+        # largest key's (found from the earlier passes' histograms of every part); pass 3 also counts the part's
+        # keys above the K-th largest's three high bytes.
+        row = tl.program_id(0)
+        p = tl.program_id(1)
+        scores = s_ptr + row.to(tl.int64) * S
+        hist = hist_ptr + row * 4 * P * 256
+        prefix, rank = _radix_prefix(hist, K, P, PASS, P_PAD)
+        first = p * part_len
+        end = tl.minimum(first + part_len, S)
+        counts = tl.zeros([256], tl.int32)
+        above = tl.full([], 0, tl.int32)
+        for start in range(first, end, BLOCK):
+            s, ok, key = _radix_keys(scores, start, end, BLOCK)
+            high = key >> (32 - 8 * PASS)
+            counts += tl.histogram(((key >> (24 - 8 * PASS)) & 255).to(tl.int32), 256, mask=ok & (high == prefix))
+            if PASS == 3:
+                above += tl.sum((ok & (high > prefix)).to(tl.int32), axis=0)
+        tl.store(hist + (PASS * P + p) * 256 + tl.arange(0, 256), counts)
+        if PASS == 3:
+            tl.store(above_ptr + row * P + p, above)
+
+
+    @triton.jit
+    def _radix_take_kernel(s_ptr, hist_ptr, above_ptr, out_ptr, S, K, part_len, P, P_PAD: tl.constexpr,
+                           BLOCK: tl.constexpr):
+        # Program (row, part): the K-th largest key t and how many keys equal to it are taken (rank); per part of
+        # the row, its keys above t and equal to t (from pass 3's histograms); the part's keys above t, then those
+        # equal to t while the row's lowest-positioned `rank` of them last, written in position order at the
+        # part's offset: the sum of what the parts before it take.
+        row = tl.program_id(0)
+        p = tl.program_id(1)
+        scores = s_ptr + row.to(tl.int64) * S
+        hist = hist_ptr + row * 4 * P * 256
+        t, rank = _radix_prefix(hist, K, P, 4, P_PAD)
+        parts = tl.arange(0, P_PAD)
+        values = tl.arange(0, 256)
+        last = tl.load(hist + (3 * P + parts[:, None]) * 256 + values[None, :], mask=(parts < P)[:, None], other=0)
+        byte = (t & 255).to(tl.int32)
+        above = tl.load(above_ptr + row * P + parts, mask=parts < P, other=0) + tl.sum(
+            tl.where(values[None, :] > byte, last, 0), axis=1)
+        tied = tl.sum(tl.where(values[None, :] == byte, last, 0), axis=1)
+        take = tl.minimum(tl.maximum(rank - (tl.cumsum(tied, axis=0) - tied), 0), tied)  # ties each part takes
+        n = tl.sum(tl.where(parts < p, above + take, 0), axis=0)  # this part's first output slot
+        my_take = tl.sum(tl.where(parts == p, take, 0), axis=0)
+        seen = tl.full([], 0, tl.int32)
+        out = out_ptr + row.to(tl.int64) * K
+        first = p * part_len
+        end = tl.minimum(first + part_len, S)
+        for start in range(first, end, BLOCK):
+            s, ok, key = _radix_keys(scores, start, end, BLOCK)
+            tie = ok & (key == t)
+            chosen = (ok & (key > t)) | (tie & (seen + tl.cumsum(tie.to(tl.int32), axis=0) <= my_take))
+            tl.store(out + n + tl.cumsum(chosen.to(tl.int32), axis=0) - 1, s, mask=chosen)
+            n += tl.sum(chosen.to(tl.int32), axis=0)
+            seen += tl.sum(tie.to(tl.int32), axis=0)
+
+
 def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor,
                  k_scale: torch.Tensor, group: int, q_start: int, k_first: int, window: int | None) -> torch.Tensor:
     """Indexer scores of the C queries at q_start.. over keys k_first..q_start+C-1 -> fp32 [B, C, S], -inf where
@@ -374,3 +467,38 @@ def select_topk(scores: torch.Tensor, k: int, config: tuple | None = None) -> to
 
     launch(config or _fastest(("dsa-topk", n, triton.next_power_of_2(S), k), TOPK_CONFIGS, launch))
     return out.view(*lead, k)
+
+
+def radix_topk(scores: torch.Tensor, k: int, config: tuple | None = None) -> torch.Tensor:
+    """The k highest scores' positions in each row of fp32 `scores` [rows, S] -> int32 [rows, k], in position order,
+    for few long rows (decode's: one per sequence over the whole cache); `config`: one of RADIX_CONFIGS instead of
+    the fastest.
+
+    Exact, with select_topk's choice among equal scores (the lowest positions), and in a time that does not
+    depend on the scores (select_topk's bound from group maxima is weak where most scores are -inf, as in a
+    decode step early in a long cache). Each row is cut into parts, a program a part: four passes find the
+    k-th largest score's ordered key t a byte at a time (each pass a histogram of the next byte among the keys
+    matching the bytes found, per part; the next pass sums the parts' histograms), and a fifth writes every key
+    above t and the first ties at t, at offsets summed from the parts' counts. Five reads of the scores, no sort,
+    no atomics.
+    """
+    rows, S = scores.shape
+    if k >= S:
+        return torch.arange(S, device=scores.device, dtype=torch.int32).expand(rows, S)
+    scores = scores.contiguous()
+    out = torch.empty(rows, k, device=scores.device, dtype=torch.int32)
+
+    def launch(config):
+        block, warps, per_sm = config
+        parts, part_len = _split_keys(rows, S, block, scores.device, per_sm, block)
+        hist = torch.empty(rows, 4, parts, 256, device=scores.device, dtype=torch.int32)
+        above = torch.empty(rows, parts, device=scores.device, dtype=torch.int32)
+        p_pad = triton.next_power_of_2(parts)
+        for step in range(4):
+            _radix_pass_kernel[(rows, parts)](scores, hist, above, S, k, part_len, parts, PASS=step, P_PAD=p_pad,
+                                              BLOCK=block, num_warps=warps)
+        _radix_take_kernel[(rows, parts)](scores, hist, above, out, S, k, part_len, parts, P_PAD=p_pad, BLOCK=block,
+                                          num_warps=warps)
+
+    launch(config or _fastest(("radix-topk", rows, S, k), RADIX_CONFIGS, launch))
+    return out

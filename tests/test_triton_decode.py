@@ -230,8 +230,21 @@ def test_layer_decode_with_kernel_equals_without(attention, windows, chunked, mo
     _close(outputs[True], outputs[False], 2e-2 if device == "cuda" else 1e-4)
 
 
+def _index_configs(device, every):
+    """The indexer's launch configs to check: on a GPU all (`every`) or one per (orientation, FP8 or bf16
+    products); under the interpreter, which runs every product in fp32, one per (keys per step, orientation)."""
+    from kvplan.models import triton_decode
+
+    configs = triton_decode.INDEX_CONFIGS
+    if device == "cuda" and every:
+        return configs
+    kind = (lambda c: (c[3], c[4])) if device == "cuda" else (lambda c: (c[0], c[3]))
+    return list({kind(c): c for c in reversed(configs)}.values())
+
+
 @pytest.mark.parametrize("index_head_dim", [16, 128, 200])
 def test_dsa_indexer_kernel_equals_pytorch_path(index_head_dim):
+    """Scores of FP8 queries against FP8 keys; -inf past the limit (those keys unread)."""
     from kvplan.models import triton_decode
 
     device = _kernel_device()
@@ -240,20 +253,57 @@ def test_dsa_indexer_kernel_equals_pytorch_path(index_head_dim):
     for dtype, _ in _dtypes(device):
         net = build(desc, max_batch=2, max_context=slots, dtype=dtype, device=device)
         layer = net.layers[0].attention
-        keys = torch.randn(2, slots, index_head_dim, device=device, dtype=dtype)
-        k_fp8, k_scale = layer._quantize(keys)
-        q = torch.randn(2, n_heads, index_head_dim, device=device, dtype=dtype)
+        k_fp8, k_scale = layer._quantize(torch.randn(2, slots, index_head_dim, device=device, dtype=dtype))
+        q_fp8, q_scale = layer._quantize(torch.randn(2, n_heads, index_head_dim, device=device, dtype=dtype))
         weights = torch.randn(2, n_heads, device=device, dtype=dtype)
-        expected = layer._index_scores(q.unsqueeze(1), weights.unsqueeze(1),
+        expected = layer._index_scores(layer._dequantize(q_fp8, q_scale, dtype).unsqueeze(1), weights.unsqueeze(1),
                                        layer._dequantize(k_fp8, k_scale, dtype))[:, 0]
-        key = ("index", 2, n_heads, index_head_dim, layer.group, slots, dtype)
-        for config in triton_decode.INDEX_CONFIGS:  # each launch config the timing may pick
+        key = ("index", 2, n_heads, index_head_dim, layer.group, slots)
+        for config in _index_configs(device, index_head_dim == 128):  # the launch configs the timing may pick
             triton_decode.CHOSEN[key] = config
             try:
-                got = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group)
-                masked = triton_decode.dsa_index_scores(q, weights, k_fp8, k_scale, layer.group,
+                got = triton_decode.dsa_index_scores(q_fp8, q_scale, weights.float(), k_fp8, k_scale, layer.group)
+                masked = triton_decode.dsa_index_scores(q_fp8, q_scale, weights.float(), k_fp8, k_scale, layer.group,
                                                         torch.tensor([99], device=device))
             finally:
                 del triton_decode.CHOSEN[key]
             _close(got, expected, 1e-4 if dtype == torch.float32 and device == "cpu" else 3e-2)
             assert torch.equal(masked[:, :100], got[:, :100]) and bool((masked[:, 100:] == float("-inf")).all())
+
+
+def test_dsa_decode_inputs_equal_the_pytorch_path():
+    """One kernel for the indexer's inputs: queries rotated and quantized, the key rotated, quantized and written at
+    slot position % slots (and nowhere else), weights scaled; the PyTorch path's values bit for bit in bf16 (every
+    RoPE product of two bf16 values is exact in fp32, so fused multiply-adds round alike), within fp32's last
+    bit in fp32 (the CPU's and the GPU's multiply-adds may fuse where the kernel's do not)."""
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    for dtype in (torch.float32, torch.bfloat16):
+        for index_head_dim in (16, 128, 200):
+            desc = tiny(replace(_DSA, index_n_heads=16, index_head_dim=index_head_dim))
+            layer = build(desc, max_batch=3, max_context=20, dtype=dtype, device=device).layers[0].attention
+            x = torch.randn(2, 1, desc.d_model, device=device, dtype=dtype, generator=torch.Generator(device=device)
+                            .manual_seed(index_head_dim))
+            position = torch.tensor([33], device=device)  # slot 13 of 20 (as in a ring)
+            cos, sin = layer.rope.at(torch.tensor([13], device=device))
+            with torch.no_grad():
+                q, k, w = layer._index_projections(x, layer._query(x)[0])
+            k_cache, scale_cache = layer.index_k.clone(), layer.index_scale.clone()
+            q_fp8, q_scale, weights = triton_decode.dsa_decode_inputs(q[:, 0], k[:, 0], w[:, 0], cos, sin, k_cache,
+                                                                      scale_cache, position, layer.group,
+                                                                      layer.weight_scale)
+            with torch.no_grad():
+                q_rot, w_expected, k_fp8, k_scale = layer._index_rotated(q, k, w, cos, sin)
+            q_expected, qs_expected = layer._quantize(q_rot[:, 0])
+            k_expected, ks_expected = layer.index_k.clone(), layer.index_scale.clone()
+            k_expected[:2, 13], ks_expected[:2, 13] = k_fp8[:, 0], k_scale[:, 0]
+            assert torch.equal(weights, w_expected[:, 0].float())
+            pairs = [(q_fp8.float(), q_expected.float()), (k_cache.float(), k_expected.float())]
+            if dtype == torch.bfloat16:
+                assert all(torch.equal(got, expected) for got, expected in pairs)
+                assert torch.equal(q_scale, qs_expected) and torch.equal(scale_cache, ks_expected)
+            else:
+                assert all((got != expected).float().mean() < 0.01 for got, expected in pairs)
+                torch.testing.assert_close(q_scale, qs_expected, rtol=1e-6, atol=0)
+                torch.testing.assert_close(scale_cache, ks_expected, rtol=1e-6, atol=0)

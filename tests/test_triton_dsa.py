@@ -174,6 +174,39 @@ def test_select_topk_breaks_ties_at_the_kth_score_by_lowest_position(keys, k):
     assert torch.equal(got, expected.expand(2, -1))
 
 
+@pytest.mark.parametrize("block", [16, 64])
+@pytest.mark.parametrize("rows, keys, k", TOPK_SHAPES + [(2, 300, 299)])
+def test_radix_topk_picks_what_select_topk_picks(rows, keys, k, block):
+    """The same positions as select_topk (the values torch.topk picks, ties at the k-th score by lowest position),
+    in position order, also where most scores are -inf (a row with 3 live scores for k >= 5)."""
+    from kvplan.models import triton_dsa
+
+    device = _kernel_device()
+    g = torch.Generator(device=device).manual_seed(keys + block)
+    scores = torch.randn(rows, keys, device=device, generator=g)
+    scores[0, ::3] = float("-inf")
+    scores[-1, 10:20] = scores[-1].max()
+    if rows > 2:
+        scores[1, 3:] = float("-inf")
+    got = triton_dsa.radix_topk(scores, k, (block, 4, 4)).long()
+    assert torch.equal(got, triton_dsa.select_topk(scores, k, (block, 4)).long())
+    expected = scores.topk(k, dim=-1).values
+    assert torch.equal(scores.gather(-1, got).sort(-1).values, expected.sort(-1).values)
+
+
+@pytest.mark.parametrize("keys, k", [(200, 60), (200, 8), (5000, 100)])
+def test_radix_topk_breaks_ties_at_the_kth_score_by_lowest_position(keys, k):
+    from kvplan.models import triton_dsa
+
+    device = _kernel_device()
+    scores = torch.zeros(2, keys, device=device)
+    scores[:, -50:] = 1.0
+    got = triton_dsa.radix_topk(scores, k, triton_dsa.RADIX_CONFIGS[0]).long()
+    ones = torch.arange(keys - 50, keys, device=device)
+    expected = ones[:k] if k <= 50 else torch.cat([torch.arange(k - 50, device=device), ones])
+    assert torch.equal(got, expected.expand(2, -1))
+
+
 def test_select_topk_beats_torch_topk_on_a_gpu():
     """One 1024-query chunk at 128k keys, k = 2048 (DeepSeek-V3.2's): the same values as torch.topk, sooner."""
     from kvplan.models import triton_dsa
@@ -189,3 +222,21 @@ def test_select_topk_beats_torch_topk_on_a_gpu():
     ours, _ = median_seconds(lambda: triton_dsa.select_topk(scores, 2048), device, 5)
     theirs, _ = median_seconds(lambda: scores.topk(2048, dim=-1, sorted=False), device, 5)
     assert ours < theirs
+
+
+def test_radix_topk_at_decode_shape_on_a_gpu():
+    """16 rows of 128k scores, k = 2048 (DeepSeek-V3.2's decode at batch 16), every launch config: the values
+    torch.topk picks, also in rows that are -inf past an early position."""
+    from kvplan.models import triton_dsa
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    device = torch.device("cuda")
+    scores = torch.randn(16, 131072, device=device, generator=torch.Generator(device=device).manual_seed(0))
+    scores[1, 5000:] = float("-inf")
+    scores[2, 1000:] = float("-inf")  # fewer live scores than k
+    expected = scores.topk(2048, dim=-1).values.sort(-1).values
+    for config in triton_dsa.RADIX_CONFIGS:
+        got = triton_dsa.radix_topk(scores, 2048, config).long()
+        assert torch.equal(scores.gather(-1, got).sort(-1).values, expected)
+
