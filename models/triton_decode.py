@@ -111,19 +111,21 @@ if HAVE_TRITON:
     def _latent_block(q_lat, q_rope, row, live, m, l, acc, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
                       R_PAD: tl.constexpr):
         """One block of cached rows (pointers `row` [1, BLOCK] to [latent | rope key] rows; `live` [BLOCK]) of
-        absorbed MLA attention: scores on the tensor cores, then the online-softmax update of (m, l, acc).
-        The latent tile already on chip is the value: P x latent accumulates [heads, L]."""
+        absorbed MLA attention: scores on the tensor cores, then the online-softmax update of (m, l, acc), m in
+        log2 units (scores times log2 e, for exp2). The latent tile already on chip is the value: P x latent
+        accumulates [heads, L]."""
         lat = tl.arange(0, L_PAD)
         rope = tl.arange(0, R_PAD)
         k_lat = tl.load(row + lat[:, None], mask=live[None, :] & (lat < L)[:, None], other=0.0)  # [L_PAD, BLOCK]
         k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & (rope < R)[:, None], other=0.0)
-        scores = tl.dot(q_lat, k_lat) + tl.dot(q_rope, k_rope)  # [BLOCK_H, BLOCK]
+        scores = tl.dot(q_lat, k_lat)
+        scores = tl.dot(q_rope, k_rope, scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
         scores = tl.where(live[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
-        p = tl.exp(scores - m_new[:, None])
-        correction = tl.exp(m - m_new)
+        p = tl.math.exp2(scores - m_new[:, None])
+        correction = tl.math.exp2(m - m_new)
         l = l * correction + tl.sum(p, axis=1)
-        acc = acc * correction[:, None] + tl.dot(p.to(k_lat.dtype), tl.trans(k_lat))
+        acc = tl.dot(p.to(k_lat.dtype), tl.trans(k_lat), acc * correction[:, None])
         return m_new, l, acc
 
 
@@ -348,11 +350,13 @@ if HAVE_TRITON:
     def _dot_operand(x, DOT: tl.constexpr):
         """FP8 values as a product takes them: DOT 2, FP8 tensor cores; 1, bf16 ones; 0, fp32 (the interpreter).
         FP8 values are exact in bf16 and fp32, so every choice forms the same products."""
-        if DOT == 1:
-            return x.to(tl.bfloat16)
-        if DOT == 0:
-            return x.to(tl.float32)
-        return x
+        if DOT == 1:  # one return: Triton compiles only the branch taken, and its type must be the function's
+            y = x.to(tl.bfloat16)
+        elif DOT == 0:
+            y = x.to(tl.float32)
+        else:
+            y = x
+        return y
 
 
     @triton.jit

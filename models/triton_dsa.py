@@ -46,8 +46,9 @@ TOPK_CONFIGS = [(2048, 8), (4096, 8), (8192, 8), (2048, 4), (4096, 4), (1024, 4)
 # radix_topk: (scores per step, warps, programs per SM over all rows' parts)
 RADIX_CONFIGS = [(2048, 4, 2), (1024, 4, 2), (2048, 8, 2), (1024, 4, 4)]
 # (heads per program, keys per step, warps, pipeline stages, rows loaded as they lie).
-SPARSE_CONFIGS = [(32, 64, 4, 3, True), (32, 32, 4, 3, True), (32, 64, 8, 2, True), (32, 32, 4, 4, True),
-                  (32, 64, 8, 2, False), (16, 32, 4, 2, False), (64, 16, 8, 2, False), (32, 16, 4, 3, False)]
+SPARSE_CONFIGS = [(64, 64, 8, 2, True), (64, 64, 8, 3, True), (64, 32, 8, 3, True), (32, 64, 4, 3, True),
+                  (32, 32, 4, 3, True), (32, 64, 8, 2, True), (32, 32, 4, 4, True), (32, 64, 8, 2, False),
+                  (16, 32, 4, 2, False), (32, 16, 4, 3, False)]
 
 
 def serves(x: torch.Tensor) -> bool:
@@ -148,13 +149,15 @@ if HAVE_TRITON:
         rope = tl.arange(0, R_PAD)
         k_lat = tl.load(row + lat[None, :], mask=live[:, None] & (lat < L)[None, :], other=0.0)  # [BLOCK, L_PAD]
         k_rope = tl.load(row + L + rope[None, :], mask=live[:, None] & (rope < R)[None, :], other=0.0)
-        scores = tl.dot(q_lat, tl.trans(k_lat)) + tl.dot(q_rope, tl.trans(k_rope))  # [BLOCK_H, BLOCK]
+        scores = tl.dot(q_lat, tl.trans(k_lat))
+        scores = tl.dot(q_rope, tl.trans(k_rope), scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
         scores = tl.where(live[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
-        p = tl.exp(scores - m_new[:, None])
-        correction = tl.exp(m - m_new)
+        p = tl.math.exp2(scores - m_new[:, None])
+        correction = tl.math.exp2(m - m_new)
         l = l * correction + tl.sum(p, axis=1)
-        acc = acc * correction[:, None] + tl.dot(p.to(k_lat.dtype), k_lat)
+        # The product accumulates into the rescaled output: no second [BLOCK_H, L_PAD] fp32 tile in registers.
+        acc = tl.dot(p.to(k_lat.dtype), k_lat, acc * correction[:, None])
         return m_new, l, acc
 
 
