@@ -8,7 +8,12 @@ kvplan.models.triton_dsa.radix_topk. --before FILE (an older models/triton_decod
 `git show REV:models/triton_decode.py`) also times that file's dsa_index_scores, which takes the queries in bf16,
 and compares its scores and top-k with the current ones. Every launch config the kernels timed is printed last.
 
-Run: python examples/dsa_decode_parts.py [--before old_triton_decode.py]
+--shapes BxS,... (e.g. 1x4k,16x128k) then times the indexer and the top-k alone at each batch x cache slots (the
+decode shapes of the validation matrix and of bench_decode; random FP8 keys, all slots visible) and, with --out
+DIR, writes DIR/dsa_decode_shapes.csv: the points kvplan.hardware's decode top-k and indexer figures are fitted
+to.
+
+Run: python examples/dsa_decode_parts.py [--before old_triton_decode.py] [--shapes ... --out DIR]
      TRITON_INTERPRET=1 python examples/dsa_decode_parts.py --cpu   (tiny shapes on the CPU: checks the script,
      times nothing)
 """
@@ -16,14 +21,17 @@ Run: python examples/dsa_decode_parts.py [--before old_triton_decode.py]
 from __future__ import annotations
 
 import argparse
+import csv
 import importlib.util
 import statistics
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
 from kvplan.models import build, sliced, triton_decode, triton_dsa
 from kvplan.presets import get_preset
+from kvplan.units import parse_token_list
 from kvplan.profilers.bench_decode import fill_cache_randomly
 
 
@@ -58,6 +66,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--before", help="an older models/triton_decode.py whose indexer is timed too")
     parser.add_argument("--cpu", action="store_true", help="tiny shapes under TRITON_INTERPRET=1; times nothing")
+    parser.add_argument("--shapes", help="batch x slots list, e.g. 1x4k,8x32k: the indexer and top-k alone")
+    parser.add_argument("--out", help="folder for dsa_decode_shapes.csv (with --shapes)")
     args = parser.parse_args()
     before = None
     if args.before:
@@ -126,9 +136,46 @@ def main() -> None:
             us = graph_microseconds(fn, args.cpu)
             rate = f"  {index_bytes / us / 1e3:6.0f} GB/s" if name.startswith("indexer") and us else ""
             print(f"{name:48s} {us:8.1f} us{rate}", flush=True)
+    if args.shapes:
+        time_shapes(args, layer, k, device, dtype)
     for label, module in (("now", triton_decode), ("before", before)):
         for key, times in (module.TIMINGS.items() if module else ()):
             print(f"  {label} timed {key}: " + ", ".join(f"{'x'.join(map(str, c))} {ms:.3f} ms" for ms, c in times))
+
+
+def time_shapes(args, layer, k: int, device: str, dtype: torch.dtype) -> None:
+    """The indexer and the top-k alone at each --shapes batch x slots: one query per sequence (the layer's heads
+    and widths) against random FP8 keys, every slot visible."""
+    rows = []
+    for shape in args.shapes.split(","):
+        batch, slots = (parse_token_list(part, "--shapes")[0] for part in shape.split("x"))
+        n, d = layer.dsa.index_n_heads, layer.dsa.index_head_dim
+        keys = torch.randn(batch, slots, d, device=device).to(torch.float8_e4m3fn)
+        scales = torch.rand(batch, slots, keys.size(-1) // layer.group, device=device) + 0.5
+        q_fp8 = torch.randn(batch, n, d, device=device).to(torch.float8_e4m3fn)
+        q_scale = torch.rand(batch, n, d // layer.group, device=device) + 0.5
+        weights = torch.randn(batch, n, device=device)
+        limit = torch.tensor([slots - 1], device=device)
+        chosen = min(k, slots)
+        with torch.inference_mode():
+            scores = triton_decode.dsa_index_scores(q_fp8, q_scale, weights, keys, scales, layer.group, limit)
+            index_us = graph_microseconds(lambda: triton_decode.dsa_index_scores(
+                q_fp8, q_scale, weights, keys, scales, layer.group, limit), args.cpu)
+            topk_us = graph_microseconds(lambda: triton_decode.topk_indices(scores, chosen), args.cpu)
+        row = dict(batch=batch, slots=slots, k=chosen, index_us=index_us, index_key_bytes=keys.numel()
+                   + scales.numel() * scales.element_size(), topk_us=topk_us, score_bytes=scores.numel() * 4,
+                   topk_config=str(triton_decode.CHOSEN.get(("topk", batch, slots, chosen), "")))
+        rows.append(row)
+        print(f"batch {batch:3d} slots {slots:7d}: indexer {index_us:7.1f} us, top-k {topk_us:7.1f} us "
+              f"({row['topk_config']})", flush=True)
+        del keys, scores
+    if args.out:
+        path = Path(args.out) / "dsa_decode_shapes.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -442,6 +442,7 @@ class Estimator:
         # kind (prefill_query_chunk: the queries one indexer call scores and one top-k call selects for).
         query_chunk = None if prefill_keys is None else self.model.attention.prefill_query_chunk
         indexer_calls = n_layers * (ceil_div(tokens, query_chunk) if query_chunk else 1)
+        topk = k.decode_topk if prefill_keys is None else k.topk
         if self._sparse:  # the selected latent rows each query reads, on every tensor-parallel rank
             attention = attention + k.sparse_attention.seconds(0, sparse_bytes / ranks, bf16, bandwidth, 0)
         seconds = {
@@ -451,7 +452,7 @@ class Estimator:
             "attention": attention,
             "indexer": (k.indexer.seconds(indexer_flops / ranks, indexer_bytes / gpus, gpu.fp8_flops or bf16, bandwidth,
                                           indexer_calls)
-                        + k.topk.seconds(0, indexer_scores * SCORE_BYTES / ranks, bf16, bandwidth, indexer_calls)
+                        + topk.seconds(0, indexer_scores * SCORE_BYTES / ranks, bf16, bandwidth, indexer_calls)
                         if self.indexer_pair_flops else 0.0),
             "elementwise": k.elementwise.seconds(0, tokens_per_rank * self._elementwise_bytes_per_token, bf16, bandwidth,
                                                  ELEMENTWISE_CALLS_PER_LAYER * n_layers),

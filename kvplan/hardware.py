@@ -27,10 +27,14 @@ _ELEMENTWISE = Kernel(1.0, 0.8, 3e-6)  # aiconfigurator's system files: memory-b
 # examples/bench/bench_decode-h100-b16-128k.csv's log): FP8 indexer 585 TFLOP/s = 0.296 of 1979; exact top-k
 # 1.22 ms over 1024 x 131072 fp32 scores (537 MB) and 96 us over 16 x 131072 (8.4 MB, a decode step): the line
 # through both gives 78 us a call + 0.140 of 3.35 TB/s (a few rows leave most of the GPU idle); sparse attention
-# reading 2.36 MB of latents per query in 0.80 ms = 0.898 of 3.35 TB/s. Other GPUs take the same figures (no
-# published measurement). The indexer reads its cached keys at MLA decode's scan bandwidth (an assumption: the
-# same memory-bound scan of a latent-like cache).
-_DSA = dict(indexer=Kernel(0.296, 1.0, 0.0), topk=Kernel(1.0, 0.140, 78e-6), sparse_attention=Kernel(1.0, 0.898, 0.0))
+# reading 2.36 MB of latents per query in 0.80 ms = 0.898 of 3.35 TB/s. Decode's top-k (kvplan.models'
+# topk_indices: radix selection or torch.topk, whichever times faster) over 1-16 rows of 4k-128k scores, alone
+# (examples/bench/dsa_decode_shapes-h100.csv: `python3 examples/dsa_decode_parts.py --shapes ...`): 20.6 us at
+# 8 x 4k to 72.8 us at 16 x 128k; least squares gives 23.6 us a call + 0.050 of 3.35 TB/s (within 8 us of all
+# seven points). Other GPUs take the same figures (no published measurement). The indexer reads its cached keys
+# at MLA decode's scan bandwidth (an assumption: the same memory-bound scan of a latent-like cache).
+_DSA = dict(indexer=Kernel(0.296, 1.0, 0.0), topk=Kernel(1.0, 0.140, 78e-6), decode_topk=Kernel(1.0, 0.050, 23.6e-6),
+            sparse_attention=Kernel(1.0, 0.898, 0.0))
 
 
 # Grouped expert GEMMs lose compute efficiency as tp narrows each expert (aiconfigurator's H100 vLLM table,

@@ -27,8 +27,9 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
   products, activation quantisation), fitted as the remainder of aiconfigurator's MLA module tables.
 - elementwise: norms, residual adds, the gated activation: bytes read and written per token.
 - logits: the LM head GEMM on the tokens that need a logit (gemm's figures), and the fp32 logits it writes.
-- indexer, topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over every
-  visible key), the top-k selection over its fp32 scores, and sparse MLA attention: its FLOPs (absorbed, over
+- indexer, topk, decode_topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over
+  every visible key), the top-k selection over its fp32 scores (`topk` in prefill, once per query chunk and
+  layer; `decode_topk` in decode, a few long rows once a layer), and sparse MLA attention: its FLOPs (absorbed, over
   the selected pairs) on MLA's attention figures, plus the bytes of the latent rows each query reads at
   sparse_attention's bandwidth. The indexer and top-k run whole on every tensor-
   parallel rank (the indexer is replicated), split only over data-parallel ranks; in decode the indexer reads
@@ -84,6 +85,7 @@ class Kernels:
     elementwise: Kernel = Kernel()
     indexer: Kernel = Kernel()
     topk: Kernel = Kernel()
+    decode_topk: Kernel = Kernel()
     sparse_attention: Kernel = Kernel()
     communication: Kernel = Kernel()
     all_to_all: Kernel = Kernel()
@@ -140,10 +142,11 @@ def kernels_from_dict(data: dict) -> Kernels:
             values[key] = Kernel(**{k: _fraction(f"{key}.{k}", v, k != "call_seconds") for k, v in value.items()})
         else:
             values[key] = _fraction(key, value, False)
-    # A profile measured without MLA or all-to-all figures prices them with its generic attention and
-    # communication figures.
+    # A profile measured without MLA, all-to-all or decode top-k figures prices them with its generic attention,
+    # communication and top-k figures.
     for name, like in (("mla_prefill_attention", "prefill_attention"), ("mla_half_tokens", "attention_half_tokens"),
-                       ("mla_decode_attention", "decode_attention"), ("all_to_all", "communication")):
+                       ("mla_decode_attention", "decode_attention"), ("all_to_all", "communication"),
+                       ("decode_topk", "topk")):
         if name not in values and like in values:
             values[name] = values[like]
     return replace(Kernels(), **values)

@@ -350,7 +350,7 @@ if HAVE_TRITON:
     def _dot_operand(x, DOT: tl.constexpr):
         """FP8 values as a product takes them: DOT 2, FP8 tensor cores; 1, bf16 ones; 0, fp32 (the interpreter).
         FP8 values are exact in bf16 and fp32, so every choice forms the same products."""
-        if DOT == 1:  # one return: Triton compiles only the branch taken, and its type must be the function's
+        if DOT == 1:  # one return statement: on a GPU, Triton requires every return of a function to agree in type
             y = x.to(tl.bfloat16)
         elif DOT == 0:
             y = x.to(tl.float32)
@@ -365,8 +365,10 @@ if HAVE_TRITON:
         (KEYS_AS_ROWS) or [N_PAD, BLOCK]."""
         k = _dot_operand(k, DOT)
         if KEYS_AS_ROWS:  # keys [BLOCK, d] and queries as [d, N_PAD], both K-major, as FP8 tensor cores take them
-            return tl.dot(k, tl.trans(q))
-        return tl.dot(q, tl.trans(k))
+            scores = tl.dot(k, tl.trans(q))
+        else:
+            scores = tl.dot(q, tl.trans(k))
+        return scores
 
 
     @triton.jit

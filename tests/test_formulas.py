@@ -559,25 +559,28 @@ def test_moe_grouped_gemm_by_hand():
     assert step["decode_moe_seconds"] == pytest.approx(decode, rel=1e-12)
 
 
-def test_a_profile_without_mla_or_all_to_all_figures_prices_them_with_its_generic_ones():
+def test_a_profile_without_mla_all_to_all_or_decode_topk_figures_prices_them_with_its_generic_ones():
     from kvplan.roofline import kernels_from_dict
 
     kernels = kernels_from_dict({"prefill_attention": {"compute": 0.5, "bandwidth": 0.7},
                                  "attention_half_tokens": 1000, "decode_attention": {"bandwidth": 0.8,
                                                                                       "call_seconds": 1e-5},
-                                 "communication": {"bandwidth": 0.9, "call_seconds": 4e-6}})
+                                 "communication": {"bandwidth": 0.9, "call_seconds": 4e-6},
+                                 "topk": {"bandwidth": 0.2, "call_seconds": 5e-5}})
     assert kernels.mla_prefill_attention == kernels.prefill_attention
     assert kernels.mla_half_tokens == 1000 and kernels.mla_attention_efficiency(1000) == 0.25
     assert kernels.mla_decode_attention == kernels.decode_attention
     assert kernels.all_to_all == kernels.communication
+    assert kernels.decode_topk == kernels.topk
 
 
 def test_dsa_decode_indexer_reads_its_keys_while_it_scores_them():
     # deepseek-v3.2-exp on 8 H100s, one sequence at 8k: each GPU's indexer scores 8192 cached keys per layer
     # (64 heads x 128, fp8, at 0.296 of 1978.9 TFLOP/s) while reading them (128 fp8 values + one fp32 scale, at
-    # MLA decode's 0.869 of 3.35 TB/s): the larger of the two; then top-k over the fp32 scores (one call a layer).
+    # MLA decode's 0.869 of 3.35 TB/s): the larger of the two; then decode's top-k over the fp32 scores (one call
+    # a layer, 23.6 us + the scores at 0.050 of 3.35 TB/s; prefill's top-k figures are not used).
     row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
     keys = 61 * 8 * K
     scoring = max(keys * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.296), keys * (128 + 4) / (HBM * 0.869))
-    assert row["decode_indexer_seconds"] == pytest.approx(scoring + 61 * 78e-6 + keys * 4 / (HBM * 0.140),
+    assert row["decode_indexer_seconds"] == pytest.approx(scoring + 61 * 23.6e-6 + keys * 4 / (HBM * 0.050),
                                                       rel=1e-12)
