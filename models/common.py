@@ -21,7 +21,7 @@ from torch import nn
 from kvplan.dtypes import FORMATS, StorageFormat
 from kvplan.units import InputError
 
-from . import flex_prefill
+from . import flex_prefill, triton_norm
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp8": torch.float8_e4m3fn}
 
@@ -45,6 +45,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, **factory))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if triton_norm.serves(x, self.weight):
+            return triton_norm.rms_norm(x, self.weight, self.eps)
         # The norm is accumulated in fp32 without an fp32 copy of x: one output tensor, no other temporaries.
         acc = torch.promote_types(x.dtype, torch.float32)
         rms = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=acc) / math.sqrt(x.size(-1))
