@@ -158,7 +158,7 @@ class DSALayer(MLALayer):
     def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         B = x.size(0)
         cos, sin = self.rope.at(input_pos)
-        self.write("kv_cache", self._latent(x, cos, sin), input_pos)
+        self._write_latent(x, cos, sin, input_pos)
         q_latent, q = self._query(x)
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
         k = min(self.dsa.index_topk, self.slots)  # static k: every step has the same shapes

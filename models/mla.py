@@ -75,16 +75,27 @@ class MLALayer(nn.Module, CacheMixin):
         out[..., L:] = apply_rope(kv[..., L:].unsqueeze(2), cos, sin).squeeze(2)
         return out
 
+    def _write_latent(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, input_pos: torch.Tensor) -> None:
+        """Decode: the token's cache row (_latent) written at its slot; on the GPU in one kernel after wkv_a."""
+        norm = self.kv_norm.weight
+        if triton_decode.enabled(x) and self.kv_cache.dtype == x.dtype == norm.dtype:
+            triton_decode.mla_latent_write(self.wkv_a(x)[:, 0], norm, self.kv_norm.eps, cos, sin,
+                                           self.kv_cache, input_pos)
+        else:
+            self.write("kv_cache", self._latent(x, cos, sin), input_pos)
+
     def _absorbed_query(self, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """q [B, T, h, qk] -> [q_nope W_UK, rotated q_rope] * scale, [B, T, h, L + R]."""
         s = self.spec
         w_uk, _ = self._w_uk_uv()
         q_nope, q_rope = q.split((s.qk_nope_head_dim, s.qk_rope_head_dim), dim=-1)
-        q_cat = q.new_empty(q.shape[:-1] + (s.kv_lora_rank + s.qk_rope_head_dim,))
         # [h, B*T, nope] @ [h, nope, L]: one batched product per head.
         B, T, h, _ = q.shape
-        q_cat[..., :s.kv_lora_rank] = torch.matmul(q_nope.reshape(B * T, h, -1).transpose(0, 1), w_uk
-                                                   ).transpose(0, 1).view(B, T, h, -1)
+        absorbed = torch.matmul(q_nope.reshape(B * T, h, -1).transpose(0, 1), w_uk).transpose(0, 1)  # [B*T, h, L]
+        if T == 1 and triton_decode.enabled(q):  # a decode step: rotation, concatenation and scale in one kernel
+            return triton_decode.mla_decode_query(absorbed, q[:, 0], cos, sin, self.scale).unsqueeze(1)
+        q_cat = q.new_empty(q.shape[:-1] + (s.kv_lora_rank + s.qk_rope_head_dim,))
+        q_cat[..., :s.kv_lora_rank] = absorbed.view(B, T, h, -1)
         q_cat[..., s.kv_lora_rank:] = apply_rope(q_rope, cos, sin)
         return q_cat.mul_(self.scale)
 
@@ -120,7 +131,7 @@ class MLALayer(nn.Module, CacheMixin):
     def decode(self, x: torch.Tensor, input_pos: torch.Tensor) -> torch.Tensor:
         B = x.size(0)
         cos, sin = self.rope.at(input_pos)
-        self.write("kv_cache", self._latent(x, cos, sin), input_pos)
+        self._write_latent(x, cos, sin, input_pos)
         _, q = self._query(x)
         q_cat = self._absorbed_query(q, cos, sin)[:, 0]  # [B, h, L + R]
         if triton_decode.enabled(x) and self.kv_cache.dtype == x.dtype:

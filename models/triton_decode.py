@@ -520,6 +520,85 @@ if HAVE_TRITON:
             tl.store(kcs_ptr + row * GROUPS + g + one, ks)
 
 
+if HAVE_TRITON:
+    @triton.jit
+    def _rms_row(x, w_ptr, cols, ok, eps, sqrt_width):
+        """RMSNorm of one row x [D_PAD] (zero past the row; `ok`) with weights at w_ptr + cols -> fp32, each step
+        rounded to x's dtype as kvplan.models.common.RMSNorm's PyTorch path rounds: the reciprocal of
+        (sqrt(mean(x^2)) + eps), x times it, then times the weight."""
+        xf = x.to(tl.float32)
+        rms = tl.math.div_rn(tl.math.sqrt_rn(tl.sum(xf * xf, axis=0)), sqrt_width)  # IEEE-rounded, as PyTorch's
+        y = _rounded(xf * _rounded(tl.math.div_rn(1.0, rms + eps), x), x)
+        return _rounded(y * tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32), x)
+
+
+    @triton.jit
+    def _mla_latent_kernel(kv_ptr, w_ptr, cos_ptr, sin_ptr, pos_ptr, cache_ptr, slots, eps, sqrt_width,
+                           L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr, R_PAD: tl.constexpr):
+        # One program per sequence: its latent normed, its RoPE key rotated, both written as its cache row at slot
+        # position % slots.
+        b = tl.program_id(0)
+        row = kv_ptr + b * (L + R)
+        lat = tl.arange(0, L_PAD)
+        lat_ok = lat < L
+        x = tl.load(row + lat, mask=lat_ok, other=0.0)
+        out = cache_ptr + (b.to(tl.int64) * slots + (tl.load(pos_ptr) % slots).to(tl.int64)) * (L + R)
+        tl.store(out + lat, _rms_row(x, w_ptr, lat, lat_ok, eps, sqrt_width).to(x.dtype), mask=lat_ok)
+        one = tl.zeros([1], tl.int32)  # the key: a tile of one row
+        dims = tl.arange(0, R_PAD)
+        key = _rotated(row + L + one[:, None], one >= 0, dims, dims < R, cos_ptr, sin_ptr, R)
+        tl.store(out + L + one[:, None] + dims[None, :], key.to(x.dtype), mask=(dims < R)[None, :])
+
+
+    @triton.jit
+    def _mla_query_kernel(qa_ptr, qa_token, qa_head, q_ptr, q_token, q_head, cos_ptr, sin_ptr, out_ptr, scale,
+                          H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, NOPE: tl.constexpr, L_PAD: tl.constexpr,
+                          R_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+        # Program (token, head block): [q_nope W_UK, RoPE(q_rope)] x scale, rounded as the PyTorch path rounds (the
+        # rotation's products and sums, then the scale).
+        t = tl.program_id(0)
+        heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        head_ok = heads < H
+        lat = tl.arange(0, L_PAD)
+        ok = head_ok[:, None] & (lat < L)[None, :]
+        a = tl.load(qa_ptr + t * qa_token + heads[:, None] * qa_head + lat[None, :], mask=ok, other=0.0)
+        out = out_ptr + (t * H + heads[:, None]) * (L + R)
+        tl.store(out + lat[None, :], _rounded(a.to(tl.float32) * scale, a).to(a.dtype), mask=ok)
+        dims = tl.arange(0, R_PAD)
+        rope = _rotated(q_ptr + t * q_token + heads[:, None] * q_head + NOPE, head_ok, dims, dims < R, cos_ptr,
+                        sin_ptr, R)
+        tl.store(out + L + dims[None, :], _rounded(rope * scale, a).to(a.dtype),
+                 mask=head_ok[:, None] & (dims < R)[None, :])
+
+
+def mla_latent_write(kv: torch.Tensor, norm_weight: torch.Tensor, eps: float, cos: torch.Tensor, sin: torch.Tensor,
+                     cache: torch.Tensor, input_pos: torch.Tensor) -> None:
+    """MLALayer._latent and the cache write of one decode step in one kernel: kv [B, L + R] (wkv_a's output)
+    -> cache [>= B, slots, L + R] at slot input_pos % slots gets [RMSNorm(kv[:, :L]), RoPE(kv[:, L:])] (cos, sin
+    [1, R/2]: the position's angles). norm_weight [L] and the cache in kv's dtype."""
+    B, W = kv.shape
+    L = norm_weight.numel()
+    kv = kv.contiguous()
+    _mla_latent_kernel[(B,)](kv, norm_weight, cos.contiguous(), sin.contiguous(), input_pos, cache, cache.size(1),
+                             eps, L ** 0.5, L=L, R=W - L, L_PAD=_pad(L), R_PAD=_pad(W - L), num_warps=4)
+
+
+def mla_decode_query(q_absorbed: torch.Tensor, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """MLALayer._absorbed_query after its per-head product, for one decode step: q_absorbed [B, h, L] (q_nope
+    W_UK), q [B, h, nope + R] (the query, its RoPE part last), cos/sin [1, R/2] -> [B, h, L + R] =
+    [q_absorbed, RoPE(q_rope)] x scale. Both inputs' last dimension contiguous."""
+    B, H, L = q_absorbed.shape
+    R = 2 * cos.size(-1)
+    out = torch.empty(B, H, L + R, device=q.device, dtype=q.dtype)
+    block_h = min(16, _pad(H))
+    _mla_query_kernel[(B, triton.cdiv(H, block_h))](
+        q_absorbed, q_absorbed.stride(0), q_absorbed.stride(1), q, q.stride(0), q.stride(1), cos.contiguous(),
+        sin.contiguous(), out, scale, H=H, L=L, R=R, NOPE=q.size(-1) - R, L_PAD=_pad(L), R_PAD=_pad(R),
+        BLOCK_H=block_h, num_warps=4)
+    return out
+
+
 def dsa_decode_inputs(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                       k_cache: torch.Tensor, scale_cache: torch.Tensor, input_pos: torch.Tensor, group: int,
                       weight_scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -24,18 +24,15 @@ MAX_WIDTH = 16384  # widest row one program holds in registers; wider rows take 
 
 
 if HAVE_TRITON:
+    from .triton_decode import _rms_row
+
     @triton.jit
     def _rms_norm_kernel(x_ptr, w_ptr, out_ptr, row_stride, eps, sqrt_width, D: tl.constexpr, D_PAD: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         cols = tl.arange(0, D_PAD)
         ok = cols < D
         x = tl.load(x_ptr + row * row_stride + cols, mask=ok, other=0.0)
-        xf = x.to(tl.float32)
-        rms = tl.sqrt(tl.sum(xf * xf, axis=0)) / sqrt_width
-        scale = (1.0 / (rms + eps)).to(x.dtype).to(tl.float32)
-        y = (xf * scale).to(x.dtype).to(tl.float32)
-        w = tl.load(w_ptr + cols, mask=ok, other=0.0).to(tl.float32)
-        tl.store(out_ptr + row * D + cols, (y * w).to(x.dtype), mask=ok)
+        tl.store(out_ptr + row * D + cols, _rms_row(x, w_ptr, cols, ok, eps, sqrt_width).to(x.dtype), mask=ok)
 
 
 def _row_stride(x: torch.Tensor) -> int | None:

@@ -307,3 +307,44 @@ def test_dsa_decode_inputs_equal_the_pytorch_path():
                 assert all((got != expected).float().mean() < 0.01 for got, expected in pairs)
                 torch.testing.assert_close(q_scale, qs_expected, rtol=1e-6, atol=0)
                 torch.testing.assert_close(scale_cache, ks_expected, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("kv_lora_rank, rope", [(24, 8), (512, 64)])
+def test_mla_decode_inputs_equal_the_pytorch_path(kv_lora_rank, rope, monkeypatch):
+    """The latent row (RMSNorm of the latent, RoPE of the key) written at slot position % slots in one kernel,
+    and the absorbed query's rotation, concatenation and scale in another: the PyTorch path's values (_latent and
+    write; _absorbed_query) bit for bit in bf16, within a few roundings of the row's largest value in fp32 (the
+    fp32 sums of the norm may add in another order; the CPU's and GPU's multiply-adds may fuse where the kernels'
+    do not)."""
+    from kvplan.models import triton_decode, triton_norm
+
+    device = _kernel_device()
+    monkeypatch.setattr(triton_norm, "serves", lambda x, w: False)  # the expected norm: PyTorch's own
+    for dtype in (torch.float32, torch.bfloat16):
+        desc = tiny(replace(_MLA, kv_lora_rank=kv_lora_rank, qk_rope_head_dim=rope))
+        layer = build(desc, max_batch=3, max_context=20, dtype=dtype, device=device, kv_dtype=None).layers[0].attention
+        g = torch.Generator(device=device).manual_seed(kv_lora_rank)
+        with torch.no_grad():
+            layer.kv_norm.weight.copy_(torch.rand(kv_lora_rank, device=device, generator=g) + 0.5)
+        x = torch.randn(2, 1, desc.d_model, device=device, dtype=dtype, generator=g)
+        position = torch.tensor([33], device=device)  # slot 13 of 20 (as in a ring)
+        cos, sin = layer.rope.at(torch.tensor([13], device=device))
+        cache = layer.kv_cache.clone()
+        with torch.no_grad():
+            triton_decode.mla_latent_write(layer.wkv_a(x)[:, 0], layer.kv_norm.weight, layer.kv_norm.eps, cos, sin,
+                                           cache, position)
+            layer.write("kv_cache", layer._latent(x, cos, sin), position)
+            q = layer._query(x)[1]
+            monkeypatch.setattr(triton_decode, "enabled", lambda x: True)  # CPU tensors too, under the interpreter
+            got = layer._absorbed_query(q, cos, sin)  # T == 1: the kernel
+            monkeypatch.setattr(triton_decode, "enabled", lambda x: False)
+            expected = layer._absorbed_query(q, cos, sin)
+        assert got.shape == expected.shape
+        pairs = [(cache, layer.kv_cache), (got, expected)]
+        if dtype == torch.bfloat16:
+            assert all(torch.equal(a, b) for a, b in pairs)
+        else:
+            for a, b in pairs:  # RoPE's differences cancel: a few roundings of the largest value apart
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(a, b, rtol=4 * eps, atol=4 * eps * b.abs().max().item())
+        assert torch.equal(cache[:, :13], layer.kv_cache[:, :13]) and torch.equal(cache[2], layer.kv_cache[2])
