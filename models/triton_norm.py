@@ -1,8 +1,8 @@
 """RMSNorm in one Triton kernel (used on CUDA tensors when Triton is installed).
 
 kvplan.models.common.RMSNorm in PyTorch runs six kernels (the fp32 norm, its division, + eps, the reciprocal,
-its cast, x times it, times the weight). In a decode step each works on a few rows and costs a launch's worth of
-GPU time, not its bytes: on an H100, DeepSeek-V3.2's 3-layer decode at batch 16 spends about 0.1 ms of 3.3 in
+its cast, x times it, times the weight). In a decode step (where RMSNorm takes this kernel) each works on a few
+rows and costs a launch's worth of GPU time, not its bytes: on an H100, DeepSeek-V3.2's 3-layer decode at batch 16 spends about 0.1 ms of 3.3 in
 those reductions alone. Here one program reads a row once and writes its output once, with the PyTorch path's
 roundings (the reciprocal cast to x's dtype, x times it rounded, then times the weight rounded), so the two agree
 up to the order of the fp32 sum (tests/test_triton_norm.py, on a GPU or Triton's interpreter).
@@ -49,10 +49,12 @@ def _row_stride(x: torch.Tensor) -> int | None:
 
 
 def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether rms_norm runs the kernel: the decode kernels' conditions, rows no wider than MAX_WIDTH laid out as
-    _row_stride reads them, and a contiguous weight in x's dtype."""
-    return (enabled(x) and 0 < x.size(-1) <= MAX_WIDTH and _row_stride(x) is not None and weight.dtype == x.dtype
-            and weight.is_contiguous())
+    """Whether RMSNorm runs the kernel: a decode step's input (x [..., 1, D]: one token a sequence; in a prefill
+    PyTorch's kernels each stream the whole prompt, which is what the estimate's elementwise bytes count), the
+    decode kernels' conditions, rows no wider than MAX_WIDTH laid out as _row_stride reads them, and a contiguous
+    weight in x's dtype."""
+    return (x.dim() >= 2 and x.size(-2) == 1 and enabled(x) and 0 < x.size(-1) <= MAX_WIDTH
+            and _row_stride(x) is not None and weight.dtype == x.dtype and weight.is_contiguous())
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -31,11 +31,12 @@ and decode steps (measured as `kvplan profile` measures them) then solve what th
 - decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
   attention's bandwidth (least squares; its call time stays the micro-benchmark's).
 MLA's prefill attention takes the calibrated prefill attention (kvplan.models runs it through the same flash
-kernel). MLA's decode keeps the preset's figures: kvplan.models' MLA decode kernel alone (timed the same way on
-an H100: 84% of bandwidth + 23 us) leaves out the rest of an MLA layer's decode (the absorbed query and output
-products, RoPE on the rope part, the latent norm: about a dozen small kernels a layer), which the preset's
-per-layer figure covers; with the kernel's figures the H100 validation's MLA and DSA decode medians were -10.6%
-and -15.6%, with the preset's -1.0% and -7.0%, from the same measurements (examples/validation-h100.md).
+kernel). MLA's decode attention figures (a call time a layer and the latent scan's bandwidth) stand for the whole
+MLA layer's decode besides its projection GEMMs (the absorbed query and output products, the latent and query
+kernels, the attention kernel and its merge), so on a GPU they are solved from the reference re-cast to MLA:
+its decode steps at the same points, every other figure as fitted above (`fit_latent_decode`). (The attention
+kernel alone, timed as a micro-benchmark on an H100, 84% of bandwidth + 23 us, left out the layer's other
+kernels: the H100 validation's MLA and DSA decode medians were then -10.6% and -15.6%.)
 Each point's prediction with the final profile and its error are stored beside it.
 """
 
@@ -80,6 +81,9 @@ class Reference:
     head_dim: int = 64
     attention_lengths: tuple[int, ...] = (128, 256, 512)
     decode_attention_points: tuple[tuple[int, int], ...] = ((1, 512), (2, 1024), (4, 2048))
+    # The reference re-cast to MLA (an --attention spec; None: not run), whose decode steps at decode_points
+    # solve MLA decode attention's figures (fit_latent_decode).
+    latent_attention: str | None = None
 
 
 # Prefill at the two ends of the range kvplan is asked about (4k and 128k): the attention share of prefill
@@ -89,7 +93,8 @@ GPU_REFERENCE = Reference("llama-3.1-8b", None, 2, ((1, 4096), (1, 131072)), ((1
                           copy_bytes=2 * 2**30, matmul_n=8192,
                           gemm_shapes=((4096, 4096), (6144, 4096), (28672, 4096), (4096, 14336), (8192, 8192)),
                           gemm_large_m=4096, heads=32, head_dim=128, attention_lengths=(1024, 4096, 16384),
-                          decode_attention_points=((1, 4096), (8, 8192), (16, 32768), (32, 32768)))
+                          decode_attention_points=((1, 4096), (8, 8192), (16, 32768), (32, 32768)),
+                          latent_attention="mla")
 # The CPU reference keeps the test suite fast: a 1-layer slice of a small model at short contexts.
 CPU_REFERENCE = Reference("t6-medium-mha", None, 1, ((1, 128), (1, 1024)), ((1, 128), (2, 1024)),
                           copy_bytes=64 * 2**20, matmul_n=512)
@@ -290,6 +295,31 @@ def fit_reference(kernels: Kernels, estimator_for, prefill: list[dict], decode: 
     return kernels
 
 
+def fit_latent_decode(kernels: Kernels, estimator_for, decode: list[dict]) -> Kernels:
+    """`kernels` with MLA decode attention's call time and bandwidth solved so an MLA network's measured decode
+    steps ({"batch", "context", "seconds"}) come out as measured, every other figure kept: each step's seconds
+    are the rest of the step plus calls x call_seconds plus the latent scan's bytes x seconds per byte
+    (`estimator_for(kernels)` gives the MLA network's Estimator). A solve that cannot tell the two apart (or
+    gives a negative one) leaves the kernels unchanged."""
+    latent = kernels.mla_decode_attention
+    probe = latent.call_seconds or 1e-6
+    without = estimator_for(replace(kernels, mla_decode_attention=replace(latent, call_seconds=0.0)))
+    with_calls = estimator_for(replace(kernels, mla_decode_attention=replace(latent, call_seconds=probe)))
+    rows = []
+    for p in decode:
+        base = without.row(p["batch"], p["context"])
+        calls = (with_calls.row(p["batch"], p["context"])["decode_attention_seconds"]
+                 - base["decode_attention_seconds"]) / probe
+        scan = base["decode_attention_seconds"]
+        rows.append((calls, scan, p["seconds"] - (base["decode_seconds_per_token"] - scan)))
+    solved = _solve_two(rows)
+    if not solved or min(solved) <= 0:
+        return kernels
+    call_seconds, scale = solved
+    return replace(kernels, mla_decode_attention=replace(_scaled(latent, scale, compute=False),
+                                                         call_seconds=call_seconds))
+
+
 def fit_line(xs: list[float], ts: list[float]) -> tuple[float, float]:
     """(intercept, slope) of the least-squares line t = intercept + slope x; the intercept is kept >= 0."""
     n = len(xs)
@@ -363,16 +393,18 @@ def _base_gpu(device: torch.device, gpu: str, usd_per_hour: float | None, copy_b
     return replace(base, usd_per_hour=usd_per_hour) if usd_per_hour else base
 
 
-def _reference_rows(ref: Reference, device: torch.device, repeats: int, progress):
-    """(the sliced reference Model, [((batch, context), measured figures)])."""
+def _reference_rows(ref: Reference, device: torch.device, repeats: int, progress, attention: str | None = None,
+                    points=None):
+    """(the sliced reference Model, re-cast to `attention` if given, [((batch, context), measured figures)] at
+    `points`, by default every prefill and decode point)."""
     from kvplan.models import sliced
 
-    full = resolve_model(ref.model, ref.attention)
+    full = resolve_model(ref.model, attention or ref.attention)
     desc = sliced(full, ref.layers) if ref.layers < full.n_layers else full
     settings = Settings(device=device, dtype=default_dtype(device), repeats=repeats, count_flops=False)
     rows = []
-    for batch, context in sorted(set(ref.prefill_points) | set(ref.decode_points)):
-        progress(f"reference model: batch {batch}, context {context}")
+    for batch, context in sorted(points or set(ref.prefill_points) | set(ref.decode_points)):
+        progress(f"reference model{f' ({attention})' if attention else ''}: batch {batch}, context {context}")
         out: dict = {}
         measure_row(desc, batch, context, _kv_dtype(device), settings, out)
         free_memory(device)
@@ -424,10 +456,20 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     # expanded to heads), so the calibrated prefill attention stands for MLA's too.
     fitted = replace(fitted, mla_prefill_attention=fitted.prefill_attention,
                      mla_half_tokens=fitted.attention_half_tokens)
+    latent_points, latent_note = [], ""
+    if ref.latent_attention and not cpu:
+        latent_desc, latent_rows = _reference_rows(ref, device, repeats, progress, ref.latent_attention,
+                                                   ref.decode_points)
+        latent_points = [{"batch": b, "context": c, "seconds": out["decode_seconds_measured"]}
+                         for (b, c), out in latent_rows]
+        fitted = fit_latent_decode(fitted, lambda k: Estimator(latent_desc, deployment(
+            replace(calibrated, kernels=k), kv, dtype)), latent_points)
+        latent_note = (f"; MLA decode attention solved from the reference re-cast to {ref.latent_attention}'s "
+                       f"measured decode steps")
     calibrated = replace(calibrated, kernels=replace(fitted, source=f"{fitted.source}; elementwise and attention "
                          f"solved from the reference model's measured prefills and decode steps ({ref.model}, "
                          f"first {desc.n_layers} layers); MLA prefill attention as the calibrated prefill "
-                         f"attention (the same flash kernel in kvplan.models)"))
+                         f"attention (the same flash kernel in kvplan.models){latent_note}"))
     check = Estimator(desc, deployment(calibrated, kv, dtype))
     for point in decode:
         point["predicted_seconds"] = check.decode_step(point["batch"], point["context"])[1]
@@ -435,6 +477,11 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
     for point in prefill:
         point["predicted_seconds"] = check.prefill(point["batch"], point["context"])[1]
         point["error"] = point["predicted_seconds"] / point["seconds"] - 1
+    if latent_points:
+        latent_check = Estimator(latent_desc, deployment(calibrated, kv, dtype))
+        for point in latent_points:
+            point["predicted_seconds"] = latent_check.decode_step(point["batch"], point["context"])[1]
+            point["error"] = point["predicted_seconds"] / point["seconds"] - 1
     return {
         "kvplan_profile": PROFILE_FORMAT,
         "gpu": asdict(calibrated),
@@ -449,6 +496,7 @@ def calibrate(device: torch.device, gpu: str = "auto", usd_per_hour: float | Non
             "reference_model": f"{ref.model}, first {desc.n_layers} layers ({desc.kind_label})",
             "decode_points": decode,
             "prefill_points": prefill,
+            "latent_decode_points": latent_points,
             "kernel_points": kernel_points,
         },
         "device": env,

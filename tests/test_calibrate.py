@@ -226,3 +226,26 @@ def test_reference_fit_leaves_kernels_alone_when_points_cannot_separate_the_unkn
 
     one_point = [{"batch": 1, "context": 4096, "seconds": 1.0}]
     assert cal.fit_reference(gpu.kernels, estimator_for, one_point, one_point) == gpu.kernels
+
+
+def test_latent_decode_fit_recovers_mla_decode_figures():
+    # An MLA network's "measured" decode steps made by the estimate itself with known MLA decode attention
+    # figures (0.7 of bandwidth, 30 us a layer); from the preset's, the fit finds them and leaves the rest alone.
+    from kvplan.api import resolve_model
+    from kvplan.models import sliced
+
+    model = resolve_model("llama-3.1-8b", "mla")
+    gpu = GPUS["h100-sxm"]
+    truth = replace(gpu.kernels, mla_decode_attention=cal.Kernel(1.0, 0.7, 30e-6))
+
+    def estimator_for(kernels):
+        return Estimator(sliced(model, 2), deployment_for(replace(gpu, kernels=kernels), prefill_chunk=0))
+
+    measured = estimator_for(truth)
+    decode = [{"batch": b, "context": c, "seconds": measured.row(b, c)["decode_seconds_per_token"]}
+              for b, c in ((1, 4096), (1, 32768), (8, 32768))]
+    k = cal.fit_latent_decode(gpu.kernels, estimator_for, decode)
+    assert k.mla_decode_attention.bandwidth == pytest.approx(0.7, rel=1e-6)
+    assert k.mla_decode_attention.call_seconds == pytest.approx(30e-6, rel=1e-6)
+    assert replace(k, mla_decode_attention=gpu.kernels.mla_decode_attention) == gpu.kernels
+    assert cal.fit_latent_decode(gpu.kernels, estimator_for, decode[:1]) == gpu.kernels  # one step: no solve

@@ -33,17 +33,18 @@ def test_rms_norm_kernel_equals_the_pytorch_path(shape, wider, monkeypatch):
         assert ((got.float() - expected.float()).abs() <= steps).all()
 
 
-def test_rms_norm_kernel_serves_only_contiguous_rows_in_the_weights_dtype():
+def test_rms_norm_kernel_serves_decode_steps_whose_rows_it_reads():
     from kvplan.models import triton_norm
 
     device = _kernel_device()
     if device == "cpu":
         pytest.skip("the kernel serves CUDA tensors only")
     w = torch.ones(64, device=device)
-    assert triton_norm.serves(torch.randn(4, 64, device=device), w)
-    assert triton_norm.serves(torch.randn(3, 4, 80, device=device)[..., :64], w)  # rows evenly strided
-    assert not triton_norm.serves(torch.randn(3, 5, 64, device=device)[:, :4], w)  # rows not evenly strided
-    assert not triton_norm.serves(torch.randn(64, 4, device=device).t(), w)
-    assert not triton_norm.serves(torch.randn(4, 64, device=device, dtype=torch.bfloat16), w)
-    assert not triton_norm.serves(torch.randn(4, triton_norm.MAX_WIDTH + 1, device=device),
+    assert triton_norm.serves(torch.randn(4, 1, 64, device=device), w)  # a decode step
+    assert not triton_norm.serves(torch.randn(4, 3, 64, device=device), w)  # a prefill: PyTorch's kernels
+    assert triton_norm.serves(torch.randn(3, 1, 80, device=device)[..., :64], w)  # rows evenly strided
+    assert not triton_norm.serves(torch.randn(3, 5, 1, 64, device=device)[:, :4], w)  # rows not evenly strided
+    assert not triton_norm.serves(torch.randn(64, 1, 4, device=device).transpose(0, 2), w)
+    assert not triton_norm.serves(torch.randn(4, 1, 64, device=device, dtype=torch.bfloat16), w)
+    assert not triton_norm.serves(torch.randn(4, 1, triton_norm.MAX_WIDTH + 1, device=device),
                                   torch.ones(triton_norm.MAX_WIDTH + 1, device=device))
