@@ -33,6 +33,7 @@ from kvplan.models import build, sliced, triton_decode, triton_dsa
 from kvplan.presets import get_preset
 from kvplan.units import parse_token_list
 from kvplan.profilers.bench_decode import fill_cache_randomly
+from kvplan.profilers.measure import graph_replay
 
 
 def graph_microseconds(fn, cpu: bool, calls: int = 20, replays: int = 7) -> float:
@@ -41,21 +42,12 @@ def graph_microseconds(fn, cpu: bool, calls: int = 20, replays: int = 7) -> floa
     if cpu:
         fn()
         return 0.0
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(calls):
-            fn()
+    replay, _ = graph_replay(lambda: [fn() for _ in range(calls)])
     times = []
     for _ in range(replays):
         start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
-        graph.replay()
+        replay()
         stop.record()
         stop.synchronize()
         times.append(start.elapsed_time(stop) * 1e3 / calls)

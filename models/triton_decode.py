@@ -108,25 +108,32 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _latent_block(q_lat, q_rope, row, live, m, l, acc, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
-                      R_PAD: tl.constexpr):
-        """One block of cached rows (pointers `row` [1, BLOCK] to [latent | rope key] rows; `live` [BLOCK]) of
-        absorbed MLA attention: scores on the tensor cores, then the online-softmax update of (m, l, acc), m in
-        log2 units (scores times log2 e, for exp2). The latent tile already on chip is the value: P x latent
-        accumulates [heads, L]."""
-        lat = tl.arange(0, L_PAD)
-        rope = tl.arange(0, R_PAD)
-        k_lat = tl.load(row + lat[:, None], mask=live[None, :] & (lat < L)[:, None], other=0.0)  # [L_PAD, BLOCK]
-        k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & (rope < R)[:, None], other=0.0)
-        scores = tl.dot(q_lat, k_lat)
-        scores = tl.dot(q_rope, k_rope, scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
+    def _latent_update(q_lat, q_rope, k_lat, k_rope, live, m, l, acc):
+        """One block of cached rows of absorbed MLA attention, as tiles k_lat [BLOCK, L_PAD] and k_rope [BLOCK,
+        R_PAD] (`live` [BLOCK]: the rows that attend): scores on the tensor cores, then the online-softmax update
+        of (m, l, acc), m in log2 units (scores times log2 e, for exp2). The latent tile already on chip is the
+        value: P x latent accumulates [heads, L], into the rescaled output (no second fp32 tile in registers)."""
+        scores = tl.dot(q_lat, tl.trans(k_lat))
+        scores = tl.dot(q_rope, tl.trans(k_rope), scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
         scores = tl.where(live[None, :], scores, float("-inf"))
         m_new = tl.maximum(m, tl.max(scores, axis=1))
         p = tl.math.exp2(scores - m_new[:, None])
         correction = tl.math.exp2(m - m_new)
         l = l * correction + tl.sum(p, axis=1)
-        acc = tl.dot(p.to(k_lat.dtype), tl.trans(k_lat), acc * correction[:, None])
+        acc = tl.dot(p.to(k_lat.dtype), k_lat, acc * correction[:, None])
         return m_new, l, acc
+
+
+    @triton.jit
+    def _latent_block(q_lat, q_rope, row, live, m, l, acc, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
+                      R_PAD: tl.constexpr):
+        """_latent_update over the rows at pointers `row` [1, BLOCK] ([latent | rope key] each), loaded as
+        [L_PAD, BLOCK] tiles (each row's elements down a column)."""
+        lat = tl.arange(0, L_PAD)
+        rope = tl.arange(0, R_PAD)
+        k_lat = tl.load(row + lat[:, None], mask=live[None, :] & (lat < L)[:, None], other=0.0)  # [L_PAD, BLOCK]
+        k_rope = tl.load(row + L + rope[:, None], mask=live[None, :] & (rope < R)[:, None], other=0.0)
+        return _latent_update(q_lat, q_rope, tl.trans(k_lat), tl.trans(k_rope), live, m, l, acc)
 
 
     @triton.jit
@@ -178,15 +185,7 @@ if HAVE_TRITON:
                 k_rope = tl.load(row + L + rope[None, :], mask=live[:, None], other=0.0)
             else:
                 k_rope = tl.load(row + L + rope[None, :], mask=live[:, None] & rope_ok[None, :], other=0.0)
-            scores = tl.dot(q_lat, tl.trans(k_lat))
-            scores = tl.dot(q_rope, tl.trans(k_rope), scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
-            scores = tl.where(live[None, :], scores, float("-inf"))
-            m_new = tl.maximum(m, tl.max(scores, axis=1))
-            p = tl.math.exp2(scores - m_new[:, None])
-            correction = tl.math.exp2(m - m_new)
-            l = l * correction + tl.sum(p, axis=1)
-            acc = tl.dot(p.to(k_lat.dtype), k_lat, acc * correction[:, None])
-            m = m_new
+            m, l, acc = _latent_update(q_lat, q_rope, k_lat, k_rope, live, m, l, acc)
         out = (b * splits + split) * H + heads
         tl.store(acc_ptr + out[:, None] * L + lat[None, :], acc, mask=head_ok[:, None] & lat_ok[None, :])
         tl.store(m_ptr + out, m * 0.6931471805599453, mask=head_ok)  # natural-log units, as the merge takes them

@@ -32,7 +32,7 @@ from kvplan.kinds.dsa import topk_layout
 from .triton_decode import HAVE_TRITON, _fastest, _pad, _split_keys, enabled
 
 if HAVE_TRITON:
-    from .triton_decode import _latent_block, _latent_query
+    from .triton_decode import _latent_block, _latent_query, _latent_update
 
 if HAVE_TRITON:
     import triton
@@ -143,22 +143,13 @@ if HAVE_TRITON:
     @triton.jit
     def _row_block(q_lat, q_rope, row, live, m, l, acc, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
                    R_PAD: tl.constexpr):
-        """_latent_block with the gathered rows loaded as they lie ([BLOCK, L_PAD]: one row's elements contiguous
-        along the tile's fast axis; pointers `row` [BLOCK, 1]), so the value product takes the tile untransposed."""
+        """_latent_update over the gathered rows at pointers `row` [BLOCK, 1], loaded as they lie ([BLOCK, L_PAD]:
+        one row's elements contiguous along the tile's fast axis)."""
         lat = tl.arange(0, L_PAD)
         rope = tl.arange(0, R_PAD)
         k_lat = tl.load(row + lat[None, :], mask=live[:, None] & (lat < L)[None, :], other=0.0)  # [BLOCK, L_PAD]
         k_rope = tl.load(row + L + rope[None, :], mask=live[:, None] & (rope < R)[None, :], other=0.0)
-        scores = tl.dot(q_lat, tl.trans(k_lat))
-        scores = tl.dot(q_rope, tl.trans(k_rope), scores) * 1.4426950408889634  # [BLOCK_H, BLOCK], log2 units
-        scores = tl.where(live[None, :], scores, float("-inf"))
-        m_new = tl.maximum(m, tl.max(scores, axis=1))
-        p = tl.math.exp2(scores - m_new[:, None])
-        correction = tl.math.exp2(m - m_new)
-        l = l * correction + tl.sum(p, axis=1)
-        # The product accumulates into the rescaled output: no second [BLOCK_H, L_PAD] fp32 tile in registers.
-        acc = tl.dot(p.to(k_lat.dtype), k_lat, acc * correction[:, None])
-        return m_new, l, acc
+        return _latent_update(q_lat, q_rope, k_lat, k_rope, live, m, l, acc)
 
 
     @triton.jit
