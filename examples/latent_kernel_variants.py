@@ -24,6 +24,7 @@ import triton.language as tl
 
 from kvplan.models import triton_decode as td
 from kvplan.models import triton_dsa as tdsa
+from kvplan.models import gluon_latent as gk
 
 
 def _descriptor_memory(size: int, alignment: int, stream):
@@ -125,6 +126,24 @@ def variant(q, kv, idx, kv_stride_b, n_keys, config):
     return td._merge(acc, m, l, q.dtype)
 
 
+def gluon_variant(q, kv, idx, seq_rows, n_keys, config, pos, q_start=None):
+    """The Gluon kernel (kvplan.models.gluon_latent) on variant()'s arguments; config: one of gluon_latent.CONFIGS,
+    programs an SM and the shortest slice. Decode (q_start None): rows past pos do not attend, slices merged. Sparse prefill:
+    query c of q attends to its rows up to q_start + c, one slice, normalized in the kernel."""
+    *tiles, per_sm, min_keys = config
+    block = tiles[0]
+    B, H, W = q.shape
+    L = 512
+    if q_start is not None:
+        out = torch.empty(B, H, L, device=q.device, dtype=q.dtype)
+        gk._launch(q, kv, idx, None, seq_rows, B, q_start, 0, n_keys, 1, triton.cdiv(n_keys, block) * block, L,
+                   tuple(tiles), out=out)
+        return out
+    splits, keys_per_split = td._split_keys(B * (H // 64), n_keys, block, q.device, per_sm, min_keys)
+    acc, m, l = gk._launch(q, kv, idx, pos, seq_rows, 1, 0, 0, n_keys, splits, keys_per_split, L, tuple(tiles))
+    return td._merge(acc, m, l, q.dtype)
+
+
 def bench(fn) -> float:
     """Milliseconds a call (triton.testing.do_bench: CUDA events, L2 flushed between calls)."""
     return triton.testing.do_bench(fn, warmup=25, rep=200)
@@ -151,6 +170,7 @@ def main():
             writer.writerows(rows)
 
     shapes = args.shapes.split(",")
+    gk.ENABLED = False  # the kernels' own entry points time the Triton kernels alone; Gluon runs as a variant
     # MLA decode: batch 16 x 128k, whole cache.
     B, S = (16, 131072) if not args.quick else (2, 4096)
     if "decode" not in shapes:
@@ -167,7 +187,16 @@ def main():
     configs = [(64, 64, 8, 2, 2048, True, False), (64, 64, 8, 2, 2048, True, True), (64, 64, 8, 2, 2048, False, True),
                (64, 128, 8, 1, 2048, True, True), (64, 128, 8, 1, 2048, False, True), (64, 128, 8, 2, 2048, True, True),
                (64, 32, 8, 3, 2048, True, True), (64, 32, 8, 4, 2048, True, True), (64, 64, 8, 2, 1024, True, True)]
-    for config in configs if "decode" in shapes else []:
+    for config in [c + (per_sm, 2048) for c in gk.CONFIGS for per_sm in gk.PROGRAMS_PER_SM] if "decode" in shapes else []:
+        try:
+            out = gluon_variant(q, kv, None, S, S, config, pos)
+            err = (out.float() - ref.float()).abs().max().item()
+            ms = bench(lambda: gluon_variant(q, kv, None, S, S, config, pos))
+            record(shape="mla-decode-b16-128k", variant="gluon", config=str(config), ms=ms,
+                   tflops=flops / ms / 1e9, GBps=cache / ms / 1e6, max_err=err)
+        except Exception as error:  # noqa: BLE001
+            print("failed gluon", config, type(error).__name__, str(error)[:600], flush=True)
+    for config in configs if "decode" in shapes and "triton" in shapes else []:
         try:
             out = variant(q, kv, None, S * (L + R), S, config)
             err = (out.float() - ref.float()).abs().max().item()
@@ -195,7 +224,16 @@ def main():
         ms = bench(lambda: tdsa.sparse_latent_attention(qc, latent, top, q_start, 0, L, None, config=config))
         record(shape="dsa-sparse-1024q-32k", variant="main", config=str(config), ms=ms,
                tflops=flops / ms / 1e9, GBps=0.0, max_err=0.0)
-    for config in [(64, 64, 8, 3, K, False, False), (64, 64, 8, 2, K, False, False)]:
+    for config in [c + (1, K) for c in gk.CONFIGS]:
+        try:
+            out = gluon_variant(qc[0], latent, top[0], T, K, config, None, q_start)
+            err = (out.float() - ref[0].float()).abs().max().item()
+            ms = bench(lambda: gluon_variant(qc[0], latent, top[0], T, K, config, None, q_start))
+            record(shape="dsa-sparse-1024q-32k", variant="gluon", config=str(config), ms=ms,
+                   tflops=flops / ms / 1e9, GBps=0.0, max_err=err)
+        except Exception as error:  # noqa: BLE001
+            print("failed gluon", config, type(error).__name__, str(error)[:600], flush=True)
+    for config in [(64, 64, 8, 3, K, False, False), (64, 64, 8, 2, K, False, False)] if "triton" in shapes else []:
         try:
             out = variant(qc[0], latent, top[0], 0, K, config)
             err = (out.float() - ref[0].float()).abs().max().item()

@@ -15,7 +15,9 @@ latent tile (already on chip) is the value: P x latent accumulates [heads, L]. I
 probabilities of all 128 heads go through memory between three kernels. At 128 heads the step is about as
 much tensor-core work (2 h (2L + R) FLOPs per cached row) as memory traffic ((L + R) x 2 bytes per row) on
 an H100, so the tiles are chosen by timing (MLA_CONFIGS). DSA runs the same kernel over its top-k slots,
-reading the chosen rows in place (no gathered copy).
+reading the chosen rows in place (no gathered copy). On Hopper, with heads a multiple of 64, the Gluon kernel
+of kvplan.models.gluon_latent (each warp group its own keys' scores, cp.async key blocks, asynchronous
+tensor-core products) is timed beside these configs and runs when faster: 1.5x at DeepSeek's 128 heads.
 TPA: plain PyTorch contracts the query with the cached factors through intermediates of h x R values per
 cached token, each written to and read back from memory: more bytes than the factor cache itself. The kernel
 runs either contraction order (kvplan.kinds.TPA.decode_order): the rebuilt query dotted with B_K, or FlashTPA's
@@ -35,6 +37,8 @@ interpreter).
 from __future__ import annotations
 
 import torch
+
+from . import gluon_latent
 
 try:
     import triton
@@ -754,6 +758,8 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
     chosen = chosen.contiguous() if gather else input_pos  # unread without gather
 
     def launch(config):
+        if config[0] == "gluon":
+            return gluon_latent.decode(q_cat, kv, input_pos, L, chosen if gather else None, config[1:])
         block_h, block, warps, stages, min_keys = config
         head_blocks = triton.cdiv(H, block_h)
         splits, keys_per_split = _split_keys(B * head_blocks, n_keys, block, q_cat.device, MLA_PROGRAMS_PER_SM,
@@ -768,7 +774,11 @@ def mla_decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, k
         return _merge(acc, m, l, q_cat.dtype)  # timed with the kernel: shorter slices leave the merge more
 
     key = ("mla", B, H, W, L, slots, n_keys, gather, q_cat.dtype)
-    configs = [tiles + (keys,) for keys in (MLA_GATHERED_SLICES if gather else MLA_SLICES) for tiles in MLA_CONFIGS]
+    slices = MLA_GATHERED_SLICES if gather else MLA_SLICES
+    configs = [tiles + (keys,) for keys in slices for tiles in MLA_CONFIGS]
+    if gluon_latent.serves(q_cat, L):  # timed beside the Triton kernel's configs, first when untimed
+        configs = [("gluon",) + tiles + (per_sm, keys) for per_sm in gluon_latent.PROGRAMS_PER_SM for keys in slices
+                   for tiles in gluon_latent.CONFIGS] + configs
     return launch(_fastest(key, configs, launch))
 
 

@@ -16,7 +16,8 @@ k = 2048) and runs attention over the copies. Here:
   as torch.topk's order (neighbouring rows of the cache, fetched together).
 - `sparse_latent_attention`: absorbed MLA attention of each query over its top-k latent rows, read in place
   through the indices (no gathered copy), with the online softmax of the decode kernels; every head of the
-  query is a row of the tensor-core products, so one latent row read serves all of them.
+  query is a row of the tensor-core products, so one latent row read serves all of them. On Hopper, with heads
+  a multiple of 64 and no window, kvplan.models.gluon_latent's kernel is timed beside it and runs when faster.
 - `radix_topk`: the same selection for few long rows (a decode step's, one per sequence over the whole cache,
   which one program a row would take serially): each row cut into parts, a program a part, in five passes.
 All equal the PyTorch path up to rounding, and select_topk and radix_topk pick the values torch.topk picks
@@ -29,6 +30,7 @@ import torch
 
 from kvplan.kinds.dsa import topk_layout
 
+from . import gluon_latent
 from .triton_decode import HAVE_TRITON, _fastest, _pad, _split_keys, enabled
 
 if HAVE_TRITON:
@@ -421,6 +423,9 @@ def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torc
     out = torch.empty(B, C, H, L, device=q_cat.device, dtype=q_cat.dtype)
 
     def launch(config):
+        if config[0] == "gluon":
+            gluon_latent.sparse_prefill(q_cat, latent, top, q_start, k_first, L, out, config[1:])
+            return
         block_h, block, warps, stages, rows_first = config
         block_h = min(block_h, _pad(H))
         _sparse_mla_kernel[(C, triton.cdiv(H, block_h), B)](
@@ -428,7 +433,10 @@ def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torc
             R_PAD=_pad(W - L), BLOCK_H=block_h, BLOCK=block, WINDOWED=window is not None, ROWS_FIRST=rows_first,
             num_warps=warps, num_stages=stages)
 
-    launch(config or _fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype), SPARSE_CONFIGS, launch))
+    configs = SPARSE_CONFIGS
+    if gluon_latent.serves(q_cat, L, window):  # timed beside the Triton kernel's configs, first when untimed
+        configs = [("gluon",) + tiles for tiles in gluon_latent.CONFIGS] + configs
+    launch(config or _fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype), configs, launch))
     return out
 
 

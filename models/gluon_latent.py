@@ -1,0 +1,228 @@
+"""MLA's absorbed latent attention over cached rows, written in Gluon (Triton's explicit-layout language) for Hopper.
+
+One kernel for the three loops over latent rows at 64 heads a program: MLA decode over a sequence's cache, DSA
+decode over its chosen rows, and DSA's sparse prefill (each query over its top-k rows). The results equal the
+Triton kernels' (triton_decode.mla_decode, triton_dsa.sparse_latent_attention), which serve where this one
+cannot (no Hopper GPU, a Triton without Gluon, heads not a multiple of 64, windows, the interpreter).
+
+What Gluon fixes, set against the Triton kernel at 64 heads a program and eight warps:
+- the scores: Triton lays the [64 heads, keys] product out on the eight warps along the heads, so both warp
+  groups compute all of it; here each warp group takes its own half of the keys;
+- the keys: the Triton kernel loads each block into registers, then stores it to shared memory; here the next
+  block is copied straight into shared memory (cp.async) while the current one is used, and the products run
+  asynchronously on the tensor cores;
+The output [heads, L] is split by columns between the two warp groups, as in the Triton kernel. Shared memory:
+the query block and BUFFERS blocks of keys, (64 + BUFFERS x BLOCK) x (L + R) x 2 bytes (225 KiB at DeepSeek's
+widths, 64 keys a block, two buffers: one program an SM).
+"""
+
+from __future__ import annotations
+
+import torch
+
+try:
+    import triton
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import async_copy, fence_async_shared
+    from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
+    HAVE_GLUON = True
+except ImportError:  # no Triton, or one without Gluon
+    HAVE_GLUON = False
+
+ENABLED = True  # tests and benchmarks switch it off to time or check the Triton kernels alone
+HEADS_PER_PROGRAM = 64  # one warp-group MMA's M
+WARPS = 8  # two warp groups
+# (keys a block, buffers of keys): 32-key blocks (three or four buffers) measured 1.6x slower at DeepSeek's shape
+# (examples/bench/latent_kernel_variants-h100.csv).
+CONFIGS = [(64, 2)]
+# Decode grids: about this many programs an SM (one runs at a time: shared memory), splitting each sequence's keys.
+PROGRAMS_PER_SM = (1, 2, 4)
+SHARED_MEMORY_BYTES = 232448  # an H100's or H200's most per block (227 KiB)
+
+
+def serves(q_cat: torch.Tensor, kv_lora_rank: int, window: int | None = None) -> bool:
+    """Whether the Gluon kernel serves this call: enabled, a Hopper GPU (compute capability 9.x), a Triton with
+    Gluon, no dispatch mode active (FlopCounterMode cannot see inside a kernel), bf16, heads a multiple of 64,
+    power-of-two latent and RoPE widths that fit shared memory, and no window."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if not (ENABLED and HAVE_GLUON and q_cat.is_cuda and q_cat.dtype == torch.bfloat16 and window is None):
+        return False
+    if _get_current_dispatch_mode() is not None or torch.cuda.get_device_capability(q_cat.device)[0] != 9:
+        return False
+    heads, width = q_cat.size(-2), q_cat.size(-1)
+    rope = width - kv_lora_rank
+    powers = all(n >= 16 and n & (n - 1) == 0 for n in (kv_lora_rank, rope))
+    block, buffers = CONFIGS[0]
+    return heads % HEADS_PER_PROGRAM == 0 and powers and (64 + buffers * block) * width * 2 <= SHARED_MEMORY_BYTES
+
+
+if HAVE_GLUON:
+    @gluon.jit
+    def _copy_block(kv_ptr, idx_row, start, end, limit, lat_buf, rope_buf, L: gl.constexpr, R: gl.constexpr,
+                    BLOCK: gl.constexpr, GATHER: gl.constexpr, load_layout: gl.constexpr):
+        """Start copying keys start .. start + BLOCK (rows of kv_ptr: key j itself, or slot idx_row[j]) into
+        (lat_buf [BLOCK, L], rope_buf [BLOCK, R]); rows that do not attend are written as zeros, not read."""
+        j = start + gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
+        if GATHER:
+            slot = gl.load(idx_row + j, mask=j < end, other=0)
+            live = (j < end) & (slot <= limit)
+        else:
+            slot = j
+            live = j < end
+        row = kv_ptr + slot.to(gl.int64)[:, None] * (L + R)
+        lat = gl.arange(0, L, layout=gl.SliceLayout(0, load_layout))
+        rope = gl.arange(0, R, layout=gl.SliceLayout(0, load_layout))
+        async_copy.async_copy_global_to_shared(lat_buf, row + lat[None, :], mask=live[:, None])
+        async_copy.async_copy_global_to_shared(rope_buf, row + L + rope[None, :], mask=live[:, None])
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _latent_kernel(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, seq_rows, queries,
+                       limit_first, k_first, n_keys, keys_per_split, splits, H: gl.constexpr, L: gl.constexpr,
+                       R: gl.constexpr, BLOCK: gl.constexpr, BUFFERS: gl.constexpr, GATHER: gl.constexpr,
+                       LIMIT_FROM_POS: gl.constexpr, DIRECT: gl.constexpr):
+        # One program: 64 heads of one query row over one slice of its keys (grid: head blocks, rows, splits).
+        # Row r is query r % queries of sequence r // queries, whose keys are rows k_first + ... of the
+        # sequence's seq_rows; a key attends if its slot <= limit: the value at pos_ptr (LIMIT_FROM_POS, decode)
+        # or limit_first + the query's index (prefill). DIRECT: one split; the normalized output, in out_ptr's
+        # dtype, to out_ptr [rows, H, L]; else the unnormalized slice (acc, m in natural-log units, l) to merge.
+        BLOCK_H: gl.constexpr = 64
+        score_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                               instr_shape=[16, BLOCK // 2, 16])
+        out_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
+                                                             instr_shape=[16, L // 2, 16])
+        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=out_layout, k_width=2)
+        load_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
+                                                     warps_per_cta=[8, 1], order=[1, 0])
+        tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+        hb = gl.program_id(0)
+        r = gl.program_id(1)
+        split = gl.program_id(2)
+        seq = r // queries
+        if LIMIT_FROM_POS:
+            limit = gl.load(pos_ptr).to(gl.int32)
+        else:
+            limit = limit_first + r % queries
+        limit -= k_first  # as an offset from k_first, as the slots are
+        first = split * keys_per_split
+        if GATHER:
+            end = gl.minimum(first + keys_per_split, n_keys)
+        else:
+            end = gl.minimum(gl.minimum(first + keys_per_split, limit + 1), seq_rows)  # later keys: not read
+        kv_ptr += (seq.to(gl.int64) * seq_rows + k_first) * (L + R)
+        idx_row = idx_ptr + r.to(gl.int64) * n_keys
+
+        # The query block (scaled by the softmax scale) into shared memory once.
+        heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, load_layout))
+        q_row = q_ptr + (r.to(gl.int64) * H + heads)[:, None] * (L + R)
+        lat = gl.arange(0, L, layout=gl.SliceLayout(0, load_layout))
+        rope = gl.arange(0, R, layout=gl.SliceLayout(0, load_layout))
+        q_lat = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_H, L], tile, gl.load(q_row + lat[None, :]))
+        q_rope = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_H, R], tile, gl.load(q_row + L + rope[None, :]))
+        k_lat = gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, BLOCK, L], tile)
+        k_rope = gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, BLOCK, R], tile)
+        for i in gl.static_range(BUFFERS - 1):  # the first blocks start loading
+            _copy_block(kv_ptr, idx_row, first + i * BLOCK, end, limit, k_lat.index(i), k_rope.index(i), L, R,
+                        BLOCK, GATHER, load_layout)
+
+        m = gl.full([BLOCK_H], -1e30, gl.float32, layout=gl.SliceLayout(1, score_layout))  # log2 units
+        l = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, score_layout))
+        acc = gl.zeros([BLOCK_H, L], gl.float32, layout=out_layout)
+        zero_scores = gl.zeros([BLOCK_H, BLOCK], gl.float32, layout=score_layout)
+        key_in_block = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, score_layout))
+        for i in range(gl.cdiv(end - first, BLOCK)):
+            buf = i % BUFFERS
+            async_copy.wait_group(BUFFERS - 2)  # block i has landed (this thread's part)
+            gl.thread_barrier()  # ... every thread's part
+            fence_async_shared()
+            lat_i = k_lat.index(buf)
+            scores = warpgroup_mma(q_lat, lat_i.permute((1, 0)), zero_scores, use_acc=False, is_async=True)
+            scores = warpgroup_mma(q_rope, k_rope.index(buf).permute((1, 0)), scores, is_async=True)
+            # Waiting for the scores also retires the previous block's P x latent, so its buffer is free once
+            # both warp groups are past this point.
+            scores, acc = warpgroup_mma_wait(0, deps=[scores, acc])
+            gl.thread_barrier()
+            nxt = i + BUFFERS - 1
+            _copy_block(kv_ptr, idx_row, first + nxt * BLOCK, end, limit, k_lat.index(nxt % BUFFERS),
+                        k_rope.index(nxt % BUFFERS), L, R, BLOCK, GATHER, load_layout)  # past the slice: no reads
+            scores = scores * 1.4426950408889634  # log2 units, for exp2
+            j = first + i * BLOCK + key_in_block
+            if GATHER:
+                live = (j < end) & (gl.load(idx_row + j, mask=j < end, other=0) <= limit)
+                scores = gl.where(live[None, :], scores, float("-inf"))
+            elif first + (i + 1) * BLOCK > end:  # only the slice's last block has rows past its end
+                scores = gl.where((j < end)[None, :], scores, float("-inf"))
+            m_new = gl.maximum(m, gl.max(scores, axis=1))
+            correction = gl.exp2(m - m_new)
+            m = m_new
+            p = gl.exp2(scores - m[:, None])
+            l = l * correction + gl.sum(p, axis=1)
+            acc = acc * gl.convert_layout(correction, gl.SliceLayout(1, out_layout))[:, None]
+            acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout), lat_i, acc, is_async=True)
+            acc = warpgroup_mma_wait(1, deps=[acc])  # left running: the next block's score wait retires it
+        acc = warpgroup_mma_wait(0, deps=[acc])
+        async_copy.wait_group(0)
+
+        l = gl.convert_layout(l, gl.SliceLayout(1, out_layout))
+        out_heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, out_layout))
+        cols = gl.arange(0, L, layout=gl.SliceLayout(0, out_layout))
+        if DIRECT:
+            out = (r.to(gl.int64) * H + out_heads)[:, None] * L + cols[None, :]
+            gl.store(out_ptr + out, (acc / l[:, None]).to(out_ptr.dtype.element_ty))
+        else:
+            out = (r * splits + split) * H + out_heads
+            gl.store(acc_ptr + out.to(gl.int64)[:, None] * L + cols[None, :], acc)
+            gl.store(m_ptr + out, gl.convert_layout(m, gl.SliceLayout(1, out_layout)) * 0.6931471805599453)
+            gl.store(l_ptr + out, l)
+
+
+def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L, config,
+            out=None):
+    """One launch over rows = q_cat.size(0) query rows; returns (acc, m, l) to merge, or fills `out`."""
+    rows, H, W = q_cat.shape
+    block, buffers = config
+    direct = out is not None
+    acc = m = l = None
+    if not direct:
+        acc = torch.empty(rows, splits, H, L, device=q_cat.device, dtype=torch.float32)
+        m = torch.empty(rows, splits, H, device=q_cat.device, dtype=torch.float32)
+        l = torch.empty_like(m)
+    unused = q_cat  # for the pointers this launch does not read
+    _latent_kernel[(H // HEADS_PER_PROGRAM, rows, splits)](
+        q_cat, kv, idx if idx is not None else unused, pos if pos is not None else unused,
+        acc if not direct else unused, m if not direct else unused, l if not direct else unused,
+        out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits, H=H, L=L,
+        R=W - L, BLOCK=block, BUFFERS=buffers, GATHER=idx is not None, LIMIT_FROM_POS=pos is not None,
+        DIRECT=direct, num_warps=WARPS)
+    return acc, m, l
+
+
+def decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int,
+           chosen: torch.Tensor | None, config: tuple[int, int, int]) -> torch.Tensor:
+    """triton_decode.mla_decode's contract and result (`serves` true); config: one of CONFIGS, programs an SM
+    (one of PROGRAMS_PER_SM) and the fewest keys a split."""
+    from . import triton_decode as td
+
+    B, H, W = q_cat.shape
+    slots = kv.size(1)
+    n_keys = chosen.size(1) if chosen is not None else slots
+    block, buffers, per_sm, min_keys = config
+    splits, keys_per_split = td._split_keys(B * (H // HEADS_PER_PROGRAM), n_keys, block, q_cat.device, per_sm,
+                                            min_keys)
+    acc, m, l = _launch(q_cat, kv, chosen, input_pos, slots, 1, 0, 0, n_keys, splits, keys_per_split, kv_lora_rank,
+                        (block, buffers))
+    return td._merge(acc, m, l, q_cat.dtype)
+
+
+def sparse_prefill(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int, k_first: int,
+                   kv_lora_rank: int, out: torch.Tensor, config: tuple = CONFIGS[0]) -> torch.Tensor:
+    """triton_dsa.sparse_latent_attention's contract and result without a window (`serves` true), into out [B,
+    C, H, L]: each query over its K selected rows, one program per query and 64 heads, normalized in the kernel."""
+    B, C, H, W = q_cat.shape
+    T, K = latent.size(1), top.size(-1)
+    _launch(q_cat.reshape(B * C, H, W), latent, top.reshape(B * C, K), None, T, C, q_start, k_first, K, 1,
+            triton.cdiv(K, config[0]) * config[0], kv_lora_rank, config, out=out.view(B * C, H, -1))
+    return out
