@@ -6,8 +6,10 @@ prompt, against triton_dsa.sparse_latent_attention). The variants, each checked 
 (max_err): the latent split into two 256-wide tiles ("halves", two accumulators); keys loaded through TMA tensor
 descriptors ("tma", whole-cache decode only: the descriptor's row count is the slice's end, so rows past it read
 as zeros); scores computed transposed, with the keys as the rows of the product ("keys-as-m": two warp groups
-then each take their own keys with all 64 heads, where Triton otherwise splits the 64 heads' scores between
-them). Writes DIR/latent_kernel_variants.csv after every row.
+then each take their own keys with all 64 heads); those three run with --shapes ...,triton. The Gluon kernel
+of kvplan.models.gluon_latent ("gluon": each warp group its own half of the keys' scores, where the Triton
+kernel's layout has both warp groups compute all 64 heads' scores; cp.async key blocks) runs at each of its
+configs. Writes DIR/latent_kernel_variants.csv after every row.
 
     python3 examples/latent_kernel_variants.py --out DIR
 """
@@ -126,22 +128,14 @@ def variant(q, kv, idx, kv_stride_b, n_keys, config):
     return td._merge(acc, m, l, q.dtype)
 
 
-def gluon_variant(q, kv, idx, seq_rows, n_keys, config, pos, q_start=None):
-    """The Gluon kernel (kvplan.models.gluon_latent) on variant()'s arguments; config: one of gluon_latent.CONFIGS,
-    programs an SM and the shortest slice. Decode (q_start None): rows past pos do not attend, slices merged. Sparse prefill:
-    query c of q attends to its rows up to q_start + c, one slice, normalized in the kernel."""
-    *tiles, per_sm, min_keys = config
-    block = tiles[0]
-    B, H, W = q.shape
-    L = 512
-    if q_start is not None:
-        out = torch.empty(B, H, L, device=q.device, dtype=q.dtype)
-        gk._launch(q, kv, idx, None, seq_rows, B, q_start, 0, n_keys, 1, triton.cdiv(n_keys, block) * block, L,
-                   tuple(tiles), out=out)
-        return out
-    splits, keys_per_split = td._split_keys(B * (H // 64), n_keys, block, q.device, per_sm, min_keys)
-    acc, m, l = gk._launch(q, kv, idx, pos, seq_rows, 1, 0, 0, n_keys, splits, keys_per_split, L, tuple(tiles))
-    return td._merge(acc, m, l, q.dtype)
+def gluon_variant(q, kv, config, pos=None, idx=None, q_start=None):
+    """The Gluon kernel (kvplan.models.gluon_latent); config: one of gluon_latent.CONFIGS, programs an SM and the
+    shortest slice. Decode (q_start None): kv [B, slots, L + R], rows past pos do not attend. Sparse prefill:
+    query c of q attends to its rows idx[c] of kv [1, T, L + R] up to q_start + c."""
+    if q_start is None:
+        return gk.decode(q, kv, pos, 512, None, config)
+    out = torch.empty(1, *q.shape[:2], 512, device=q.device, dtype=q.dtype)
+    return gk.sparse_prefill(q[None], kv, idx[None], q_start, 0, 512, out, config[:-2])[0]
 
 
 def bench(fn) -> float:
@@ -153,7 +147,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--shapes", default="decode,sparse", help="comma-separated: decode, sparse")
+    parser.add_argument("--shapes", default="decode,sparse", help="comma-separated: decode, sparse, triton")
     args = parser.parse_args()
     torch.manual_seed(0)
     dev = "cuda"
@@ -189,9 +183,9 @@ def main():
                (64, 32, 8, 3, 2048, True, True), (64, 32, 8, 4, 2048, True, True), (64, 64, 8, 2, 1024, True, True)]
     for config in [c + (per_sm, 2048) for c in gk.CONFIGS for per_sm in gk.PROGRAMS_PER_SM] if "decode" in shapes else []:
         try:
-            out = gluon_variant(q, kv, None, S, S, config, pos)
+            out = gluon_variant(q, kv, config, pos=pos)
             err = (out.float() - ref.float()).abs().max().item()
-            ms = bench(lambda: gluon_variant(q, kv, None, S, S, config, pos))
+            ms = bench(lambda: gluon_variant(q, kv, config, pos=pos))
             record(shape="mla-decode-b16-128k", variant="gluon", config=str(config), ms=ms,
                    tflops=flops / ms / 1e9, GBps=cache / ms / 1e6, max_err=err)
         except Exception as error:  # noqa: BLE001
@@ -226,9 +220,9 @@ def main():
                tflops=flops / ms / 1e9, GBps=0.0, max_err=0.0)
     for config in [c + (1, K) for c in gk.CONFIGS]:
         try:
-            out = gluon_variant(qc[0], latent, top[0], T, K, config, None, q_start)
+            out = gluon_variant(qc[0], latent, config, idx=top[0], q_start=q_start)
             err = (out.float() - ref[0].float()).abs().max().item()
-            ms = bench(lambda: gluon_variant(qc[0], latent, top[0], T, K, config, None, q_start))
+            ms = bench(lambda: gluon_variant(qc[0], latent, config, idx=top[0], q_start=q_start))
             record(shape="dsa-sparse-1024q-32k", variant="gluon", config=str(config), ms=ms,
                    tflops=flops / ms / 1e9, GBps=0.0, max_err=err)
         except Exception as error:  # noqa: BLE001

@@ -55,7 +55,8 @@ def serves(q_cat: torch.Tensor, kv_lora_rank: int, window: int | None = None) ->
     rope = width - kv_lora_rank
     powers = all(n >= 16 and n & (n - 1) == 0 for n in (kv_lora_rank, rope))
     block, buffers = CONFIGS[0]
-    return heads % HEADS_PER_PROGRAM == 0 and powers and (64 + buffers * block) * width * 2 <= SHARED_MEMORY_BYTES
+    fits = (HEADS_PER_PROGRAM + buffers * block) * width * 2 <= SHARED_MEMORY_BYTES  # the query and key blocks
+    return heads % HEADS_PER_PROGRAM == 0 and powers and fits
 
 
 if HAVE_GLUON:
