@@ -130,16 +130,20 @@ class DSALayer(MLALayer):
         out = x.new_empty(B, T, x.size(-1))
         for start, end, first in query_pieces(T, DSA_QUERY_CHUNK, self.window, self.attention_chunk):
             k = min(self.dsa.index_topk, end - first)
-            q_fp8, q_scale = self._quantize(index_q[:, start:end])  # per chunk: the fp32 scratch stays small
             if fused:  # the kernels of kvplan.models.triton_dsa: no dequantized keys, per-head scores or gathers
-                scores = triton_dsa.index_scores(q_fp8, q_scale, index_w[:, start:end].contiguous(), k_fp8, k_scale,
-                                                 self.group, start, first, self.window)
-                top = triton_dsa.select_topk(scores, k)  # [B, C, k] int32, in position order
-                del scores
+                if k == end - first:  # every visible key is chosen: no scores to rank
+                    top = torch.arange(k, device=x.device, dtype=torch.int32).expand(B, end - start, k)
+                else:
+                    q_fp8, q_scale = triton_dsa.quantize(index_q[:, start:end], self.group)
+                    scores = triton_dsa.index_scores(q_fp8, q_scale, index_w[:, start:end].contiguous(), k_fp8,
+                                                     k_scale, self.group, start, first, self.window)
+                    top = triton_dsa.select_topk(scores, k)  # [B, C, k] int32, in position order
+                    del scores
                 q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
                 o_latent = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first,
                                                               self.spec.kv_lora_rank, self.window)
             else:
+                q_fp8, q_scale = self._quantize(index_q[:, start:end])  # per chunk: the fp32 scratch stays small
                 allowed = band_mask(positions[start:end], positions[first:end], self.window)  # [C, S]
                 scores = self._index_scores(self._dequantize(q_fp8, q_scale, x.dtype), index_w[:, start:end],
                                             index_keys[:, first:end])

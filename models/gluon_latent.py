@@ -61,17 +61,22 @@ def serves(q_cat: torch.Tensor, kv_lora_rank: int, window: int | None = None) ->
 
 if HAVE_GLUON:
     @gluon.jit
-    def _copy_block(kv_ptr, idx_row, start, end, limit, lat_buf, rope_buf, L: gl.constexpr, R: gl.constexpr,
-                    BLOCK: gl.constexpr, GATHER: gl.constexpr, load_layout: gl.constexpr):
-        """Start copying keys start .. start + BLOCK (rows of kv_ptr: key j itself, or slot idx_row[j]) into
-        (lat_buf [BLOCK, L], rope_buf [BLOCK, R]); rows that do not attend are written as zeros, not read."""
-        j = start + gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
+    def _block_slots(idx_row, start, end, BLOCK: gl.constexpr, GATHER: gl.constexpr, layout: gl.constexpr):
+        """Rows of keys start .. start + BLOCK: key j itself, or slot idx_row[j] (0 past `end`)."""
+        j = start + gl.arange(0, BLOCK, layout=layout)
         if GATHER:
-            slot = gl.load(idx_row + j, mask=j < end, other=0)
-            live = (j < end) & (slot <= limit)
-        else:
-            slot = j
-            live = j < end
+            return gl.load(idx_row + j, mask=j < end, other=0).to(gl.int32)  # int32 or int64 indices
+        return j
+
+    @gluon.jit
+    def _copy_block(kv_ptr, slot, start, end, limit, lat_buf, rope_buf, L: gl.constexpr, R: gl.constexpr,
+                    BLOCK: gl.constexpr, GATHER: gl.constexpr, load_layout: gl.constexpr):
+        """Start copying keys start .. start + BLOCK (rows `slot` of kv_ptr, _block_slots') into (lat_buf [BLOCK,
+        L], rope_buf [BLOCK, R]); rows that do not attend are written as zeros, not read."""
+        j = start + gl.arange(0, BLOCK, layout=gl.SliceLayout(1, load_layout))
+        live = j < end
+        if GATHER:
+            live = live & (slot <= limit)
         row = kv_ptr + slot.to(gl.int64)[:, None] * (L + R)
         lat = gl.arange(0, L, layout=gl.SliceLayout(0, load_layout))
         rope = gl.arange(0, R, layout=gl.SliceLayout(0, load_layout))
@@ -80,16 +85,14 @@ if HAVE_GLUON:
         async_copy.commit_group()
 
     @gluon.jit
-    def _latent_kernel(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, seq_rows, queries,
-                       limit_first, k_first, n_keys, keys_per_split, splits, H: gl.constexpr, L: gl.constexpr,
-                       R: gl.constexpr, BLOCK: gl.constexpr, BUFFERS: gl.constexpr, GATHER: gl.constexpr,
-                       LIMIT_FROM_POS: gl.constexpr, DIRECT: gl.constexpr):
-        # One program: 64 heads of one query row over one slice of its keys (grid: head blocks, rows, splits).
-        # Row r is query r % queries of sequence r // queries, whose keys are rows k_first + ... of the
-        # sequence's seq_rows; a key attends if its slot <= limit: the value at pos_ptr (LIMIT_FROM_POS, decode)
-        # or limit_first + the query's index (prefill). DIRECT: one split; the normalized output, in out_ptr's
-        # dtype, to out_ptr [rows, H, L]; else the unnormalized slice (acc, m in natural-log units, l) to merge.
+    def _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat, k_rope, hb,
+                r, split, first, last, seq_rows, queries, limit_first, k_first, n_keys, splits, H: gl.constexpr,
+                L: gl.constexpr, R: gl.constexpr, BLOCK: gl.constexpr, BUFFERS: gl.constexpr, GATHER: gl.constexpr,
+                LIMIT_FROM_POS: gl.constexpr, DIRECT: gl.constexpr):
+        """Heads hb * 64 .. of query row r over its keys first .. last (clipped to the keys it has and, without
+        GATHER, to its limit): written to out_ptr (DIRECT) or as slice `split` of its partial outputs."""
         BLOCK_H: gl.constexpr = 64
+        LOG2E: gl.constexpr = 1.4426950408889634
         score_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
                                                                instr_shape=[16, BLOCK // 2, 16])
         out_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
@@ -97,45 +100,46 @@ if HAVE_GLUON:
         p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=out_layout, k_width=2)
         load_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
                                                      warps_per_cta=[8, 1], order=[1, 0])
-        tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-
-        hb = gl.program_id(0)
-        r = gl.program_id(1)
-        split = gl.program_id(2)
+        slot_layout: gl.constexpr = gl.SliceLayout(1, load_layout)
         seq = r // queries
         if LIMIT_FROM_POS:
             limit = gl.load(pos_ptr).to(gl.int32)
         else:
             limit = limit_first + r % queries
         limit -= k_first  # as an offset from k_first, as the slots are
-        first = split * keys_per_split
         if GATHER:
-            end = gl.minimum(first + keys_per_split, n_keys)
+            end = gl.minimum(last, n_keys)
         else:
-            end = gl.minimum(gl.minimum(first + keys_per_split, limit + 1), seq_rows)  # later keys: not read
+            end = gl.minimum(gl.minimum(last, limit + 1), seq_rows)  # later keys: not read
         kv_ptr += (seq.to(gl.int64) * seq_rows + k_first) * (L + R)
         idx_row = idx_ptr + r.to(gl.int64) * n_keys
 
-        # The query block (scaled by the softmax scale) into shared memory once.
-        heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, load_layout))
+        # The query block (scaled by the softmax scale) copied into shared memory with the first key block; every
+        # thread past the previous slice's products first (they read it).
+        heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=slot_layout)
         q_row = q_ptr + (r.to(gl.int64) * H + heads)[:, None] * (L + R)
         lat = gl.arange(0, L, layout=gl.SliceLayout(0, load_layout))
         rope = gl.arange(0, R, layout=gl.SliceLayout(0, load_layout))
-        q_lat = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_H, L], tile, gl.load(q_row + lat[None, :]))
-        q_rope = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_H, R], tile, gl.load(q_row + L + rope[None, :]))
-        k_lat = gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, BLOCK, L], tile)
-        k_rope = gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, BLOCK, R], tile)
+        gl.thread_barrier()
+        async_copy.async_copy_global_to_shared(q_lat, q_row + lat[None, :])
+        async_copy.async_copy_global_to_shared(q_rope, q_row + L + rope[None, :])
         for i in gl.static_range(BUFFERS - 1):  # the first blocks start loading
-            _copy_block(kv_ptr, idx_row, first + i * BLOCK, end, limit, k_lat.index(i), k_rope.index(i), L, R,
-                        BLOCK, GATHER, load_layout)
+            start = first + i * BLOCK
+            _copy_block(kv_ptr, _block_slots(idx_row, start, end, BLOCK, GATHER, slot_layout), start, end, limit,
+                        k_lat.index(i), k_rope.index(i), L, R, BLOCK, GATHER, load_layout)
+        # The rows of the next block to copy, loaded a block ahead so their latency hides behind the products.
+        next_slots = _block_slots(idx_row, first + (BUFFERS - 1) * BLOCK, end, BLOCK, GATHER, slot_layout)
 
-        m = gl.full([BLOCK_H], -1e30, gl.float32, layout=gl.SliceLayout(1, score_layout))  # log2 units
+        m = gl.full([BLOCK_H], -1e30, gl.float32, layout=gl.SliceLayout(1, score_layout))
         l = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(1, score_layout))
         acc = gl.zeros([BLOCK_H, L], gl.float32, layout=out_layout)
         zero_scores = gl.zeros([BLOCK_H, BLOCK], gl.float32, layout=score_layout)
         key_in_block = gl.arange(0, BLOCK, layout=gl.SliceLayout(0, score_layout))
         for i in range(gl.cdiv(end - first, BLOCK)):
             buf = i % BUFFERS
+            j = first + i * BLOCK + key_in_block
+            if GATHER:  # this block's slots for its mask, loaded while the products run
+                live = (j < end) & (gl.load(idx_row + j, mask=j < end, other=0) <= limit)
             async_copy.wait_group(BUFFERS - 2)  # block i has landed (this thread's part)
             gl.thread_barrier()  # ... every thread's part
             fence_async_shared()
@@ -146,20 +150,19 @@ if HAVE_GLUON:
             # both warp groups are past this point.
             scores, acc = warpgroup_mma_wait(0, deps=[scores, acc])
             gl.thread_barrier()
-            nxt = i + BUFFERS - 1
-            _copy_block(kv_ptr, idx_row, first + nxt * BLOCK, end, limit, k_lat.index(nxt % BUFFERS),
-                        k_rope.index(nxt % BUFFERS), L, R, BLOCK, GATHER, load_layout)  # past the slice: no reads
-            scores = scores * 1.4426950408889634  # log2 units, for exp2
-            j = first + i * BLOCK + key_in_block
+            nxt = first + (i + BUFFERS - 1) * BLOCK
+            _copy_block(kv_ptr, next_slots, nxt, end, limit, k_lat.index((i + BUFFERS - 1) % BUFFERS),
+                        k_rope.index((i + BUFFERS - 1) % BUFFERS), L, R, BLOCK, GATHER, load_layout)  # past the end: no reads
+            next_slots = _block_slots(idx_row, nxt + BLOCK, end, BLOCK, GATHER, slot_layout)
             if GATHER:
-                live = (j < end) & (gl.load(idx_row + j, mask=j < end, other=0) <= limit)
                 scores = gl.where(live[None, :], scores, float("-inf"))
             elif first + (i + 1) * BLOCK > end:  # only the slice's last block has rows past its end
                 scores = gl.where((j < end)[None, :], scores, float("-inf"))
+            # m in the scores' units; exp2 of log2e x (score - m) as one fused multiply-add per score
             m_new = gl.maximum(m, gl.max(scores, axis=1))
-            correction = gl.exp2(m - m_new)
+            correction = gl.exp2((m - m_new) * LOG2E)
             m = m_new
-            p = gl.exp2(scores - m[:, None])
+            p = gl.exp2(scores * LOG2E - (m * LOG2E)[:, None])
             l = l * correction + gl.sum(p, axis=1)
             acc = acc * gl.convert_layout(correction, gl.SliceLayout(1, out_layout))[:, None]
             acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout), lat_i, acc, is_async=True)
@@ -176,46 +179,105 @@ if HAVE_GLUON:
         else:
             out = (r * splits + split) * H + out_heads
             gl.store(acc_ptr + out.to(gl.int64)[:, None] * L + cols[None, :], acc)
-            gl.store(m_ptr + out, gl.convert_layout(m, gl.SliceLayout(1, out_layout)) * 0.6931471805599453)
+            gl.store(m_ptr + out, gl.convert_layout(m, gl.SliceLayout(1, out_layout)))
             gl.store(l_ptr + out, l)
+
+    @gluon.jit
+    def _latent_kernel(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, seq_rows, queries,
+                       limit_first, k_first, n_keys, keys_per_split, splits, blocks_per_program, rows,
+                       H: gl.constexpr, L: gl.constexpr, R: gl.constexpr, BLOCK: gl.constexpr,
+                       BUFFERS: gl.constexpr, GATHER: gl.constexpr, LIMIT_FROM_POS: gl.constexpr,
+                       DIRECT: gl.constexpr, BALANCED: gl.constexpr):
+        # Row r is query r % queries of sequence r // queries, whose keys are rows k_first + ... of the
+        # sequence's seq_rows; a key attends if its slot <= limit: the value at pos_ptr (LIMIT_FROM_POS, decode)
+        # or limit_first + the query's index (prefill). DIRECT: one slice a row; the normalized output, in
+        # out_ptr's dtype, to out_ptr [rows, H, L]; else unnormalized slices (acc, m, l) to merge.
+        # Grid (head blocks, rows, splits): one slice of keys_per_split keys a program. BALANCED, grid (head
+        # blocks, programs): the rows' key blocks laid end to end, blocks_per_program consecutive ones a program (a
+        # slice of one row or more); a row's slices are numbered from the program holding its first block. The
+        # head blocks of a slice are neighbouring programs: they run together and read its rows from HBM once.
+        BLOCK_H: gl.constexpr = 64
+        tile: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        q_lat = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_H, L], tile)
+        q_rope = gl.allocate_shared_memory(gl.bfloat16, [BLOCK_H, R], tile)
+        k_lat = gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, BLOCK, L], tile)
+        k_rope = gl.allocate_shared_memory(gl.bfloat16, [BUFFERS, BLOCK, R], tile)
+        hb = gl.program_id(0)
+        if BALANCED:
+            n_blocks = gl.cdiv(n_keys, BLOCK)
+            p = gl.program_id(1)
+            g = p * blocks_per_program
+            g_end = gl.minimum(g + blocks_per_program, rows * n_blocks)
+            while g < g_end:
+                r = g // n_blocks
+                row_end = gl.minimum(g_end, (r + 1) * n_blocks)
+                _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat,
+                        k_rope, hb, r, p - r * n_blocks // blocks_per_program, (g - r * n_blocks) * BLOCK,
+                        (row_end - r * n_blocks) * BLOCK, seq_rows, queries, limit_first, k_first, n_keys, splits,
+                        H, L, R, BLOCK, BUFFERS, GATHER, LIMIT_FROM_POS, DIRECT)
+                g = row_end
+        else:
+            split = gl.program_id(2)
+            _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat, k_rope,
+                    hb, gl.program_id(1), split, split * keys_per_split, (split + 1) * keys_per_split, seq_rows,
+                    queries, limit_first, k_first, n_keys, splits, H, L, R, BLOCK, BUFFERS, GATHER, LIMIT_FROM_POS,
+                    DIRECT)
+
+
+def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device: torch.device, per_sm: int,
+                   min_keys: int) -> tuple[int, int, int]:
+    """(programs a head block, blocks a program, most slices a row has) for BALANCED grids: the key blocks of
+    `rows` rows of n_keys keys laid end to end and dealt in equal runs to about per_sm programs an SM (so every SM
+    gets the same work, where whole slices per row would leave some idle), runs no shorter than min_keys keys."""
+    from .triton_decode import sm_count
+
+    n_blocks = triton.cdiv(n_keys, block)
+    total = rows * n_blocks
+    per = max(triton.cdiv(total, max(1, per_sm * sm_count(device) // head_blocks)), triton.cdiv(min_keys, block))
+    most = max((((r + 1) * n_blocks - 1) // per - r * n_blocks // per + 1) for r in range(rows))
+    return triton.cdiv(total, per), per, most
 
 
 def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L, config,
-            out=None):
-    """One launch over rows = q_cat.size(0) query rows; returns (acc, m, l) to merge, or fills `out`."""
+            out=None, blocks_per_program=0):
+    """One launch over rows = q_cat.size(0) query rows; returns (acc, m, l) to merge, or fills `out`.
+    blocks_per_program > 0: a BALANCED grid (balanced_split's blocks a program; splits: its most slices a row)."""
     rows, H, W = q_cat.shape
     block, buffers = config
     direct = out is not None
+    balanced = blocks_per_program > 0
     acc = m = l = None
     if not direct:
         acc = torch.empty(rows, splits, H, L, device=q_cat.device, dtype=torch.float32)
         m = torch.empty(rows, splits, H, device=q_cat.device, dtype=torch.float32)
         l = torch.empty_like(m)
     unused = q_cat  # for the pointers this launch does not read
-    _latent_kernel[(H // HEADS_PER_PROGRAM, rows, splits)](
+    head_blocks = H // HEADS_PER_PROGRAM
+    grid = (head_blocks, triton.cdiv(rows * triton.cdiv(n_keys, block), blocks_per_program)) if balanced else \
+        (head_blocks, rows, splits)
+    _latent_kernel[grid](
         q_cat, kv, idx if idx is not None else unused, pos if pos is not None else unused,
         acc if not direct else unused, m if not direct else unused, l if not direct else unused,
-        out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits, H=H, L=L,
-        R=W - L, BLOCK=block, BUFFERS=buffers, GATHER=idx is not None, LIMIT_FROM_POS=pos is not None,
-        DIRECT=direct, num_warps=WARPS)
+        out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits,
+        blocks_per_program, rows, H=H, L=L, R=W - L, BLOCK=block, BUFFERS=buffers, GATHER=idx is not None,
+        LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced, num_warps=WARPS)
     return acc, m, l
 
 
 def decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lora_rank: int,
-           chosen: torch.Tensor | None, config: tuple[int, int, int]) -> torch.Tensor:
+           chosen: torch.Tensor | None, config: tuple[int, int, int, int]) -> torch.Tensor:
     """triton_decode.mla_decode's contract and result (`serves` true); config: one of CONFIGS, programs an SM
-    (one of PROGRAMS_PER_SM) and the fewest keys a split."""
+    (one of PROGRAMS_PER_SM) and the fewest keys a program. A BALANCED grid (balanced_split), merged."""
     from . import triton_decode as td
 
     B, H, W = q_cat.shape
     slots = kv.size(1)
     n_keys = chosen.size(1) if chosen is not None else slots
     block, buffers, per_sm, min_keys = config
-    splits, keys_per_split = td._split_keys(B * (H // HEADS_PER_PROGRAM), n_keys, block, q_cat.device, per_sm,
-                                            min_keys)
-    acc, m, l = _launch(q_cat, kv, chosen, input_pos, slots, 1, 0, 0, n_keys, splits, keys_per_split, kv_lora_rank,
-                        (block, buffers))
-    return td._merge(acc, m, l, q_cat.dtype)
+    _, per, most = balanced_split(B, H // HEADS_PER_PROGRAM, n_keys, block, q_cat.device, per_sm, min_keys)
+    acc, m, l = _launch(q_cat, kv, chosen, input_pos, slots, 1, 0, 0, n_keys, most, 0, kv_lora_rank,
+                        (block, buffers), blocks_per_program=per)
+    return td._merge(acc, m, l, q_cat.dtype, (per, triton.cdiv(n_keys, block)))
 
 
 def sparse_prefill(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int, k_first: int,

@@ -92,8 +92,9 @@ class MLALayer(nn.Module, CacheMixin):
         # [h, B*T, nope] @ [h, nope, L]: one batched product per head.
         B, T, h, _ = q.shape
         absorbed = torch.matmul(q_nope.reshape(B * T, h, -1).transpose(0, 1), w_uk).transpose(0, 1)  # [B*T, h, L]
-        if T == 1 and triton_decode.enabled(q):  # a decode step: rotation, concatenation and scale in one kernel
-            return triton_decode.mla_decode_query(absorbed, q[:, 0], cos, sin, self.scale).unsqueeze(1)
+        if triton_decode.enabled(q):  # rotation, concatenation and scale in one kernel
+            q_cat = triton_decode.mla_query(absorbed, q.reshape(B * T, h, -1), cos, sin, self.scale)
+            return q_cat.view(B, T, h, -1)
         q_cat = q.new_empty(q.shape[:-1] + (s.kv_lora_rank + s.qk_rope_head_dim,))
         q_cat[..., :s.kv_lora_rank] = absorbed.view(B, T, h, -1)
         q_cat[..., s.kv_lora_rank:] = apply_rope(q_rope, cos, sin)

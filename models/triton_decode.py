@@ -323,19 +323,24 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, splits, H: tl.constexpr, D: tl.constexpr,
-                      D_PAD: tl.constexpr, STEP: tl.constexpr):
-        """out[b, h] = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) l_i over the slices i (M: running max)."""
+    def _merge_kernel(acc_ptr, m_ptr, l_ptr, out_ptr, splits, blocks_per_program, n_blocks, H: tl.constexpr,
+                      D: tl.constexpr, D_PAD: tl.constexpr, STEP: tl.constexpr):
+        """out[b, h] = sum_i exp(m_i - M) acc_i / sum_i exp(m_i - M) l_i over the slices i (M: running max).
+        blocks_per_program > 0: the slices of gluon_latent's BALANCED grids, as many for row b as programs held
+        some of its n_blocks key blocks; else `splits` each."""
         b = tl.program_id(0)
         h = tl.program_id(1)
+        count = splits
+        if blocks_per_program > 0:
+            count = ((b + 1) * n_blocks - 1) // blocks_per_program - b * n_blocks // blocks_per_program + 1
         dims = tl.arange(0, D_PAD)
         dim_ok = dims < D
         big = tl.full([1], -1e30, tl.float32)
         total = tl.zeros([D_PAD], tl.float32)
         norm = tl.zeros([1], tl.float32)
-        for first in range(0, splits, STEP):
+        for first in range(0, count, STEP):
             i = first + tl.arange(0, STEP)
-            ok = i < splits
+            ok = i < count
             row = (b * splits + i) * H + h
             m = tl.load(m_ptr + row, mask=ok, other=-1e30)
             l = tl.load(l_ptr + row, mask=ok, other=0.0)
@@ -554,12 +559,15 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _mla_query_kernel(qa_ptr, qa_token, qa_head, q_ptr, q_token, q_head, cos_ptr, sin_ptr, out_ptr, scale,
-                          H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, NOPE: tl.constexpr, L_PAD: tl.constexpr,
-                          R_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+    def _mla_query_kernel(qa_ptr, qa_token, qa_head, q_ptr, q_token, q_head, cos_ptr, sin_ptr, angle_rows, out_ptr,
+                          scale, H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, NOPE: tl.constexpr,
+                          L_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
         # Program (token, head block): [q_nope W_UK, RoPE(q_rope)] x scale, rounded as the PyTorch path rounds (the
-        # rotation's products and sums, then the scale).
+        # rotation's products and sums, then the scale). Token t's angles: row t % angle_rows of cos/sin.
         t = tl.program_id(0)
+        angle = (t % angle_rows) * (R // 2)
+        cos_ptr += angle
+        sin_ptr += angle
         heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         head_ok = heads < H
         lat = tl.arange(0, L_PAD)
@@ -586,19 +594,20 @@ def mla_latent_write(kv: torch.Tensor, norm_weight: torch.Tensor, eps: float, co
                              eps, L ** 0.5, L=L, R=W - L, L_PAD=_pad(L), R_PAD=_pad(W - L), num_warps=4)
 
 
-def mla_decode_query(q_absorbed: torch.Tensor, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """MLALayer._absorbed_query after its per-head product, for one decode step: q_absorbed [B, h, L] (q_nope
-    W_UK), q [B, h, nope + R] (the query, its RoPE part last), cos/sin [1, R/2] -> [B, h, L + R] =
-    [q_absorbed, RoPE(q_rope)] x scale. Both inputs' last dimension contiguous."""
-    B, H, L = q_absorbed.shape
+def mla_query(q_absorbed: torch.Tensor, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+              scale: float) -> torch.Tensor:
+    """MLALayer._absorbed_query after its per-head product: q_absorbed [N, h, L] (q_nope W_UK), q [N, h, nope + R]
+    (the query, its RoPE part last), cos/sin [A, R/2] (token t's angles in row t % A: one row for a decode step,
+    a prompt's T rows for its B x T tokens) -> [N, h, L + R] = [q_absorbed, RoPE(q_rope)] x scale. Both inputs'
+    last dimension contiguous."""
+    N, H, L = q_absorbed.shape
     R = 2 * cos.size(-1)
-    out = torch.empty(B, H, L + R, device=q.device, dtype=q.dtype)
+    out = torch.empty(N, H, L + R, device=q.device, dtype=q.dtype)
     block_h = min(16, _pad(H))
-    _mla_query_kernel[(B, triton.cdiv(H, block_h))](
-        q_absorbed, q_absorbed.stride(0), q_absorbed.stride(1), q, q.stride(0), q.stride(1), cos.contiguous(),
-        sin.contiguous(), out, scale, H=H, L=L, R=R, NOPE=q.size(-1) - R, L_PAD=_pad(L), R_PAD=_pad(R),
-        BLOCK_H=block_h, num_warps=4)
+    cos, sin = cos.reshape(-1, R // 2).contiguous(), sin.reshape(-1, R // 2).contiguous()
+    _mla_query_kernel[(N, triton.cdiv(H, block_h))](
+        q_absorbed, q_absorbed.stride(0), q_absorbed.stride(1), q, q.stride(0), q.stride(1), cos, sin, cos.size(0),
+        out, scale, H=H, L=L, R=R, NOPE=q.size(-1) - R, L_PAD=_pad(L), R_PAD=_pad(R), BLOCK_H=block_h, num_warps=4)
     return out
 
 
@@ -691,12 +700,16 @@ def _pad(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
+def sm_count(device: torch.device) -> int:
+    """The device's streaming multiprocessors (4 off CUDA: the interpreter's grids stay small)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
 def _split_keys(programs_per_split: int, slots: int, block: int, device: torch.device,
                 per_sm: int = PROGRAMS_PER_SM, min_keys: int = MIN_KEYS_PER_SPLIT) -> tuple[int, int]:
     """(splits, keys per split, a multiple of block): about `per_sm` programs per SM in all (rounded down to
     whole splits), but no slice shorter than `min_keys`."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
-    splits = max(1, min(triton.cdiv(slots, min_keys), per_sm * sms // programs_per_split))
+    splits = max(1, min(triton.cdiv(slots, min_keys), per_sm * sm_count(device) // programs_per_split))
     keys_per_split = triton.cdiv(triton.cdiv(slots, splits), block) * block
     return triton.cdiv(slots, keys_per_split), keys_per_split
 
@@ -731,13 +744,15 @@ def _fastest(key: tuple, configs: list[tuple], launch) -> tuple:
     return CHOSEN[key]
 
 
-def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """acc [B, splits, H, D], m and l [B, splits, H] (fp32) -> [B, H, D] in dtype."""
+def _merge(acc: torch.Tensor, m: torch.Tensor, l: torch.Tensor, dtype: torch.dtype,
+           balanced: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """acc [B, splits, H, D], m and l [B, splits, H] (fp32) -> [B, H, D] in dtype; `balanced`: (blocks a program,
+    key blocks a row) of gluon_latent's BALANCED grids, whose rows have up to `splits` slices."""
     B, splits, H, D = acc.shape
     out = torch.empty(B, H, D, device=acc.device, dtype=dtype)
     # Slices per step: MERGE_SPLITS rows of MLA's 512-wide outputs, more of narrower ones (the same registers).
     step = max(MERGE_SPLITS, min(32, MERGE_SPLITS * 512 // _pad(D)))
-    _merge_kernel[(B, H)](acc, m, l, out, splits, H=H, D=D, D_PAD=_pad(D), STEP=step)
+    _merge_kernel[(B, H)](acc, m, l, out, splits, *balanced, H=H, D=D, D_PAD=_pad(D), STEP=step)
     return out
 
 

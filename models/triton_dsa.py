@@ -34,7 +34,7 @@ from . import gluon_latent
 from .triton_decode import HAVE_TRITON, _fastest, _pad, _split_keys, enabled
 
 if HAVE_TRITON:
-    from .triton_decode import _latent_block, _latent_query, _latent_update
+    from .triton_decode import _fp8_rows, _latent_block, _latent_query, _latent_update
 
 if HAVE_TRITON:
     import triton
@@ -140,6 +140,22 @@ if HAVE_TRITON:
         for start in range(hi_end, S, BN):
             s = start + tl.arange(0, BN)
             tl.store(out_cols + s[:, None], blank, mask=out_ok[None, :] & (s < S)[:, None])
+
+
+    @triton.jit
+    def _quantize_kernel(x_ptr, q8_ptr, qs_ptr, rows, D: tl.constexpr, GROUPS: tl.constexpr, GROUP: tl.constexpr,
+                         GROUP_PAD: tl.constexpr, BLOCK_ROWS: tl.constexpr):
+        # BLOCK_ROWS rows a program, one scale group at a time.
+        r = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+        r_ok = r < rows
+        for g in tl.static_range(GROUPS):
+            dims = g * GROUP + tl.arange(0, GROUP_PAD)
+            dim_ok = (dims < D) & (tl.arange(0, GROUP_PAD) < GROUP)
+            ok = r_ok[:, None] & dim_ok[None, :]
+            x = tl.load(x_ptr + r.to(tl.int64)[:, None] * D + dims[None, :], mask=ok, other=0.0).to(tl.float32)
+            q8, qs = _fp8_rows(x, dim_ok)
+            tl.store(q8_ptr + r.to(tl.int64)[:, None] * D + dims[None, :], q8, mask=ok)
+            tl.store(qs_ptr + r * GROUPS + g, qs, mask=r_ok)
 
 
     @triton.jit
@@ -375,6 +391,22 @@ if HAVE_TRITON:
             tl.store(out + n + tl.cumsum(chosen.to(tl.int32), axis=0) - 1, s, mask=chosen)
             n += tl.sum(chosen.to(tl.int32), axis=0)
             seen += tl.sum(tie.to(tl.int32), axis=0)
+
+
+def quantize(x: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DSALayer._quantize in one kernel: x [..., d] -> (FP8 e4m3 values [..., d], fp32 scales [..., groups]), one
+    scale (amax / 448) per `group` elements of the last dimension, the last group possibly shorter."""
+    D = x.size(-1)
+    groups = -(-D // group)
+    x = x.contiguous()
+    rows = x.numel() // D
+    q8 = torch.empty(x.shape, device=x.device, dtype=torch.float8_e4m3fn)
+    scale = torch.empty(x.shape[:-1] + (groups,), device=x.device, dtype=torch.float32)
+    block_rows = 32
+    _quantize_kernel[(triton.cdiv(rows, block_rows),)](x, q8, scale, rows, D=D, GROUPS=groups, GROUP=group,
+                                                       GROUP_PAD=_pad(min(group, D)), BLOCK_ROWS=block_rows,
+                                                       num_warps=4)
+    return q8, scale
 
 
 def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tensor, k_fp8: torch.Tensor,

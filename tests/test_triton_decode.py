@@ -348,3 +348,30 @@ def test_mla_decode_inputs_equal_the_pytorch_path(kv_lora_rank, rope, monkeypatc
                 eps = torch.finfo(dtype).eps
                 torch.testing.assert_close(a, b, rtol=4 * eps, atol=4 * eps * b.abs().max().item())
         assert torch.equal(cache[:, :13], layer.kv_cache[:, :13]) and torch.equal(cache[2], layer.kv_cache[2])
+
+
+@pytest.mark.parametrize("kv_lora_rank, rope", [(24, 8), (512, 64)])
+def test_mla_prompt_query_equals_the_pytorch_path(kv_lora_rank, rope, monkeypatch):
+    """The absorbed queries of a prompt's chunk (DSA prefill's) in one kernel, each token at its own angles: the
+    PyTorch path's values bit for bit in bf16, within a few roundings in fp32 (test_mla_decode_inputs_...)."""
+    from kvplan.models import triton_decode
+
+    device = _kernel_device()
+    for dtype in (torch.float32, torch.bfloat16):
+        desc = tiny(replace(_MLA, kv_lora_rank=kv_lora_rank, qk_rope_head_dim=rope))
+        layer = build(desc, max_batch=2, max_context=20, dtype=dtype, device=device).layers[0].attention
+        g = torch.Generator(device=device).manual_seed(rope)
+        x = torch.randn(2, 9, desc.d_model, device=device, dtype=dtype, generator=g)
+        cos, sin = layer.rope.at(9)
+        with torch.no_grad():
+            q = layer._query(x)[1][:, 4:9]  # tokens 4..8 of two sequences
+            monkeypatch.setattr(triton_decode, "enabled", lambda x: True)
+            got = layer._absorbed_query(q, cos[4:9], sin[4:9])
+            monkeypatch.setattr(triton_decode, "enabled", lambda x: False)
+            expected = layer._absorbed_query(q, cos[4:9], sin[4:9])
+        assert got.shape == expected.shape
+        if dtype == torch.bfloat16:
+            assert torch.equal(got, expected)
+        else:
+            eps = torch.finfo(dtype).eps
+            torch.testing.assert_close(got, expected, rtol=4 * eps, atol=4 * eps * expected.abs().max().item())

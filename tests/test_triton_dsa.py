@@ -59,6 +59,24 @@ def test_index_scores_equal_the_pytorch_path(index_head_dim):
             _close(got[allowed.expand_as(got)], expected[allowed.expand_as(expected)], tol)
 
 
+@pytest.mark.parametrize("index_head_dim", [16, 128, 200])
+def test_quantize_equals_the_pytorch_path(index_head_dim):
+    """FP8 values and scales per group of 128 (a shorter last group at 200) bit for bit as DSALayer._quantize."""
+    from kvplan.models import triton_dsa
+
+    device = _kernel_device()
+    desc = tiny(replace(_DSA, index_head_dim=index_head_dim))
+    for dtype, _ in _dtypes(device):
+        layer = build(desc, max_batch=1, max_context=8, dtype=dtype, device=device).layers[0].attention
+        x = torch.randn(2, 37, 5, index_head_dim, device=device, dtype=dtype,
+                        generator=torch.Generator(device=device).manual_seed(index_head_dim)) * 3
+        x[0, 0, 0] = 0.0  # an all-zero group: the smallest scale
+        got, expected = triton_dsa.quantize(x, layer.group), layer._quantize(x)
+        assert got[0].dtype == torch.float8_e4m3fn and got[1].shape == expected[1].shape
+        assert torch.equal(got[0].float(), expected[0].float())  # equal values (a zero's sign may differ)
+        assert torch.equal(got[1], expected[1])
+
+
 @pytest.mark.parametrize("rows_first", [False, True])
 @pytest.mark.parametrize("heads, window", [(4, None), (20, None), (4, 7)])
 def test_sparse_attention_equals_attention_over_gathered_rows(heads, window, rows_first):
