@@ -84,6 +84,53 @@ if HAVE_GLUON:
         async_copy.async_copy_global_to_shared(rope_buf, row + L + rope[None, :], mask=live[:, None])
         async_copy.commit_group()
 
+    # Eight warps: the scores [64 heads, BLOCK keys] and the output [64 heads, L] each split between the two warp
+    # groups, along the keys and along the columns; rows copied 8 elements (16 bytes) a thread.
+    @gluon.constexpr_function
+    def _score_layout(block):
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, block // 2, 16])
+
+    @gluon.constexpr_function
+    def _out_layout(width):
+        return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2], instr_shape=[16, width // 2, 16])
+
+    @gluon.constexpr_function
+    def _p_layout(width):
+        return gl.DotOperandLayout(operand_index=0, parent=_out_layout(width), k_width=2)
+
+    @gluon.constexpr_function
+    def _load_layout():
+        return gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8], warps_per_cta=[8, 1], order=[1, 0])
+
+    @gluon.jit
+    def _block_scores(q_lat, q_rope, lat_i, rope_i, acc, zero_scores, BUFFERS: gl.constexpr):
+        """Wait for the block in (lat_i, rope_i) to land, then its scores [64, BLOCK] against the query block.
+        Waiting for them also retires the previous block's P x latent (acc), so its buffer is free once both
+        warp groups are past the barrier at the end."""
+        async_copy.wait_group(BUFFERS - 2)  # this block has landed (this thread's part)
+        gl.thread_barrier()  # ... every thread's part
+        fence_async_shared()
+        scores = warpgroup_mma(q_lat, lat_i.permute((1, 0)), zero_scores, use_acc=False, is_async=True)
+        scores = warpgroup_mma(q_rope, rope_i.permute((1, 0)), scores, is_async=True)
+        scores, acc = warpgroup_mma_wait(0, deps=[scores, acc])
+        gl.thread_barrier()
+        return scores, acc
+
+    @gluon.jit
+    def _block_update(scores, m, l, acc, lat_i, out_layout: gl.constexpr, p_layout: gl.constexpr):
+        """The online softmax over one block's (masked) scores; P x latent left running on the tensor cores (the
+        next block's score wait retires it). m in the scores' units: exp2 of log2(e) x (score - m) is one fused
+        multiply-add a score."""
+        LOG2E: gl.constexpr = 1.4426950408889634
+        m_new = gl.maximum(m, gl.max(scores, axis=1))
+        correction = gl.exp2((m - m_new) * LOG2E)
+        p = gl.exp2(scores * LOG2E - (m_new * LOG2E)[:, None])
+        l = l * correction + gl.sum(p, axis=1)
+        acc = acc * gl.convert_layout(correction, gl.SliceLayout(1, out_layout))[:, None]
+        acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout), lat_i, acc, is_async=True)
+        acc = warpgroup_mma_wait(1, deps=[acc])
+        return m_new, l, acc
+
     @gluon.jit
     def _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat, k_rope, hb,
                 r, split, first, last, seq_rows, queries, limit_first, k_first, n_keys, splits, H: gl.constexpr,
@@ -92,14 +139,10 @@ if HAVE_GLUON:
         """Heads hb * 64 .. of query row r over its keys first .. last (clipped to the keys it has and, without
         GATHER, to its limit): written to out_ptr (DIRECT) or as slice `split` of its partial outputs."""
         BLOCK_H: gl.constexpr = 64
-        LOG2E: gl.constexpr = 1.4426950408889634
-        score_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                               instr_shape=[16, BLOCK // 2, 16])
-        out_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 2],
-                                                             instr_shape=[16, L // 2, 16])
-        p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=out_layout, k_width=2)
-        load_layout: gl.constexpr = gl.BlockedLayout(size_per_thread=[1, 8], threads_per_warp=[4, 8],
-                                                     warps_per_cta=[8, 1], order=[1, 0])
+        score_layout: gl.constexpr = _score_layout(BLOCK)
+        out_layout: gl.constexpr = _out_layout(L)
+        p_layout: gl.constexpr = _p_layout(L)
+        load_layout: gl.constexpr = _load_layout()
         slot_layout: gl.constexpr = gl.SliceLayout(1, load_layout)
         seq = r // queries
         if LIMIT_FROM_POS:
@@ -140,16 +183,8 @@ if HAVE_GLUON:
             j = first + i * BLOCK + key_in_block
             if GATHER:  # this block's slots for its mask, loaded while the products run
                 live = (j < end) & (gl.load(idx_row + j, mask=j < end, other=0) <= limit)
-            async_copy.wait_group(BUFFERS - 2)  # block i has landed (this thread's part)
-            gl.thread_barrier()  # ... every thread's part
-            fence_async_shared()
             lat_i = k_lat.index(buf)
-            scores = warpgroup_mma(q_lat, lat_i.permute((1, 0)), zero_scores, use_acc=False, is_async=True)
-            scores = warpgroup_mma(q_rope, k_rope.index(buf).permute((1, 0)), scores, is_async=True)
-            # Waiting for the scores also retires the previous block's P x latent, so its buffer is free once
-            # both warp groups are past this point.
-            scores, acc = warpgroup_mma_wait(0, deps=[scores, acc])
-            gl.thread_barrier()
+            scores, acc = _block_scores(q_lat, q_rope, lat_i, k_rope.index(buf), acc, zero_scores, BUFFERS)
             nxt = first + (i + BUFFERS - 1) * BLOCK
             _copy_block(kv_ptr, next_slots, nxt, end, limit, k_lat.index((i + BUFFERS - 1) % BUFFERS),
                         k_rope.index((i + BUFFERS - 1) % BUFFERS), L, R, BLOCK, GATHER, load_layout)  # past the end: no reads
@@ -158,15 +193,7 @@ if HAVE_GLUON:
                 scores = gl.where(live[None, :], scores, float("-inf"))
             elif first + (i + 1) * BLOCK > end:  # only the slice's last block has rows past its end
                 scores = gl.where((j < end)[None, :], scores, float("-inf"))
-            # m in the scores' units; exp2 of log2e x (score - m) as one fused multiply-add per score
-            m_new = gl.maximum(m, gl.max(scores, axis=1))
-            correction = gl.exp2((m - m_new) * LOG2E)
-            m = m_new
-            p = gl.exp2(scores * LOG2E - (m * LOG2E)[:, None])
-            l = l * correction + gl.sum(p, axis=1)
-            acc = acc * gl.convert_layout(correction, gl.SliceLayout(1, out_layout))[:, None]
-            acc = warpgroup_mma(gl.convert_layout(p.to(gl.bfloat16), p_layout), lat_i, acc, is_async=True)
-            acc = warpgroup_mma_wait(1, deps=[acc])  # left running: the next block's score wait retires it
+            m, l, acc = _block_update(scores, m, l, acc, lat_i, out_layout, p_layout)
         acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)
 
