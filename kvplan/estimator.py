@@ -432,6 +432,13 @@ class Estimator:
         if prefill_keys is None:
             decode = k.mla_decode_attention if self._latent else k.decode_attention
             attention = decode.seconds(attention_flops / gpus, attention_bytes / gpus, bf16, bandwidth, n_layers)
+            if self._sparse:  # the selected latent rows each query reads, on every tensor-parallel rank
+                attention = attention + k.sparse_attention.seconds(0, sparse_bytes / ranks, bf16, bandwidth, 0)
+        elif self._sparse:
+            # One sparse kernel a layer: its FLOPs over the selected pairs at its own compute fraction, or the
+            # selected latent rows it reads (every tensor-parallel rank reads them all), whichever binds.
+            attention = k.sparse_attention.seconds(attention_flops / gpus, sparse_bytes / ranks, bf16, bandwidth,
+                                                   n_layers)
         else:
             prefill = k.mla_prefill_attention if self._latent else k.prefill_attention
             efficiency = (k.mla_attention_efficiency(prefill_keys) if self._mla
@@ -443,8 +450,6 @@ class Estimator:
         query_chunk = None if prefill_keys is None else self.model.attention.prefill_query_chunk
         indexer_calls = n_layers * (ceil_div(tokens, query_chunk) if query_chunk else 1)
         topk = k.decode_topk if prefill_keys is None else k.topk
-        if self._sparse:  # the selected latent rows each query reads, on every tensor-parallel rank
-            attention = attention + k.sparse_attention.seconds(0, sparse_bytes / ranks, bf16, bandwidth, 0)
         seconds = {
             "gemm": gemm.seconds(dense_flops / gpus, dense / gpus, gemm_peak, bandwidth, GEMM_CALLS_PER_LAYER * n_layers),
             "moe": (moe.seconds(routed / gpus, experts / gpus, moe_peak, bandwidth, MOE_CALLS_PER_LAYER * self._moe_layers)

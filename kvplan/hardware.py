@@ -22,19 +22,23 @@ from .units import InputError, parse_bytes
 
 _AIC = "aiconfigurator 0.12.0 vLLM 0.24 tables, fitted by examples/derive_kernel_defaults.py"
 _ELEMENTWISE = Kernel(1.0, 0.8, 3e-6)  # aiconfigurator's system files: memory-bound ops at 0.8 of bandwidth + 3 us
-# DeepSeek Sparse Attention on an H100, kvplan's Triton kernels (examples/bench/bench_prefill-h100-dsa.csv:
-# `python3 -m kvplan.profilers.bench_prefill --cases dsa`, per 1024-query chunk and layer at 128k; and
-# examples/bench/bench_decode-h100-b16-128k.csv's log): FP8 indexer 585 TFLOP/s = 0.296 of 1979; exact top-k
-# 1.22 ms over 1024 x 131072 fp32 scores (537 MB) and 96 us over 16 x 131072 (8.4 MB, a decode step): the line
-# through both gives 78 us a call + 0.140 of 3.35 TB/s (a few rows leave most of the GPU idle); sparse attention
-# reading 2.36 MB of latents per query in 0.80 ms = 0.898 of 3.35 TB/s. Decode's top-k (kvplan.models'
+# DeepSeek Sparse Attention on an H100, kvplan's Triton and Gluon kernels: FP8 indexer 631 TFLOP/s = 0.319 of
+# 1979 (examples/bench/bench_prefill-h100-deepseek.csv at ce0f82b: 3.51 ms over the last 1024-query chunk of a 128k
+# prompt, one layer); exact top-k 1.22 ms over 1024 x 131072 fp32 scores (537 MB;
+# examples/bench/bench_prefill-h100-dsa.csv) and 96 us over 16 x 131072 (8.4 MB, a decode step;
+# examples/bench/bench_decode-h100-b16-128k.csv's log): the line through both gives 78 us a call + 0.140 of 3.35
+# TB/s (a few rows leave most of the GPU idle); sparse attention (prefill: the larger of its FLOPs and its row
+# reads) reading 2.36 MB of latents per query in 0.80 ms = 0.898 of 3.35 TB/s at 32 heads, where the row reads
+# bind (bench_prefill-h100-dsa.csv), and 395 TFLOP/s = 0.399 of 989.4 at DeepSeek's 128 heads, where its FLOPs
+# bind (examples/bench/latent_kernel_variants-h100.csv, dsa-sparse-1024q-32k, gluon: 1024 queries x 2048 rows in
+# 1.48 ms). Decode's top-k (kvplan.models'
 # topk_indices: radix selection or torch.topk, whichever times faster) over 1-16 rows of 4k-128k scores, alone
 # (examples/bench/dsa_decode_shapes-h100.csv: `python3 examples/dsa_decode_parts.py --shapes ...`): 20.6 us at
 # 8 x 4k to 72.8 us at 16 x 128k; least squares gives 23.6 us a call + 0.050 of 3.35 TB/s (within 8 us of all
 # seven points). Other GPUs take the same figures (no published measurement). The indexer reads its cached keys
 # at MLA decode's scan bandwidth (an assumption: the same memory-bound scan of a latent-like cache).
-_DSA = dict(indexer=Kernel(0.296, 1.0, 0.0), topk=Kernel(1.0, 0.140, 78e-6), decode_topk=Kernel(1.0, 0.050, 23.6e-6),
-            sparse_attention=Kernel(1.0, 0.898, 0.0))
+_DSA = dict(indexer=Kernel(0.319, 1.0, 0.0), topk=Kernel(1.0, 0.140, 78e-6), decode_topk=Kernel(1.0, 0.050, 23.6e-6),
+            sparse_attention=Kernel(0.399, 0.898, 0.0))
 
 
 # Grouped expert GEMMs lose compute efficiency as tp narrows each expert (aiconfigurator's H100 vLLM table,

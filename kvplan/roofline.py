@@ -29,8 +29,9 @@ The kinds (`Kernels`), each with its own figures for bf16 and for fp8 where both
 - logits: the LM head GEMM on the tokens that need a logit (gemm's figures), and the fp32 logits it writes.
 - indexer, topk, decode_topk, sparse_attention: DeepSeek Sparse Attention's lightning indexer (fp8 products over
   every visible key), the top-k selection over its fp32 scores (`topk` in prefill, once per query chunk and
-  layer; `decode_topk` in decode, a few long rows once a layer), and sparse MLA attention: its FLOPs (absorbed, over
-  the selected pairs) on MLA's attention figures, plus the bytes of the latent rows each query reads at
+  layer; `decode_topk` in decode, a few long rows once a layer), and sparse MLA attention: in prefill one kernel
+  a layer, the larger of its FLOPs (absorbed, over the selected pairs) at sparse_attention's compute and the bytes
+  of the latent rows each query reads at its bandwidth; in decode MLA's decode attention plus those row reads at
   sparse_attention's bandwidth. The indexer and top-k run whole on every tensor-
   parallel rank (the indexer is replicated), split only over data-parallel ranks; in decode the indexer reads
   its cached keys as it scores them (one kernel: the larger of its FLOPs and those bytes).

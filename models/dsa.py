@@ -141,7 +141,7 @@ class DSALayer(MLALayer):
                     del scores
                 q_cat = self._absorbed_query(q[:, start:end], cos[start:end], sin[start:end])
                 o_latent = triton_dsa.sparse_latent_attention(q_cat, latent, top, start, first,
-                                                              self.spec.kv_lora_rank, self.window)
+                                                              self.spec.kv_lora_rank, self.window, ascending=True)
             else:
                 q_fp8, q_scale = self._quantize(index_q[:, start:end])  # per chunk: the fp32 scratch stays small
                 allowed = band_mask(positions[start:end], positions[first:end], self.window)  # [C, S]

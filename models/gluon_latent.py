@@ -135,7 +135,7 @@ if HAVE_GLUON:
     def _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat, k_rope, hb,
                 r, split, first, last, seq_rows, queries, limit_first, k_first, n_keys, splits, H: gl.constexpr,
                 L: gl.constexpr, R: gl.constexpr, BLOCK: gl.constexpr, BUFFERS: gl.constexpr, GATHER: gl.constexpr,
-                LIMIT_FROM_POS: gl.constexpr, DIRECT: gl.constexpr):
+                LIMIT_FROM_POS: gl.constexpr, DIRECT: gl.constexpr, ASCENDING: gl.constexpr):
         """Heads hb * 64 .. of query row r over its keys first .. last (clipped to the keys it has and, without
         GATHER, to its limit): written to out_ptr (DIRECT) or as slice `split` of its partial outputs."""
         BLOCK_H: gl.constexpr = 64
@@ -152,6 +152,8 @@ if HAVE_GLUON:
         limit -= k_first  # as an offset from k_first, as the slots are
         if GATHER:
             end = gl.minimum(last, n_keys)
+            if ASCENDING:  # distinct rows in ascending order: the j-th is at least j, so none past the limit attends
+                end = gl.minimum(end, limit + 1)
         else:
             end = gl.minimum(gl.minimum(last, limit + 1), seq_rows)  # later keys: not read
         kv_ptr += (seq.to(gl.int64) * seq_rows + k_first) * (L + R)
@@ -214,7 +216,7 @@ if HAVE_GLUON:
                        limit_first, k_first, n_keys, keys_per_split, splits, blocks_per_program, rows,
                        H: gl.constexpr, L: gl.constexpr, R: gl.constexpr, BLOCK: gl.constexpr,
                        BUFFERS: gl.constexpr, GATHER: gl.constexpr, LIMIT_FROM_POS: gl.constexpr,
-                       DIRECT: gl.constexpr, BALANCED: gl.constexpr):
+                       DIRECT: gl.constexpr, BALANCED: gl.constexpr, ASCENDING: gl.constexpr):
         # Row r is query r % queries of sequence r // queries, whose keys are rows k_first + ... of the
         # sequence's seq_rows; a key attends if its slot <= limit: the value at pos_ptr (LIMIT_FROM_POS, decode)
         # or limit_first + the query's index (prefill). DIRECT: one slice a row; the normalized output, in
@@ -241,14 +243,14 @@ if HAVE_GLUON:
                 _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat,
                         k_rope, hb, r, p - r * n_blocks // blocks_per_program, (g - r * n_blocks) * BLOCK,
                         (row_end - r * n_blocks) * BLOCK, seq_rows, queries, limit_first, k_first, n_keys, splits,
-                        H, L, R, BLOCK, BUFFERS, GATHER, LIMIT_FROM_POS, DIRECT)
+                        H, L, R, BLOCK, BUFFERS, GATHER, LIMIT_FROM_POS, DIRECT, ASCENDING)
                 g = row_end
         else:
             split = gl.program_id(2)
             _attend(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, q_lat, q_rope, k_lat, k_rope,
                     hb, gl.program_id(1), split, split * keys_per_split, (split + 1) * keys_per_split, seq_rows,
                     queries, limit_first, k_first, n_keys, splits, H, L, R, BLOCK, BUFFERS, GATHER, LIMIT_FROM_POS,
-                    DIRECT)
+                    DIRECT, ASCENDING)
 
 
 def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device: torch.device, per_sm: int,
@@ -266,7 +268,7 @@ def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device:
 
 
 def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L, config,
-            out=None, blocks_per_program=0):
+            out=None, blocks_per_program=0, ascending=False):
     """One launch over rows = q_cat.size(0) query rows; returns (acc, m, l) to merge, or fills `out`.
     blocks_per_program > 0: a BALANCED grid (balanced_split's blocks a program; splits: its most slices a row)."""
     rows, H, W = q_cat.shape
@@ -287,7 +289,8 @@ def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys
         acc if not direct else unused, m if not direct else unused, l if not direct else unused,
         out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits,
         blocks_per_program, rows, H=H, L=L, R=W - L, BLOCK=block, BUFFERS=buffers, GATHER=idx is not None,
-        LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced, num_warps=WARPS)
+        LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced, ASCENDING=ascending,
+        num_warps=WARPS)
     return acc, m, l
 
 
@@ -308,11 +311,13 @@ def decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lo
 
 
 def sparse_prefill(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int, k_first: int,
-                   kv_lora_rank: int, out: torch.Tensor, config: tuple = CONFIGS[0]) -> torch.Tensor:
+                   kv_lora_rank: int, out: torch.Tensor, config: tuple = CONFIGS[0],
+                   ascending: bool = False) -> torch.Tensor:
     """triton_dsa.sparse_latent_attention's contract and result without a window (`serves` true), into out [B,
     C, H, L]: each query over its K selected rows, one program per query and 64 heads, normalized in the kernel."""
     B, C, H, W = q_cat.shape
     T, K = latent.size(1), top.size(-1)
     _launch(q_cat.reshape(B * C, H, W), latent, top.reshape(B * C, K), None, T, C, q_start, k_first, K, 1,
-            triton.cdiv(K, config[0]) * config[0], kv_lora_rank, config, out=out.view(B * C, H, -1))
+            triton.cdiv(K, config[0]) * config[0], kv_lora_rank, config, out=out.view(B * C, H, -1),
+            ascending=ascending)
     return out

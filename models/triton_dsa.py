@@ -174,7 +174,7 @@ if HAVE_TRITON:
     def _sparse_mla_kernel(q_ptr, kv_ptr, top_ptr, out_ptr, T, C, K, q_start, k_first, window,
                            H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, L_PAD: tl.constexpr,
                            R_PAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK: tl.constexpr, WINDOWED: tl.constexpr,
-                           ROWS_FIRST: tl.constexpr):
+                           ROWS_FIRST: tl.constexpr, ASCENDING: tl.constexpr):
         # Queries vary fastest: neighbouring queries, whose top-k sets overlap, run together and share L2.
         c = tl.program_id(0)
         hb = tl.program_id(1)
@@ -187,7 +187,10 @@ if HAVE_TRITON:
         m = tl.full([BLOCK_H], -1e30, tl.float32)
         l = tl.zeros([BLOCK_H], tl.float32)
         acc = tl.zeros([BLOCK_H, L_PAD], tl.float32)
-        for start in range(0, K, BLOCK):
+        n_keys = K
+        if ASCENDING:  # distinct keys in ascending order: the j-th is at least j, so none past the query attends
+            n_keys = tl.minimum(K, pos - k_first + 1)
+        for start in range(0, n_keys, BLOCK):
             n = start + tl.arange(0, BLOCK)
             k_pos = k_first + tl.load(top_row + n, mask=n < K, other=0)
             live = (n < K) & (k_pos <= pos)
@@ -441,13 +444,15 @@ def index_scores(q_fp8: torch.Tensor, q_scale: torch.Tensor, weights: torch.Tens
 
 def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int,
                             k_first: int, kv_lora_rank: int, window: int | None,
-                            config: tuple | None = None) -> torch.Tensor:
+                            config: tuple | None = None, ascending: bool = False) -> torch.Tensor:
     """Absorbed MLA attention of queries q_start.. over their selected latent rows -> [B, C, h, L] (`config`: one
     of SPARSE_CONFIGS instead of the fastest).
 
     q_cat [B, C, h, L + R] carries the softmax scale; latent [B, T, L + R] the whole prompt's [latent | rope
-    key] rows; top [B, C, K] the selected keys, as offsets from k_first. A selected key after the query or
-    outside its window (topk's picks among -inf scores when fewer than K keys are visible) is skipped.
+    key] rows; top [B, C, K] the selected keys, as offsets from k_first, distinct. A selected key after the query
+    or outside its window (topk's picks among -inf scores when fewer than K keys are visible) is skipped;
+    `ascending` (each row of top in ascending order, as select_topk writes them): the picks past position
+    query - k_first are not visited at all (an early query of a prompt sees fewer than K keys).
     """
     B, C, H, W = q_cat.shape
     T, K, L = latent.size(1), top.size(-1), kv_lora_rank
@@ -456,19 +461,19 @@ def sparse_latent_attention(q_cat: torch.Tensor, latent: torch.Tensor, top: torc
 
     def launch(config):
         if config[0] == "gluon":
-            gluon_latent.sparse_prefill(q_cat, latent, top, q_start, k_first, L, out, config[1:])
+            gluon_latent.sparse_prefill(q_cat, latent, top, q_start, k_first, L, out, config[1:], ascending)
             return
         block_h, block, warps, stages, rows_first = config
         block_h = min(block_h, _pad(H))
         _sparse_mla_kernel[(C, triton.cdiv(H, block_h), B)](
             q_cat, latent, top, out, T, C, K, q_start, k_first, window or 0, H=H, L=L, R=W - L, L_PAD=_pad(L),
             R_PAD=_pad(W - L), BLOCK_H=block_h, BLOCK=block, WINDOWED=window is not None, ROWS_FIRST=rows_first,
-            num_warps=warps, num_stages=stages)
+            ASCENDING=ascending, num_warps=warps, num_stages=stages)
 
     configs = SPARSE_CONFIGS
     if gluon_latent.serves(q_cat, L, window):  # timed beside the Triton kernel's configs, first when untimed
         configs = [("gluon",) + tiles for tiles in gluon_latent.CONFIGS] + configs
-    launch(config or _fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype), configs, launch))
+    launch(config or _fastest(("dsa-sparse", B, C, H, W, L, K, q_cat.dtype, ascending), configs, launch))
     return out
 
 

@@ -67,6 +67,9 @@ def test_sparse_prefill_equals_attention_over_selected_rows(start, end, first, k
     for config in gluon_latent.CONFIGS:
         gluon_latent.sparse_prefill(q_cat, latent, top, start, first, L, got, config)
         _close(got, expected)
+        # The same picks in ascending order: the kernel stops at each query's position.
+        gluon_latent.sparse_prefill(q_cat, latent, top.sort(-1).values, start, first, L, got, config, ascending=True)
+        _close(got, expected)
 
 
 def test_kernels_dispatch_to_gluon_and_match_triton():

@@ -123,6 +123,28 @@ def test_sparse_attention_at_deepseek_width(config):
         _close(got, expected, tol)
 
 
+def test_sparse_attention_over_ascending_picks_skips_those_past_the_query():
+    """Picks in ascending order (select_topk's) from the prompt's first queries, which see fewer keys than they
+    pick: with `ascending` the kernel stops at the query's position; the result is attention over the visible picks."""
+    from kvplan.models import triton_dsa
+
+    device = _kernel_device()
+    B, T, heads, L, R, K, end = 2, 40, 4, 24, 8, 11, 30
+    for dtype, tol in _dtypes(device):
+        g = torch.Generator(device=device).manual_seed(K)
+        latent = torch.randn(B, T, L + R, device=device, dtype=dtype, generator=g)
+        q_cat = torch.randn(B, end, heads, L + R, device=device, dtype=dtype, generator=g) * 0.3
+        top = torch.rand(B, end, end, device=device, generator=g).argsort(-1)[..., :K]
+        top[..., 0] = torch.arange(end, device=device)  # each query sees itself
+        top = top.sort(-1).values
+        allowed = band_mask(torch.arange(end, device=device), torch.arange(end, device=device), None)
+        chosen = latent[torch.arange(B, device=device)[:, None, None], top]
+        expected = latent_attention(q_cat, chosen, L, allowed.expand(B, -1, -1).gather(-1, top).unsqueeze(-2))
+        for config in (None, (32, 32, 4, 2, True)):
+            got = triton_dsa.sparse_latent_attention(q_cat, latent, top, 0, 0, L, None, config, ascending=True)
+            _close(got, expected, tol)
+
+
 # (attention, windows, layers, batch, prompt, dtype on a GPU): test_models' tiny DSA without and with windows, and
 # one layer of DeepSeek-V3.2-Exp's attention (128 heads, latent 512, RoPE key 64, indexer 64 heads x 128) on a
 # narrow residual stream, in bf16 as served: in fp32 the sparse kernel's first launch config needs 280 KiB of
