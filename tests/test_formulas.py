@@ -583,11 +583,11 @@ def test_a_profile_without_mla_all_to_all_or_decode_topk_figures_prices_them_wit
 
 def test_dsa_decode_indexer_reads_its_keys_while_it_scores_them():
     # deepseek-v3.2-exp on 8 H100s, one sequence at 8k: each GPU's indexer scores 8192 cached keys per layer
-    # (64 heads x 128, fp8, at 0.296 of 1978.9 TFLOP/s) while reading them (128 fp8 values + one fp32 scale, at
+    # (64 heads x 128, fp8, at 0.319 of 1978.9 TFLOP/s) while reading them (128 fp8 values + one fp32 scale, at
     # MLA decode's 0.869 of 3.35 TB/s): the larger of the two; then decode's top-k over the fp32 scores (one call
     # a layer, 23.6 us + the scores at 0.050 of 3.35 TB/s; prefill's top-k figures are not used).
     row = est("deepseek-v3.2-exp", gpus=8).row(1, 8 * K)
     keys = 61 * 8 * K
-    scoring = max(keys * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.296), keys * (128 + 4) / (HBM * 0.869))
+    scoring = max(keys * (2 * 64 * 128 + 2 * 64) / (1978.9e12 * 0.319), keys * (128 + 4) / (HBM * 0.869))
     assert row["decode_indexer_seconds"] == pytest.approx(scoring + 61 * 23.6e-6 + keys * 4 / (HBM * 0.050),
                                                       rel=1e-12)

@@ -67,8 +67,14 @@ def test_sparse_prefill_equals_attention_over_selected_rows(start, end, first, k
     for config in gluon_latent.CONFIGS:
         gluon_latent.sparse_prefill(q_cat, latent, top, start, first, L, got, config)
         _close(got, expected)
-        # The same picks in ascending order: the kernel stops at each query's position.
-        gluon_latent.sparse_prefill(q_cat, latent, top.sort(-1).values, start, first, L, got, config, ascending=True)
+    # Distinct picks in ascending order (select_topk's): the kernel stops at each query's position.
+    scores = torch.rand(B, end - start, end - first, generator=g)
+    scores[:, torch.arange(end - start), start - first + torch.arange(end - start)] = 2.0  # each query picks itself
+    top = scores.argsort(-1, descending=True)[..., :k].sort(-1).values.to("cuda", torch.int32)
+    chosen = latent[:, first:end][torch.arange(B, device="cuda")[:, None, None], top.long()]
+    expected = latent_attention(q_cat, chosen, L, allowed.expand(B, -1, -1).gather(-1, top.long()).unsqueeze(-2))
+    for config in gluon_latent.CONFIGS:
+        gluon_latent.sparse_prefill(q_cat, latent, top, start, first, L, got, config, ascending=True)
         _close(got, expected)
 
 

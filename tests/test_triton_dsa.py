@@ -134,9 +134,9 @@ def test_sparse_attention_over_ascending_picks_skips_those_past_the_query():
         g = torch.Generator(device=device).manual_seed(K)
         latent = torch.randn(B, T, L + R, device=device, dtype=dtype, generator=g)
         q_cat = torch.randn(B, end, heads, L + R, device=device, dtype=dtype, generator=g) * 0.3
-        top = torch.rand(B, end, end, device=device, generator=g).argsort(-1)[..., :K]
-        top[..., 0] = torch.arange(end, device=device)  # each query sees itself
-        top = top.sort(-1).values
+        scores = torch.rand(B, end, end, device=device, generator=g)
+        scores.diagonal(dim1=-2, dim2=-1).fill_(2.0)  # each query picks itself, and K - 1 other distinct keys
+        top = scores.argsort(-1, descending=True)[..., :K].sort(-1).values
         allowed = band_mask(torch.arange(end, device=device), torch.arange(end, device=device), None)
         chosen = latent[torch.arange(B, device=device)[:, None, None], top]
         expected = latent_attention(q_cat, chosen, L, allowed.expand(B, -1, -1).gather(-1, top).unsqueeze(-2))
