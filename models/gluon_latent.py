@@ -11,7 +11,10 @@ What Gluon fixes, set against the Triton kernel at 64 heads a program and eight 
 - the keys: the Triton kernel loads each block into registers, then stores it to shared memory; here the next
   block is copied straight into shared memory (cp.async) while the current one is used, and the products run
   asynchronously on the tensor cores;
-The output [heads, L] is split by columns between the two warp groups, as in the Triton kernel. Shared memory:
+The output [heads, L] is split by columns between the two warp groups, as in the Triton kernel. Gathered rows'
+indices are loaded a block ahead of their copy. Decode deals the rows' key blocks to the SMs in equal runs
+(`balanced_split`; a run may span two rows, the merge combines each row's slices); sparse prefill runs one
+program per (query, 64 heads), and with picks in ascending order stops at the query's position. Shared memory:
 the query block and BUFFERS blocks of keys, (64 + BUFFERS x BLOCK) x (L + R) x 2 bytes (225 KiB at DeepSeek's
 widths, 64 keys a block, two buffers: one program an SM).
 """
@@ -253,6 +256,12 @@ if HAVE_GLUON:
                     DIRECT, ASCENDING)
 
 
+def row_slices(row: int, n_blocks: int, per: int) -> int:
+    """Slices of a row in a BALANCED grid: the programs, each taking `per` consecutive blocks of the rows' n_blocks
+    each laid end to end, that hold some of row `row`'s blocks (the merge kernel counts them the same way)."""
+    return ((row + 1) * n_blocks - 1) // per - row * n_blocks // per + 1
+
+
 def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device: torch.device, per_sm: int,
                    min_keys: int) -> tuple[int, int, int]:
     """(programs a head block, blocks a program, most slices a row has) for BALANCED grids: the key blocks of
@@ -260,11 +269,10 @@ def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device:
     gets the same work, where whole slices per row would leave some idle), runs no shorter than min_keys keys."""
     from .triton_decode import sm_count
 
-    n_blocks = triton.cdiv(n_keys, block)
+    n_blocks = -(-n_keys // block)
     total = rows * n_blocks
-    per = max(triton.cdiv(total, max(1, per_sm * sm_count(device) // head_blocks)), triton.cdiv(min_keys, block))
-    most = max((((r + 1) * n_blocks - 1) // per - r * n_blocks // per + 1) for r in range(rows))
-    return triton.cdiv(total, per), per, most
+    per = max(-(-total // max(1, per_sm * sm_count(device) // head_blocks)), -(-min_keys // block))
+    return -(-total // per), per, max(row_slices(r, n_blocks, per) for r in range(rows))
 
 
 def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L, config,

@@ -106,3 +106,23 @@ def test_kernels_dispatch_to_gluon_and_match_triton():
     _close(got, expected)
     sparse_got = triton_dsa.sparse_latent_attention(q_prefill, kv[:1], top, 3, 0, L, None, config=("gluon",) + gluon_latent.CONFIGS[0])
     _close(sparse_got, sparse_expected)
+
+
+@pytest.mark.parametrize("rows, n_keys, per_sm, min_keys", [(16, 131072, 1, 4096), (3, 3000, 4, 256), (1, 100, 2, 64),
+                                                            (5, 777, 1, 1 << 20)])
+def test_balanced_split_deals_every_key_block_once(rows, n_keys, per_sm, min_keys):
+    """The BALANCED grid's arithmetic (CPU only): programs cover the rows' blocks laid end to end exactly once, each
+    run at most `per` blocks; the slices a row's blocks fall in are numbered 0 .. row_slices - 1 from the program
+    holding its first block, within the `most` slices the partial outputs hold (the kernel and the merge count
+    them so)."""
+    from kvplan.models import gluon_latent
+
+    block = 64
+    programs, per, most = gluon_latent.balanced_split(rows, 2, n_keys, block, torch.device("cpu"), per_sm, min_keys)
+    n_blocks = -(-n_keys // block)
+    owner = [g // per for g in range(rows * n_blocks)]  # the program of each block
+    assert max(owner) == programs - 1 and per >= -(-min_keys // block)
+    for r in range(rows):
+        held = sorted(set(owner[r * n_blocks:(r + 1) * n_blocks]))
+        slices = [p - r * n_blocks // per for p in held]
+        assert slices == list(range(len(held))) and len(held) == gluon_latent.row_slices(r, n_blocks, per) <= most
