@@ -25,9 +25,10 @@ The other kinds (fp8 and grouped GEMMs, DSA, communication) keep the preset's fi
 Micro-benchmarks time each kernel alone; the network `kvplan profile` measures also runs unfused norms, RoPE,
 the gated activation and residual adds, and its attention inside a layer. So the reference model's prefills
 and decode steps (measured as `kvplan profile` measures them) then solve what they cost (`fit_reference`):
-- prefill (a short and a long prompt): elementwise bandwidth and prefill attention compute, the two scales
-  that make both prefills come out as measured (the short one is mostly GEMMs and elementwise bytes, the long
-  one mostly attention);
+- prefill (a short prompt, a long one, and on a GPU a batch of long ones): elementwise bandwidth and prefill
+  attention compute, the two scales that make the prefills come out as measured (least squares; the short one
+  is mostly GEMMs and elementwise bytes, the long one mostly attention, the batch both at the clocks a long
+  run of GEMMs holds under the power limit);
 - decode (three steps of growing cache): elementwise call time (a step's many small kernels) and decode
   attention's bandwidth (least squares; its call time stays the micro-benchmark's).
 MLA's prefill attention takes the calibrated prefill attention (kvplan.models runs it through the same flash
