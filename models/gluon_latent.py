@@ -276,13 +276,14 @@ def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device:
 
 
 def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L, config,
-            out=None, blocks_per_program=0, ascending=False):
+            out=None, balanced=None, ascending=False):
     """One launch over rows = q_cat.size(0) query rows; returns (acc, m, l) to merge, or fills `out`.
-    blocks_per_program > 0: a BALANCED grid (balanced_split's blocks a program; splits: its most slices a row)."""
+    balanced: a BALANCED grid, balanced_split's (programs a head block, blocks a program, most slices a row), the
+    last as `splits`."""
     rows, H, W = q_cat.shape
     block, buffers = config
     direct = out is not None
-    balanced = blocks_per_program > 0
+    programs, blocks_per_program, _ = balanced or (0, 0, 0)
     acc = m = l = None
     if not direct:
         acc = torch.empty(rows, splits, H, L, device=q_cat.device, dtype=torch.float32)
@@ -290,14 +291,13 @@ def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys
         l = torch.empty_like(m)
     unused = q_cat  # for the pointers this launch does not read
     head_blocks = H // HEADS_PER_PROGRAM
-    grid = (head_blocks, triton.cdiv(rows * triton.cdiv(n_keys, block), blocks_per_program)) if balanced else \
-        (head_blocks, rows, splits)
+    grid = (head_blocks, programs) if balanced else (head_blocks, rows, splits)
     _latent_kernel[grid](
         q_cat, kv, idx if idx is not None else unused, pos if pos is not None else unused,
         acc if not direct else unused, m if not direct else unused, l if not direct else unused,
         out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits,
         blocks_per_program, rows, H=H, L=L, R=W - L, BLOCK=block, BUFFERS=buffers, GATHER=idx is not None,
-        LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced, ASCENDING=ascending,
+        LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced is not None, ASCENDING=ascending,
         num_warps=WARPS)
     return acc, m, l
 
@@ -312,10 +312,10 @@ def decode(q_cat: torch.Tensor, kv: torch.Tensor, input_pos: torch.Tensor, kv_lo
     slots = kv.size(1)
     n_keys = chosen.size(1) if chosen is not None else slots
     block, buffers, per_sm, min_keys = config
-    _, per, most = balanced_split(B, H // HEADS_PER_PROGRAM, n_keys, block, q_cat.device, per_sm, min_keys)
-    acc, m, l = _launch(q_cat, kv, chosen, input_pos, slots, 1, 0, 0, n_keys, most, 0, kv_lora_rank,
-                        (block, buffers), blocks_per_program=per)
-    return td._merge(acc, m, l, q_cat.dtype, (per, triton.cdiv(n_keys, block)))
+    split = balanced_split(B, H // HEADS_PER_PROGRAM, n_keys, block, q_cat.device, per_sm, min_keys)
+    acc, m, l = _launch(q_cat, kv, chosen, input_pos, slots, 1, 0, 0, n_keys, split[2], 0, kv_lora_rank,
+                        (block, buffers), balanced=split)
+    return td._merge(acc, m, l, q_cat.dtype, (split[1], triton.cdiv(n_keys, block)))
 
 
 def sparse_prefill(q_cat: torch.Tensor, latent: torch.Tensor, top: torch.Tensor, q_start: int, k_first: int,
