@@ -88,24 +88,30 @@ class MLALayer(nn.Module, CacheMixin):
         """q [B, T, h, qk] -> [q_nope W_UK, rotated q_rope] * scale, [B, T, h, L + R]."""
         s = self.spec
         w_uk, _ = self._w_uk_uv()
-        q_nope, q_rope = q.split((s.qk_nope_head_dim, s.qk_rope_head_dim), dim=-1)
-        # [h, B*T, nope] @ [h, nope, L]: one batched product per head.
         B, T, h, _ = q.shape
-        absorbed = torch.matmul(q_nope.reshape(B * T, h, -1).transpose(0, 1), w_uk).transpose(0, 1)  # [B*T, h, L]
-        if triton_decode.enabled(q):  # rotation, concatenation and scale in one kernel
-            q_cat = triton_decode.mla_query(absorbed, q.reshape(B * T, h, -1), cos, sin, self.scale)
-            return q_cat.view(B, T, h, -1)
-        q_cat = q.new_empty(q.shape[:-1] + (s.kv_lora_rank + s.qk_rope_head_dim,))
-        q_cat[..., :s.kv_lora_rank] = absorbed.view(B, T, h, -1)
-        q_cat[..., s.kv_lora_rank:] = apply_rope(q_rope, cos, sin)
-        return q_cat.mul_(self.scale)
+        q = q.reshape(B * T, h, -1)
+        q_cat = q.new_empty(B * T, h, s.kv_lora_rank + s.qk_rope_head_dim)
+        # [h, B*T, nope] @ [h, nope, L] x scale, one batched product per head, written straight into q_cat's first
+        # L columns (cuBLAS takes their row stride) and scaled before its one rounding.
+        absorbed = q_cat[..., :s.kv_lora_rank].transpose(0, 1)
+        torch.baddbmm(absorbed, q[..., :s.qk_nope_head_dim].transpose(0, 1), w_uk, beta=0, alpha=self.scale,
+                      out=absorbed)
+        if triton_decode.enabled(q):  # the rotation and scale in one kernel
+            triton_decode.mla_query_rope(q, cos, sin, self.scale, q_cat)
+        else:
+            q_cat[..., s.kv_lora_rank:] = apply_rope(q[..., s.qk_nope_head_dim:].view(B, T, h, -1), cos,
+                                                     sin).view(B * T, h, -1)
+            q_cat[..., s.kv_lora_rank:].mul_(self.scale)
+        return q_cat.view(B, T, h, -1)
 
     def _absorbed_output(self, o_latent: torch.Tensor) -> torch.Tensor:
         """o_latent [B, T, h, L] -> W_UV per head -> output projection, [B, T, d_model]."""
         B, T, h, L = o_latent.shape
         _, w_uv = self._w_uk_uv()
-        out = torch.matmul(o_latent.reshape(B * T, h, L).transpose(0, 1), w_uv.transpose(1, 2))  # [h, B*T, v]
-        return self.wo(out.transpose(0, 1).reshape(B, T, -1))
+        out = o_latent.new_empty(B * T, h, w_uv.size(1))
+        # [h, B*T, L] @ [h, L, v] written as [B*T, h, v] (cuBLAS takes the row stride): wo reads it as it lies.
+        torch.bmm(o_latent.reshape(B * T, h, L).transpose(0, 1), w_uv.transpose(1, 2), out=out.transpose(0, 1))
+        return self.wo(out.view(B, T, -1))
 
     def prefill(self, x: torch.Tensor, write_cache: bool = True) -> torch.Tensor:
         s = self.spec

@@ -559,26 +559,24 @@ if HAVE_TRITON:
 
 
     @triton.jit
-    def _mla_query_kernel(qa_ptr, qa_token, qa_head, q_ptr, q_token, q_head, cos_ptr, sin_ptr, angle_rows, out_ptr,
-                          scale, H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, NOPE: tl.constexpr,
-                          L_PAD: tl.constexpr, R_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
-        # Program (token, head block): [q_nope W_UK, RoPE(q_rope)] x scale, rounded as the PyTorch path rounds (the
-        # rotation's products and sums, then the scale). Token t's angles: row t % angle_rows of cos/sin.
+    def _mla_query_rope_kernel(q_ptr, q_token, q_head, cos_ptr, sin_ptr, angle_rows, out_ptr, scale,
+                               H: tl.constexpr, L: tl.constexpr, R: tl.constexpr, NOPE: tl.constexpr,
+                               R_PAD: tl.constexpr, BLOCK_H: tl.constexpr):
+        # Program (token, head block): RoPE(q_rope) x scale into columns L.. of out [N, H, L + R], rounded as the
+        # PyTorch path rounds (the rotation's products and sums, then the scale). Token t's angles: row t %
+        # angle_rows of cos/sin.
         t = tl.program_id(0)
         angle = (t % angle_rows) * (R // 2)
         cos_ptr += angle
         sin_ptr += angle
         heads = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
         head_ok = heads < H
-        lat = tl.arange(0, L_PAD)
-        ok = head_ok[:, None] & (lat < L)[None, :]
-        a = tl.load(qa_ptr + t * qa_token + heads[:, None] * qa_head + lat[None, :], mask=ok, other=0.0)
-        out = out_ptr + (t * H + heads[:, None]) * (L + R)
-        tl.store(out + lat[None, :], _rounded(a.to(tl.float32) * scale, a).to(a.dtype), mask=ok)
         dims = tl.arange(0, R_PAD)
-        rope = _rotated(q_ptr + t * q_token + heads[:, None] * q_head + NOPE, head_ok, dims, dims < R, cos_ptr,
-                        sin_ptr, R)
-        tl.store(out + L + dims[None, :], _rounded(rope * scale, a).to(a.dtype),
+        row = q_ptr + t * q_token + heads[:, None] * q_head + NOPE
+        rope = _rotated(row, head_ok, dims, dims < R, cos_ptr, sin_ptr, R)
+        like = tl.load(row, mask=head_ok[:, None], other=0.0)  # its dtype: the rounding's
+        out = out_ptr + (t * H + heads[:, None]) * (L + R)
+        tl.store(out + L + dims[None, :], _rounded(rope * scale, like).to(out_ptr.dtype.element_ty),
                  mask=head_ok[:, None] & (dims < R)[None, :])
 
 
@@ -594,21 +592,18 @@ def mla_latent_write(kv: torch.Tensor, norm_weight: torch.Tensor, eps: float, co
                              eps, L ** 0.5, L=L, R=W - L, L_PAD=_pad(L), R_PAD=_pad(W - L), num_warps=4)
 
 
-def mla_query(q_absorbed: torch.Tensor, q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-              scale: float) -> torch.Tensor:
-    """MLALayer._absorbed_query after its per-head product: q_absorbed [N, h, L] (q_nope W_UK), q [N, h, nope + R]
-    (the query, its RoPE part last), cos/sin [A, R/2] (token t's angles in row t % A: one row for a decode step,
-    a prompt's T rows for its B x T tokens) -> [N, h, L + R] = [q_absorbed, RoPE(q_rope)] x scale. Both inputs'
-    last dimension contiguous."""
-    N, H, L = q_absorbed.shape
+def mla_query_rope(q: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float, q_cat: torch.Tensor) -> None:
+    """The RoPE part of MLALayer._absorbed_query in one kernel: q [N, h, nope + R] (the query, its RoPE part last,
+    last dimension contiguous), cos/sin [A, R/2] (token t's angles in row t % A: one row for a decode step, a
+    prompt's T rows for its B x T tokens) -> q_cat[..., L:] = RoPE(q_rope) x scale, q_cat [N, h, L + R]
+    contiguous."""
+    N, H, W = q_cat.shape
     R = 2 * cos.size(-1)
-    out = torch.empty(N, H, L + R, device=q.device, dtype=q.dtype)
     block_h = min(16, _pad(H))
     cos, sin = cos.reshape(-1, R // 2).contiguous(), sin.reshape(-1, R // 2).contiguous()
-    _mla_query_kernel[(N, triton.cdiv(H, block_h))](
-        q_absorbed, q_absorbed.stride(0), q_absorbed.stride(1), q, q.stride(0), q.stride(1), cos, sin, cos.size(0),
-        out, scale, H=H, L=L, R=R, NOPE=q.size(-1) - R, L_PAD=_pad(L), R_PAD=_pad(R), BLOCK_H=block_h, num_warps=4)
-    return out
+    _mla_query_rope_kernel[(N, triton.cdiv(H, block_h))](
+        q, q.stride(0), q.stride(1), cos, sin, cos.size(0), q_cat, scale, H=H, L=W - R, R=R, NOPE=q.size(-1) - R,
+        R_PAD=_pad(R), BLOCK_H=block_h, num_warps=4)
 
 
 def dsa_decode_inputs(q: torch.Tensor, k: torch.Tensor, weights: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,

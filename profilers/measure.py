@@ -18,7 +18,7 @@ import torch
 from kvplan.model import Model
 
 from .flops import count_flops
-from .timing import allocated_bytes, free_memory, median_seconds, run_for, settle, synchronize
+from .timing import PREFILL_SAMPLE_SECONDS, allocated_bytes, free_memory, median_seconds, run_for, settle, synchronize
 
 
 DECODE_STEADY_SECONDS = 0.3  # decode steps run before the timed ones (a GPU only)
@@ -89,7 +89,8 @@ def _prefill(net, tokens: torch.Tensor, settings: Settings, out: dict) -> None:
         synchronize(device)
         out["prefill_peak_bytes_measured"] = torch.cuda.max_memory_allocated(device) - base
         del logits
-    out["prefill_seconds_measured"], _ = median_seconds(lambda: net.prefill(tokens), device, settings.repeats, 0)
+    out["prefill_seconds_measured"], _ = median_seconds(lambda: net.prefill(tokens), device, settings.repeats, 0,
+                                                        PREFILL_SAMPLE_SECONDS)
 
 
 def measure_row(desc: Model, batch: int, context: int, kv_dtype: str, settings: Settings, out: dict) -> None:

@@ -17,6 +17,9 @@ import torch
 from kvplan.units import InputError
 
 SAMPLE_SECONDS = 0.005  # aim each timed sample at >= 5 ms of work
+# A whole prefill's sample: a 2-layer prompt of 4k tokens takes ~7 ms, and one call a sample varied by up to 9%
+# between validation runs on the same H100 (examples/validation-h100.md) where several calls a sample average it.
+PREFILL_SAMPLE_SECONDS = 0.05
 
 
 def pick_device(requested: str) -> torch.device:
@@ -126,18 +129,20 @@ def one_sample(fn: Callable[[], object], device: torch.device, inner: int) -> fl
     return (time.perf_counter() - begin) / inner
 
 
-def inner_calls(first_seconds: float) -> int:
-    """Calls per timed sample (1 to 1000) so that a sample holds at least SAMPLE_SECONDS of work."""
-    return max(1, min(1000, int(SAMPLE_SECONDS / max(first_seconds, 1e-7))))
+def inner_calls(first_seconds: float, sample_seconds: float = SAMPLE_SECONDS) -> int:
+    """Calls per timed sample (1 to 1000) so that a sample holds at least sample_seconds of work."""
+    return max(1, min(1000, int(sample_seconds / max(first_seconds, 1e-7))))
 
 
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> tuple[float, list[float]]:
-    """(median seconds per call, all samples). The first call sizes the inner loop of short calls; it is a
-    warm-up (not kept) unless warmup=0, for calls already warmed by the caller."""
+def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1,
+                   sample_seconds: float = SAMPLE_SECONDS) -> tuple[float, list[float]]:
+    """(median seconds per call, all samples), each sample at least sample_seconds of calls. The first call sizes
+    the inner loop of short calls; it is a warm-up (not kept) unless warmup=0, for calls already warmed by the
+    caller."""
     first = one_sample(fn, device, 1)
     for _ in range(warmup - 1):
         first = one_sample(fn, device, 1)
-    inner = inner_calls(first)
+    inner = inner_calls(first, sample_seconds)
     kept = [first] if warmup == 0 and inner == 1 else []
     samples = kept + [one_sample(fn, device, inner) for _ in range(max(repeats, 1) - len(kept))]
     return statistics.median(samples), samples
