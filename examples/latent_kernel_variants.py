@@ -138,6 +138,21 @@ def gluon_variant(q, kv, config, pos=None, idx=None, q_start=None):
     return gk.sparse_prefill(q[None], kv, idx[None], q_start, 0, 512, out, config[:-2])[0]
 
 
+def csv_recorder(path: str):
+    """record(**row): prints the row and rewrites `path` with every row recorded so far (nothing lost if a later
+    variant fails)."""
+    rows = []
+
+    def record(**row):
+        rows.append(row)
+        print(row, flush=True)
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    return record
+
+
 def bench(fn) -> float:
     """Milliseconds a call (triton.testing.do_bench: CUDA events, L2 flushed between calls)."""
     return triton.testing.do_bench(fn, warmup=25, rep=200)
@@ -152,16 +167,7 @@ def main():
     torch.manual_seed(0)
     dev = "cuda"
     H, L, R = 128, 512, 64
-    rows = []
-    path = os.path.join(args.out, "latent_kernel_variants.csv")
-
-    def record(**row):
-        rows.append(row)
-        print(row, flush=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    record = csv_recorder(os.path.join(args.out, "latent_kernel_variants.csv"))
 
     shapes = args.shapes.split(",")
     gk.ENABLED = False  # the kernels' own entry points time the Triton kernels alone; Gluon runs as a variant

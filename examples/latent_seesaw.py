@@ -22,7 +22,6 @@ scores on each as it lands.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 import torch
@@ -36,6 +35,7 @@ from kvplan.models import gluon_latent as gk
 from kvplan.models import triton_decode as td
 from kvplan.models import triton_dsa as tdsa
 from kvplan.models.gluon_latent import _block_slots
+from latent_kernel_variants import csv_recorder  # this folder's
 
 @gluon.constexpr_function
 def _score_layout():
@@ -309,27 +309,8 @@ def _seesaw_kernel(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_p
         [4], [OTHER_REGS])
 
 
-def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L,
-            out=None, balanced=None, ascending=False, other_regs=240):
-    """gluon_latent._launch's contract with the seesaw kernel (64-key blocks)."""
-    rows, H, W = q_cat.shape
-    direct = out is not None
-    programs, blocks_per_program, _ = balanced or (0, 0, 0)
-    acc = m = l = None
-    if not direct:
-        acc = torch.empty(rows, splits, H, L, device=q_cat.device, dtype=torch.float32)
-        m = torch.empty(rows, splits, H, device=q_cat.device, dtype=torch.float32)
-        l = torch.empty_like(m)
-    unused = q_cat
-    grid = (H // 64, programs) if balanced else (H // 64, rows, splits)
-    _seesaw_kernel[grid](
-        q_cat, kv, idx if idx is not None else unused, pos if pos is not None else unused,
-        acc if not direct else unused, m if not direct else unused, l if not direct else unused,
-        out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits,
-        blocks_per_program, rows, H=H, L=L, R=W - L, BLOCK=64, BUFFERS=2, GATHER=idx is not None,
-        LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced is not None, ASCENDING=ascending,
-        OTHER_REGS=other_regs, num_warps=4)
-    return acc, m, l
+# gluon_latent._launch with this kernel: the second warp group's registers, one warp group as the default partition.
+SEESAW_LAUNCH = dict(kernel=_seesaw_kernel, OTHER_REGS=240, num_warps=4)
 
 
 def decode(q_cat, kv, input_pos, kv_lora_rank, per_sm, min_keys):
@@ -337,8 +318,8 @@ def decode(q_cat, kv, input_pos, kv_lora_rank, per_sm, min_keys):
     B, H, _ = q_cat.shape
     n_keys = kv.size(1)
     split = gk.balanced_split(B, H // 64, n_keys, 64, q_cat.device, per_sm, min_keys)
-    acc, m, l = _launch(q_cat, kv, None, input_pos, n_keys, 1, 0, 0, n_keys, split[2], 0, kv_lora_rank,
-                        balanced=split)
+    acc, m, l = gk._launch(q_cat, kv, None, input_pos, n_keys, 1, 0, 0, n_keys, split[2], 0, kv_lora_rank, (64, 2),
+                           balanced=split, **SEESAW_LAUNCH)
     return td._merge(acc, m, l, q_cat.dtype, (split[1], triton.cdiv(n_keys, 64)))
 
 
@@ -346,8 +327,9 @@ def sparse_prefill(q_cat, latent, top, q_start, kv_lora_rank, out):
     """gluon_latent.sparse_prefill's result (k_first 0, picks in ascending order) with the seesaw kernel."""
     B, C, H, W = q_cat.shape
     T, K = latent.size(1), top.size(-1)
-    _launch(q_cat.reshape(B * C, H, W), latent, top.reshape(B * C, K), None, T, C, q_start, 0, K, 1,
-            triton.cdiv(K, 64) * 64, kv_lora_rank, out=out.view(B * C, H, -1), ascending=True)
+    gk._launch(q_cat.reshape(B * C, H, W), latent, top.reshape(B * C, K), None, T, C, q_start, 0, K, 1,
+               triton.cdiv(K, 64) * 64, kv_lora_rank, (64, 2), out=out.view(B * C, H, -1), ascending=True,
+               **SEESAW_LAUNCH)
     return out
 
 
@@ -357,16 +339,7 @@ def main():
     args = parser.parse_args()
     torch.manual_seed(0)
     H, L, R = 128, 512, 64
-    rows = []
-    path = os.path.join(args.out, "latent_seesaw.csv")
-
-    def record(**row):
-        rows.append(row)
-        print(row, flush=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    record = csv_recorder(os.path.join(args.out, "latent_seesaw.csv"))
 
     def bench(fn):
         return triton.testing.do_bench(fn, warmup=25, rep=300)

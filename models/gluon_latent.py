@@ -276,10 +276,11 @@ def balanced_split(rows: int, head_blocks: int, n_keys: int, block: int, device:
 
 
 def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys, splits, keys_per_split, L, config,
-            out=None, balanced=None, ascending=False):
+            out=None, balanced=None, ascending=False, kernel=None, **options):
     """One launch over rows = q_cat.size(0) query rows; returns (acc, m, l) to merge, or fills `out`.
     balanced: a BALANCED grid, balanced_split's (programs a head block, blocks a program, most slices a row), the
-    last as `splits`."""
+    last as `splits`. kernel: another kernel with _latent_kernel's arguments (examples/latent_seesaw.py), launched
+    with `options` (its further constexprs and launch options) instead of num_warps=WARPS."""
     rows, H, W = q_cat.shape
     block, buffers = config
     direct = out is not None
@@ -292,13 +293,13 @@ def _launch(q_cat, kv, idx, pos, seq_rows, queries, limit_first, k_first, n_keys
     unused = q_cat  # for the pointers this launch does not read
     head_blocks = H // HEADS_PER_PROGRAM
     grid = (head_blocks, programs) if balanced else (head_blocks, rows, splits)
-    _latent_kernel[grid](
+    (kernel or _latent_kernel)[grid](
         q_cat, kv, idx if idx is not None else unused, pos if pos is not None else unused,
         acc if not direct else unused, m if not direct else unused, l if not direct else unused,
         out if direct else unused, seq_rows, queries, limit_first, k_first, n_keys, keys_per_split, splits,
         blocks_per_program, rows, H=H, L=L, R=W - L, BLOCK=block, BUFFERS=buffers, GATHER=idx is not None,
         LIMIT_FROM_POS=pos is not None, DIRECT=direct, BALANCED=balanced is not None, ASCENDING=ascending,
-        num_warps=WARPS)
+        **(options or {"num_warps": WARPS}))
     return acc, m, l
 
 
