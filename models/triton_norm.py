@@ -40,12 +40,13 @@ def _row_stride(x: torch.Tensor) -> int | None:
     strided run, as a slice of a wider tensor's rows is), or None; each row contiguous."""
     if x.dim() == 0 or x.stride(-1) != 1:
         return None
-    if x.dim() == 1:
+    # A size-1 dimension never steps, whatever its stride (x[:, -1:] of a prompt's hidden states is one row a sequence).
+    lead = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
+    if not lead:
         return x.size(-1)
-    lead, strides = x.shape[:-1], x.stride()[:-1]
-    if any(strides[i] != strides[i + 1] * lead[i + 1] for i in range(len(lead) - 1)):
+    if any(stride != lead[i + 1][1] * lead[i + 1][0] for i, (_, stride) in enumerate(lead[:-1])):
         return None
-    return strides[-1]
+    return lead[-1][1]
 
 
 def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -44,6 +44,9 @@ def test_rms_norm_kernel_serves_decode_steps_whose_rows_it_reads():
     assert not triton_norm.serves(torch.randn(4, 3, 64, device=device), w)  # a prefill: PyTorch's kernels
     assert triton_norm.serves(torch.randn(3, 1, 80, device=device)[..., :64], w)  # rows evenly strided
     assert not triton_norm.serves(torch.randn(3, 5, 1, 64, device=device)[:, :4], w)  # rows not evenly strided
+    last = torch.randn(4, 7, 64, device=device)[:, -1:]  # a prompt's last positions: rows 7 x 64 apart
+    assert triton_norm.serves(last, w)
+    assert torch.equal(triton_norm.rms_norm(last, w, 1e-6), triton_norm.rms_norm(last.contiguous(), w, 1e-6))
     assert not triton_norm.serves(torch.randn(64, 1, 4, device=device).transpose(0, 2), w)
     assert not triton_norm.serves(torch.randn(4, 1, 64, device=device, dtype=torch.bfloat16), w)
     assert not triton_norm.serves(torch.randn(4, 1, triton_norm.MAX_WIDTH + 1, device=device),
