@@ -12,7 +12,6 @@ tokens). Writes DIR/decode_layouts.csv.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 
 import torch
@@ -20,7 +19,10 @@ import torch.nn.functional as F
 
 from kvplan.models import build, sliced
 from kvplan.presets import get_preset
+from kvplan.profilers.store import ResultsFile
 
+COLUMNS = ["preset", "weight", "out_features", "in_features", "rows", "us_rows", "us_transposed", "GBps_rows",
+           "GBps_transposed"]
 COPIES_BYTES = 8e9  # at most this many bytes of weight copies a product (10 copies at most)
 
 
@@ -56,16 +58,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     dev = torch.device("cuda")
-    rows_out = []
-    path = os.path.join(args.out, "decode_layouts.csv")
+    results = ResultsFile(os.path.join(args.out, "decode_layouts.csv"), COLUMNS, resume=False)
 
     def record(**row):
-        rows_out.append(row)
         print(row, flush=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows_out[0]))
-            writer.writeheader()
-            writer.writerows(rows_out)
+        results.append(row)
 
     for preset in args.presets.split(","):
         for (out_features, in_features), names in weight_shapes(preset, dev).items():
@@ -86,7 +83,7 @@ def main() -> None:
                        us_transposed=round(times["transposed"], 2),
                        GBps_rows=round(nbytes / times["rows"] / 1e3, 1),
                        GBps_transposed=round(nbytes / times["transposed"] / 1e3, 1))
-            del weights
+            weights = []  # freed before the next shape's copies
             torch.cuda.empty_cache()
         vocab, width = get_preset(preset).vocab_size, get_preset(preset).d_model
         table = torch.randn(vocab, width, device=dev, dtype=torch.bfloat16)
@@ -94,7 +91,7 @@ def main() -> None:
         record(preset=preset, weight="tok_embeddings gather", out_features=vocab, in_features=width, rows=16,
                us_rows=round(graph_microseconds(lambda i: F.embedding(tokens, table)), 2),
                us_transposed=round(graph_microseconds(lambda i: table[tokens]), 2), GBps_rows="", GBps_transposed="")
-        del table
+        table = None
     print("us_rows / us_transposed for the embedding rows: nn.Embedding / weight[tokens]")
 
 
