@@ -87,6 +87,18 @@ if HAVE_GLUON:
         async_copy.async_copy_global_to_shared(rope_buf, row + L + rope[None, :], mask=live[:, None])
         async_copy.commit_group()
 
+    @gluon.jit
+    def _copy_query(q_ptr, q_lat, q_rope, hb, r, H: gl.constexpr, L: gl.constexpr, R: gl.constexpr,
+                    load_layout: gl.constexpr):
+        """Start copying query row r's heads hb * 64 .. (q_ptr [rows, H, L + R]) into (q_lat [64, L], q_rope [64,
+        R]); the copies join the next commit group."""
+        heads = hb * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, load_layout))
+        q_row = q_ptr + (r.to(gl.int64) * H + heads)[:, None] * (L + R)
+        lat = gl.arange(0, L, layout=gl.SliceLayout(0, load_layout))
+        rope = gl.arange(0, R, layout=gl.SliceLayout(0, load_layout))
+        async_copy.async_copy_global_to_shared(q_lat, q_row + lat[None, :])
+        async_copy.async_copy_global_to_shared(q_rope, q_row + L + rope[None, :])
+
     # Eight warps: the scores [64 heads, BLOCK keys] and the output [64 heads, L] each split between the two warp
     # groups, along the keys and along the columns; rows copied 8 elements (16 bytes) a thread.
     @gluon.constexpr_function
@@ -164,13 +176,8 @@ if HAVE_GLUON:
 
         # The query block (scaled by the softmax scale) copied into shared memory with the first key block; every
         # thread past the previous slice's products first (they read it).
-        heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=slot_layout)
-        q_row = q_ptr + (r.to(gl.int64) * H + heads)[:, None] * (L + R)
-        lat = gl.arange(0, L, layout=gl.SliceLayout(0, load_layout))
-        rope = gl.arange(0, R, layout=gl.SliceLayout(0, load_layout))
         gl.thread_barrier()
-        async_copy.async_copy_global_to_shared(q_lat, q_row + lat[None, :])
-        async_copy.async_copy_global_to_shared(q_rope, q_row + L + rope[None, :])
+        _copy_query(q_ptr, q_lat, q_rope, hb, r, H, L, R, load_layout)
         for i in gl.static_range(BUFFERS - 1):  # the first blocks start loading
             start = first + i * BLOCK
             _copy_block(kv_ptr, _block_slots(idx_row, start, end, BLOCK, GATHER, slot_layout), start, end, limit,
@@ -202,17 +209,26 @@ if HAVE_GLUON:
         acc = warpgroup_mma_wait(0, deps=[acc])
         async_copy.wait_group(0)
 
-        l = gl.convert_layout(l, gl.SliceLayout(1, out_layout))
-        out_heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, out_layout))
-        cols = gl.arange(0, L, layout=gl.SliceLayout(0, out_layout))
         if DIRECT:
+            l = gl.convert_layout(l, gl.SliceLayout(1, out_layout))
+            out_heads = hb * BLOCK_H + gl.arange(0, BLOCK_H, layout=gl.SliceLayout(1, out_layout))
+            cols = gl.arange(0, L, layout=gl.SliceLayout(0, out_layout))
             out = (r.to(gl.int64) * H + out_heads)[:, None] * L + cols[None, :]
             gl.store(out_ptr + out, (acc / l[:, None]).to(out_ptr.dtype.element_ty))
         else:
-            out = (r * splits + split) * H + out_heads
-            gl.store(acc_ptr + out.to(gl.int64)[:, None] * L + cols[None, :], acc)
-            gl.store(m_ptr + out, gl.convert_layout(m, gl.SliceLayout(1, out_layout)))
-            gl.store(l_ptr + out, l)
+            _store_slice(acc_ptr, m_ptr, l_ptr, acc, m, l, hb, r, split, splits, H, L, out_layout)
+
+    @gluon.jit
+    def _store_slice(acc_ptr, m_ptr, l_ptr, acc, m, l, hb, r, split, splits, H: gl.constexpr, L: gl.constexpr,
+                     out_layout: gl.constexpr):
+        """Slice `split` of query row r's unnormalized output for heads hb * 64 ..: acc [64, L], its row maxima m
+        and sums l, into acc_ptr [rows, splits, H, L], m_ptr and l_ptr [rows, splits, H] (the merge combines them)."""
+        heads = hb * 64 + gl.arange(0, 64, layout=gl.SliceLayout(1, out_layout))
+        cols = gl.arange(0, L, layout=gl.SliceLayout(0, out_layout))
+        out = (r * splits + split) * H + heads
+        gl.store(acc_ptr + out.to(gl.int64)[:, None] * L + cols[None, :], acc)
+        gl.store(m_ptr + out, gl.convert_layout(m, gl.SliceLayout(1, out_layout)))
+        gl.store(l_ptr + out, gl.convert_layout(l, gl.SliceLayout(1, out_layout)))
 
     @gluon.jit
     def _latent_kernel(q_ptr, kv_ptr, idx_ptr, pos_ptr, acc_ptr, m_ptr, l_ptr, out_ptr, seq_rows, queries,

@@ -2,8 +2,8 @@
 
 kvplan.models.common.RMSNorm in PyTorch runs six kernels (the fp32 norm, its division, + eps, the reciprocal,
 its cast, x times it, times the weight). In a decode step (where RMSNorm takes this kernel) each works on a few
-rows and costs a launch's worth of GPU time, not its bytes: on an H100, DeepSeek-V3.2's 3-layer decode at batch 16 spends about 0.1 ms of 3.3 in
-those reductions alone. Here one program reads a row once and writes its output once, with the PyTorch path's
+rows and costs a launch's worth of GPU time, not its bytes: on an H100, DeepSeek-V3.2's 3-layer decode at batch
+16 spends about 0.1 ms of 3.3 in those reductions alone. Here one program reads a row once and writes its output once, with the PyTorch path's
 roundings (the reciprocal cast to x's dtype, x times it rounded, then times the weight rounded), so the two agree
 up to the order of the fp32 sum (tests/test_triton_norm.py, on a GPU or Triton's interpreter).
 """
