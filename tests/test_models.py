@@ -267,3 +267,19 @@ def test_bench_decode_smoke_on_cpu(tmp_path):
     assert {r["kind"] for r in rows} == {"tpa", "dsa"} and all(r["step_ms"] > 0 for r in rows)
     lines = (tmp_path / "bench_decode.csv").read_text().splitlines()
     assert len(lines) == 1 + len(rows) and lines[0].startswith("kind,model,layers")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_lm_head_stored_transposed_on_cuda_is_the_same_model():
+    """On CUDA the LM head's weight lies as its transpose's rows (models.transformer.Transformer); it loads the same
+    state dict and gives the same logits as the model on the CPU."""
+    desc, S = KINDS["gqa"], 16
+    cpu = build(desc, max_batch=2, max_context=S, dtype=torch.float32, kv_dtype="fp32")
+    gpu = build(desc, max_batch=2, max_context=S, dtype=torch.float32, kv_dtype="fp32", device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    head = gpu.lm_head.weight
+    assert head.shape == cpu.lm_head.weight.shape and head.stride() == (1, head.size(0))
+    assert torch.equal(head.cpu(), cpu.lm_head.weight)
+    toks = tokens(2, S)
+    torch.testing.assert_close(gpu.forward(toks.cuda()).cpu(), cpu.forward(toks), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gpu.prefill(toks.cuda()).cpu(), cpu.prefill(toks), rtol=1e-4, atol=1e-4)
