@@ -4,8 +4,9 @@
     python3 -m kvplan.profilers.bench_decode --device cpu --smoke --out DIR   # tiny models, checks the script
 
 For each kind at batch 1 and 16 and contexts 8k, 32k, 128k (rows that would not fit are skipped): the
-decode step of a layer slice, replayed from a CUDA graph (median of repeats, CUDA events), over a cache
-filled with random values for exactly batch x context tokens (decode writes position context-1). The bytes
+decode step of a layer slice, replayed from a CUDA graph (median of repeats, CUDA events, timed as measure times
+decode: once the GPU's clocks are back from any power cap and after DECODE_STEADY_SECONDS of the same steps), over a
+cache filled with random values for exactly batch x context tokens (decode writes position context-1). The bytes
 a step must read are the estimate's (Estimator.weights_read_bytes + decode_cache_read_bytes: every weight,
 every cached byte, DSA only its top-k latents); achieved bandwidth = bytes / step time, set against a large
 device copy measured here (bytes read + written). TPA and MHA share d_model and heads (t6-medium), so the
@@ -39,8 +40,8 @@ from kvplan.units import InputError, parse_token_list
 
 from .calibrate import copy_bandwidth
 from .store import ResultsFile
-from .measure import Settings, _decode_callable
-from .timing import free_memory, median_seconds
+from .measure import DECODE_STEADY_SECONDS, Settings, _decode_callable
+from .timing import free_memory, median_seconds, run_for, settle
 
 GiB = 2**30
 
@@ -128,6 +129,11 @@ def bench_row(case: Case, batch: int, context: int, device: torch.device, dtype:
         position = torch.tensor([context - 1], device=device)
         with torch.inference_mode():
             call, how = _decode_callable(net, tokens, position, Settings(device=device, dtype=dtype))
+            # As measure times decode: once the clocks are back from the kernels' tuning and after a stretch of
+            # steps, so the samples see the GPU as steady decoding keeps it.
+            settle(device)
+            if device.type == "cuda":
+                run_for(call, device, DECODE_STEADY_SECONDS)
             seconds, _ = median_seconds(call, device, repeats, warmup=3)
             del call
         if device.type == "cuda":
