@@ -1,7 +1,7 @@
 """How fast cuBLAS reads each weight of a model in the two memory layouts an nn.Linear weight [out, in] can have, on
-a CUDA GPU: nn.Linear's own (contiguous rows of [out, in]) and its transpose's rows (what
-kvplan.models.common.transpose_linear_storage stores), for a decode step's product (one row per sequence, --rows
-16) and a prefill chunk's (8192 rows). Each product is timed as a CUDA graph of 10 calls, each on its own copy of
+a CUDA GPU: nn.Linear's own (contiguous rows of [out, in]) and its transpose's rows (how kvplan.models' Transformer
+stores its LM head on CUDA), for a decode step's product (one row per sequence, --rows 16) and a prefill chunk's
+(8192 rows). Each product is timed as a CUDA graph of 10 calls, each on its own copy of
 the weight, so none is served from L2 (median of do_bench's replays); GB/s counts the weight's bytes only. Also
 times a decode step's token-embedding gather both ways (nn.Embedding's index_select, the weight indexed by the
 tokens). Writes DIR/decode_layouts.csv.
@@ -23,7 +23,7 @@ from kvplan.profilers.store import ResultsFile
 
 COLUMNS = ["preset", "weight", "out_features", "in_features", "rows", "us_rows", "us_transposed", "GBps_rows",
            "GBps_transposed"]
-COPIES_BYTES = 8e9  # at most this many bytes of weight copies a product (10 copies at most)
+COPIES_BYTES = 4e9  # at most this many bytes of weight copies a product and layout (10 copies at most)
 
 
 def graph_microseconds(fn, calls: int = 10) -> float:
@@ -70,22 +70,20 @@ def main() -> None:
             copies = max(1, min(10, int(COPIES_BYTES // nbytes)))
             weights = [torch.randn(out_features, in_features, device=dev, dtype=torch.bfloat16)
                        for _ in range(copies)]
+            transposed = [w.t().contiguous().t() for w in weights]  # the same tensors, stored as [in, out] rows
             for m in map(int, args.rows.split(",")):
                 x = torch.randn(m, in_features, device=dev, dtype=torch.bfloat16)
-                times = {}
-                for layout in ("rows", "transposed"):
-                    if layout == "transposed":
-                        weights = [w.t().contiguous().t() for w in weights]  # same tensor values, [in, out] rows
-                    times[layout] = graph_microseconds(lambda i: F.linear(x, weights[i % copies]))
-                weights = [w.contiguous() for w in weights]
+                times = {layout: graph_microseconds(lambda i: F.linear(x, stored[i % copies]))
+                         for layout, stored in (("rows", weights), ("transposed", transposed))}
                 record(preset=preset, weight="/".join(sorted(set(names))), out_features=out_features,
                        in_features=in_features, rows=m, us_rows=round(times["rows"], 2),
                        us_transposed=round(times["transposed"], 2),
                        GBps_rows=round(nbytes / times["rows"] / 1e3, 1),
                        GBps_transposed=round(nbytes / times["transposed"] / 1e3, 1))
-            weights = []  # freed before the next shape's copies
+            weights = transposed = []  # freed before the next shape's copies
             torch.cuda.empty_cache()
-        vocab, width = get_preset(preset).vocab_size, get_preset(preset).d_model
+        desc = get_preset(preset)
+        vocab, width = desc.vocab_size, desc.d_model
         table = torch.randn(vocab, width, device=dev, dtype=torch.bfloat16)
         tokens = torch.randint(0, vocab, (16, 1), device=dev)
         record(preset=preset, weight="tok_embeddings gather", out_features=vocab, in_features=width, rows=16,

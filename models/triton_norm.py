@@ -3,9 +3,10 @@
 kvplan.models.common.RMSNorm in PyTorch runs six kernels (the fp32 norm, its division, + eps, the reciprocal,
 its cast, x times it, times the weight). In a decode step (where RMSNorm takes this kernel) each works on a few
 rows and costs a launch's worth of GPU time, not its bytes: on an H100, DeepSeek-V3.2's 3-layer decode at batch
-16 spends about 0.1 ms of 3.3 in those reductions alone. Here one program reads a row once and writes its output once, with the PyTorch path's
-roundings (the reciprocal cast to x's dtype, x times it rounded, then times the weight rounded), so the two agree
-up to the order of the fp32 sum (tests/test_triton_norm.py, on a GPU or Triton's interpreter).
+16 spends about 0.1 ms of 3.3 in those reductions alone. Here one program reads a row once and writes its output
+once, with the PyTorch path's roundings (the reciprocal cast to x's dtype, x times it rounded, then times the
+weight rounded), so the two agree up to the order of the fp32 sum (tests/test_triton_norm.py, on a GPU or
+Triton's interpreter).
 """
 
 from __future__ import annotations
@@ -40,13 +41,14 @@ def _row_stride(x: torch.Tensor) -> int | None:
     strided run, as a slice of a wider tensor's rows is), or None; each row contiguous."""
     if x.dim() == 0 or x.stride(-1) != 1:
         return None
-    # A size-1 dimension never steps, whatever its stride (x[:, -1:] of a prompt's hidden states is one row a sequence).
-    lead = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
-    if not lead:
+    # A size-1 dimension never steps, whatever its stride (x[:, -1:] of a prompt's hidden states: a row a sequence).
+    stepping = [(size, stride) for size, stride in zip(x.shape[:-1], x.stride()[:-1]) if size != 1]
+    if not stepping:
         return x.size(-1)
-    if any(stride != lead[i + 1][1] * lead[i + 1][0] for i, (_, stride) in enumerate(lead[:-1])):
+    lead, strides = [size for size, _ in stepping], [stride for _, stride in stepping]
+    if any(strides[i] != strides[i + 1] * lead[i + 1] for i in range(len(lead) - 1)):
         return None
-    return lead[-1][1]
+    return strides[-1]
 
 
 def serves(x: torch.Tensor, weight: torch.Tensor) -> bool:
